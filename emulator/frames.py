@@ -1,0 +1,147 @@
+"""One node's physical frames: struct page fields as numpy arrays.
+
+Rules this table keeps:
+- A frame is free exactly when PG_buddy is set; a free frame has refcount 0,
+  mapcount 0, no other flag, and sits once on the free stack.
+- refcount counts every holder: each pte mapping it, the swap or migration
+  cache (one), a migrator (PG_isolated, one) and transient pins of operations
+  in flight; when it reaches 0 the frame goes back to the free stack.
+- PG_lru is set on in-use pages that reclaim may scan; an isolated page is off
+  the LRU. lru_tick orders the LRU: reclaim takes the oldest ticks first.
+- anon_vma and index are the rmap: the anon_vma whose vmas may map the page,
+  and the virtual page number at which they do.
+Watermarks follow the kernel's shape: allocations stay above `low` on a
+preferred node before falling back, dip to `min` in the slow path, and
+reclaim restores `high`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PG_locked = np.uint16(1 << 0)
+PG_swapcache = np.uint16(1 << 1)
+PG_dirty = np.uint16(1 << 2)
+PG_lru = np.uint16(1 << 3)
+PG_isolated = np.uint16(1 << 4)
+PG_anon = np.uint16(1 << 5)
+PG_buddy = np.uint16(1 << 6)
+
+FLAG_NAMES = {PG_locked: "locked", PG_swapcache: "swapcache", PG_dirty: "dirty", PG_lru: "lru",
+              PG_isolated: "isolated", PG_anon: "anon", PG_buddy: "buddy"}
+
+
+def flag_names(f: int) -> str:
+    return "|".join(n for b, n in FLAG_NAMES.items() if f & b) or "0"
+
+
+class Frames:
+    """Frame table of one node; steps on it are the node owner's steps."""
+
+    def __init__(self, node: int, nframes: int, page_size: int, payload: str):
+        self.node = node
+        self.nframes = nframes
+        self.page_size = page_size
+        self.payload = payload
+        self.refcount = np.zeros(nframes, dtype=np.int32)
+        self.mapcount = np.zeros(nframes, dtype=np.int32)
+        self.flags = np.full(nframes, PG_buddy, dtype=np.uint16)
+        self.private = np.zeros(nframes, dtype=np.int64)
+        self.anon_vma = np.full(nframes, -1, dtype=np.int32)
+        self.index = np.zeros(nframes, dtype=np.int32)
+        self.lru_tick = np.zeros(nframes, dtype=np.uint32)
+        self.tick = 0
+        # free stack: the top is at nr_free-1; pops come out in ascending pfn order
+        self.free_stack = np.arange(nframes - 1, -1, -1, dtype=np.int32)
+        self.nr_free = nframes
+        if payload == "token":
+            self.data = np.zeros(nframes, dtype=np.int64)
+        else:
+            self.data = np.zeros((nframes, page_size), dtype=np.uint8)
+        self.wmark_min = nframes // 128
+        self.wmark_low = nframes // 64
+        self.wmark_high = (nframes * 3) // 128
+
+    # -- allocation -------------------------------------------------------
+    def alloc(self, n: int, floor: int = 0) -> np.ndarray:
+        """Pop up to n frames while staying above `floor` free; one reference each."""
+        n = max(0, min(n, self.nr_free - floor))
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        top = self.nr_free
+        pfns = self.free_stack[top - n:top][::-1].astype(np.int64)
+        self.nr_free = top - n
+        self.refcount[pfns] = 1
+        self.flags[pfns] = PG_anon
+        self.mapcount[pfns] = 0
+        self.private[pfns] = 0
+        self.lru_tick[pfns] = self.tick
+        if self.payload == "token":
+            self.data[pfns] = 0
+        else:
+            _zero_rows(self.data, pfns)
+        return pfns
+
+    def free(self, pfns: np.ndarray) -> None:
+        """Return frames whose last reference is gone to the free stack."""
+        if len(pfns) == 0:
+            return
+        self.flags[pfns] = PG_buddy
+        self.refcount[pfns] = 0
+        self.mapcount[pfns] = 0
+        self.private[pfns] = 0
+        self.anon_vma[pfns] = -1
+        top = self.nr_free
+        self.free_stack[top:top + len(pfns)] = pfns[::-1]
+        self.nr_free = top + len(pfns)
+
+    def put(self, pfns: np.ndarray) -> np.ndarray:
+        """Drop one reference from each page (put_page); free those that reach 0."""
+        if len(pfns) == 0:
+            return pfns
+        np.subtract.at(self.refcount, pfns, 1)
+        dead = np.unique(pfns[self.refcount[pfns] == 0])
+        self.free(dead)
+        return dead
+
+    # -- payload ----------------------------------------------------------
+    def tokens(self, pfns: np.ndarray) -> np.ndarray:
+        if self.payload == "token":
+            return self.data[pfns]
+        return self.data.view(np.int64)[pfns, 0] if len(pfns) else np.zeros(0, np.int64)
+
+    def set_tokens(self, pfns: np.ndarray, toks: np.ndarray) -> None:
+        if self.payload == "token":
+            self.data[pfns] = toks
+        else:
+            self.data.view(np.int64)[pfns, 0] = toks
+
+    def used(self) -> int:
+        return self.nframes - self.nr_free
+
+
+def _zero_rows(data: np.ndarray, rows: np.ndarray) -> None:
+    n = len(rows)
+    if n and rows[-1] - rows[0] == n - 1 and (n == 1 or np.all(np.diff(rows) == 1)):
+        data[rows[0]:rows[0] + n] = 0
+    else:
+        data[rows] = 0
+
+
+def copy_rows(src: np.ndarray, si: np.ndarray, dst: np.ndarray, di: np.ndarray) -> None:
+    """dst[di] = src[si], one memcpy per contiguous run instead of a gather and a scatter."""
+    n = len(si)
+    if n == 0:
+        return
+    if src.ndim == 1 or n < 8:
+        dst[di] = src[si]
+        return
+    # break points where either index run stops being consecutive
+    brk = np.flatnonzero((np.diff(si) != 1) | (np.diff(di) != 1)) + 1
+    if len(brk) > n // 16:
+        dst[di] = src[si]
+        return
+    starts = np.concatenate(([0], brk))
+    ends = np.concatenate((brk, [n]))
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        s0, d0 = int(si[a]), int(di[a])
+        dst[d0:d0 + (b - a)] = src[s0:s0 + (b - a)]

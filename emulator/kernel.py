@@ -1,0 +1,140 @@
+"""The whole emulated machine's state, and the small primitives every path shares.
+
+Owners (DESIGN.md principle 1): node N owns Frames N and the page tables of
+processes homed on N; the coordinator ("coord") owns the swap device, the swap
+cache index, the migration cache and the anon_vma registry. A step names the
+owner it runs on; in-process every step runs atomically, whichever arrays it
+touches, just as the kernel holds the pte lock and the page lock together.
+
+Transient references (a fault's lookup reference, a get_user_pages pin) are
+recorded in `pins` so the oracle can account for every reference
+(invariant 3); a migrator's references are marked by PG_isolated instead.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from . import pte as P
+from .frames import Frames, PG_isolated, PG_lru, PG_locked
+from .migcache import MigCache
+from .mm import MM, AnonVMA
+from .swap import SwapDevice
+from .topology import Topology
+from .vmstat import Vmstat
+
+BUGS = {
+    "r1-no-pte-recheck": "do_swap_page maps without the pte_same recheck under the pte lock (R1)",
+    "r1b-no-private-recheck": "do_swap_page skips the PageSwapCache && private == entry check after lock_page (R1b)",
+    "r2-anon-vma-not-pinned": "migration does not pin the anon_vma before unmapping; remap looks it up through the page (R2)",
+    "r3-fork-links-at-head": "fork links the child's vma at the head of the anon_vma list (R3)",
+    "no-refcount-freeze": "migration moves the mapping without checking the expected reference count",
+}
+
+
+class Kernel:
+    def __init__(self, topo: Topology, bugs: frozenset[str] = frozenset()):
+        unknown = set(bugs) - set(BUGS)
+        if unknown:
+            raise ValueError(f"bugs: unknown bug injection {sorted(unknown)[0]!r} (known: {', '.join(BUGS)})")
+        self.topo = topo
+        self.bugs = frozenset(bugs)
+        self.page_size = topo.page_size
+        self.page_shift = topo.page_size.bit_length() - 1
+        self.payload = topo.payload
+        self.nodes = [Frames(i, f, topo.page_size, topo.payload) for i, f in enumerate(topo.frames)]
+        self.swap = SwapDevice(topo.swap_pages, topo.page_size, topo.payload)
+        self.migcache = MigCache()
+        self.mms: dict[int, MM] = {}
+        self.anon_vmas: dict[int, AnonVMA] = {}
+        self.next_pid = 1
+        self.next_av = 1
+        self.stat = Vmstat(topo.nr_nodes)
+        self.pins: Counter[int] = Counter()
+        self.token_seq = 0
+        self.inflight = 0
+        self.zonelists = [topo.fallback_order(n) for n in range(topo.nr_nodes)]
+        # bytes mode keeps a 64-bit linear checksum per page as the writer's record
+        rng = np.random.default_rng(0x6E756D61)
+        self.weights = rng.integers(0, 1 << 63, topo.page_size // 8, dtype=np.uint64) | np.uint64(1)
+
+    # -- owners -------------------------------------------------------------
+    @staticmethod
+    def node_owner(n: int) -> str:
+        return f"node{n}"
+
+    # -- transient references ----------------------------------------------
+    def pin(self, gpfns: np.ndarray) -> None:
+        for g in gpfns.tolist():
+            node, pfn = g >> P.NODE_SHIFT, g & P.PFN_MASK
+            self.nodes[node].refcount[pfn] += 1
+            self.pins[g] += 1
+
+    def unpin(self, gpfns: np.ndarray, put: bool = True) -> None:
+        """Forget transient references; with put, drop them from the page too."""
+        for g in gpfns.tolist():
+            c = self.pins[g] - 1
+            if c:
+                self.pins[g] = c
+            else:
+                del self.pins[g]
+            if put:
+                self.nodes[g >> P.NODE_SHIFT].put(np.array([g & P.PFN_MASK]))
+
+    # -- anon_vma registry -------------------------------------------------
+    def anon_vma_new(self) -> AnonVMA:
+        av = AnonVMA(self.next_av)
+        self.anon_vmas[av.id] = av
+        self.next_av += 1
+        return av
+
+    def anon_vma_put(self, av: AnonVMA) -> None:
+        if not av.vmas and av.pins == 0:
+            self.anon_vmas.pop(av.id, None)
+
+    # -- payload and checksums ---------------------------------------------
+    def checksum(self, rows: np.ndarray) -> np.ndarray:
+        """Linear checksum of bytes-mode pages: sum of words times fixed odd weights."""
+        words = rows.view(np.uint64)
+        return (words * self.weights).sum(axis=1, dtype=np.uint64).view(np.int64)
+
+    def content_of(self, gpfns: np.ndarray) -> np.ndarray:
+        """What the writer's record should equal for these frames (token or checksum)."""
+        out = np.zeros(len(gpfns), dtype=np.int64)
+        for node, sel in split_nodes(gpfns):
+            pfns = gpfns[sel] & P.PFN_MASK
+            fr = self.nodes[node]
+            out[sel] = fr.data[pfns] if self.payload == "token" else self.checksum(fr.data[pfns])
+        return out
+
+    def store_content(self, slots: np.ndarray) -> np.ndarray:
+        st = self.swap.store[slots]
+        return st if self.payload == "token" else self.checksum(st)
+
+    def next_tokens(self, n: int) -> np.ndarray:
+        base = self.token_seq
+        self.token_seq += n
+        return np.arange(base + 1, base + n + 1, dtype=np.int64)
+
+    # -- LRU ---------------------------------------------------------------
+    def putback(self, node: int, pfns: np.ndarray) -> None:
+        """putback_lru_page(): an isolated page goes back on the LRU, unlocked,
+        and the isolation reference is dropped (the last one frees it)."""
+        fr = self.nodes[node]
+        fr.flags[pfns] = (fr.flags[pfns] & ~(PG_isolated | PG_locked)) | PG_lru
+        fr.lru_tick[pfns] = fr.tick
+        fr.put(pfns)
+
+
+def split_nodes(gpfns: np.ndarray):
+    """Yield (node, mask-or-slice) for the pages of each node in a gpfn array."""
+    if len(gpfns) == 0:
+        return
+    nodes = gpfns >> P.NODE_SHIFT
+    lo, hi = int(nodes.min()), int(nodes.max())
+    if lo == hi:
+        yield lo, slice(None)
+        return
+    for n in np.unique(nodes).tolist():
+        yield n, nodes == n

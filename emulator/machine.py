@@ -1,0 +1,352 @@
+"""Machine: the syscall-shaped public API over the model.
+
+Every method validates its arguments completely before it changes anything
+(bad input never corrupts emulated state), then runs the operation's
+coroutine with the inline driver. Errors are the kernel's: OSError with its
+errno for a whole call, negative errnos in move_pages' status list.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import invariants, pte as P
+from .fault import touch as _touch
+from .kernel import Kernel
+from .mm import MM, make_policy
+from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MovePagesENODEV, do_migrate_pages,
+                         do_pages_move, nodes_remap, stat_step)
+from .process import exit_mm, fork as _fork, mmap_step, munmap_step
+from .reclaim import shrink_node
+from .sched import run_inline
+from .swapfile import swapoff as _swapoff, swapon as _swapon
+from .topology import Topology
+from .vmstat import EVENTS, GAUGES
+
+MOVE_PAGES_MAX = 1 << 24
+
+
+class Machine:
+    def __init__(self, topology: Topology | None = None, *, bugs: Iterable[str] = (), **config: Any):
+        if topology is None:
+            topology = Topology.from_config(config)
+        elif config:
+            raise TypeError("Machine(): pass a Topology or configuration keys, not both")
+        self.topology = topology
+        self.k = Kernel(topology, frozenset(bugs))
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], *, bugs: Iterable[str] = ()) -> "Machine":
+        return cls(Topology.from_config(cfg), bugs=bugs)
+
+    # -- properties ---------------------------------------------------------
+    nr_nodes = property(lambda self: self.topology.nr_nodes)
+    page_size = property(lambda self: self.topology.page_size)
+    policy = property(lambda self: self.topology.policy)
+    payload = property(lambda self: self.topology.payload)
+
+    def _run(self, coro):
+        k = self.k
+        k.inflight += 1
+        try:
+            return run_inline(coro)
+        finally:
+            k.inflight -= 1
+
+    def _mm(self, pid: int) -> MM:
+        mm = self.k.mms.get(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
+        if mm is None:
+            raise OSError(errno.ESRCH, f"no such process: {pid!r}")
+        return mm
+
+    def _node(self, node: int, what: str = "node") -> int:
+        if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < self.nr_nodes:
+            raise OSError(errno.EINVAL, f"{what}: {node!r} is not an online node (0..{self.nr_nodes - 1})")
+        return int(node)
+
+    def _range(self, mm: MM, addr: int, npages: int):
+        if isinstance(addr, bool) or not isinstance(addr, (int, np.integer)) or addr < 0:
+            raise OSError(errno.EFAULT, f"bad address {addr!r}")
+        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:
+            raise OSError(errno.EINVAL, f"bad page count {npages!r}")
+        return mm.ranges(int(addr) >> self.k.page_shift, int(npages))
+
+    # -- processes ----------------------------------------------------------
+    def spawn(self, node: int = 0) -> int:
+        node = self._node(node)
+        k = self.k
+        mm = MM(k.next_pid, node)
+        k.next_pid += 1
+        k.mms[mm.pid] = mm
+        return mm.pid
+
+    def mmap(self, pid: int, npages: int, shared: bool = False) -> int:
+        mm = self._mm(pid)
+        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages <= 0:
+            raise OSError(errno.EINVAL, f"mmap: npages must be a positive integer, got {npages!r}")
+        if mm.next_vpn + npages >= 1 << 31:
+            raise OSError(errno.ENOMEM, "mmap: address space exhausted")
+        vma = mmap_step(self.k, mm, int(npages), bool(shared))
+        return vma.start << self.k.page_shift
+
+    def munmap(self, pid: int, addr: int, npages: int) -> None:
+        mm = self._mm(pid)
+        if addr % self.page_size:
+            raise OSError(errno.EINVAL, f"munmap: address {addr:#x} is not page aligned")
+        if npages <= 0:
+            raise OSError(errno.EINVAL, f"munmap: npages must be positive, got {npages}")
+        munmap_step(self.k, mm, addr >> self.k.page_shift, int(npages))
+
+    def fork(self, pid: int) -> int:
+        return self._run(_fork(self.k, self._mm(pid)))
+
+    def exit(self, pid: int) -> None:
+        self._run(exit_mm(self.k, self._mm(pid)))
+
+    def set_mempolicy(self, pid: int, mode, nodes: Sequence[int] | None = None) -> None:
+        mm = self._mm(pid)
+        mm.policy = make_policy(mode, nodes, self.nr_nodes)
+
+    def mbind(self, pid: int, addr: int, npages: int, mode, nodes: Sequence[int] | None = None,
+              flags: int = 0) -> None:
+        mm = self._mm(pid)
+        if flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+            raise OSError(errno.EINVAL, f"mbind: unknown flags {flags:#x}")
+        if addr % self.page_size:
+            raise OSError(errno.EINVAL, f"mbind: address {addr:#x} is not page aligned")
+        pol = make_policy(mode, nodes, self.nr_nodes)
+        vpn = addr >> self.k.page_shift
+        ranges = self._range(mm, addr, npages)
+        from .process import split_vma
+        for vma, lo, hi in ranges:
+            if lo > 0:
+                vma = split_vma(self.k, vma, lo)
+                hi -= lo
+            if hi < vma.npages:
+                split_vma(self.k, vma, hi)
+            vma.policy = pol
+        if flags and pol.nodes:
+            # move what is already faulted in and not where the policy wants it
+            addrs = [a << self.k.page_shift for a in range(vpn, vpn + npages)]
+            where = self.move_pages(pid, addrs, None)
+            moves = [(a, pol.nodes[(a >> self.k.page_shift) % len(pol.nodes)] if pol.mode == 3 else pol.nodes[0])
+                     for a, w in zip(addrs, where) if w >= 0 and w not in pol.nodes]
+            if moves:
+                self.move_pages(pid, [a for a, _ in moves], [n for _, n in moves], flags)
+
+    # -- memory access ------------------------------------------------------
+    def touch(self, pid: int, addr: int, npages: int, write: bool = True, tokens=None):
+        mm = self._mm(pid)
+        ranges = self._range(mm, addr, npages)
+        toks = None
+        if write:
+            if tokens is None:
+                toks = self.k.next_tokens(int(npages))
+            else:
+                toks = np.asarray(tokens, dtype=np.int64)
+                if toks.shape != (npages,):
+                    raise ValueError(f"touch: tokens must hold {npages} values, got shape {toks.shape}")
+        done = 0
+        for vma, lo, hi in ranges:
+            self._run(_touch(self.k, vma, lo, hi, bool(write),
+                             toks[done:done + hi - lo] if write else None))
+            done += hi - lo
+        return toks
+
+    def read_tokens(self, pid: int, addr: int, npages: int) -> np.ndarray:
+        mm = self._mm(pid)
+        out = []
+        for vma, lo, hi in self._range(mm, addr, npages):
+            c = invariants.content_of_ptes(self.k, vma.pte[lo:hi]) if self.payload == "token" \
+                else self._page_rows(vma, lo, hi).view(np.int64)[:, 0]
+            out.append(c)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _page_rows(self, vma, lo: int, hi: int) -> np.ndarray:
+        """Bytes-mode contents of pages [lo, hi) wherever they are, without faulting."""
+        k = self.k
+        ptes = vma.pte[lo:hi]
+        rows = np.zeros((hi - lo, self.page_size), dtype=np.uint8)
+        pres = (ptes & P.PRESENT) != 0
+        t = P.swp_type(ptes)
+        off = P.pte_offset(ptes)
+        for i in np.flatnonzero(ptes != 0).tolist():
+            if pres[i] or t[i] in (P.SWP_MIGRATION_READ, P.SWP_MIGRATION_WRITE):
+                g = int(off[i])
+            elif t[i] == P.SWP_MIGCACHE:
+                g = int(k.migcache.page[off[i]])
+            else:
+                g = int(k.swap.cache_page[off[i]])
+                if g < 0:
+                    rows[i] = k.swap.store[off[i]]
+                    continue
+            rows[i] = k.nodes[g >> P.NODE_SHIFT].data[g & P.PFN_MASK]
+        return rows
+
+    def read(self, pid: int, addr: int, length: int) -> bytes:
+        mm = self._mm(pid)
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+            raise OSError(errno.EINVAL, f"read: bad length {length!r}")
+        if length == 0:
+            return b""
+        ps = self.page_size
+        first, last = addr // ps, (addr + length - 1) // ps
+        ranges = self._range(mm, first * ps, last - first + 1)
+        parts = []
+        for vma, lo, hi in ranges:
+            self._run(_touch(self.k, vma, lo, hi, False, None))
+            if self.payload == "token":
+                toks = invariants.content_of_ptes(self.k, vma.pte[lo:hi])
+                parts.append(np.repeat(toks[:, None], ps // 8, axis=1).view(np.uint8).reshape(-1))
+            else:
+                parts.append(self._page_rows(vma, lo, hi).reshape(-1))
+        buf = np.concatenate(parts)
+        start = addr - first * ps
+        return buf[start:start + length].tobytes()
+
+    def write(self, pid: int, addr: int, data: bytes) -> None:
+        mm = self._mm(pid)
+        data = bytes(data)
+        if not data:
+            return
+        ps = self.page_size
+        first, last = addr // ps, (addr + len(data) - 1) // ps
+        npages = last - first + 1
+        ranges = self._range(mm, first * ps, npages)
+        if self.payload == "token":
+            if addr % ps or len(data) % ps:
+                raise ValueError("write: token mode stores one 64-bit token per page: write whole, "
+                                 "page-aligned pages (or use payload='bytes')")
+            words = np.frombuffer(data, dtype=np.int64).reshape(npages, ps // 8)
+            if (words != words[:, :1]).any():
+                raise ValueError("write: token mode pages must be one 8-byte value repeated "
+                                 "(or use payload='bytes')")
+            self.touch(pid, first * ps, npages, True, words[:, 0].copy())
+            return
+        # bytes mode: fault every page in for write, then store the bytes
+        done = 0
+        for vma, lo, hi in ranges:
+            self._run(_touch(self.k, vma, lo, hi, True, None if False else self._keep_tokens(vma, lo, hi)))
+        buf = np.frombuffer(data, dtype=np.uint8)
+        start = addr - first * ps
+        for vma, lo, hi in ranges:
+            span = (hi - lo) * ps
+            rows = self._page_rows(vma, lo, hi).reshape(-1)
+            a = max(0, start - done)
+            b = min(span, start + len(data) - done)
+            rows[a:b] = buf[done + a - start:done + b - start]
+            rows = rows.reshape(hi - lo, ps)
+            gp = vma.pte[lo:hi] >> P.OFF_SHIFT
+            for i, g in enumerate(gp.tolist()):
+                fr = self.k.nodes[g >> P.NODE_SHIFT]
+                fr.data[g & P.PFN_MASK] = rows[i]
+            vma.shadow[lo:hi] = self.k.checksum(rows)
+            done += span
+
+    def _keep_tokens(self, vma, lo: int, hi: int) -> np.ndarray:
+        """The first words as they are: faulting a page in for write must not change it."""
+        return self._page_rows(vma, lo, hi).view(np.int64)[:, 0].copy()
+
+    # -- migration ------------------------------------------------------------
+    def move_pages(self, pid: int, pages, nodes=None, flags: int = 0, *, privileged: bool = True,
+                   caller: int | None = None) -> list[int]:
+        if len(pages) > MOVE_PAGES_MAX:
+            raise OSError(errno.E2BIG, f"move_pages: {len(pages)} pages, more than {MOVE_PAGES_MAX}")
+        if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+            raise OSError(errno.EINVAL, f"move_pages: flags {flags!r}: only MPOL_MF_MOVE and MPOL_MF_MOVE_ALL")
+        if flags & MPOL_MF_MOVE_ALL and not privileged:
+            raise OSError(errno.EPERM, "move_pages: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE")
+        mm = self._mm(pid)
+        if caller is not None and caller != pid and not privileged:
+            raise OSError(errno.EPERM, f"move_pages: pid {caller} may not move pages of pid {pid}")
+        addrs = np.asarray(pages, dtype=np.int64) if len(pages) else np.zeros(0, np.int64)
+        if addrs.ndim != 1:
+            raise OSError(errno.EINVAL, "move_pages: pages must be a flat list of addresses")
+        vpns = np.where(addrs >= 0, addrs >> self.k.page_shift, -1)
+        if nodes is None:
+            return stat_step(self.k, mm, vpns).tolist()
+        if len(nodes) != len(pages):
+            raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
+        tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
+        try:
+            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags)).tolist()
+        except MovePagesENODEV as e:
+            raise OSError(errno.ENODEV, f"move_pages: node {e.node} is not online "
+                                        f"(0..{self.nr_nodes - 1}); {len(e.done)} pages before it were processed") from None
+
+    def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
+                      privileged: bool = True) -> int:
+        old = [self._node(n, "migrate_pages: old_nodes") for n in old_nodes]
+        new = [self._node(n, "migrate_pages: new_nodes") for n in new_nodes]
+        mm = self._mm(pid)
+        if not old or not new:
+            return 0
+        return self._run(do_migrate_pages(self.k, mm, nodes_remap(old, new), privileged))
+
+    # -- reclaim and swap -----------------------------------------------------
+    def reclaim(self, node: int, nr_pages: int) -> int:
+        node = self._node(node)
+        if isinstance(nr_pages, bool) or not isinstance(nr_pages, int) or nr_pages < 0:
+            raise OSError(errno.EINVAL, f"reclaim: nr_pages must be >= 0, got {nr_pages!r}")
+        return self._run(shrink_node(self.k, node, nr_pages))
+
+    def swapoff(self) -> None:
+        self._run(_swapoff(self.k))
+
+    def swapon(self) -> None:
+        _swapon(self.k)
+
+    # -- observation ------------------------------------------------------------
+    def vmstat(self, node: int | None = None) -> dict[str, int]:
+        k = self.k
+        nodes = range(self.nr_nodes) if node is None else [self._node(node)]
+        counts = k.stat.counts[list(nodes)].sum(axis=0)
+        out = {name: int(v) for name, v in zip(EVENTS, counts)}
+        from .frames import PG_isolated, PG_swapcache, PG_buddy
+        g = dict.fromkeys(GAUGES, 0)
+        for n in nodes:
+            fr = k.nodes[n]
+            g["nr_free_pages"] += fr.nr_free
+            g["nr_anon_pages"] += int((fr.mapcount > 0).sum())
+            sc = (fr.flags & PG_swapcache) != 0
+            g["nr_swapcached"] += int((sc & (P.swp_type(fr.private) == P.SWP_SWAP)).sum())
+            g["nr_migcache_entries"] += int((sc & (P.swp_type(fr.private) == P.SWP_MIGCACHE)).sum())
+            g["nr_isolated_anon"] += int(((fr.flags & PG_isolated) != 0).sum())
+        if node is None:
+            g["nr_swap_used"] = k.swap.used
+        else:
+            del g["nr_swap_used"]
+        out.update(g)
+        return out
+
+    def node_info(self) -> list[dict[str, int]]:
+        out = []
+        for fr in self.k.nodes:
+            from .frames import PG_lru, PG_swapcache
+            out.append({"node": fr.node, "frames": fr.nframes, "free": fr.nr_free, "used": fr.used(),
+                        "lru": int(((fr.flags & PG_lru) != 0).sum()),
+                        "swapcache": int(((fr.flags & PG_swapcache) != 0).sum())})
+        return out
+
+    def swap_info(self) -> dict[str, Any]:
+        sw = self.k.swap
+        return {"slots": sw.nslots, "used": sw.used, "on": sw.on,
+                "swapcached": int((sw.cache_page >= 0).sum())}
+
+    def processes(self) -> list[int]:
+        return sorted(self.k.mms)
+
+    def check(self) -> None:
+        invariants.check(self.k)
+
+    # -- snapshots --------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        from .snapshot import dump
+        return dump(self)
+
+    @classmethod
+    def restore(cls, blob: bytes) -> "Machine":
+        from .snapshot import load
+        return load(cls, blob)

@@ -1,0 +1,287 @@
+"""Direct page migration (mm/migrate.c) under the three policies.
+
+A batch of isolated pages of one source node moves to one target node,
+in passes (up to MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
+
+1. lock the pages (trylock: a busy page waits for the next pass); a page
+   whose only reference left is the isolation one was freed under us: done;
+2. policy `swapcache`: add_to_swap (no slot: -ENOMEM); `migcache`:
+   add_to_migration_cache; `migentry`: nothing;
+3. pin each anon_vma (R2), then unmap every pte to the migration pte;
+4. allocate the targets on the destination node; short, reclaim there and
+   retry; still short, fall back: `swapcache`/`migcache` write the page to
+   swap (migcache first moves it to the swap cache), `migentry` remaps it
+   where it was. Either way the page's status is -ENOMEM;
+5. move the mapping: the old page's refcount must be exactly isolation +
+   cache (the freeze), else undo and -EAGAIN for a later pass; the cache slot
+   now names the new page; copy data and flags (the data plane);
+6. remap every migration pte to the new page (the walk continues after the
+   last vma it visited: R3), swap_free()ing cache entries;
+7. unlock both; the new page goes on the LRU; the old one is freed.
+Undo (a failed freeze) is step 6 towards the old page, then out of the cache.
+"""
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+
+from . import pte as P
+from .fault import lock_step, unlock_pages
+from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache, copy_rows
+from .page_alloc import alloc_on
+from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
+from .sched import call
+from .swap_state import add_to_migcache, add_to_swap, delete_from_swap_cache, pageout
+from .migcache_ops import migration_move_to_swap
+
+MIGRATE_PASSES = 10
+MIGRATE_BATCH = 4096
+
+
+def isolate_step(k, node: int, pfns: np.ndarray) -> np.ndarray:
+    """isolate_lru_page(): off the LRU with a reference; False where the page is not
+    on the LRU (already isolated by someone, or being reclaimed)."""
+    fr = k.nodes[node]
+    ok = (fr.flags[pfns] & (PG_lru | PG_isolated)) == PG_lru
+    p = pfns[ok]
+    fr.flags[p] = (fr.flags[p] & ~PG_lru) | PG_isolated
+    fr.refcount[p] += 1
+    return ok
+
+
+def freed_step(k, b: Batch) -> np.ndarray:
+    """A page held only by our isolation reference was freed under us: done."""
+    fr = k.nodes[b.node]
+    gone = (fr.refcount[b.pfns] == 1) & (fr.mapcount[b.pfns] == 0) & \
+        ((fr.flags[b.pfns] & PG_swapcache) == 0)
+    return gone
+
+
+def pin_anon_vmas(k, b: Batch) -> dict:
+    avs = {a: k.anon_vmas[a] for a in np.unique(b.av).tolist() if a in k.anon_vmas}
+    for av in avs.values():
+        av.pins += 1
+    return avs
+
+
+def unpin_anon_vmas(k, avs: dict) -> None:
+    for av in avs.values():
+        av.pins -= 1
+        k.anon_vma_put(av)
+
+
+def page_anon_vmas(k, b: Batch) -> dict:
+    """page_lock_anon_vma() without a pin (R2): finds nothing for a page mapped nowhere."""
+    fr = k.nodes[b.node]
+    mapped = fr.mapcount[b.pfns] > 0
+    return {a: k.anon_vmas[a] for a in np.unique(b.av[mapped]).tolist() if a in k.anon_vmas}
+
+
+def alloc_step(k, node: int, n: int, cpu: int) -> np.ndarray:
+    pfns = alloc_on(k, node, n, cpu)
+    fr = k.nodes[node]
+    fr.flags[pfns] = PG_anon | PG_locked | PG_isolated   # the migrator's reference
+    return pfns
+
+
+def move_mapping_step(k, b: Batch, entries, dst: int, new: np.ndarray) -> np.ndarray:
+    """migrate_folio(): freeze the refcount, move the cache slot, copy data and flags."""
+    fr, nf = k.nodes[b.node], k.nodes[dst]
+    pf = b.pfns
+    cached = entries is not None
+    if "no-refcount-freeze" in k.bugs:
+        ok = fr.mapcount[pf] == 0
+    else:
+        ok = (fr.refcount[pf] == 1 + cached) & (fr.mapcount[pf] == 0)
+    pf, npf = pf[ok], new[ok]
+    nf.anon_vma[npf] = fr.anon_vma[pf]
+    nf.index[npf] = fr.index[pf]
+    nf.flags[npf] |= fr.flags[pf] & PG_dirty
+    if cached:
+        e = entries[ok]
+        ng = P.gpfn(dst, npf)
+        nf.flags[npf] |= PG_swapcache
+        nf.private[npf] = e
+        nf.refcount[npf] += 1
+        off = P.pte_offset(e)
+        if k.topo.policy == "swapcache":
+            k.swap.cache_page[off] = ng
+        else:
+            k.migcache.page[off] = ng
+        fr.flags[pf] &= ~PG_swapcache
+        fr.private[pf] = 0
+        fr.refcount[pf] -= 1
+    copy_rows(fr.data, pf, nf.data, npf)
+    return ok
+
+
+def _leave_cache(k, node: int, pfns: np.ndarray, entries: np.ndarray) -> None:
+    """Once the ptes no longer name the entries: the page leaves whichever cache."""
+    sw = P.swp_type(entries) == P.SWP_SWAP
+    fr = k.nodes[node]
+    p = pfns[sw]
+    delete_from_swap_cache(k, node, p[((fr.flags[p] & PG_swapcache) != 0) & (fr.private[p] == entries[sw])])
+    ids = P.pte_offset(entries[~sw])
+    ids = ids[k.migcache.live(ids)]
+    migcache_release(k, ids[k.migcache.counter[ids] == 0])
+
+
+def finish_step(k, b: Batch, entries, dst: int, new: np.ndarray) -> None:
+    """Unlock both pages; the new one joins the LRU, the old one is freed."""
+    if entries is not None:
+        _leave_cache(k, dst, new, entries)
+    k.putback(dst, new)
+    fr = k.nodes[b.node]
+    fr.flags[b.pfns] &= ~(PG_locked | PG_isolated)
+    fr.put(b.pfns)
+
+
+def undo_step(k, b: Batch, entries) -> None:
+    """After the ptes point at the old page again: out of the cache, unlocked,
+    still isolated for the next pass."""
+    if entries is not None:
+        _leave_cache(k, b.node, b.pfns, entries)
+    unlock_pages(k, b.gpfn)
+
+
+def swap_out_step(k, b: Batch) -> np.ndarray:
+    """Fallback: the unmapped swap-cache page is written out and freed.
+    Returns the mask of pages that went; the rest must be undone."""
+    fr = k.nodes[b.node]
+    pf = b.pfns
+    ok = (fr.mapcount[pf] == 0) & (fr.refcount[pf] == 2) & ((fr.flags[pf] & PG_swapcache) != 0)
+    gone = pf[ok]
+    pageout(k, b.node, gone)
+    fr.flags[gone] &= ~(PG_isolated | PG_locked)
+    delete_from_swap_cache(k, b.node, gone)
+    fr.put(gone)
+    k.stat.add(b.node, "pgmigrate_fallback_swap", len(gone))
+    return ok
+
+
+def to_swap_step(k, b: Batch) -> np.ndarray:
+    """migcache fallback: move the pages to the swap cache first."""
+    return migration_move_to_swap(k, b.node, b.pfns)
+
+
+def free_frames_step(k, node: int, pfns: np.ndarray) -> None:
+    fr = k.nodes[node]
+    fr.flags[pfns] &= ~(PG_locked | PG_isolated)
+    fr.put(pfns)
+
+
+async def _remap(k, avs, b: Batch, entries, node: int, pfns: np.ndarray) -> None:
+    await rmap_walk(k, avs, b, remap_vma, entries, node, pfns)
+
+
+async def _undo(k, avs, b: Batch, entries) -> None:
+    await _remap(k, avs, b, entries, b.node, b.pfns)
+    await call(k.node_owner(b.node), undo_step, k, b, entries)
+
+
+async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
+    """Migrate isolated pages of one node to dst: 0 per page moved, else -errno.
+    Every page comes back unisolated (moved, freed, swapped out or put back)."""
+    from .reclaim import shrink_node
+    src = k.node_owner(b.node)
+    dst_owner = k.node_owner(dst)
+    policy = k.topo.policy
+    result = np.full(len(b), -errno.EAGAIN, dtype=np.int64)
+    final = np.zeros(len(b), dtype=bool)
+    held = np.ones(len(b), dtype=bool)      # we still hold the isolation reference
+    for npass in range(MIGRATE_PASSES):
+        todo = np.flatnonzero(~final)
+        if not len(todo):
+            break
+        if npass:
+            k.stat.add(b.node, "migrate_retry", len(todo))
+        sub = b.take(todo)
+        locked = await call(src, lock_step, k, sub.gpfn)
+        todo = todo[locked]
+        sub = b.take(todo)
+        if not len(todo):
+            continue
+        gone = await call(src, freed_step, k, sub)
+        if gone.any():
+            result[todo[gone]] = 0
+            final[todo[gone]] = True
+            held[todo[gone]] = False
+            await call(src, free_frames_step, k, b.node, sub.pfns[gone])
+            todo = todo[~gone]
+            sub = b.take(todo)
+            if not len(todo):
+                continue
+        entries = None
+        if policy == "swapcache":
+            entries = await call("coord", add_to_swap, k, sub)
+            noslot = entries == 0
+            if noslot.any():
+                result[todo[noslot]] = -errno.ENOMEM
+                final[todo[noslot]] = True
+                await call(src, unlock_pages, k, sub.gpfn[noslot])
+                todo, entries = todo[~noslot], entries[~noslot]
+                sub = b.take(todo)
+                if not len(todo):
+                    continue
+        elif policy == "migcache":
+            entries = await call("coord", add_to_migcache, k, sub)
+        avs = await call("rmap", pin_anon_vmas, k, sub)
+        await rmap_walk(k, avs, sub, unmap_vma, entries)
+        new = await call(dst_owner, alloc_step, k, dst, len(sub), cpu)
+        if len(new) < len(sub):
+            await shrink_node(k, dst, len(sub) - len(new))
+            more = await call(dst_owner, alloc_step, k, dst, len(sub) - len(new), cpu)
+            new = np.concatenate((new, more))
+        if len(new) < len(sub):
+            # fallback: no room on the destination even after reclaim
+            fb = np.arange(len(new), len(sub))
+            fsub = sub.take(fb)
+            fent = entries[fb] if entries is not None else None
+            result[todo[fb]] = -errno.ENOMEM
+            final[todo[fb]] = True
+            if policy == "migentry":
+                await _undo(k, avs, fsub, None)
+            else:
+                ok = np.ones(len(fb), dtype=bool)
+                if policy == "migcache":
+                    ok = await call("coord", to_swap_step, k, fsub)
+                    # the ptes are swap ptes now: undo with the swap entries
+                    fent = np.where(ok, k.nodes[b.node].private[fsub.pfns], fent)
+                if ok.any():
+                    went = await call(src, swap_out_step, k, fsub.take(ok))
+                    held[todo[fb[np.flatnonzero(ok)[went]]]] = False
+                    ok[np.flatnonzero(ok)[~went]] = False
+                if (~ok).any():
+                    await _undo(k, avs, fsub.take(~ok), fent[~ok])
+            keep = np.arange(len(new))
+            todo, sub = todo[keep], sub.take(keep)
+            entries = entries[keep] if entries is not None else None
+        if len(todo):
+            moved = await call(dst_owner, move_mapping_step, k, sub, entries, dst, new)
+            if (~moved).any():
+                bad = ~moved
+                await call(dst_owner, free_frames_step, k, dst, new[bad])
+                await _undo(k, avs, sub.take(bad), entries[bad] if entries is not None else None)
+            if moved.any():
+                msub = sub.take(moved)
+                ment = entries[moved] if entries is not None else None
+                ravs = avs
+                if "r2-anon-vma-not-pinned" in k.bugs:
+                    ravs = await call("rmap", page_anon_vmas, k, msub)
+                await _remap(k, ravs, msub, ment, dst, new[moved])
+                await call(dst_owner, finish_step, k, msub, ment, dst, new[moved])
+                result[todo[moved]] = 0
+                final[todo[moved]] = True
+                held[todo[moved]] = False
+        await call("rmap", unpin_anon_vmas, k, avs)
+    await call(src, putback_step, k, b, held)
+    ok = int((result == 0).sum())
+    k.stat.add(b.node, "pgmigrate_success", ok)
+    k.stat.add(b.node, "pgmigrate_fail", len(b) - ok)
+    return result
+
+
+def putback_step(k, b: Batch, sel: np.ndarray) -> None:
+    """putback_movable_pages(): pages still isolated go back on the LRU."""
+    k.putback(b.node, b.pfns[sel])

@@ -1,0 +1,121 @@
+"""Processes: address spaces, vmas, page tables, anon_vmas, mempolicy.
+
+Rules:
+- A process (MM) has a home node (the CPU it runs on) and sorted,
+  non-overlapping vmas. Addresses are handed out upwards from MMAP_BASE and
+  never reused, so a stale address faults instead of aliasing new memory.
+- Each vma owns its page table: one int64 pte per page (see pte.py), and the
+  shadow: what the writer last wrote to each page (the token, or in bytes mode
+  a checksum of the page), which the data oracle compares against.
+- Every vma hangs on one anon_vma. fork puts the child's vma on the parent
+  vma's anon_vma, at the tail of its list (R3: at the head, a remap walk that
+  has already started can miss it). Shared vmas share their page table
+  semantics through the anon_vma too: fork never write-protects them.
+- An anon_vma lives while a vma is on it or an operation pins it (R2).
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL = 0, 1, 2, 3, 4
+MPOL_NAMES = {"default": MPOL_DEFAULT, "preferred": MPOL_PREFERRED, "bind": MPOL_BIND,
+              "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL}
+MMAP_BASE_VPN = 0x10000
+
+
+@dataclass
+class Mempolicy:
+    mode: int = MPOL_DEFAULT
+    nodes: tuple[int, ...] = ()
+
+
+@dataclass(eq=False)
+class AnonVMA:
+    id: int
+    vmas: list["VMA"] = field(default_factory=list)
+    pins: int = 0
+
+
+@dataclass(eq=False)
+class VMA:
+    mm: "MM"
+    start: int          # first vpn
+    npages: int
+    shared: bool
+    anon_vma: AnonVMA
+    pte: np.ndarray
+    shadow: np.ndarray
+    policy: Mempolicy | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.npages
+
+    def __repr__(self) -> str:
+        return f"vma(pid={self.mm.pid}, {self.start:#x}+{self.npages}{', shared' if self.shared else ''})"
+
+
+@dataclass(eq=False)
+class MM:
+    pid: int
+    node: int
+    vmas: list[VMA] = field(default_factory=list)
+    policy: Mempolicy = field(default_factory=Mempolicy)
+    next_vpn: int = MMAP_BASE_VPN
+    alive: bool = True
+    rss: int = 0             # pages with a non-none pte: invariant 9 counts these
+
+    def find_vma(self, vpn: int) -> VMA | None:
+        starts = [v.start for v in self.vmas]
+        i = bisect.bisect_right(starts, vpn) - 1
+        if i >= 0 and vpn < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def insert_vma(self, vma: VMA) -> None:
+        starts = [v.start for v in self.vmas]
+        self.vmas.insert(bisect.bisect_left(starts, vma.start), vma)
+
+    def ranges(self, vpn: int, npages: int) -> list[tuple[VMA, int, int]]:
+        """Split [vpn, vpn+npages) by vma: (vma, lo, hi) page indexes in the vma.
+        Raises EFAULT if any page is outside every vma (the access would SIGSEGV)."""
+        out = []
+        end = vpn + npages
+        while vpn < end:
+            vma = self.find_vma(vpn)
+            if vma is None:
+                raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+            hi = min(end, vma.end)
+            out.append((vma, vpn - vma.start, hi - vma.start))
+            vpn = hi
+        return out
+
+
+def parse_mode(mode) -> int:
+    if isinstance(mode, str):
+        if mode not in MPOL_NAMES:
+            raise OSError(errno.EINVAL, f"mempolicy mode: must be one of {', '.join(MPOL_NAMES)}, got {mode!r}")
+        return MPOL_NAMES[mode]
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode not in MPOL_NAMES.values():
+        raise OSError(errno.EINVAL, f"mempolicy mode: unknown mode {mode!r}")
+    return mode
+
+
+def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
+    """The checks of do_set_mempolicy()/mbind(): EINVAL for a bad mode or node set."""
+    mode = parse_mode(mode)
+    ns = tuple(sorted(set(int(n) for n in (nodes or ()))))
+    if any(n < 0 or n >= nr_nodes for n in ns):
+        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node that is not online (0..{nr_nodes - 1})")
+    if mode in (MPOL_DEFAULT, MPOL_LOCAL):
+        if ns:
+            raise OSError(errno.EINVAL, "mempolicy nodes: must be empty for default and local")
+    elif not ns:
+        raise OSError(errno.EINVAL, "mempolicy nodes: bind, preferred and interleave need at least one node")
+    elif mode == MPOL_PREFERRED:
+        ns = ns[:1]
+    return Mempolicy(mode, ns)

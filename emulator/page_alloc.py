@@ -1,0 +1,87 @@
+"""Page allocation under a mempolicy (mm/mempolicy.c, mm/page_alloc.c).
+
+Rules:
+- The intended node of a page: the CPU's node (default/local), the preferred
+  node, the nearest bound node to the CPU (bind), or the vma-offset
+  interleave node (interleave: nodes[vpn % n], as offset_il_node()).
+- Fast path: walk the intended node's zonelist (nearest first, restricted to
+  the bound nodes for bind) taking frames while a node stays above its low
+  watermark; slow path: the same walk down to the min watermark. Direct
+  reclaim and OOM are the caller's (a step never sleeps).
+- NUMA counters as zone_statistics(): numa_hit on the node used when it is
+  the intended one, else numa_miss there and numa_foreign on the intended
+  one; numa_local when it is the CPU's node, else numa_other;
+  numa_interleave when an interleave allocation got its intended node.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import pte as P
+from .mm import MM, VMA, MPOL_BIND, MPOL_INTERLEAVE, MPOL_PREFERRED
+
+NOT_ALLOCATED = -1
+
+
+def policy_of(mm: MM, vma: VMA):
+    return vma.policy if vma.policy is not None else mm.policy
+
+
+def intended_nodes(k, mm: MM, vma: VMA, vpns: np.ndarray) -> tuple[np.ndarray, tuple | None, int]:
+    pol = policy_of(mm, vma)
+    n = len(vpns)
+    if pol.mode == MPOL_INTERLEAVE:
+        ns = np.asarray(pol.nodes, dtype=np.int64)
+        return ns[vpns % len(ns)], None, pol.mode
+    if pol.mode == MPOL_PREFERRED:
+        return np.full(n, pol.nodes[0], dtype=np.int64), None, pol.mode
+    if pol.mode == MPOL_BIND:
+        first = next(z for z in k.zonelists[mm.node] if z in pol.nodes)
+        return np.full(n, first, dtype=np.int64), pol.nodes, pol.mode
+    return np.full(n, mm.node, dtype=np.int64), None, pol.mode
+
+
+def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
+    """Allocate one frame per vpn; gpfn per page, NOT_ALLOCATED where memory ran out."""
+    intended, allowed, mode = intended_nodes(k, mm, vma, vpns)
+    out = np.full(len(vpns), NOT_ALLOCATED, dtype=np.int64)
+    t0 = int(intended[0]) if len(vpns) else 0
+    groups = [(t0, slice(None))] if len(vpns) and (intended == t0).all() else \
+        [(t, np.flatnonzero(intended == t)) for t in np.unique(intended).tolist()]
+    for t, sel in groups:
+        pos = np.arange(len(vpns))[sel]
+        order = [z for z in k.zonelists[t] if allowed is None or z in allowed]
+        for wmark in ("wmark_low", "wmark_min"):
+            for z in order:
+                if not len(pos):
+                    break
+                fr = k.nodes[z]
+                pfns = fr.alloc(len(pos), getattr(fr, wmark))
+                if len(pfns):
+                    got, pos = pos[:len(pfns)], pos[len(pfns):]
+                    out[got] = P.gpfn(z, pfns)
+                    count_numa(k, z, t, mm.node, mode, len(pfns))
+    return out
+
+
+def alloc_on(k, node: int, n: int, cpu_node: int) -> np.ndarray:
+    """alloc_migration_target(): __GFP_THISNODE, down to the min watermark."""
+    fr = k.nodes[node]
+    pfns = fr.alloc(n, fr.wmark_min)
+    count_numa(k, node, node, cpu_node, 0, len(pfns))
+    return pfns
+
+
+def count_numa(k, z: int, intended: int, cpu: int, mode: int, n: int) -> None:
+    if not n:
+        return
+    st = k.stat
+    if z == intended:
+        st.add(z, "numa_hit", n)
+        if mode == MPOL_INTERLEAVE:
+            st.add(z, "numa_interleave", n)
+    else:
+        st.add(z, "numa_miss", n)
+        st.add(intended, "numa_foreign", n)
+    st.add(z, "numa_local" if z == cpu else "numa_other", n)
+    st.add(z, "pgalloc", n)

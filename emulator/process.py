@@ -1,0 +1,167 @@
+"""Process lifetime: mmap, munmap, fork (copy_page_range), exit (zap).
+
+Rules:
+- Zapping a pte gives back what it held: a present pte its mapcount and page
+  reference; a swap pte its swap count (free_swap_and_cache: a slot nobody
+  names any more takes its idle cache page with it); a migration-cache pte
+  its counter. An upstream migration entry holds nothing: the migrator owns
+  the page.
+- fork first links every child vma on its parent's anon_vma (at the tail,
+  R3), then copies each vma's ptes in a step of its own. Private present
+  ptes become read-only in both (COW), a writable migration entry becomes a
+  readable one in both, swap and migration-cache entries gain a count; shared
+  vmas keep writable ptes and share their contents.
+- The child's record of contents (shadow) is taken with its ptes, in the
+  same step, so the data oracle never sees a half-forked child.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import pte as P
+from .frames import PG_locked, PG_swapcache
+from .kernel import split_nodes
+from .mm import MM, VMA, Mempolicy
+from .rmap import entry_dup, entry_free
+from .sched import call
+from .swap_state import delete_from_swap_cache
+
+
+def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
+    av = k.anon_vma_new()
+    vma = VMA(mm, mm.next_vpn, npages, shared, av, np.zeros(npages, dtype=np.int64),
+              np.zeros(npages, dtype=np.int64))
+    av.vmas.append(vma)
+    mm.next_vpn += npages + 1          # a guard page between mappings
+    mm.insert_vma(vma)
+    return vma
+
+
+def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
+    """zap_pte_range() over pages [lo, hi) of vma."""
+    ptes = vma.pte[lo:hi]
+    nz = ptes[ptes != 0]
+    if not len(nz):
+        return
+    present = nz[(nz & P.PRESENT) != 0] >> P.OFF_SHIFT
+    for node, sel in split_nodes(present):
+        fr = k.nodes[node]
+        pf = present[sel] & P.PFN_MASK
+        np.subtract.at(fr.mapcount, pf, 1)
+        fr.put(pf)
+    swp = nz[((nz & P.PRESENT) == 0) & ~P.is_migration(nz)]
+    if len(swp):
+        entry_free(k, swp)
+        slots = P.pte_offset(swp[P.swp_type(swp) == P.SWP_SWAP])
+        free_swap_cache(k, slots)
+    vma.mm.rss -= len(nz)
+    vma.pte[lo:hi] = 0
+    vma.shadow[lo:hi] = 0
+
+
+def free_swap_cache(k, slots: np.ndarray) -> None:
+    """free_swap_and_cache(): a slot no pte names drops its idle cache page."""
+    if not len(slots):
+        return
+    slots = np.unique(slots)
+    gp = k.swap.cache_page[slots]
+    idle = (gp >= 0) & (k.swap.count(slots) == 0)
+    gp = gp[idle]
+    for node, sel in split_nodes(gp):
+        fr = k.nodes[node]
+        pf = gp[sel] & P.PFN_MASK
+        pf = pf[((fr.flags[pf] & PG_locked) == 0) & (fr.mapcount[pf] == 0)]
+        delete_from_swap_cache(k, node, pf)
+
+
+def unlink_vma(k, vma: VMA) -> None:
+    av = vma.anon_vma
+    av.vmas = [v for v in av.vmas if v is not vma]
+    k.anon_vma_put(av)
+    vma.mm.vmas = [v for v in vma.mm.vmas if v is not vma]
+
+
+def split_vma(k, vma: VMA, at: int) -> VMA:
+    """Cut vma at page `at`; returns the upper part, linked after it."""
+    upper = VMA(vma.mm, vma.start + at, vma.npages - at, vma.shared, vma.anon_vma,
+                vma.pte[at:].copy(), vma.shadow[at:] if vma.shared else vma.shadow[at:].copy(),
+                vma.policy)
+    vma.npages = at
+    vma.pte = vma.pte[:at].copy()
+    vma.shadow = vma.shadow[:at] if vma.shared else vma.shadow[:at].copy()
+    lst = vma.anon_vma.vmas
+    lst.insert(next(i for i, v in enumerate(lst) if v is vma) + 1, upper)
+    vma.mm.insert_vma(upper)
+    return upper
+
+
+def munmap_step(k, mm: MM, vpn: int, npages: int) -> None:
+    end = vpn + npages
+    for vma in [v for v in mm.vmas if v.start < end and v.end > vpn]:
+        if vma.start < vpn:
+            vma = split_vma(k, vma, vpn - vma.start)
+        if vma.end > end:
+            split_vma(k, vma, end - vma.start)
+        zap_step(k, vma, 0, vma.npages)
+        unlink_vma(k, vma)
+
+
+def exit_step(k, mm: MM) -> None:
+    for vma in list(mm.vmas):
+        zap_step(k, vma, 0, vma.npages)
+        unlink_vma(k, vma)
+    mm.alive = False
+    k.mms.pop(mm.pid, None)
+
+
+def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
+    """dup_mmap() up to copy_page_range: the child's vmas, linked on the anon_vmas."""
+    child = MM(k.next_pid, parent.node, policy=Mempolicy(parent.policy.mode, parent.policy.nodes),
+               next_vpn=parent.next_vpn)
+    k.next_pid += 1
+    pairs = []
+    for pv in parent.vmas:
+        cv = VMA(child, pv.start, pv.npages, pv.shared, pv.anon_vma,
+                 np.zeros(pv.npages, dtype=np.int64), np.zeros(pv.npages, dtype=np.int64), pv.policy)
+        if "r3-fork-links-at-head" in k.bugs:
+            pv.anon_vma.vmas.insert(0, cv)
+        else:
+            pv.anon_vma.vmas.append(cv)
+        child.vmas.append(cv)
+        pairs.append((pv, cv))
+    k.mms[child.pid] = child
+    return child, pairs
+
+
+def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
+    ptes = pv.pte
+    if not pv.shared:
+        # COW: write-protect private present ptes, writable migration entries become readable
+        ptes[(ptes & P.PRESENT) != 0] &= ~P.WRITE
+        wm = ((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_MIGRATION_WRITE)
+        if wm.any():
+            ptes[wm] = P.mk_swp(P.SWP_MIGRATION_READ, P.pte_offset(ptes[wm]))
+    cv.pte[:] = ptes
+    present = ptes[(ptes & P.PRESENT) != 0] >> P.OFF_SHIFT
+    for node, sel in split_nodes(present):
+        fr = k.nodes[node]
+        pf = present[sel] & P.PFN_MASK
+        np.add.at(fr.mapcount, pf, 1)
+        np.add.at(fr.refcount, pf, 1)
+    swp = ptes[(ptes != 0) & ((ptes & P.PRESENT) == 0) & ~P.is_migration(ptes)]
+    if len(swp):
+        entry_dup(k, swp)
+    cv.shadow = pv.shadow if pv.shared else pv.shadow.copy()
+    cv.mm.rss += int((ptes != 0).sum())
+
+
+async def fork(k, parent: MM) -> int:
+    owner = k.node_owner(parent.node)
+    child, pairs = await call(owner, fork_mm_step, k, parent)
+    for pv, cv in pairs:
+        await call(owner, copy_page_range_step, k, pv, cv)
+    return child.pid
+
+
+async def exit_mm(k, mm: MM) -> None:
+    await call(k.node_owner(mm.node), exit_step, k, mm)

@@ -1,0 +1,178 @@
+"""Reverse mapping: from pages to the ptes that map them (mm/rmap.c).
+
+Rules:
+- A page's anon_vma and index say where to look: every vma on that anon_vma's
+  list that covers the index may map it. The walk visits the list in order,
+  one vma per step; between steps the list may change (fork appends, exit
+  removes). The walk always continues after the last vma it visited, so a
+  vma linked at the tail during the walk is visited and one linked at the
+  head is not: the root of R3.
+- unmap turns each present pte mapping a page into that page's migration
+  pte: an upstream migration entry (READ or WRITE, keeping the pte's write
+  permission) or the page's swap / migration-cache entry (+1 to its count per
+  pte, swap_duplicate). remap is the reverse, to a target page (the new page,
+  or the old one when undoing), and swap_free()s each entry it consumes.
+- Every pte changed moves the page's mapcount and refcount with it, inside
+  the same step: the pte lock and the page's counts never disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import pte as P
+from .frames import PG_swapcache
+from .mm import VMA, AnonVMA
+from .kernel import split_nodes as _split
+from .sched import call
+
+
+@dataclass
+class Batch:
+    """Pages of one node that one operation works on, with their rmap."""
+    node: int
+    pfns: np.ndarray
+    av: np.ndarray       # anon_vma id per page
+    index: np.ndarray    # vpn per page
+
+    @property
+    def gpfn(self) -> np.ndarray:
+        return P.gpfn(self.node, self.pfns)
+
+    def take(self, sel) -> "Batch":
+        return Batch(self.node, self.pfns[sel], self.av[sel], self.index[sel])
+
+    def __len__(self) -> int:
+        return len(self.pfns)
+
+
+def next_vma(av: AnonVMA, last: VMA | None, visited: set[int]) -> VMA | None:
+    if last is not None:
+        for j, v in enumerate(av.vmas):
+            if v is last:
+                return av.vmas[j + 1] if j + 1 < len(av.vmas) else None
+    for v in av.vmas:
+        if id(v) not in visited:
+            return v
+    return None
+
+
+def walk_step(k, av: AnonVMA, last: VMA | None, visited: set[int], fn, args) -> VMA | None:
+    """One step of an rmap walk: the next vma on the list, and fn applied to it."""
+    vma = next_vma(av, last, visited)
+    if vma is not None:
+        visited.add(id(vma))
+        fn(k, vma, *args)
+    return vma
+
+
+async def rmap_walk(k, avs: dict[int, AnonVMA], pages: Batch, fn, *args) -> None:
+    """Apply fn(k, vma, sub_batch, *args) to every vma that may map each page."""
+    for av_id, av in avs.items():
+        sel = np.flatnonzero(pages.av == av_id)
+        if not len(sel):
+            continue
+        sub = pages.take(sel)
+        last, visited = None, set()
+        while True:
+            last = await call("rmap", walk_step, k, av, last, visited, fn, (sub, sel) + args)
+            if last is None:
+                break
+
+
+def _in_vma(vma: VMA, b: Batch) -> tuple[np.ndarray, np.ndarray]:
+    s = np.flatnonzero((b.index >= vma.start) & (b.index < vma.end))
+    return s, b.index[s] - vma.start
+
+
+def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None) -> None:
+    """try_to_unmap_one() for a batch: present ptes of b's pages -> migration ptes.
+    entries (indexed by pos) holds each page's swap/migcache entry; None = upstream
+    migration entries."""
+    s, i = _in_vma(vma, b)
+    cur = vma.pte[i]
+    g = b.gpfn[s]
+    hit = ((cur & P.PRESENT) != 0) & ((cur >> P.OFF_SHIFT) == g)
+    if not hit.any():
+        return
+    s, i, cur, g = s[hit], i[hit], cur[hit], g[hit]
+    if entries is None:
+        typ = np.where(cur & P.WRITE, P.SWP_MIGRATION_WRITE, P.SWP_MIGRATION_READ)
+        vma.pte[i] = P.mk_swp(typ, g)
+    else:
+        e = entries[pos[s]]
+        vma.pte[i] = e
+        entry_dup(k, e)
+    fr = k.nodes[b.node]
+    pf = b.pfns[s]
+    fr.mapcount[pf] -= 1
+    fr.refcount[pf] -= 1
+
+
+def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None,
+              new_node: int, new_pfns: np.ndarray) -> None:
+    """remove_migration_ptes() for a batch: migration ptes of b's pages -> present
+    ptes to new_pfns (indexed by pos) on new_node; entries as for unmap_vma."""
+    s, i = _in_vma(vma, b)
+    cur = vma.pte[i]
+    if entries is None:
+        g = b.gpfn[s]
+        hit = P.is_migration(cur) & ((cur >> P.OFF_SHIFT) == g)
+        write = P.swp_type(cur) == P.SWP_MIGRATION_WRITE
+    else:
+        e = entries[pos[s]]
+        hit = cur == e
+        write = np.full(len(cur), vma.shared)
+    if not hit.any():
+        return
+    s, i, write = s[hit], i[hit], write[hit]
+    npf = new_pfns[pos[s]]
+    vma.pte[i] = P.mk_present(new_node, npf, write.astype(np.int64))
+    fr = k.nodes[new_node]
+    fr.mapcount[npf] += 1
+    fr.refcount[npf] += 1
+    if entries is not None:
+        entry_free(k, cur[hit])
+
+
+# -- swap-format entries: swap_duplicate / swap_free for both pseudo devices --
+def entry_dup(k, entries: np.ndarray) -> None:
+    typ = P.swp_type(entries)
+    off = P.pte_offset(entries)
+    sw = typ == P.SWP_SWAP
+    if sw.any():
+        k.swap.duplicate(off[sw])
+    if (~sw).any():
+        np.add.at(k.migcache.counter, off[~sw], 1)
+
+
+def entry_free(k, entries: np.ndarray) -> None:
+    """swap_free(): for the migration cache, an entry whose counter reaches 0 is
+    removed on the spot, with the page's cache state and the cache's reference."""
+    typ = P.swp_type(entries)
+    off = P.pte_offset(entries)
+    sw = typ == P.SWP_SWAP
+    if sw.any():
+        k.swap.free_entries(off[sw])
+    mc = off[typ == P.SWP_MIGCACHE]
+    if len(mc):
+        np.subtract.at(k.migcache.counter, mc, 1)
+        mc = np.unique(mc)
+        migcache_release(k, mc[k.migcache.counter[mc] == 0])
+
+
+def migcache_release(k, ids: np.ndarray) -> None:
+    """remove_from_migration_cache(): the entry goes, and the page leaves the cache."""
+    if not len(ids):
+        return
+    gp = k.migcache.page[ids]
+    for node, sel in _split(gp):
+        fr = k.nodes[node]
+        pf = gp[sel] & P.PFN_MASK
+        fr.flags[pf] &= ~PG_swapcache
+        fr.private[pf] = 0
+        fr.put(pf)
+        k.stat.add(node, "migcache_remove", len(pf))
+    k.migcache.remove(ids)
+

@@ -62,8 +62,9 @@ class Frames:
         self.wmark_high = (nframes * 3) // 128
 
     # -- allocation -------------------------------------------------------
-    def alloc(self, n: int, floor: int = 0) -> np.ndarray:
-        """Pop up to n frames while staying above `floor` free; one reference each."""
+    def alloc(self, n: int, floor: int = 0, zero: bool = True) -> np.ndarray:
+        """Pop up to n frames while staying above `floor` free; one reference each.
+        A migration target is not zeroed: it is about to be copied over."""
         n = max(0, min(n, self.nr_free - floor))
         if n == 0:
             return np.zeros(0, dtype=np.int64)
@@ -75,7 +76,9 @@ class Frames:
         self.mapcount[pfns] = 0
         self.private[pfns] = 0
         self.lru_tick[pfns] = self.tick
-        if self.payload == "token":
+        if not zero:
+            pass
+        elif self.payload == "token":
             self.data[pfns] = 0
         else:
             _zero_rows(self.data, pfns)
@@ -95,11 +98,12 @@ class Frames:
         self.nr_free = top + len(pfns)
 
     def put(self, pfns: np.ndarray) -> np.ndarray:
-        """Drop one reference from each page (put_page); free those that reach 0."""
+        """Drop one reference from each page (put_page); free those that reach 0.
+        Callers pass distinct pages: one pte, one cache slot, one isolation each."""
         if len(pfns) == 0:
             return pfns
-        np.subtract.at(self.refcount, pfns, 1)
-        dead = np.unique(pfns[self.refcount[pfns] == 0])
+        self.refcount[pfns] -= 1
+        dead = pfns[self.refcount[pfns] == 0]
         self.free(dead)
         return dead
 

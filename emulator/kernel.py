@@ -127,6 +127,14 @@ class Kernel:
         fr.put(pfns)
 
 
+def distinct(a: np.ndarray) -> list[int]:
+    """The distinct values of a (usually one: a batch from one node or one anon_vma)."""
+    if not len(a):
+        return []
+    lo, hi = int(a.min()), int(a.max())
+    return [lo] if lo == hi else np.unique(a).tolist()
+
+
 def split_nodes(gpfns: np.ndarray):
     """Yield (node, mask-or-slice) for the pages of each node in a gpfn array."""
     if len(gpfns) == 0:

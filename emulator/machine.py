@@ -226,9 +226,9 @@ class Machine:
             self.touch(pid, first * ps, npages, True, words[:, 0].copy())
             return
         # bytes mode: fault every page in for write, then store the bytes
-        done = 0
         for vma, lo, hi in ranges:
-            self._run(_touch(self.k, vma, lo, hi, True, None if False else self._keep_tokens(vma, lo, hi)))
+            self._run(_touch(self.k, vma, lo, hi, True, self._keep_tokens(vma, lo, hi)))
+        done = 0
         buf = np.frombuffer(data, dtype=np.uint8)
         start = addr - first * ps
         for vma, lo, hi in ranges:

@@ -29,6 +29,7 @@ import numpy as np
 from . import pte as P
 from .fault import lock_step, unlock_pages
 from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache, copy_rows
+from .kernel import distinct
 from .page_alloc import alloc_on
 from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
 from .sched import call
@@ -59,7 +60,7 @@ def freed_step(k, b: Batch) -> np.ndarray:
 
 
 def pin_anon_vmas(k, b: Batch) -> dict:
-    avs = {a: k.anon_vmas[a] for a in np.unique(b.av).tolist() if a in k.anon_vmas}
+    avs = {a: k.anon_vmas[a] for a in distinct(b.av) if a in k.anon_vmas}
     for av in avs.values():
         av.pins += 1
     return avs
@@ -75,7 +76,7 @@ def page_anon_vmas(k, b: Batch) -> dict:
     """page_lock_anon_vma() without a pin (R2): finds nothing for a page mapped nowhere."""
     fr = k.nodes[b.node]
     mapped = fr.mapcount[b.pfns] > 0
-    return {a: k.anon_vmas[a] for a in np.unique(b.av[mapped]).tolist() if a in k.anon_vmas}
+    return {a: k.anon_vmas[a] for a in distinct(b.av[mapped]) if a in k.anon_vmas}
 
 
 def alloc_step(k, node: int, n: int, cpu: int) -> np.ndarray:

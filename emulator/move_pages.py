@@ -21,6 +21,7 @@ import errno
 import numpy as np
 
 from . import pte as P
+from .kernel import distinct
 from .migrate import MIGRATE_BATCH, isolate_step, migrate_batch
 from .mm import MM
 from .rmap import Batch
@@ -35,6 +36,10 @@ def lookup_ptes(mm: MM, vpns: np.ndarray) -> np.ndarray:
     out = np.full(len(vpns), -1, dtype=np.int64)
     if not mm.vmas or not len(vpns):
         return out
+    lo, hi = int(vpns.min()), int(vpns.max())
+    vma = mm.find_vma(lo)
+    if vma is not None and hi < vma.end:          # the common case: one mapping
+        return vma.pte[vpns - vma.start]
     starts = np.array([v.start for v in mm.vmas], dtype=np.int64)
     ends = np.array([v.end for v in mm.vmas], dtype=np.int64)
     pos = np.searchsorted(starts, vpns, side="right") - 1
@@ -42,7 +47,7 @@ def lookup_ptes(mm: MM, vpns: np.ndarray) -> np.ndarray:
     if not ok.any():
         return out
     lo, hi = int(pos[ok].min()), int(pos[ok].max())
-    for p in range(lo, hi + 1):
+    for p in distinct(pos[ok]):
         sel = ok & (pos == p) if lo != hi else ok
         vma = mm.vmas[p]
         out[sel] = vma.pte[vpns[sel] - vma.start]
@@ -78,12 +83,13 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
         return status, batches
     g = gp[idx]
     # the same page twice: the second one finds it isolated already
-    _, first = np.unique(g, return_index=True)
-    dup = np.ones(len(idx), dtype=bool)
-    dup[first] = False
-    status[idx[dup]] = -errno.EBUSY
-    idx, g = idx[~dup], g[~dup]
-    for n in np.unique(g >> P.NODE_SHIFT).tolist():
+    if len(g) > 1 and not (np.diff(g) > 0).all():
+        _, first = np.unique(g, return_index=True)
+        dup = np.ones(len(idx), dtype=bool)
+        dup[first] = False
+        status[idx[dup]] = -errno.EBUSY
+        idx, g = idx[~dup], g[~dup]
+    for n in distinct(g >> P.NODE_SHIFT):
         sel = (g >> P.NODE_SHIFT) == n
         pos, pf = idx[sel], g[sel] & P.PFN_MASK
         fr = k.nodes[n]

@@ -67,7 +67,7 @@ def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
 def alloc_on(k, node: int, n: int, cpu_node: int) -> np.ndarray:
     """alloc_migration_target(): __GFP_THISNODE, down to the min watermark."""
     fr = k.nodes[node]
-    pfns = fr.alloc(n, fr.wmark_min)
+    pfns = fr.alloc(n, fr.wmark_min, zero=False)
     count_numa(k, node, node, cpu_node, 0, len(pfns))
     return pfns
 

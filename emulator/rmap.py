@@ -24,7 +24,7 @@ import numpy as np
 from . import pte as P
 from .frames import PG_swapcache
 from .mm import VMA, AnonVMA
-from .kernel import split_nodes as _split
+from .kernel import distinct, split_nodes as _split
 from .sched import call
 
 
@@ -158,7 +158,7 @@ def entry_free(k, entries: np.ndarray) -> None:
     mc = off[typ == P.SWP_MIGCACHE]
     if len(mc):
         np.subtract.at(k.migcache.counter, mc, 1)
-        mc = np.unique(mc)
+        mc = np.array(distinct(mc), dtype=np.int64) if len(mc) else mc
         migcache_release(k, mc[k.migcache.counter[mc] == 0])
 
 

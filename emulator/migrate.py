@@ -86,33 +86,51 @@ def alloc_step(k, node: int, n: int, cpu: int) -> np.ndarray:
     return pfns
 
 
-def move_mapping_step(k, b: Batch, entries, dst: int, new: np.ndarray) -> np.ndarray:
+def prepare_step(k, b: Batch):
+    """Where each page waits while it moves: (entries or None, mask of entries added now).
+    A page already in the swap cache keeps its swap entry under every policy."""
+    policy = k.topo.policy
+    if policy == "migentry":
+        return None, None
+    fr = k.nodes[b.node]
+    priv = fr.private[b.pfns]
+    sc = ((fr.flags[b.pfns] & PG_swapcache) != 0) & (P.swp_type(priv) == P.SWP_SWAP)
+    entries = np.where(sc, priv, 0)
+    add = np.flatnonzero(~sc)
+    if len(add):
+        sub = b.take(add)
+        entries[add] = add_to_swap(k, sub) if policy == "swapcache" else add_to_migcache(k, sub)
+    return entries, ~sc
+
+
+def move_mapping_step(k, b: Batch, dst: int, new: np.ndarray) -> np.ndarray:
     """migrate_folio(): freeze the refcount, move the cache slot, copy data and flags."""
     fr, nf = k.nodes[b.node], k.nodes[dst]
     pf = b.pfns
-    cached = entries is not None
+    cached = (fr.flags[pf] & PG_swapcache) != 0
     if "no-refcount-freeze" in k.bugs:
         ok = fr.mapcount[pf] == 0
     else:
         ok = (fr.refcount[pf] == 1 + cached) & (fr.mapcount[pf] == 0)
-    pf, npf = pf[ok], new[ok]
+    pf, npf, cached = pf[ok], new[ok], cached[ok]
     nf.anon_vma[npf] = fr.anon_vma[pf]
     nf.index[npf] = fr.index[pf]
     nf.flags[npf] |= fr.flags[pf] & PG_dirty
-    if cached:
-        e = entries[ok]
+    if cached.any():
+        pf, npf = pf[cached], npf[cached]
+        e = fr.private[pf]
         ng = P.gpfn(dst, npf)
         nf.flags[npf] |= PG_swapcache
         nf.private[npf] = e
         nf.refcount[npf] += 1
         off = P.pte_offset(e)
-        if k.topo.policy == "swapcache":
-            k.swap.cache_page[off] = ng
-        else:
-            k.migcache.page[off] = ng
+        sw = P.swp_type(e) == P.SWP_SWAP
+        k.swap.cache_page[off[sw]] = ng[sw]
+        k.migcache.page[off[~sw]] = ng[~sw]
         fr.flags[pf] &= ~PG_swapcache
         fr.private[pf] = 0
         fr.refcount[pf] -= 1
+        pf, npf = b.pfns[ok], new[ok]
     copy_rows(fr.data, pf, nf.data, npf)
     return ok
 
@@ -128,21 +146,22 @@ def _leave_cache(k, node: int, pfns: np.ndarray, entries: np.ndarray) -> None:
     migcache_release(k, ids[k.migcache.counter[ids] == 0])
 
 
-def finish_step(k, b: Batch, entries, dst: int, new: np.ndarray) -> None:
-    """Unlock both pages; the new one joins the LRU, the old one is freed."""
+def finish_step(k, b: Batch, entries, added, dst: int, new: np.ndarray) -> None:
+    """Unlock both pages; the new one joins the LRU, the old one is freed. A cache
+    entry this migration added goes; a swap-cache page stays in the swap cache."""
     if entries is not None:
-        _leave_cache(k, dst, new, entries)
+        _leave_cache(k, dst, new[added], entries[added])
     k.putback(dst, new)
     fr = k.nodes[b.node]
     fr.flags[b.pfns] &= ~(PG_locked | PG_isolated)
     fr.put(b.pfns)
 
 
-def undo_step(k, b: Batch, entries) -> None:
-    """After the ptes point at the old page again: out of the cache, unlocked,
-    still isolated for the next pass."""
+def undo_step(k, b: Batch, entries, added) -> None:
+    """After the ptes point at the old page again: out of the cache this migration
+    put it in, unlocked, still isolated for the next pass."""
     if entries is not None:
-        _leave_cache(k, b.node, b.pfns, entries)
+        _leave_cache(k, b.node, b.pfns[added], entries[added])
     unlock_pages(k, b.gpfn)
 
 
@@ -176,9 +195,9 @@ async def _remap(k, avs, b: Batch, entries, node: int, pfns: np.ndarray) -> None
     await rmap_walk(k, avs, b, remap_vma, entries, node, pfns)
 
 
-async def _undo(k, avs, b: Batch, entries) -> None:
+async def _undo(k, avs, b: Batch, entries, added) -> None:
     await _remap(k, avs, b, entries, b.node, b.pfns)
-    await call(k.node_owner(b.node), undo_step, k, b, entries)
+    await call(k.node_owner(b.node), undo_step, k, b, entries, added)
 
 
 async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
@@ -213,20 +232,20 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
             sub = b.take(todo)
             if not len(todo):
                 continue
-        entries = None
-        if policy == "swapcache":
-            entries = await call("coord", add_to_swap, k, sub)
-            noslot = entries == 0
-            if noslot.any():
-                result[todo[noslot]] = -errno.ENOMEM
-                final[todo[noslot]] = True
-                await call(src, unlock_pages, k, sub.gpfn[noslot])
-                todo, entries = todo[~noslot], entries[~noslot]
-                sub = b.take(todo)
-                if not len(todo):
-                    continue
-        elif policy == "migcache":
-            entries = await call("coord", add_to_migcache, k, sub)
+        entries, added = await call("coord", prepare_step, k, sub)
+        if entries is not None and (entries == 0).any():
+            noslot = entries == 0              # swapcache policy with no free slot
+            result[todo[noslot]] = -errno.ENOMEM
+            final[todo[noslot]] = True
+            await call(src, unlock_pages, k, sub.gpfn[noslot])
+            todo, entries, added = todo[~noslot], entries[~noslot], added[~noslot]
+            sub = b.take(todo)
+            if not len(todo):
+                continue
+
+        def part(sel):
+            return (None, None) if entries is None else (entries[sel], added[sel])
+
         avs = await call("rmap", pin_anon_vmas, k, sub)
         await rmap_walk(k, avs, sub, unmap_vma, entries)
         new = await call(dst_owner, alloc_step, k, dst, len(sub), cpu)
@@ -238,40 +257,42 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
             # fallback: no room on the destination even after reclaim
             fb = np.arange(len(new), len(sub))
             fsub = sub.take(fb)
-            fent = entries[fb] if entries is not None else None
+            fent, fadd = part(fb)
             result[todo[fb]] = -errno.ENOMEM
             final[todo[fb]] = True
-            if policy == "migentry":
-                await _undo(k, avs, fsub, None)
+            if entries is None:
+                await _undo(k, avs, fsub, None, None)
             else:
                 ok = np.ones(len(fb), dtype=bool)
-                if policy == "migcache":
-                    ok = await call("coord", to_swap_step, k, fsub)
+                mc = P.swp_type(fent) == P.SWP_MIGCACHE
+                if mc.any():
+                    ok[mc] = await call("coord", to_swap_step, k, fsub.take(mc))
                     # the ptes are swap ptes now: undo with the swap entries
-                    fent = np.where(ok, k.nodes[b.node].private[fsub.pfns], fent)
+                    fent = np.where(mc & ok, k.nodes[b.node].private[fsub.pfns], fent)
                 if ok.any():
                     went = await call(src, swap_out_step, k, fsub.take(ok))
                     held[todo[fb[np.flatnonzero(ok)[went]]]] = False
                     ok[np.flatnonzero(ok)[~went]] = False
                 if (~ok).any():
-                    await _undo(k, avs, fsub.take(~ok), fent[~ok])
+                    # the page stays: a swap entry it got for the fallback stays with it
+                    await _undo(k, avs, fsub.take(~ok), fent[~ok], fadd[~ok] & ~mc[~ok])
             keep = np.arange(len(new))
             todo, sub = todo[keep], sub.take(keep)
-            entries = entries[keep] if entries is not None else None
+            entries, added = part(keep)
         if len(todo):
-            moved = await call(dst_owner, move_mapping_step, k, sub, entries, dst, new)
+            moved = await call(dst_owner, move_mapping_step, k, sub, dst, new)
             if (~moved).any():
                 bad = ~moved
                 await call(dst_owner, free_frames_step, k, dst, new[bad])
-                await _undo(k, avs, sub.take(bad), entries[bad] if entries is not None else None)
+                await _undo(k, avs, sub.take(bad), *part(bad))
             if moved.any():
                 msub = sub.take(moved)
-                ment = entries[moved] if entries is not None else None
+                ment, madd = part(moved)
                 ravs = avs
                 if "r2-anon-vma-not-pinned" in k.bugs:
                     ravs = await call("rmap", page_anon_vmas, k, msub)
                 await _remap(k, ravs, msub, ment, dst, new[moved])
-                await call(dst_owner, finish_step, k, msub, ment, dst, new[moved])
+                await call(dst_owner, finish_step, k, msub, ment, madd, dst, new[moved])
                 result[todo[moved]] = 0
                 final[todo[moved]] = True
                 held[todo[moved]] = False

@@ -26,7 +26,7 @@ from .frames import PG_dirty, PG_locked, PG_lru, PG_swapcache, PG_anon
 from .kernel import split_nodes
 from .mm import VMA
 from .page_alloc import alloc_for
-from .rmap import entry_free
+from .rmap import entry_dup, entry_free
 from .sched import call, wait
 from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_swap
 
@@ -37,7 +37,7 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
     ptes = vma.pte[idx]
     need = P.PRESENT | P.WRITE if write else P.PRESENT
     ok = (ptes & need) == need
-    if not write:
+    if not write and not vma.shared:
         ok |= ptes == 0          # a read of an untouched page maps the zero page: nothing to do
         ptes = np.where(ptes == 0, -1, ptes)
     if ok.all():
@@ -120,10 +120,52 @@ def any_locked(k, gp: np.ndarray) -> bool:
     return False
 
 
+def shared_lookup(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
+    """A shared mapping's page may exist already in a sibling (shmem's page cache
+    lookup): map the same page, or take the same swap entry. Returns the pages
+    still to allocate; pages held by a migration in flight are left for a retry."""
+    left = np.ones(len(idx), dtype=bool)
+    vpn = vma.start + idx
+    for sib in vma.anon_vma.vmas:
+        if sib is vma or not sib.shared or not left.any():
+            continue
+        inr = left & (vpn >= sib.start) & (vpn < sib.end)
+        if not inr.any():
+            continue
+        pos = np.flatnonzero(inr)
+        e = sib.pte[vpn[pos] - sib.start]
+        pos, e = pos[e != 0], e[e != 0]
+        if not len(pos):
+            continue
+        left[pos] = False
+        pres = (e & P.PRESENT) != 0
+        gp = e[pres] >> P.OFF_SHIFT
+        busy = ~pres & (P.is_migration(e) | (P.swp_type(e) == P.SWP_MIGCACHE))
+        sw = ~pres & ~busy
+        if sw.any():        # a swapped page whose cache page is under migration must wait too
+            cp = k.swap.cache_page[P.pte_offset(e[sw])]
+            lk = np.zeros(len(cp), dtype=bool)
+            lk[cp >= 0] = [any_locked(k, np.array([g])) for g in cp[cp >= 0].tolist()]
+            busy[np.flatnonzero(sw)[lk]] = True
+            sw = ~pres & ~busy
+        for node, sel in split_nodes(gp):
+            pf = gp[sel] & P.PFN_MASK
+            k.nodes[node].mapcount[pf] += 1
+            k.nodes[node].refcount[pf] += 1
+        vma.pte[idx[pos[pres]]] = (gp << P.OFF_SHIFT) | P.PRESENT | P.WRITE
+        if sw.any():
+            entry_dup(k, e[sw])
+            vma.pte[idx[pos[sw]]] = e[sw]
+        vma.mm.rss += int(pres.sum() + sw.sum())
+    return idx[left]
+
+
 def map_anon_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
     """do_anonymous_page(): allocate and map, under the pte lock; returns the pages
     left unmapped for want of memory."""
     idx = idx[vma.pte[idx] == 0]        # recheck pte_none: another thread may have won
+    if vma.shared and len(idx):
+        idx = shared_lookup(k, vma, idx)
     if not len(idx):
         return idx
     mm = vma.mm
@@ -282,9 +324,10 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
         if write or k.swap.full():
             freed = try_to_free_swap(k, node, pf[fr.mapcount[pf] == 1])
             if write and len(freed):
-                mine = np.isin(pf, freed)
+                # map it writable only if this pte holds the only reference (else COW later)
+                mine = np.isin(pf, freed) & (fr.refcount[pf] == 1)
                 vma.pte[idx[sel][mine]] |= P.WRITE
-                fr.flags[freed] |= PG_dirty
+                fr.flags[pf[mine]] |= PG_dirty
         fr.flags[pf] &= ~PG_locked
 
 

@@ -236,11 +236,30 @@ def content_of_ptes(k, ptes: np.ndarray) -> np.ndarray:
     return out
 
 
+def effective_ptes(vma, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    """The ptes through which a process sees its pages: in a shared mapping a page
+    not faulted in here yet is the one a sibling mapping holds (shmem's view)."""
+    ptes = vma.pte[lo:hi]
+    if not vma.shared or (ptes != 0).all():
+        return ptes
+    ptes = ptes.copy()
+    vpn = vma.start + lo + np.arange(len(ptes))
+    for sib in vma.anon_vma.vmas:
+        none = np.flatnonzero(ptes == 0)
+        if not len(none):
+            break
+        if sib is vma or not sib.shared:
+            continue
+        inr = none[(vpn[none] >= sib.start) & (vpn[none] < sib.end)]
+        ptes[inr] = sib.pte[vpn[inr] - sib.start]
+    return ptes
+
+
 def _check_data(k) -> None:
     """Invariant 1: every page reads back what its writer last wrote."""
     for pid, mm in k.mms.items():
         for vma in mm.vmas:
-            got = content_of_ptes(k, vma.pte)
+            got = content_of_ptes(k, effective_ptes(vma))
             bad = np.flatnonzero(got != vma.shadow)
             if len(bad):
                 i = bad[0]

@@ -159,7 +159,7 @@ class Machine:
         mm = self._mm(pid)
         out = []
         for vma, lo, hi in self._range(mm, addr, npages):
-            c = invariants.content_of_ptes(self.k, vma.pte[lo:hi]) if self.payload == "token" \
+            c = invariants.content_of_ptes(self.k, invariants.effective_ptes(vma, lo, hi)) if self.payload == "token" \
                 else self._page_rows(vma, lo, hi).view(np.int64)[:, 0]
             out.append(c)
         return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -167,7 +167,7 @@ class Machine:
     def _page_rows(self, vma, lo: int, hi: int) -> np.ndarray:
         """Bytes-mode contents of pages [lo, hi) wherever they are, without faulting."""
         k = self.k
-        ptes = vma.pte[lo:hi]
+        ptes = invariants.effective_ptes(vma, lo, hi)
         rows = np.zeros((hi - lo, self.page_size), dtype=np.uint8)
         pres = (ptes & P.PRESENT) != 0
         t = P.swp_type(ptes)
@@ -198,7 +198,7 @@ class Machine:
         for vma, lo, hi in ranges:
             self._run(_touch(self.k, vma, lo, hi, False, None))
             if self.payload == "token":
-                toks = invariants.content_of_ptes(self.k, vma.pte[lo:hi])
+                toks = invariants.content_of_ptes(self.k, invariants.effective_ptes(vma, lo, hi))
                 parts.append(np.repeat(toks[:, None], ps // 8, axis=1).view(np.uint8).reshape(-1))
             else:
                 parts.append(self._page_rows(vma, lo, hi).reshape(-1))

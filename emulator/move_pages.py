@@ -32,13 +32,14 @@ MPOL_MF_MOVE_ALL = 1 << 2
 
 
 def lookup_ptes(mm: MM, vpns: np.ndarray) -> np.ndarray:
-    """The pte for each vpn, or -1 where no vma covers it (follow_page's view)."""
+    """The pte for each vpn, or -1 where no vma covers it (follow_page's view);
+    SHARED_NONE for a shared mapping's page with no pte here."""
     out = np.full(len(vpns), -1, dtype=np.int64)
     if not mm.vmas or not len(vpns):
         return out
     lo, hi = int(vpns.min()), int(vpns.max())
     vma = mm.find_vma(lo)
-    if vma is not None and hi < vma.end:          # the common case: one mapping
+    if vma is not None and hi < vma.end and not vma.shared:   # the common case: one mapping
         return vma.pte[vpns - vma.start]
     starts = np.array([v.start for v in mm.vmas], dtype=np.int64)
     ends = np.array([v.end for v in mm.vmas], dtype=np.int64)
@@ -50,14 +51,21 @@ def lookup_ptes(mm: MM, vpns: np.ndarray) -> np.ndarray:
     for p in distinct(pos[ok]):
         sel = ok & (pos == p) if lo != hi else ok
         vma = mm.vmas[p]
-        out[sel] = vma.pte[vpns[sel] - vma.start]
+        e = vma.pte[vpns[sel] - vma.start]
+        if vma.shared:
+            e = np.where(e == 0, SHARED_NONE, e)
+        out[sel] = e
     return out
+
+
+SHARED_NONE = -2   # no pte in a shared mapping: follow_page() finds no page (-ENOENT)
 
 
 def page_status(ptes: np.ndarray) -> np.ndarray:
     """do_pages_stat(): node of each present page, else -EFAULT / -ENOENT."""
     st = np.where(ptes == -1, -errno.EFAULT, 0)
     st = np.where(ptes == 0, -errno.EFAULT, st)
+    st = np.where(ptes == SHARED_NONE, -errno.ENOENT, st)
     npres = (ptes > 0) & ((ptes & P.PRESENT) == 0)
     st = np.where(npres, -errno.ENOENT, st)
     pres = (ptes > 0) & ((ptes & P.PRESENT) != 0)

@@ -24,7 +24,7 @@ from .kernel import split_nodes
 from .mm import MM, VMA, Mempolicy
 from .rmap import entry_dup, entry_free
 from .sched import call
-from .swap_state import delete_from_swap_cache
+from .swap_state import delete_from_swap_cache, try_to_free_swap
 
 
 def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
@@ -37,8 +37,30 @@ def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
     return vma
 
 
+def hand_over(vma: VMA, lo: int, hi: int) -> None:
+    """A shared mapping's pages outlive one mapper (they belong to the shared object):
+    a pte going away moves to a sibling mapping that has none for that page yet."""
+    vpn = vma.start + lo + np.arange(hi - lo)
+    for sib in vma.anon_vma.vmas:
+        if sib is vma or not sib.shared:
+            continue
+        ptes = vma.pte[lo:hi]
+        i = np.flatnonzero((ptes != 0) & (vpn >= sib.start) & (vpn < sib.end))
+        if not len(i):
+            continue
+        j = vpn[i] - sib.start
+        free = sib.pte[j] == 0
+        i, j = i[free], j[free]
+        sib.pte[j] = ptes[i]
+        sib.mm.rss += len(i)
+        vma.mm.rss -= len(i)
+        vma.pte[lo + i] = 0
+
+
 def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
     """zap_pte_range() over pages [lo, hi) of vma."""
+    if vma.shared:
+        hand_over(vma, lo, hi)
     ptes = vma.pte[lo:hi]
     nz = ptes[ptes != 0]
     if not len(nz):
@@ -48,6 +70,9 @@ def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
         fr = k.nodes[node]
         pf = present[sel] & P.PFN_MASK
         np.subtract.at(fr.mapcount, pf, 1)
+        # free_pages_and_swap_cache(): the last unmap drops an idle swap-cache copy
+        idle = pf[(fr.mapcount[pf] == 0) & ((fr.flags[pf] & (PG_swapcache | PG_locked)) == PG_swapcache)]
+        try_to_free_swap(k, node, idle)
         fr.put(pf)
     swp = nz[((nz & P.PRESENT) == 0) & ~P.is_migration(nz)]
     if len(swp):
@@ -56,7 +81,6 @@ def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
         free_swap_cache(k, slots)
     vma.mm.rss -= len(nz)
     vma.pte[lo:hi] = 0
-    vma.shadow[lo:hi] = 0
 
 
 def free_swap_cache(k, slots: np.ndarray) -> None:

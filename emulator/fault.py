@@ -366,3 +366,47 @@ async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write:
         idx, entries, gp = idx[ok], entries[ok], gp[ok]
     if len(idx):
         await call(owner, map_swap_step, k, vma, idx, entries, gp, write)
+
+
+# -- get_user_pages: a device writing into a pinned page ---------------------
+def gup_step(k, vma: VMA, i: int) -> int:
+    """pin_user_pages(FOLL_WRITE): pin the page behind a writable present pte, or -1."""
+    pte = int(vma.pte[i])
+    if (pte & (P.PRESENT | P.WRITE)) != (P.PRESENT | P.WRITE):
+        return -1
+    g = pte >> P.OFF_SHIFT
+    k.pin(np.array([g]))
+    return g
+
+
+def dma_write_step(k, vma: VMA, i: int, g: int, token: int) -> None:
+    """The device's write lands in the pinned page, whatever maps it now."""
+    fr = k.nodes[g >> P.NODE_SHIFT]
+    pf = g & P.PFN_MASK
+    t = np.array([token], dtype=np.int64)
+    if k.payload == "token":
+        fr.data[pf] = token
+        vma.shadow[i] = token
+    else:
+        old = fr.data.view(np.int64)[pf, 0:1]
+        delta = (t.view(np.uint64) - old.view(np.uint64)) * k.weights[0]
+        vma.shadow[i:i + 1] = (vma.shadow[i:i + 1].view(np.uint64) + delta).view(np.int64)
+        fr.data.view(np.int64)[pf, 0] = token
+    fr.flags[pf] |= PG_dirty
+
+
+def unpin_step(k, g: int) -> None:
+    k.unpin(np.array([g]))
+
+
+async def gup_write(k, vma: VMA, i: int, token: int) -> None:
+    """A direct-I/O style write: pin, let the device write later, unpin. The
+    migration's refcount freeze is what keeps such a page from moving meanwhile."""
+    owner = k.node_owner(vma.mm.node)
+    while True:
+        g = await call(owner, gup_step, k, vma, i)
+        if g >= 0:
+            break
+        await handle_mm_fault(k, vma, np.array([i], dtype=np.int64), True)
+    await call(owner, dma_write_step, k, vma, i, g, token)
+    await call(owner, unpin_step, k, g)

@@ -1,0 +1,385 @@
+"""The race explorer: the model's own operation coroutines, driven through chosen
+interleavings, with the invariant oracle after every step.
+
+Rules:
+- A schedule is the list of task indexes chosen at each scheduling point; it
+  determines the run completely (the model is deterministic), so a schedule
+  plus the scenario and the bug switches is a replay.
+- At each point the enabled tasks are those whose next request is a step,
+  or a wait whose condition holds. Choosing a task other than the one that
+  ran last, while that one is still enabled, is a preemption.
+- After every step the oracle runs (with operations in flight); after the
+  last, the full oracle including quiescence. An operation that raises an
+  error the scenario does not allow is a violation; so is a deadlock.
+Strategies: `random` (uniform), `pct` (priorities with d change points) and
+`dfs` (systematic, preemption-bounded, pruning states already explored with
+no more preemptions; a state is the model plus each task's history of step
+results, which determines its coroutine).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import random as _random
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import msgpack
+import numpy as np
+
+from . import invariants
+from .races import Scenario, World, load
+from .sched import Call, Wait
+
+
+@dataclass
+class Step:
+    task: str
+    op: str
+    what: str
+    saw: str
+
+    def __str__(self) -> str:
+        return f"{self.task:>12} | {self.op:<34} | {self.what:<32} -> {self.saw}"
+
+
+@dataclass
+class Outcome:
+    schedule: list[int]
+    trace: list[Step]
+    violation: str | None = None       # the invariant (or failure) broken
+    detail: str = ""
+    preemptions: int = 0
+    pruned: bool = False
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        s = np.array2string(v[:6], separator=",")
+        return s if len(v) <= 6 else s[:-1] + ",...]"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_short(x) for x in v) + ")"
+    if isinstance(v, dict):
+        return "{" + ",".join(str(x) for x in v) + "}"
+    r = repr(v)
+    return r if len(r) < 40 else r[:37] + "..."
+
+
+def _digest(h, v: Any) -> None:
+    """Feed a step result into a task's history hash."""
+    if isinstance(v, np.ndarray):
+        h.update(v.tobytes())
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            _digest(h, x)
+    elif isinstance(v, dict):
+        for x in v:
+            _digest(h, x)
+    elif hasattr(v, "pfns"):
+        h.update(v.pfns.tobytes())
+        h.update(str(v.node).encode())
+    elif hasattr(v, "start") and hasattr(v, "mm"):
+        h.update(f"vma{v.mm.pid}:{v.start}".encode())
+    elif hasattr(v, "pid"):
+        h.update(f"mm{v.pid}".encode())
+    else:
+        h.update(repr(v).encode())
+
+
+def state_hash(k) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for fr in k.nodes:
+        for a in (fr.refcount, fr.mapcount, fr.flags, fr.private, fr.anon_vma, fr.index,
+                  fr.lru_tick, fr.data, fr.free_stack[:fr.nr_free]):
+            h.update(a.tobytes())
+    sw = k.swap
+    for a in (sw.swap_map, sw.cache_page, sw.store, sw.free_stack[:sw.nr_free]):
+        h.update(a.tobytes())
+    h.update(k.migcache.counter.tobytes())
+    h.update(k.migcache.page.tobytes())
+    for pid in sorted(k.mms):
+        mm = k.mms[pid]
+        for v in mm.vmas:
+            h.update(f"{pid}:{v.start}:{v.npages}".encode())
+            h.update(v.pte.tobytes())
+            h.update(v.shadow.tobytes())
+    for av in k.anon_vmas.values():
+        h.update(f"av{av.id}:{av.pins}:".encode() + ",".join(f"{v.mm.pid}.{v.start}" for v in av.vmas).encode())
+    h.update(repr(sorted(k.pins.items())).encode())
+    return h.digest()
+
+
+class _TaskRun:
+    def __init__(self, world: World, spec):
+        self.world, self.spec = world, spec
+        self.opi = -1
+        self.coro = None
+        self.req: Call | Wait | None = None
+        self.done = False
+        self.hist = hashlib.blake2b(digest_size=16)
+        self.error: BaseException | None = None
+
+    def _next_op(self) -> None:
+        while True:
+            self.opi += 1
+            if self.opi >= len(self.spec.ops):
+                self.done, self.req = True, None
+                return
+            self.coro = self.world.start(self.spec.ops[self.opi])
+            if self._advance(None, None):
+                return
+
+    def start(self) -> None:
+        self._next_op()
+
+    def _advance(self, value, exc) -> bool:
+        """Resume the coroutine; True if it stopped at a new request."""
+        try:
+            self.req = self.coro.throw(exc) if exc is not None else self.coro.send(value)
+            return True
+        except StopIteration:
+            return False
+
+    def enabled(self) -> bool:
+        return not self.done and (self.req.__class__ is Call or self.req.pred())
+
+    @property
+    def op_label(self) -> str:
+        return self.spec.ops[self.opi].label() if not self.done else "-"
+
+    def step(self) -> tuple[str, str]:
+        """Run the pending request; returns (what, saw)."""
+        req = self.req
+        if req.__class__ is Call:
+            what = f"{req.owner}:{req.fn.__name__}"
+            try:
+                value, exc = req.fn(*req.args), None
+            except Exception as e:  # the operation sees the error, as from the kernel
+                value, exc = None, e
+            saw = _short(value) if exc is None else f"raised {exc!r}"
+        else:
+            what, value, exc, saw = f"{req.owner}:wait({req.what})", None, None, "woke"
+        self.hist.update(what.encode())
+        _digest(self.hist, value)
+        try:
+            if not self._advance(value, exc):
+                self._next_op()
+        except Exception as e:
+            self.error = e
+            self.done, self.req = True, None
+            saw += f"; operation failed: {e!r}"
+        return what, saw
+
+
+def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | None], int],
+                 visited: dict | None = None, prune_from: int = 0, check: bool = True) -> tuple[Outcome, list]:
+    """One execution. choose(depth, enabled, last) -> task index. Returns the outcome
+    and, per depth, (enabled, chosen, preemptions-before, last) for the DFS."""
+    w = sc.build(bugs)
+    k = w.m.k
+    k.inflight = 1
+    tasks = [_TaskRun(w, t) for t in sc.tasks]
+    for t in tasks:
+        t.start()
+    out = Outcome([], [])
+    points = []
+    last: int | None = None
+    pre = 0
+    depth = 0
+    while True:
+        live = [i for i, t in enumerate(tasks) if not t.done]
+        if not live:
+            break
+        en = [i for i in live if tasks[i].enabled()]
+        if not en:
+            out.violation = "deadlock"
+            out.detail = "; ".join(f"{tasks[i].spec.name} waits in {tasks[i].req!r}" for i in live)
+            break
+        c = choose(depth, en, last)
+        is_pre = last is not None and c != last and last in en
+        points.append((en, c, pre, last))
+        pre += is_pre
+        out.schedule.append(c)
+        t = tasks[c]
+        op = t.op_label
+        what, saw = t.step()
+        out.trace.append(Step(t.spec.name, op, what, saw))
+        last, depth = c, depth + 1
+        if t.error is not None:
+            err = getattr(t.error, "errno", None)
+            if err not in sc.may_fail:
+                out.violation = "operation failed"
+                out.detail = f"{t.spec.name}: {op}: {t.error}"
+                break
+        if check:
+            try:
+                invariants.check(k)
+            except invariants.InvariantViolation as e:
+                out.violation, out.detail = e.invariant, str(e)
+                break
+        if visited is not None and depth > prune_from:
+            sig = state_hash(k) + b"".join(x.hist.digest() + bytes([x.opi & 255]) for x in tasks) + \
+                bytes([last])
+            seen = visited.get(sig)
+            if seen is not None and seen <= pre:
+                out.pruned = True
+                break
+            visited[sig] = pre
+    out.preemptions = pre
+    if out.violation is None and not out.pruned:
+        k.inflight = 0
+        try:
+            invariants.check(k)
+        except invariants.InvariantViolation as e:
+            out.violation, out.detail = e.invariant, str(e)
+    return out, points
+
+
+# -- strategies -------------------------------------------------------------
+def _continue_or_first(depth, en, last):
+    return last if last in en else en[0]
+
+
+@dataclass
+class Stats:
+    schedules: int = 0
+    pruned: int = 0
+    states: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def rate(self) -> float:
+        return self.schedules / max(self.elapsed, 1e-9)
+
+
+def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None = None,
+                seconds: float | None = None, progress: Callable[[Stats], None] | None = None,
+                stats: Stats | None = None) -> tuple[Outcome | None, Stats]:
+    """Systematic search with a preemption bound; iterative over bounds 0..bound so
+    the first violation found has the fewest preemptions."""
+    stats = stats or Stats()
+    for b in range(bound + 1):
+        visited: dict = {}
+        prefix: list[int] = []
+        stack: list[tuple[list[int], set[int], int, int | None]] = []
+        while True:
+            def choose(depth, en, last, prefix=prefix):
+                return prefix[depth] if depth < len(prefix) else _continue_or_first(depth, en, last)
+            out, points = run_schedule(sc, bugs, choose, visited, len(prefix))
+            stats.schedules += 1
+            stats.pruned += out.pruned
+            stats.states = len(visited)
+            if progress:
+                progress(stats)
+            if out.violation:
+                return out, stats
+            for d in range(len(prefix), len(points)):
+                en, c, pre, last = points[d]
+                stack.append((en, {c}, pre, last))
+            # backtrack to the deepest point with an untried choice within the bound
+            while stack:
+                en, tried, pre, last = stack[-1]
+                alt = [c for c in en if c not in tried and pre + (last is not None and c != last and last in en) <= b]
+                if alt:
+                    tried.add(alt[0])
+                    prefix[:] = [p[1] if i < len(stack) - 1 else alt[0] for i, p in enumerate(points[:len(stack)])]
+                    break
+                stack.pop()
+            else:
+                break
+            if (max_schedules and stats.schedules >= max_schedules) or (seconds and stats.elapsed >= seconds):
+                return None, stats
+    return None, stats
+
+
+def explore_random(sc: Scenario, bugs=(), seed: int = 0, pct_depth: int = 0, max_schedules: int | None = None,
+                   seconds: float | None = None, progress=None) -> tuple[Outcome | None, Stats]:
+    """Seeded random schedules: uniform, or PCT with pct_depth-1 priority change points."""
+    stats = Stats()
+    rng = _random.Random(seed)
+    est = 64
+    while True:
+        if pct_depth:
+            prio = list(range(len(sc.tasks)))
+            rng.shuffle(prio)
+            prio = [p + pct_depth for p in prio]
+            changes = {rng.randrange(est): i for i in range(1, pct_depth)}
+
+            def choose(depth, en, last, prio=prio, changes=changes):
+                c = max(en, key=lambda i: prio[i])
+                if depth in changes:
+                    prio[c] = pct_depth - changes[depth]
+                    c = max(en, key=lambda i: prio[i])
+                return c
+        else:
+            def choose(depth, en, last):
+                return rng.choice(en)
+        out, _ = run_schedule(sc, bugs, choose)
+        est = max(est, len(out.schedule))
+        stats.schedules += 1
+        if progress:
+            progress(stats)
+        if out.violation:
+            return out, stats
+        if (max_schedules and stats.schedules >= max_schedules) or (seconds and stats.elapsed >= seconds):
+            return None, stats
+
+
+def replay(sc: Scenario, bugs, schedule: list[int]) -> Outcome:
+    def choose(depth, en, last):
+        if depth < len(schedule) and schedule[depth] in en:
+            return schedule[depth]
+        return _continue_or_first(depth, en, last)
+    out, _ = run_schedule(sc, bugs, choose)
+    return out
+
+
+def minimize(sc: Scenario, bugs, out: Outcome) -> Outcome:
+    """Fewer preemptions: repeatedly let the running task go on at a preemption point,
+    keeping the change while the same invariant still breaks."""
+    best = out
+    improved = True
+    while improved and best.preemptions:
+        improved = False
+        last = None
+        for d, c in enumerate(best.schedule):
+            if last is not None and c != last:
+                trial = replay(sc, bugs, best.schedule[:d] + [last])
+                if trial.violation == best.violation and trial.preemptions < best.preemptions:
+                    best, improved = trial, True
+                    break
+            last = c
+    return best
+
+
+# -- replay tokens ---------------------------------------------------------
+def make_token(sc: Scenario, bugs, schedule: list[int]) -> str:
+    body = msgpack.packb([1, sc.path, sc.digest, sorted(bugs), bytes(schedule)], use_bin_type=True)
+    return "nx1-" + base64.urlsafe_b64encode(zlib.compress(body, 9)).decode().rstrip("=")
+
+
+def read_token(token: str) -> tuple[str, str, list[str], list[int]]:
+    if not isinstance(token, str) or not token.startswith("nx1-"):
+        raise ValueError("replay token: not a numaemu replay token (they start with nx1-)")
+    try:
+        raw = token[4:]
+        body = zlib.decompress(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        ver, path, digest, bugs, sched = msgpack.unpackb(body, raw=False)
+        assert ver == 1
+        return path, digest, list(bugs), list(sched)
+    except Exception:
+        raise ValueError("replay token: corrupted (it does not decode)") from None
+
+
+def replay_token(token: str) -> tuple[Scenario, list[str], Outcome]:
+    path, digest, bugs, sched = read_token(token)
+    sc = load(path)
+    if sc.digest != digest:
+        raise ValueError(f"replay token: {path} has changed since the token was made")
+    return sc, bugs, replay(sc, bugs, sched)

@@ -1,0 +1,241 @@
+"""Race scenarios: a starting state and concurrent tasks, read from TOML.
+
+A scenario file holds:
+- ``[machine]``: the same table as experiments (Machine.from_config keys);
+- ``[[process]]``: processes in pid order (1, 2, ...), each with ``node`` and
+  ``mappings = [{pages = N, shared = false}, ...]``; every page starts touched
+  (written once) unless ``touched = false`` on the mapping;
+- ``[[setup]]``: operations run to completion, in order, before the race
+  (same operation tables as tasks' ops);
+- ``[[task]]``: ``name`` and ``ops``, a list of operations run in order by
+  that task; tasks run concurrently, interleaved by the explorer;
+- ``[expect]``: ``may_fail = ["ENOMEM", ...]``, errors an operation may end
+  with without that being a violation.
+Operations: ``fault {pid, mapping, page, npages=1, write=false}``,
+``gup_write {pid, mapping, page}``, ``move_pages {pid, mapping, pages, node,
+move_all=true}``, ``migrate_pages {pid, from, to}``, ``reclaim {node,
+pages}``, ``fork {pid}``, ``exit {pid}``, ``swapoff {}``, ``swapon {}``.
+A forked child gets the next pid and its parent's mappings.
+Every error names the file, the key and the problem.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import fault, move_pages, process, reclaim, swapfile
+from .machine import Machine
+from .sched import call
+
+OPS: dict[str, dict[str, type | tuple]] = {
+    "fault": {"pid": int, "mapping": int, "page": int, "npages": int, "write": bool},
+    "gup_write": {"pid": int, "mapping": int, "page": int},
+    "move_pages": {"pid": int, "mapping": int, "pages": list, "node": int, "move_all": bool},
+    "migrate_pages": {"pid": int, "from": list, "to": list},
+    "reclaim": {"node": int, "pages": int},
+    "fork": {"pid": int},
+    "exit": {"pid": int},
+    "swapoff": {},
+    "swapon": {},
+}
+REQUIRED = {"fault": ("pid", "page"), "gup_write": ("pid", "page"), "move_pages": ("pid", "pages", "node"),
+            "migrate_pages": ("pid", "from", "to"), "reclaim": ("node", "pages"), "fork": ("pid",),
+            "exit": ("pid",), "swapoff": (), "swapon": ()}
+
+
+class ScenarioError(ValueError):
+    """A scenario file problem: ``<file>: <key>: <problem>``."""
+
+
+@dataclass
+class Op:
+    kind: str
+    args: dict[str, Any]
+
+    def label(self) -> str:
+        a = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{self.kind}({a})"
+
+
+@dataclass
+class Task:
+    name: str
+    ops: list[Op]
+
+
+@dataclass
+class Scenario:
+    path: str
+    machine: dict[str, Any]
+    processes: list[dict[str, Any]]
+    setup: list[Op]
+    tasks: list[Task]
+    may_fail: frozenset[int]
+    digest: str = ""
+    description: str = ""
+
+    def build(self, bugs=()) -> "World":
+        m = Machine.from_config(self.machine, bugs=bugs)
+        w = World(m, {})
+        for p in self.processes:
+            pid = m.spawn(p.get("node", 0))
+            w.maps[pid] = []
+            for mp in p.get("mappings", []):
+                a = m.mmap(pid, mp["pages"], mp.get("shared", False))
+                w.maps[pid].append(a)
+                if mp.get("touched", True):
+                    m.touch(pid, a, mp["pages"])
+        for i, op in enumerate(self.setup):
+            try:
+                m._run(w.start(op))
+            except OSError as e:
+                raise ScenarioError(f"{self.path}: setup[{i}]: {op.label()} failed: {e}") from None
+        return w
+
+
+@dataclass
+class World:
+    """A machine plus the scenario's names for its mappings."""
+    m: Machine
+    maps: dict[int, list[int]] = field(default_factory=dict)
+
+    def vma_page(self, pid: int, mapping: int, page: int):
+        k = self.m.k
+        mm = k.mms.get(pid)
+        if mm is None:
+            raise OSError(errno.ESRCH, f"no process {pid}")
+        addr = self.maps[pid][mapping] >> k.page_shift
+        vma = mm.find_vma(addr + page)
+        if vma is None:
+            raise OSError(errno.EFAULT, f"pid {pid} mapping {mapping} page {page} is not mapped")
+        return vma, addr + page - vma.start
+
+    def start(self, op: Op):
+        """The operation's coroutine, over the model's own kernel paths."""
+        k, a = self.m.k, op.args
+        if op.kind == "fault":
+            vma, i = self.vma_page(a["pid"], a.get("mapping", 0), a["page"])
+            n = a.get("npages", 1)
+            write = a.get("write", False)
+            return fault.touch(k, vma, i, i + n, write, k.next_tokens(n) if write else None)
+        if op.kind == "gup_write":
+            vma, i = self.vma_page(a["pid"], a.get("mapping", 0), a["page"])
+            return fault.gup_write(k, vma, i, int(k.next_tokens(1)[0]))
+        if op.kind == "move_pages":
+            pid = a["pid"]
+            base = self.maps[pid][a.get("mapping", 0)] >> k.page_shift
+            vpns = np.array([base + p for p in a["pages"]], dtype=np.int64)
+            nodes = np.full(len(vpns), a["node"], dtype=np.int64)
+            flags = move_pages.MPOL_MF_MOVE_ALL if a.get("move_all", True) else move_pages.MPOL_MF_MOVE
+            return move_pages.do_pages_move(k, k.mms[pid], vpns, nodes, flags)
+        if op.kind == "migrate_pages":
+            return move_pages.do_migrate_pages(k, k.mms[a["pid"]], move_pages.nodes_remap(a["from"], a["to"]), True)
+        if op.kind == "reclaim":
+            return reclaim.shrink_node(k, a["node"], a["pages"])
+        if op.kind == "fork":
+            return self._fork(a["pid"])
+        if op.kind == "exit":
+            return process.exit_mm(k, k.mms[a["pid"]])
+        if op.kind == "swapoff":
+            return swapfile.swapoff(k)
+        if op.kind == "swapon":
+            return _one_step("coord", swapfile.swapon, k)
+        raise AssertionError(op.kind)
+
+    async def _fork(self, pid: int) -> int:
+        child = await process.fork(self.m.k, self.m.k.mms[pid])
+        self.maps[child] = list(self.maps[pid])
+        return child
+
+
+async def _one_step(owner: str, fn: Callable, *args):
+    return await call(owner, fn, *args)
+
+
+def _parse_op(path: str, key: str, d: Any) -> Op:
+    if not isinstance(d, dict) or "op" not in d:
+        raise ScenarioError(f"{path}: {key}: must be a table with an 'op' key")
+    kind = d["op"]
+    if kind not in OPS:
+        raise ScenarioError(f"{path}: {key}.op: unknown operation {kind!r} (known: {', '.join(OPS)})")
+    args = {k: v for k, v in d.items() if k != "op"}
+    spec = OPS[kind]
+    for name, v in args.items():
+        if name not in spec:
+            raise ScenarioError(f"{path}: {key}.{name}: not an argument of {kind} (arguments: {', '.join(spec) or 'none'})")
+        t = spec[name]
+        if (t is int and (isinstance(v, bool) or not isinstance(v, int))) or (t is not int and not isinstance(v, t)):
+            raise ScenarioError(f"{path}: {key}.{name}: must be {t.__name__}, got {v!r}")
+        if t is list and not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            raise ScenarioError(f"{path}: {key}.{name}: must be a list of integers")
+    for name in REQUIRED[kind]:
+        if name not in args:
+            raise ScenarioError(f"{path}: {key}.{name}: required for {kind}")
+    return Op(kind, args)
+
+
+def load(path: str | Path) -> Scenario:
+    path = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    known = {"machine", "process", "setup", "task", "expect", "description"}
+    for key in doc:
+        if key not in known:
+            raise ScenarioError(f"{path}: {key}: unknown key (known: {', '.join(sorted(known))})")
+    machine = doc.get("machine", {})
+    try:
+        Machine.from_config(machine)
+    except ValueError as e:
+        raise ScenarioError(f"{path}: {e}") from None
+    procs = doc.get("process", [])
+    if not isinstance(procs, list):
+        raise ScenarioError(f"{path}: process: must be an array of tables ([[process]])")
+    for i, p in enumerate(procs):
+        if not isinstance(p, dict) or set(p) - {"node", "mappings"}:
+            raise ScenarioError(f"{path}: process[{i}]: keys are node and mappings")
+        node = p.get("node", 0)
+        if isinstance(node, bool) or not isinstance(node, int):
+            raise ScenarioError(f"{path}: process[{i}].node: must be an integer")
+        for j, mp in enumerate(p.get("mappings", [])):
+            if not isinstance(mp, dict) or set(mp) - {"pages", "shared", "touched"} or \
+                    not isinstance(mp.get("pages"), int) or mp["pages"] <= 0:
+                raise ScenarioError(f"{path}: process[{i}].mappings[{j}]: needs pages (a positive integer); "
+                                    "optional shared, touched")
+    setup = [_parse_op(path, f"setup[{i}]", d) for i, d in enumerate(doc.get("setup", []))]
+    tasks = []
+    for i, t in enumerate(doc.get("task", [])):
+        if not isinstance(t, dict) or "ops" not in t or not isinstance(t["ops"], list) or not t["ops"]:
+            raise ScenarioError(f"{path}: task[{i}]: needs ops, a non-empty list of operations")
+        if set(t) - {"name", "ops"}:
+            raise ScenarioError(f"{path}: task[{i}]: keys are name and ops")
+        tasks.append(Task(str(t.get("name", f"task{i}")), [_parse_op(path, f"task[{i}].ops[{j}]", d)
+                                                          for j, d in enumerate(t["ops"])]))
+    if not tasks:
+        raise ScenarioError(f"{path}: task: a race scenario needs at least one [[task]]")
+    mf = doc.get("expect", {}).get("may_fail", [])
+    codes = set()
+    for name in mf:
+        if not isinstance(name, str) or not hasattr(errno, name):
+            raise ScenarioError(f"{path}: expect.may_fail: {name!r} is not an errno name")
+        codes.add(getattr(errno, name))
+    sc = Scenario(path, machine, procs, setup, tasks, frozenset(codes),
+                  hashlib.sha256(raw).hexdigest()[:12], str(doc.get("description", "")))
+    try:
+        sc.build()
+    except ScenarioError:
+        raise
+    except (OSError, IndexError, KeyError) as e:
+        raise ScenarioError(f"{path}: setup: the starting state cannot be built: {e}") from None
+    return sc

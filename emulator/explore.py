@@ -57,8 +57,8 @@ class Outcome:
 
 def _short(v: Any) -> str:
     if isinstance(v, np.ndarray):
-        s = np.array2string(v[:6], separator=",")
-        return s if len(v) <= 6 else s[:-1] + ",...]"
+        s = str(v[:6].tolist())
+        return s if len(v) <= 6 else s[:-1] + ", ...]"
     if isinstance(v, tuple):
         return "(" + ", ".join(_short(x) for x in v) + ")"
     if isinstance(v, dict):
@@ -174,10 +174,13 @@ class _TaskRun:
 
 
 def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | None], int],
-                 visited: dict | None = None, prune_from: int = 0, check: bool = True) -> tuple[Outcome, list]:
+                 visited: dict | None = None, prune_from: int = 0,
+                 checked: set | None = None) -> tuple[Outcome, list]:
     """One execution. choose(depth, enabled, last) -> task index. Returns the outcome
-    and, per depth, (enabled, chosen, preemptions-before, last) for the DFS."""
-    w = sc.build(bugs)
+    and, per depth, (enabled, chosen, preemptions-before, last) for the DFS.
+    `checked` remembers model states the oracle has passed already: the verdict is
+    a function of the state alone, so each distinct state is checked once."""
+    w = sc.fresh(bugs)
     k = w.m.k
     k.inflight = 1
     tasks = [_TaskRun(w, t) for t in sc.tasks]
@@ -213,14 +216,17 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
                 out.violation = "operation failed"
                 out.detail = f"{t.spec.name}: {op}: {t.error}"
                 break
-        if check:
+        h = state_hash(k) if checked is not None or visited is not None else b""
+        if checked is None or h not in checked:
             try:
                 invariants.check(k)
             except invariants.InvariantViolation as e:
                 out.violation, out.detail = e.invariant, str(e)
                 break
+            if checked is not None:
+                checked.add(h)
         if visited is not None and depth > prune_from:
-            sig = state_hash(k) + b"".join(x.hist.digest() + bytes([x.opi & 255]) for x in tasks) + \
+            sig = h + b"".join(x.hist.digest() + bytes([x.opi & 255]) for x in tasks) + \
                 bytes([last])
             seen = visited.get(sig)
             if seen is not None and seen <= pre:
@@ -266,12 +272,13 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
     stats = stats or Stats()
     for b in range(bound + 1):
         visited: dict = {}
+        checked: set = set()
         prefix: list[int] = []
         stack: list[tuple[list[int], set[int], int, int | None]] = []
         while True:
             def choose(depth, en, last, prefix=prefix):
                 return prefix[depth] if depth < len(prefix) else _continue_or_first(depth, en, last)
-            out, points = run_schedule(sc, bugs, choose, visited, len(prefix))
+            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked)
             stats.schedules += 1
             stats.pruned += out.pruned
             stats.states = len(visited)

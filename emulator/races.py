@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import fault, move_pages, process, reclaim, swapfile
+from .kernel import clone
 from .machine import Machine
 from .sched import call
 
@@ -79,6 +80,18 @@ class Scenario:
     may_fail: frozenset[int]
     digest: str = ""
     description: str = ""
+
+    def fresh(self, bugs=()) -> "World":
+        """The starting state, built once per set of bugs and copied for each run
+        (setup has no munmap, so no array views need their aliasing kept)."""
+        key = tuple(sorted(bugs))
+        cache = self.__dict__.setdefault("_built", {})
+        if key not in cache:
+            cache[key] = self.build(bugs)
+        w = cache[key]
+        m = Machine.__new__(Machine)
+        m.topology, m.k = w.m.topology, clone(w.m.k)
+        return World(m, {p: list(a) for p, a in w.maps.items()})
 
     def build(self, bugs=()) -> "World":
         m = Machine.from_config(self.machine, bugs=bugs)

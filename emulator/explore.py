@@ -89,26 +89,23 @@ def _digest(h, v: Any) -> None:
 
 
 def state_hash(k) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
+    """A digest of everything that decides the model's future (not its counters)."""
+    parts = []
     for fr in k.nodes:
-        for a in (fr.refcount, fr.mapcount, fr.flags, fr.private, fr.anon_vma, fr.index,
-                  fr.lru_tick, fr.data, fr.free_stack[:fr.nr_free]):
-            h.update(a.tobytes())
-    sw = k.swap
-    for a in (sw.swap_map, sw.cache_page, sw.store, sw.free_stack[:sw.nr_free]):
-        h.update(a.tobytes())
-    h.update(k.migcache.counter.tobytes())
-    h.update(k.migcache.page.tobytes())
-    for pid in sorted(k.mms):
-        mm = k.mms[pid]
+        parts += (fr.refcount.tobytes(), fr.mapcount.tobytes(), fr.flags.tobytes(), fr.private.tobytes(),
+                  fr.anon_vma.tobytes(), fr.index.tobytes(), fr.lru_tick.tobytes(), fr.data.tobytes(),
+                  fr.free_stack[:fr.nr_free].tobytes())
+    sw, mc = k.swap, k.migcache
+    parts += (sw.swap_map.tobytes(), sw.cache_page.tobytes(), sw.store.tobytes(),
+              sw.free_stack[:sw.nr_free].tobytes(), mc.counter.tobytes(), mc.page.tobytes())
+    for pid, mm in k.mms.items():
         for v in mm.vmas:
-            h.update(f"{pid}:{v.start}:{v.npages}".encode())
-            h.update(v.pte.tobytes())
-            h.update(v.shadow.tobytes())
+            parts += (b"%d:%d:%d" % (pid, v.start, v.npages), v.pte.tobytes(), v.shadow.tobytes())
     for av in k.anon_vmas.values():
-        h.update(f"av{av.id}:{av.pins}:".encode() + ",".join(f"{v.mm.pid}.{v.start}" for v in av.vmas).encode())
-    h.update(repr(sorted(k.pins.items())).encode())
-    return h.digest()
+        parts.append(b"%d:%d:" % (av.id, av.pins) + b",".join(b"%d.%d" % (v.mm.pid, v.start) for v in av.vmas))
+    if k.pins:
+        parts.append(repr(sorted(k.pins.items())).encode())
+    return hashlib.blake2b(b"|".join(parts), digest_size=16).digest()
 
 
 class _TaskRun:
@@ -120,6 +117,7 @@ class _TaskRun:
         self.done = False
         self.hist = hashlib.blake2b(digest_size=16)
         self.error: BaseException | None = None
+        self._label = (-1, "")
 
     def _next_op(self) -> None:
         while True:
@@ -147,7 +145,11 @@ class _TaskRun:
 
     @property
     def op_label(self) -> str:
-        return self.spec.ops[self.opi].label() if not self.done else "-"
+        if self.done:
+            return "-"
+        if self._label[0] != self.opi:
+            self._label = (self.opi, self.spec.ops[self.opi].label())
+        return self._label[1]
 
     def step(self) -> tuple[str, str]:
         """Run the pending request; returns (what, saw)."""

@@ -1,0 +1,98 @@
+"""The ``numaemu`` command line.
+
+    numaemu run SCENARIO [--backend local|ray] [--json PATH]
+    numaemu --version
+
+Exit codes: 0 success; 1 the run found violations (data read back wrong or
+an invariant broken) or failed; 2 bad input (scenario file, options).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import __version__
+from .scenario import ScenarioError, load_scenario
+
+BACKENDS = ("local", "ray")
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="numaemu", message="%(prog)s %(version)s")
+def main() -> None:
+    """numaemu: an emulator of Linux NUMA memory management."""
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
+              help="where the machine runs: 'local' in this process (ray: not available yet)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
+def run(scenario: str, backend: str, json_path: str | None) -> None:
+    """Run the scenario file SCENARIO and print a per-node summary."""
+    if backend == "ray":
+        _fail("the Ray backend is not available yet (issue 4); use --backend local", 2)
+    if json_path is not None:
+        parent = Path(json_path).parent
+        if not parent.is_dir():
+            _fail(f"--json {json_path}: directory {str(parent)!r} does not exist", 2)
+        if Path(json_path).is_dir():
+            _fail(f"--json {json_path}: is a directory", 2)
+    try:
+        spec = load_scenario(scenario)
+    except ScenarioError as exc:
+        _fail(str(exc), 2)
+
+    from .runner_local import run_local
+
+    out = Console()
+    err = Console(stderr=True)
+    ops = spec.run.operations
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=not err.is_terminal,
+        disable=not err.is_terminal,
+    )
+    try:
+        with progress:
+            task = progress.add_task(Path(scenario).name, total=ops)
+            summary = run_local(spec, lambda done: progress.update(task, completed=done))
+    except OSError as exc:
+        _fail(f"{scenario}: the run failed: {exc}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+    from .report import print_summary
+
+    print_summary(summary, out)
+    if json_path is not None:
+        tmp = f"{json_path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2, sort_keys=False)
+                fh.write("\n")
+            os.replace(tmp, json_path)
+        except OSError as exc:
+            _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
+    sys.exit(1 if summary["violations"] > 0 else 0)
+
+
+if __name__ == "__main__":  # python -m cluster.cli
+    main()

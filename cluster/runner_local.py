@@ -1,0 +1,177 @@
+"""The in-process backend: run a scenario on one ``emulator.Machine``.
+
+1. spawn every workload's processes on their node and map their memory
+   (a shared workload maps once and forks, so its processes share the pages);
+2. run ``[run] operations`` batch accesses (see :mod:`cluster.workload`),
+   recording every token written in a shadow copy;
+3. every ``[migration] every`` operations, migrate: ``move_pages`` of a
+   random batch of one process's pages to the next node, or
+   ``migrate_pages`` of a whole process from its node to the next one
+   (processes take turns, targets go round-robin);
+4. at the end, read every page back with ``read_tokens`` and compare with the
+   shadow, run the invariant oracle ``check()``, and summarise per node.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+
+from .scenario import Scenario
+from .summary import MigrationTally, collect_summary
+from .workload import AccessPattern, Proc, Shadow
+
+ProgressFn = Callable[[int], None]
+
+# How many mismatches are described in the summary (all are counted).
+MAX_DETAILS = 20
+
+
+def _errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+class LocalRun:
+    """One run of a scenario on an in-process Machine."""
+
+    def __init__(self, scenario: Scenario, machine=None):
+        import emulator
+
+        self.scenario = scenario
+        self.m = machine if machine is not None else scenario.take_machine()
+        self.emulator = emulator
+        self.rng = np.random.default_rng(scenario.run.seed)
+        self.nr_nodes = int(self.m.nr_nodes)
+        self.page_size = int(self.m.page_size)
+        self.move_max = int(getattr(emulator, "MOVE_PAGES_MAX", 16384))
+        self.procs: list[Proc] = []
+        self.patterns: list[AccessPattern] = []
+        self.tally = MigrationTally(self.nr_nodes)
+        self.errors: Counter[str] = Counter()
+        self.details: list[str] = []
+        self.migration_events = 0
+
+    # -- setup ------------------------------------------------------------
+
+    def setup(self) -> None:
+        em = self.emulator
+        for w, spec in enumerate(self.scenario.workload):
+            self.patterns.append(AccessPattern(spec))
+            flags = em.MPOL_MF_MOVE_ALL if spec.shared and spec.processes > 1 else em.MPOL_MF_MOVE
+            if spec.shared:
+                pid = self.m.spawn(node=spec.node)
+                addr = self.m.mmap(pid, spec.pages, shared=True)
+                shadow = Shadow.zeros(spec.pages)
+                pids = [pid] + [self.m.fork(pid) for _ in range(spec.processes - 1)]
+                for p in pids:
+                    self.procs.append(Proc(p, w, spec.node, addr, spec.pages, shadow, flags))
+            else:
+                for _ in range(spec.processes):
+                    pid = self.m.spawn(node=spec.node)
+                    addr = self.m.mmap(pid, spec.pages, shared=False)
+                    self.procs.append(Proc(pid, w, spec.node, addr, spec.pages,
+                                           Shadow.zeros(spec.pages), flags))
+
+    # -- operations -------------------------------------------------------
+
+    def access(self, proc: Proc) -> None:
+        acc = self.patterns[proc.workload].next(self.rng, proc.cursor)
+        proc.cursor = acc.start + acc.npages
+        addr = proc.addr + acc.start * self.page_size
+        try:
+            tokens = self.m.touch(proc.pid, addr, acc.npages, write=acc.write)
+        except OSError as exc:
+            self.errors[f"touch:{_errname(exc)}"] += 1
+            if acc.write:
+                proc.shadow.forget(acc.start, acc.npages)
+            return
+        if acc.write:
+            proc.shadow.record(acc.start, np.asarray(tokens, dtype=np.int64))
+
+    def query(self, proc: Proc, addrs: list[int]) -> np.ndarray:
+        out = []
+        for i in range(0, len(addrs), self.move_max):
+            out.extend(self.m.move_pages(proc.pid, addrs[i:i + self.move_max], None))
+        return np.asarray(out, dtype=np.int64)
+
+    def migrate(self) -> None:
+        if self.nr_nodes < 2 or not self.procs:
+            return
+        proc = self.procs[self.migration_events % len(self.procs)]
+        self.migration_events += 1
+        src, dst = proc.next_target(self.nr_nodes)
+        mode = self.scenario.migration.mode
+        try:
+            if mode == "move_pages":
+                batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
+                idx = np.sort(self.rng.choice(proc.pages, size=batch, replace=False))
+                addrs = proc.page_addrs(idx, self.page_size)
+                before = self.query(proc, addrs)
+                after = self.m.move_pages(proc.pid, addrs, [dst] * len(addrs), proc.flags)
+                self.tally.count(before, np.asarray(after, dtype=np.int64))
+            else:
+                addrs = proc.page_addrs(np.arange(proc.pages), self.page_size)
+                before = self.query(proc, addrs)
+                left = self.m.migrate_pages(proc.pid, [src], [dst])
+                self.tally.not_moved += int(left)
+                self.tally.count(before, self.query(proc, addrs))
+        except OSError as exc:
+            self.errors[f"{mode}:{_errname(exc)}"] += 1
+
+    # -- verification -----------------------------------------------------
+
+    def verify(self) -> int:
+        bad = 0
+        for proc in self.procs:
+            observed = self.m.read_tokens(proc.pid, proc.addr, proc.pages)
+            wrong = proc.shadow.mismatches(observed)
+            bad += len(wrong)
+            for i in wrong[: max(0, MAX_DETAILS - len(self.details))]:
+                self.details.append(
+                    f"data: pid {proc.pid} page {int(i)} (addr {proc.addr + int(i) * self.page_size:#x}): "
+                    f"expected token {int(proc.shadow.tokens[i])}, read {int(observed[i])}")
+        try:
+            self.m.check()
+        except self.emulator.InvariantViolation as exc:
+            bad += 1
+            self.details.append(f"invariant: {exc}")
+        return bad
+
+    # -- the whole run ----------------------------------------------------
+
+    def run(self, progress: ProgressFn | None = None) -> dict:
+        t0 = time.perf_counter()
+        self.setup()
+        ops = self.scenario.run.operations
+        every = self.scenario.migration.every
+        step = max(1, ops // 200)
+        nprocs = len(self.procs)
+        for op in range(1, ops + 1):
+            self.access(self.procs[(op - 1) % nprocs])
+            if every and op % every == 0:
+                self.migrate()
+            if progress is not None and (op % step == 0 or op == ops):
+                progress(op)
+        violations = self.verify()
+        elapsed = time.perf_counter() - t0
+        return collect_summary(
+            self.m,
+            scenario=self.scenario,
+            backend="local",
+            tally=self.tally,
+            errors=dict(self.errors),
+            violations=violations,
+            details=self.details,
+            processes=[p.pid for p in self.procs],
+            migration_events=self.migration_events,
+            elapsed=elapsed,
+        )
+
+
+def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None) -> dict:
+    """Run ``scenario`` in-process and return the summary dict."""
+    return LocalRun(scenario, machine).run(progress)

@@ -1,0 +1,120 @@
+"""The result of a run: per-node frames, migrations and vmstat counters.
+
+The summary is a plain JSON-able dict::
+
+    {
+      "scenario": "examples/quickstart.toml", "backend": "local",
+      "policy": "migcache", "payload": "token", "operations": 2000, "seed": 0,
+      "processes": 2, "migration_events": 40, "elapsed_s": 0.8,
+      "nodes": [ {"node": 0, "frames": 4096, "used": ..., "free": ...,
+                  "migrations_in": ..., "migrations_out": ...,
+                  "pgmigrate_success": ..., ..., "vmstat": {<all counters of node 0>}}, ...],
+      "totals": {<the per-node fields summed>, "vmstat": {<machine-wide counters>}},
+      "swap": {"slots": ..., "used": ..., "on": ..., "swapcached": ...},
+      "errors": {"touch:ENOMEM": 3, ...},
+      "violations": 0, "violation_details": [...]
+    }
+
+``migrations_in`` / ``migrations_out`` are counted by the runner from
+move_pages statuses (queried before the move, compared after); the other
+per-node fields are the model's own counters (``m.vmstat(node=i)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Per-node vmstat counters copied to the top level of each node's entry.
+NODE_COUNTERS = (
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "pgmigrate_fallback_swap",
+    "pswpin",
+    "pswpout",
+    "pgfault",
+    "pgmajfault",
+    "numa_hit",
+    "numa_miss",
+)
+
+# The per-node fields, in table order.
+NODE_FIELDS = ("frames", "used", "free", "migrations_in", "migrations_out") + NODE_COUNTERS
+
+
+class MigrationTally:
+    """Pages moved in to / out of each node, as the runner saw them."""
+
+    def __init__(self, nr_nodes: int):
+        self.nr_nodes = nr_nodes
+        self.inbound = np.zeros(nr_nodes, dtype=np.int64)
+        self.outbound = np.zeros(nr_nodes, dtype=np.int64)
+        self.not_moved = 0  # migrate_pages' return values, summed
+
+    def count(self, before: np.ndarray, after: np.ndarray) -> int:
+        """Count pages whose node changed between two status arrays of the
+        same pages (negative statuses, errors or not present, never count)."""
+        before = np.asarray(before, dtype=np.int64)
+        after = np.asarray(after, dtype=np.int64)
+        moved = (before >= 0) & (after >= 0) & (before != after)
+        np.add.at(self.outbound, before[moved], 1)
+        np.add.at(self.inbound, after[moved], 1)
+        return int(moved.sum())
+
+
+def _ints(d: dict[str, Any]) -> dict[str, Any]:
+    return {str(k): (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v)
+            for k, v in d.items()}
+
+
+def collect_summary(
+    m,
+    *,
+    scenario,
+    backend: str,
+    tally: MigrationTally,
+    errors: dict[str, int],
+    violations: int,
+    details: list[str],
+    processes: list[int],
+    migration_events: int,
+    elapsed: float,
+) -> dict[str, Any]:
+    info = {int(row["node"]): row for row in m.node_info()}
+    nodes = []
+    for n in range(int(m.nr_nodes)):
+        row = info.get(n, {})
+        vm = _ints(m.vmstat(node=n))
+        entry: dict[str, Any] = {
+            "node": n,
+            "frames": int(row.get("frames", 0)),
+            "used": int(row.get("used", 0)),
+            "free": int(row.get("free", 0)),
+            "migrations_in": int(tally.inbound[n]),
+            "migrations_out": int(tally.outbound[n]),
+        }
+        for name in NODE_COUNTERS:
+            entry[name] = int(vm.get(name, 0))
+        entry["vmstat"] = vm
+        nodes.append(entry)
+    totals: dict[str, Any] = {f: sum(e[f] for e in nodes) for f in NODE_FIELDS}
+    totals["migrate_pages_not_moved"] = int(tally.not_moved)
+    totals["vmstat"] = _ints(m.vmstat())
+    return {
+        "scenario": scenario.path,
+        "backend": backend,
+        "policy": str(m.policy),
+        "payload": str(m.payload),
+        "operations": scenario.run.operations,
+        "seed": scenario.run.seed,
+        "processes": len(processes),
+        "migration_events": migration_events,
+        "elapsed_s": round(elapsed, 3),
+        "nodes": nodes,
+        "totals": totals,
+        "swap": _ints(dict(m.swap_info())),
+        "errors": dict(sorted(errors.items())),
+        "violations": int(violations),
+        "violation_details": list(details),
+    }

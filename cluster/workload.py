@@ -1,0 +1,113 @@
+"""Workload generation: which pages each operation touches, backend-agnostic.
+
+Everything random comes from one ``numpy.random.Generator`` seeded from
+``[run] seed``, and the draws happen in a fixed order, so a scenario replays
+the same accesses on every run and on every backend.
+
+An *operation* is one batch access by one process: ``batch`` consecutive pages
+of its mapping (clipped at the mapping's end), all reads or all writes.
+Processes take turns round-robin, in the order the workloads are listed.
+
+- ``sequential``: each process walks its mapping from page 0, wrapping around.
+- ``uniform``: the batch starts at a page drawn uniformly.
+- ``zipf``: the batch starts at page k-1 with probability proportional to
+  1/k**zipf_s (k = 1..pages), so the first pages are the hot ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .scenario import WorkloadSpec
+
+
+@dataclass
+class Access:
+    start: int   # first page index within the mapping
+    npages: int  # >= 1
+    write: bool
+
+
+class AccessPattern:
+    """Draws the accesses of one workload's processes."""
+
+    def __init__(self, spec: WorkloadSpec):
+        self.spec = spec
+        self.pages = spec.pages
+        self.batch = min(spec.batch, spec.pages)
+        self._cdf = None
+        if spec.pattern == "zipf":
+            weights = np.arange(1, self.pages + 1, dtype=np.float64) ** -spec.zipf_s
+            cdf = np.cumsum(weights)
+            self._cdf = cdf / cdf[-1]
+
+    def start(self, rng: np.random.Generator, cursor: int) -> int:
+        pattern = self.spec.pattern
+        if pattern == "sequential":
+            return cursor % self.pages
+        if pattern == "uniform":
+            return int(rng.integers(0, self.pages))
+        # zipf: inverse-CDF sampling over the page indices
+        idx = int(np.searchsorted(self._cdf, rng.random(), side="right"))
+        return min(idx, self.pages - 1)
+
+    def next(self, rng: np.random.Generator, cursor: int) -> Access:
+        start = self.start(rng, cursor)
+        npages = min(self.batch, self.pages - start)
+        write = bool(rng.random() < self.spec.write_ratio)
+        return Access(start, npages, write)
+
+
+@dataclass
+class Shadow:
+    """What the writers wrote: one token per page of a mapping, and whether
+    it is known (a write that failed part way leaves its pages unknown until
+    they are written again)."""
+
+    tokens: np.ndarray
+    known: np.ndarray
+
+    @classmethod
+    def zeros(cls, pages: int) -> "Shadow":
+        return cls(np.zeros(pages, dtype=np.int64), np.ones(pages, dtype=bool))
+
+    def record(self, start: int, tokens: np.ndarray) -> None:
+        end = start + len(tokens)
+        self.tokens[start:end] = tokens
+        self.known[start:end] = True
+
+    def forget(self, start: int, npages: int) -> None:
+        self.known[start:start + npages] = False
+
+    def mismatches(self, observed: np.ndarray) -> np.ndarray:
+        """Page indices whose observed token differs from the recorded one."""
+        observed = np.asarray(observed, dtype=np.int64)
+        return np.flatnonzero(self.known & (observed != self.tokens))
+
+
+@dataclass
+class Proc:
+    """One emulated process of a workload and its driving state."""
+
+    pid: int
+    workload: int        # index in the scenario's [[workload]] list
+    home: int            # node its CPU is on
+    addr: int            # start of its mapping
+    pages: int
+    shadow: Shadow       # shared by every process of a shared workload
+    flags: int           # move_pages flags for its pages
+    cursor: int = 0      # sequential pattern position
+    mig_node: int = field(default=-1)  # node of the last migration target (-1: home)
+
+    def page_addrs(self, page_indices: np.ndarray, page_size: int) -> list[int]:
+        return [self.addr + int(i) * page_size for i in page_indices]
+
+    def next_target(self, nr_nodes: int) -> tuple[int, int]:
+        """(from, to) for the next migration of this process: round-robin
+        over the nodes, starting with the node after its home."""
+        src = self.home if self.mig_node < 0 else self.mig_node
+        dst = (src + 1) % nr_nodes
+        self.mig_node = dst
+        return src, dst

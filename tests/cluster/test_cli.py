@@ -1,0 +1,218 @@
+"""The numaemu command line: exit codes, messages, and an end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import cluster
+from cluster.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = "examples/quickstart.toml"
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click >= 8.2 keeps stderr apart
+
+
+def numaemu_cmd() -> list[str]:
+    """The installed console script (next to this interpreter)."""
+    script = Path(sys.executable).with_name("numaemu")
+    assert script.exists(), f"numaemu is not installed next to {sys.executable}: pip install -e '.[test]'"
+    return [str(script)]
+
+
+def run_numaemu(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(numaemu_cmd() + list(args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_console_script_entry_point():
+    (ep,) = metadata.entry_points(group="console_scripts", name="numaemu")
+    assert ep.value == "cluster.cli:main"
+
+
+def test_version():
+    result = runner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"numaemu {cluster.__version__}"
+    assert metadata.version("numaemu") == cluster.__version__
+
+
+def test_ray_backend_is_not_available_yet():
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "ray"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: the Ray backend is not available yet (issue 4); use --backend local"
+    assert result.stdout == ""
+
+
+def test_unknown_backend_is_a_usage_error():
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "mpi"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--backend'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (('policy = "migcache"', 'policy = "lru"'),
+         "machine.policy: must be one of swapcache, migcache, migentry"),
+        (("every = 50", "every = 50\nbatch = 8"), "migration.batch: unknown key"),
+        (("operations = 2000", 'operations = "lots"'),
+         "run.operations: must be an integer, not a string ('lots')"),
+        (("batch = 64", "batch = 64 64"), "line "),
+    ],
+    ids=["bad-policy", "unknown-key", "wrong-type", "toml-syntax"],
+)
+def test_bad_scenario_exits_2_with_one_clear_line(tmp_path, edit, expected):
+    text = (REPO / QUICKSTART).read_text()
+    assert edit[0] in text
+    path = tmp_path / "bad.toml"
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    result = runner().invoke(main, ["run", str(path), "--backend", "local"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {path}: {expected}")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_scenario_in_a_real_process_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text((REPO / QUICKSTART).read_text().replace("[machine]", "[machine\n"))
+    proc = run_numaemu("run", str(path), "--backend", "local")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {path}: line 6, column ")
+    assert "invalid TOML" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_scenario_file(tmp_path):
+    result = runner().invoke(main, ["run", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'none.toml'}: cannot read the file")
+
+
+def test_json_into_a_missing_directory_is_refused_before_running(tmp_path):
+    out = tmp_path / "no" / "such" / "out.json"
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--json", str(out)])
+    assert result.exit_code == 2
+    assert "does not exist" in result.stderr
+    assert not out.exists()
+
+
+def test_violations_give_exit_1(tmp_path, monkeypatch):
+    import cluster.runner_local as rl
+
+    real = rl.run_local
+
+    def corrupted(scenario, progress=None, machine=None):
+        summary = real(scenario, progress, machine)
+        summary["violations"] = 3
+        summary["violation_details"] = ["data: pid 1 page 0: expected token 1, read 2"]
+        return summary
+
+    monkeypatch.setattr(rl, "run_local", corrupted)
+    out = tmp_path / "v.json"
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--json", str(out)])
+    assert result.exit_code == 1
+    assert "violations: 3" in result.stdout
+    assert json.loads(out.read_text())["violations"] == 3
+
+
+# -- end to end ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "out.json"
+    proc = run_numaemu("run", QUICKSTART, "--backend", "local", "--json", str(out))
+    return proc, out
+
+
+def test_quickstart_end_to_end(quickstart_run):
+    proc, out = quickstart_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the per-node table
+    assert "pgmigrate_success" in proc.stdout
+    assert "violations: 0" in proc.stdout
+
+    summary = json.loads(out.read_text())
+    assert summary["violations"] == 0 and summary["violation_details"] == []
+    assert summary["backend"] == "local"
+    assert (summary["policy"], summary["payload"]) == ("migcache", "token")
+    assert summary["operations"] == 2000
+    assert summary["processes"] == 5          # 3 on node 0, 2 on node 1
+    assert summary["migration_events"] == 2000 // 50
+    assert summary["errors"] == {}
+
+    nodes = summary["nodes"]
+    assert [n["node"] for n in nodes] == [0, 1]
+    for n in nodes:
+        assert n["frames"] == 4096
+        assert n["used"] + n["free"] == n["frames"]
+        assert n["used"] > 0
+        vm = n["vmstat"]
+        for key in ("pgmigrate_success", "pgmigrate_fail", "pswpin", "pswpout", "pgmajfault",
+                    "pgfault", "numa_hit", "numa_miss", "nr_free_pages", "pgmigrate_fallback_swap"):
+            assert isinstance(vm[key], int), key
+        assert n["pgmigrate_success"] == vm["pgmigrate_success"]
+        assert n["free"] == vm["nr_free_pages"]
+        # pages moved both ways: each node received and gave away pages
+        assert n["migrations_in"] > 0 and n["migrations_out"] > 0
+
+    totals = summary["totals"]
+    assert totals["used"] == sum(n["used"] for n in nodes)
+    assert totals["frames"] == 8192
+    assert totals["pgmigrate_success"] > 0
+    assert totals["vmstat"]["pgmigrate_success"] == totals["pgmigrate_success"]
+    # every page the runner saw move is one the kernel counted, and vice versa
+    assert totals["migrations_in"] == totals["migrations_out"] == totals["pgmigrate_success"]
+    # nothing is left in the migration cache once the run is over
+    assert totals["vmstat"]["nr_migcache_entries"] == 0
+
+
+def test_json_matches_an_in_process_run_and_node_info(quickstart_run):
+    """The CLI's numbers are the model's: rerun in-process with the same seed
+    and compare with node_info() and with what the processes map."""
+    from cluster.runner_local import LocalRun
+    from cluster.scenario import load_scenario
+
+    proc, out = quickstart_run
+    cli = json.loads(out.read_text())
+
+    run = LocalRun(load_scenario(REPO / QUICKSTART))
+    local = run.run()
+    for s in (cli, local):
+        s.pop("elapsed_s")
+        s.pop("scenario")
+    assert cli == local, "same scenario and seed must give the same summary"
+
+    info = run.m.node_info()
+    assert [row["used"] for row in info] == [n["used"] for n in local["nodes"]]
+    assert sum(row["used"] for row in info) == local["totals"]["used"]
+
+    # With no swap activity, every used frame is a resident page of some
+    # mapping: count them through move_pages queries (a shared mapping once).
+    assert local["totals"]["pswpout"] == 0 and run.m.swap_info()["swapcached"] == 0
+    resident = [0] * run.nr_nodes
+    seen_shared = set()
+    for p in run.procs:
+        if run.scenario.workload[p.workload].shared:
+            if p.workload in seen_shared:
+                continue
+            seen_shared.add(p.workload)
+        status = run.query(p, p.page_addrs(range(p.pages), run.page_size))
+        for node in status[status >= 0]:
+            resident[int(node)] += 1
+    assert resident == [row["used"] for row in info]

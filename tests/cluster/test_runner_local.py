@@ -1,0 +1,229 @@
+"""The in-process runner and its workload generator."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+from cluster.scenario import WorkloadSpec, load_scenario
+from cluster.summary import MigrationTally
+from cluster.workload import AccessPattern, Proc, Shadow
+
+
+# -- access patterns (no model needed) -------------------------------------------
+
+def spec(**kw) -> WorkloadSpec:
+    base = {"node": 0, "pages": 100}
+    base.update(kw)
+    return WorkloadSpec.model_validate(base)
+
+
+def test_sequential_walks_and_wraps():
+    pat = AccessPattern(spec(pattern="sequential", batch=30))
+    rng = np.random.default_rng(0)
+    cursor, seen = 0, []
+    for _ in range(5):
+        acc = pat.next(rng, cursor)
+        seen.append((acc.start, acc.npages))
+        cursor = acc.start + acc.npages
+    assert seen == [(0, 30), (30, 30), (60, 30), (90, 10), (0, 30)]
+
+
+def test_batches_are_clipped_to_the_mapping():
+    pat = AccessPattern(spec(pattern="uniform", batch=1000, pages=50))
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        acc = pat.next(rng, 0)
+        assert 0 <= acc.start < 50 and 1 <= acc.npages and acc.start + acc.npages <= 50
+    assert pat.batch == 50
+
+
+def test_zipf_favours_the_first_pages_and_uniform_does_not():
+    rng = np.random.default_rng(2)
+    zipf = AccessPattern(spec(pattern="zipf", zipf_s=1.5, pages=1000, batch=1))
+    uni = AccessPattern(spec(pattern="uniform", pages=1000, batch=1))
+    z = np.array([zipf.start(rng, 0) for _ in range(5000)])
+    u = np.array([uni.start(rng, 0) for _ in range(5000)])
+    assert z.min() >= 0 and z.max() < 1000
+    assert (z < 10).mean() > 0.5          # sum_{k<=10} k^-1.5 / zeta(1.5) ~ 0.7
+    assert 0.0 < (u < 10).mean() < 0.03   # ~ 1%
+
+
+def test_write_ratio():
+    rng = np.random.default_rng(3)
+    for ratio, lo, hi in ((0.0, 0, 0), (1.0, 1000, 1000), (0.25, 200, 300)):
+        pat = AccessPattern(spec(write_ratio=ratio))
+        writes = sum(pat.next(rng, 0).write for _ in range(1000))
+        assert lo <= writes <= hi
+
+
+def test_same_seed_same_accesses():
+    def draws(seed):
+        rng = np.random.default_rng(seed)
+        pat = AccessPattern(spec(pattern="zipf"))
+        return [(a.start, a.npages, a.write) for a in (pat.next(rng, 0) for _ in range(50))]
+    assert draws(7) == draws(7) and draws(7) != draws(8)
+
+
+def test_shadow_tracks_writes_and_forgets_failed_ones():
+    sh = Shadow.zeros(8)
+    sh.record(2, np.array([11, 12, 13]))
+    assert sh.mismatches(np.array([0, 0, 11, 12, 13, 0, 0, 0])).tolist() == []
+    assert sh.mismatches(np.array([0, 5, 11, 12, 99, 0, 0, 0])).tolist() == [1, 4]
+    sh.forget(4, 2)
+    assert sh.mismatches(np.array([0, 0, 11, 12, 99, 77, 0, 0])).tolist() == []
+
+
+def test_round_robin_targets():
+    p = Proc(pid=1, workload=0, home=1, addr=4096, pages=4, shadow=Shadow.zeros(4), flags=2)
+    assert [p.next_target(3) for _ in range(4)] == [(1, 2), (2, 0), (0, 1), (1, 2)]
+
+
+def test_tally_counts_only_pages_that_changed_node():
+    t = MigrationTally(3)
+    # moved 0->1, stayed on 1, error, not present -> moved (not counted), moved 2->0
+    moved = t.count(np.array([0, 1, -14, -2, 2]), np.array([1, 1, -14, 1, 0]))
+    assert moved == 2
+    assert t.outbound.tolist() == [1, 0, 1] and t.inbound.tolist() == [1, 1, 0]
+
+
+# -- runs on the model ---------------------------------------------------------------
+
+SCENARIO = """\
+[machine]
+nodes = 3
+frames_per_node = 512
+swap_pages = 1024
+policy = "{policy}"
+payload = "{payload}"
+page_size = 256
+
+[[workload]]
+node = 0
+processes = 2
+pages = 96
+pattern = "uniform"
+write_ratio = 0.6
+batch = 16
+
+[[workload]]
+node = 2
+processes = 3
+pages = 64
+shared = {shared}
+pattern = "zipf"
+batch = 8
+
+[migration]
+every = {every}
+mode = "{mode}"
+
+[run]
+operations = {ops}
+seed = {seed}
+"""
+
+
+def scenario(tmp_path, policy="migentry", payload="token", every=10, mode="move_pages", ops=300, seed=5,
+             shared=False):
+    path = tmp_path / f"{policy}-{payload}-{mode}-{seed}-{shared}.toml"
+    path.write_text(textwrap.dedent(SCENARIO.format(policy=policy, payload=payload, every=every,
+                                                    mode=mode, ops=ops, seed=seed,
+                                                    shared=str(shared).lower())))
+    return load_scenario(path)
+
+
+def strip(summary):
+    summary = dict(summary)
+    summary.pop("elapsed_s")
+    return summary
+
+
+@pytest.mark.parametrize("policy", ["swapcache", "migcache", "migentry"])
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+@pytest.mark.parametrize("mode", ["move_pages", "migrate_pages"])
+def test_every_policy_payload_and_mode_runs_clean(tmp_path, policy, payload, mode):
+    from cluster.runner_local import run_local
+
+    s = run_local(scenario(tmp_path, policy, payload, mode=mode))
+    assert s["violations"] == 0, s["violation_details"]
+    assert s["errors"] == {}
+    assert s["processes"] == 5 and s["migration_events"] == 30
+    assert s["totals"]["pgmigrate_success"] > 0
+    assert s["totals"]["migrations_in"] == s["totals"]["migrations_out"] > 0
+    assert s["totals"]["pgfault"] > 0
+    for n in s["nodes"]:
+        assert n["used"] + n["free"] == n["frames"] == 512
+
+
+@pytest.mark.parametrize("policy", ["swapcache", "migcache", "migentry"])
+@pytest.mark.parametrize("mode", ["move_pages", "migrate_pages"])
+def test_shared_workload_processes_see_each_others_writes(tmp_path, policy, mode):
+    """Three processes share one mapping (mmap shared, then fork before any
+    page is touched): whichever process writes a page, all of them read it
+    back, through migrations with MPOL_MF_MOVE_ALL."""
+    from cluster.runner_local import LocalRun
+
+    run = LocalRun(scenario(tmp_path, policy, mode=mode, shared=True))
+    s = run.run()
+    assert s["violations"] == 0, s["violation_details"]
+    sharers = [p for p in run.procs if p.workload == 1]
+    assert len(sharers) == 3 and len({id(p.shadow) for p in sharers}) == 1
+    tokens = [run.m.read_tokens(p.pid, p.addr, p.pages).tolist() for p in sharers]
+    assert tokens[0] == tokens[1] == tokens[2] and any(tokens[0])
+    assert s["totals"]["pgmigrate_success"] > 0
+
+
+def test_runs_are_deterministic(tmp_path):
+    from cluster.runner_local import run_local
+
+    a = run_local(scenario(tmp_path, seed=11))
+    b = run_local(scenario(tmp_path, seed=11))
+    c = run_local(scenario(tmp_path, seed=12))
+    assert strip(a) == strip(b)
+    assert strip(a)["nodes"] != strip(c)["nodes"]
+
+
+def test_no_migration_when_every_is_zero(tmp_path):
+    from cluster.runner_local import run_local
+
+    s = run_local(scenario(tmp_path, every=0))
+    assert s["migration_events"] == 0
+    assert s["totals"]["pgmigrate_success"] == 0
+    assert s["totals"]["migrations_in"] == 0
+    # first touch is local: each workload's pages are on its node
+    used = [n["used"] for n in s["nodes"]]
+    assert used[1] == 0 and used[0] > 0 and used[2] > 0
+
+
+def test_migrate_pages_moves_the_whole_process(tmp_path):
+    from cluster.runner_local import LocalRun
+
+    run = LocalRun(scenario(tmp_path, mode="migrate_pages", every=0, ops=60))
+    run.run()
+    proc = run.procs[0]                    # private, home node 0
+    addrs = proc.page_addrs(np.arange(proc.pages), run.page_size)
+    before = run.query(proc, addrs)
+    assert set(before[before >= 0].tolist()) == {0}
+    run.migrate()                          # event 0 -> procs[0], node 0 -> 1
+    after = run.query(proc, addrs)
+    assert set(after[after >= 0].tolist()) == {1}
+    assert (after >= 0).sum() == (before >= 0).sum()
+    assert run.tally.inbound[1] == run.tally.outbound[0] == (before >= 0).sum()
+    assert run.verify() == 0
+
+
+def test_verification_catches_a_lost_write(tmp_path):
+    from cluster.runner_local import LocalRun
+
+    run = LocalRun(scenario(tmp_path, ops=100))
+    run.run()
+    assert run.verify() == 0
+    proc = run.procs[0]
+    written = np.flatnonzero(proc.shadow.tokens)
+    assert len(written) > 0
+    proc.shadow.tokens[written[0]] += 1    # the writer "remembers" something else
+    assert run.verify() == 1
+    assert f"pid {proc.pid} page {written[0]}" in run.details[-1]

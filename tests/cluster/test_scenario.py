@@ -1,0 +1,237 @@
+"""Scenario files: parsing, validation, and error messages that name file and key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cluster.scenario import ScenarioError, Scenario, load_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "examples" / "quickstart.toml"
+
+GOOD = """\
+[machine]
+nodes = 2
+frames_per_node = 256
+swap_pages = 512
+policy = "migentry"
+
+[[workload]]
+node = 0
+pages = 64
+
+[[workload]]
+node = 1
+processes = 2
+pages = 32
+shared = true
+pattern = "zipf"
+
+[run]
+operations = 10
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path, **kw) -> ScenarioError:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path, machine=False, **kw)
+    return info.value
+
+
+# -- what a valid file gives --------------------------------------------------
+
+def test_defaults_are_filled_in(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD), machine=False)
+    assert isinstance(s, Scenario)
+    w0, w1 = s.workload
+    assert (w0.node, w0.processes, w0.pages, w0.shared, w0.pattern) == (0, 1, 64, False, "uniform")
+    assert (w0.zipf_s, w0.write_ratio, w0.batch) == (1.2, 0.5, 256)
+    assert (w1.processes, w1.shared, w1.pattern) == (2, True, "zipf")
+    assert (s.migration.every, s.migration.mode) == (0, "move_pages")
+    assert (s.run.operations, s.run.seed) == (10, 0)
+    assert s.path == str(tmp_path / "s.toml")
+
+
+def test_machine_config_is_exactly_the_keys_written(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD), machine=False)
+    assert s.machine.config() == {"nodes": 2, "frames_per_node": 256, "swap_pages": 512, "policy": "migentry"}
+
+
+def test_nodes_as_a_list_of_tables(tmp_path):
+    text = GOOD.replace("nodes = 2\n", "nodes = [{frames = 64}, {frames = 128}]\n")
+    s = load_scenario(write(tmp_path, text), machine=False)
+    assert s.machine.config()["nodes"] == [{"frames": 64}, {"frames": 128}]
+
+
+def test_an_integer_is_accepted_where_a_float_is_expected(tmp_path):
+    text = GOOD.replace('pattern = "zipf"', 'pattern = "zipf"\nzipf_s = 2\nwrite_ratio = 1')
+    s = load_scenario(write(tmp_path, text), machine=False)
+    assert s.workload[1].zipf_s == 2.0 and s.workload[1].write_ratio == 1.0
+
+
+def test_quickstart_example_is_valid():
+    s = load_scenario(QUICKSTART, machine=False)
+    assert s.machine.config()["policy"] == "migcache"
+    assert s.machine.config()["payload"] == "token"
+    assert len(s.workload) == 2 and {w.node for w in s.workload} == {0, 1}
+    assert (s.migration.every, s.migration.mode) == (50, "move_pages")
+    assert s.run.operations == 2000
+
+
+# -- errors: <file>: <dotted key>: <problem> -------------------------------------
+
+def test_bad_policy_names_file_key_and_choices(tmp_path):
+    path = write(tmp_path, GOOD.replace('"migentry"', '"migrate"'))
+    err = error_of(path)
+    assert str(err).startswith(f"{path}: machine.policy: must be one of swapcache, migcache, migentry")
+    assert "'migrate'" in str(err)
+    assert (err.file, err.key) == (str(path), "machine.policy")
+
+
+def test_bad_pattern_in_second_workload(tmp_path):
+    path = write(tmp_path, GOOD.replace('"zipf"', '"random"'))
+    assert str(error_of(path)).startswith(
+        f"{path}: workload[1].pattern: must be one of sequential, uniform, zipf")
+
+
+def test_unknown_keys_are_rejected_everywhere(tmp_path):
+    cases = {
+        GOOD.replace("swap_pages = 512", "swap_page = 512"): "machine.swap_page: unknown key",
+        GOOD.replace("pages = 64", "pages = 64\nthreads = 4"): "workload[0].threads: unknown key",
+        GOOD + "\n[migrate]\nevery = 5\n": "migrate: unknown key",
+        GOOD.replace("operations = 10", "operations = 10\nsteps = 3"): "run.steps: unknown key",
+    }
+    for text, expected in cases.items():
+        path = write(tmp_path, text)
+        assert str(error_of(path)) == f"{path}: {expected}"
+
+
+def test_wrong_types(tmp_path):
+    cases = {
+        GOOD.replace("frames_per_node = 256", 'frames_per_node = "256"'):
+            "machine.frames_per_node: must be an integer, not a string ('256')",
+        GOOD.replace("shared = true", "shared = 1"):
+            "workload[1].shared: must be true or false, not an integer (1)",
+        GOOD.replace("pages = 64", "pages = true"):
+            "workload[0].pages: must be an integer, not a boolean (True)",
+        GOOD.replace("operations = 10", "operations = 10.5"):
+            "run.operations: must be an integer, not a float (10.5)",
+        GOOD.replace('pattern = "zipf"', 'pattern = "zipf"\nzipf_s = "big"'):
+            "workload[1].zipf_s: must be a number, not a string ('big')",
+        GOOD.replace("nodes = 2\n", 'nodes = "two"\n'):
+            "machine.nodes: must be an integer or a list of tables like {frames = N}",
+        GOOD.replace("nodes = 2\n", "nodes = [{frames = 64}, {frame = 64}]\n"):
+            "machine.nodes[1].frames: required key is missing",
+    }
+    for text, expected in cases.items():
+        path = write(tmp_path, text)
+        assert str(error_of(path)).splitlines()[0] == f"{path}: {expected}"
+
+
+def test_every_problem_is_listed_one_per_line(tmp_path):
+    text = GOOD.replace("nodes = 2\n", "nodes = [{frames = 64}, {frame = 64}]\n")
+    path = write(tmp_path, text)
+    lines = str(error_of(path)).splitlines()
+    assert lines == [f"{path}: machine.nodes[1].frames: required key is missing",
+                     f"{path}: machine.nodes[1].frame: unknown key"]
+
+
+def test_out_of_range_values(tmp_path):
+    cases = {
+        GOOD.replace('pattern = "zipf"', 'pattern = "zipf"\nzipf_s = 1.0'):
+            "workload[1].zipf_s: must be > 1",
+        GOOD.replace('pattern = "zipf"', 'pattern = "zipf"\nwrite_ratio = 1.5'):
+            "workload[1].write_ratio: must be <= 1",
+        GOOD.replace("processes = 2", "processes = 0"): "workload[1].processes: must be >= 1",
+        GOOD.replace("pages = 64", "pages = 0"): "workload[0].pages: must be >= 1",
+        GOOD + "\n[migration]\nevery = -1\n": "migration.every: must be >= 0",
+        GOOD + '\n[migration]\nmode = "teleport"\n':
+            "migration.mode: must be one of move_pages, migrate_pages",
+    }
+    for text, expected in cases.items():
+        path = write(tmp_path, text)
+        assert str(error_of(path)).startswith(f"{path}: {expected}")
+
+
+def test_required_tables_and_keys(tmp_path):
+    no_workload = GOOD.split("[[workload]]")[0] + "[run]\noperations = 1\n"
+    path = write(tmp_path, no_workload)
+    assert str(error_of(path)) == f"{path}: workload: required key is missing"
+
+    path = write(tmp_path, GOOD.replace("[run]\noperations = 10\n", ""))
+    assert str(error_of(path)) == f"{path}: run: required key is missing"
+
+    path = write(tmp_path, GOOD.replace("operations = 10", "seed = 3"))
+    assert str(error_of(path)) == f"{path}: run.operations: required key is missing"
+
+    path = write(tmp_path, GOOD.replace("node = 0\n", ""))
+    assert str(error_of(path)) == f"{path}: workload[0].node: required key is missing"
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path):
+    text = GOOD.replace("swap_pages = 512", "swap_pages 512")
+    path = write(tmp_path, text)
+    err = error_of(path)
+    line = text.splitlines().index("swap_pages 512") + 1
+    assert str(err).startswith(f"{path}: line {line}, column ")
+    assert "invalid TOML" in str(err)
+
+
+def test_toml_duplicate_key_is_a_syntax_error(tmp_path):
+    path = write(tmp_path, GOOD.replace("swap_pages = 512", "swap_pages = 512\nswap_pages = 1"))
+    assert "invalid TOML" in str(error_of(path))
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    assert str(error_of(path)).startswith(f"{path}: cannot read the file")
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "bin.toml"
+    path.write_bytes(b"[machine]\nnodes = \xff\n")
+    assert str(error_of(path)).startswith(f"{path}: not UTF-8")
+
+
+# -- the [machine] table is also validated by the model -------------------------------
+
+def test_machine_values_are_checked_by_the_model(tmp_path):
+    path = write(tmp_path, GOOD.replace("nodes = 2\n", "nodes = 2\npage_size = 1000\n"))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value).startswith(f"{path}: machine.page_size: ")
+    assert info.value.key == "machine.page_size"
+
+
+def test_bad_distances_are_checked_by_the_model(tmp_path):
+    path = write(tmp_path, GOOD.replace("nodes = 2\n", "nodes = 2\ndistances = [[10, 20]]\n"))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value).startswith(f"{path}: machine.distances: ")
+
+
+def test_workload_on_a_node_that_does_not_exist(tmp_path):
+    path = write(tmp_path, GOOD.replace("node = 1\n", "node = 2\n"))
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value) == (f"{path}: workload[1].node: node 2 does not exist "
+                               "(the machine has 2 nodes: 0..1)")
+
+
+def test_valid_file_builds_its_machine_once(tmp_path):
+    s = load_scenario(write(tmp_path, GOOD))
+    m = s.take_machine()
+    assert (m.nr_nodes, m.policy, m.payload, m.page_size) == (2, "migentry", "token", 4096)
+    assert [row["frames"] for row in m.node_info()] == [256, 256]
+    assert m.swap_info()["slots"] == 512
+    m2 = s.take_machine()
+    assert m2 is not m and m2.nr_nodes == 2

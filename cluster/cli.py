@@ -1,6 +1,9 @@
 """The ``numaemu`` command line.
 
     numaemu run SCENARIO [--backend local|ray] [--json PATH]
+    numaemu explore SCENARIO [--bug NAME] [--mode dfs|random|pct] [--bound N] ...
+    numaemu explore --list-bugs
+    numaemu replay TOKEN
     numaemu --version
 
 Exit codes: 0 success; 1 the run found violations (data read back wrong or
@@ -93,6 +96,11 @@ def run(scenario: str, backend: str, json_path: str | None) -> None:
             _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
     sys.exit(1 if summary["violations"] > 0 else 0)
 
+
+from .explore_cli import explore_cmd, replay_cmd  # noqa: E402
+
+main.add_command(explore_cmd)
+main.add_command(replay_cmd)
 
 if __name__ == "__main__":  # python -m cluster.cli
     main()

@@ -177,7 +177,7 @@ class _TaskRun:
 
 def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | None], int],
                  visited: dict | None = None, prune_from: int = 0,
-                 checked: set | None = None) -> tuple[Outcome, list]:
+                 checked: set | None = None, bound: int = 0) -> tuple[Outcome, list]:
     """One execution. choose(depth, enabled, last) -> task index. Returns the outcome
     and, per depth, (enabled, chosen, preemptions-before, last) for the DFS.
     `checked` remembers model states the oracle has passed already: the verdict is
@@ -230,11 +230,12 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
         if visited is not None and depth > prune_from:
             sig = h + b"".join(x.hist.digest() + bytes([x.opi & 255]) for x in tasks) + \
                 bytes([last])
+            left = bound - pre
             seen = visited.get(sig)
-            if seen is not None and seen <= pre:
+            if seen is not None and seen >= left:
                 out.pruned = True
                 break
-            visited[sig] = pre
+            visited[sig] = left
     out.preemptions = pre
     if out.violation is None and not out.pruned:
         k.inflight = 0
@@ -268,19 +269,26 @@ class Stats:
 
 def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None = None,
                 seconds: float | None = None, progress: Callable[[Stats], None] | None = None,
-                stats: Stats | None = None) -> tuple[Outcome | None, Stats]:
+                stats: Stats | None = None, seed: int | None = None) -> tuple[Outcome | None, Stats]:
     """Systematic search with a preemption bound; iterative over bounds 0..bound so
-    the first violation found has the fewest preemptions."""
+    the first violation found has the fewest preemptions. A seed shuffles the order
+    in which tasks start and alternatives are tried (the search stays exhaustive)."""
     stats = stats or Stats()
+    order = list(range(len(sc.tasks)))
+    if seed is not None:
+        _random.Random(seed).shuffle(order)
+    rank = {t: i for i, t in enumerate(order)}
+    visited: dict = {}          # state -> preemption budget it was explored with
+    checked: set = set()        # states the oracle passed
     for b in range(bound + 1):
-        visited: dict = {}
-        checked: set = set()
         prefix: list[int] = []
         stack: list[tuple[list[int], set[int], int, int | None]] = []
         while True:
             def choose(depth, en, last, prefix=prefix):
-                return prefix[depth] if depth < len(prefix) else _continue_or_first(depth, en, last)
-            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked)
+                if depth < len(prefix):
+                    return prefix[depth]
+                return last if last in en else min(en, key=rank.__getitem__)
+            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked, b)
             stats.schedules += 1
             stats.pruned += out.pruned
             stats.states = len(visited)
@@ -294,7 +302,8 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
             # backtrack to the deepest point with an untried choice within the bound
             while stack:
                 en, tried, pre, last = stack[-1]
-                alt = [c for c in en if c not in tried and pre + (last is not None and c != last and last in en) <= b]
+                alt = sorted((c for c in en if c not in tried and
+                              pre + (last is not None and c != last and last in en) <= b), key=rank.__getitem__)
                 if alt:
                     tried.add(alt[0])
                     prefix[:] = [p[1] if i < len(stack) - 1 else alt[0] for i, p in enumerate(points[:len(stack)])]

@@ -1,0 +1,55 @@
+"""Race explorer speed (issue 3's targets), measured in one run.
+Usage: python benchmarks/explore.py
+
+- schedules per second, systematic (dfs, bound 2) on the r1-no-pte-recheck
+  scenario without the injection (target >= 2,000/s)
+- time to find the r1-no-pte-recheck violation, median of 5 seeds, for the
+  systematic and the random modes (target < 1 s)
+- schedules each catalogue scenario takes to explore completely, bound 2
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from emulator import explore as X
+from emulator.races import load
+
+RACES = Path(__file__).resolve().parents[1] / "examples" / "races"
+
+
+def main() -> None:
+    sc = load(RACES / "r1-no-pte-recheck.toml")
+    bug = ["r1-no-pte-recheck"]
+    runs, total, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < 3.0:
+        _, st = X.explore_dfs(sc, (), bound=2, seed=runs)
+        runs += 1
+        total += st.schedules
+    rate = total / (time.perf_counter() - t0)
+    print(f"dfs bound 2, r1 scenario, no injection: {rate:,.0f} schedules/s "
+          f"({runs} complete searches of {total // runs} schedules) target 2,000; ratio {rate / 2000:.2f}")
+    for mode in ("dfs", "random", "pct"):
+        times = []
+        for seed in range(5):
+            t = time.perf_counter()
+            if mode == "dfs":
+                out, _ = X.explore_dfs(sc, bug, bound=2, seed=seed)
+            else:
+                out, _ = X.explore_random(sc, bug, seed=seed, pct_depth=3 if mode == "pct" else 0)
+            times.append(time.perf_counter() - t)
+            assert out is not None
+        print(f"time to find r1 ({mode}), median of 5 seeds: {statistics.median(times) * 1e3:.1f} ms "
+              f"(max {max(times) * 1e3:.1f} ms; target < 1000 ms)")
+    if "--catalogue" in sys.argv:
+        for p in sorted(RACES.glob("*.toml")):
+            t = time.perf_counter()
+            out, st = X.explore_dfs(load(p), (), bound=2)
+            print(f"  {p.stem:26} {st.schedules:7,} schedules ({st.pruned:,} cut) "
+                  f"{time.perf_counter() - t:6.1f}s {'VIOLATION' if out else 'clean'}")
+
+
+if __name__ == "__main__":
+    main()

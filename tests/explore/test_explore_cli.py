@@ -1,0 +1,50 @@
+"""numaemu explore / replay as a user runs them."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from emulator import BUGS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def numaemu(*args):
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_list_bugs_one_per_line():
+    r = numaemu("explore", "--list-bugs")
+    assert r.returncode == 0
+    assert r.stdout.split() == list(BUGS)
+
+
+def test_violation_exit_1_with_trace_and_token_that_replays():
+    r = numaemu("explore", "examples/races/r1-no-pte-recheck.toml", "--bug", "r1-no-pte-recheck", "--quiet")
+    assert r.returncode == 1, r.stderr
+    assert "VIOLATION of invariant" in r.stdout and "step trace" in r.stdout
+    token = re.search(r"numaemu replay (\S+)", r.stdout).group(1)
+    again = numaemu("replay", token)
+    assert again.returncode == 1
+    first = r.stdout[r.stdout.index("VIOLATION"):]
+    assert again.stdout.strip() == first.strip()
+
+
+def test_clean_exit_0_with_summary():
+    r = numaemu("explore", "examples/races/r2-anon-vma-not-pinned.toml", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "no violation (search complete within the bound)" in r.stdout
+    assert re.search(r"explored \d+ schedules", r.stdout)
+
+
+def test_bad_input_exit_2_no_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[machine]\nnodes = 0\n[[task]]\nops=[{op='swapon'}]\n")
+    for args in (["explore", str(bad)], ["explore", "examples/races/r1-no-pte-recheck.toml", "--bug", "nope"],
+                 ["replay", "nx1-garbage"], ["explore"]):
+        r = numaemu(*args)
+        assert r.returncode == 2, args
+        assert "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr

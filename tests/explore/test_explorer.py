@@ -1,0 +1,126 @@
+"""The explorer's machinery: schedules are deterministic, preemptions are
+counted as CHESS does, the state cache prunes, and scenario errors are clear."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from emulator import explore as X
+from emulator.races import ScenarioError, load
+
+R1 = """
+[machine]
+nodes = 2
+frames_per_node = 8
+swap_pages = 8
+policy = "swapcache"
+[[process]]
+node = 0
+mappings = [{pages = 2}]
+[[setup]]
+op = "reclaim"
+node = 0
+pages = 2
+[[task]]
+name = "A"
+ops = [{op = "fault", pid = 1, page = 0}]
+[[task]]
+name = "B"
+ops = [{op = "fault", pid = 1, page = 0}]
+"""
+
+
+def write(tmp_path, text, name="s.toml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_same_schedule_same_run(tmp_path):
+    sc = load(write(tmp_path, R1))
+    sched = [0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    a, b = X.replay(sc, (), sched), X.replay(sc, (), sched)
+    assert [str(s) for s in a.trace] == [str(s) for s in b.trace]
+    assert a.violation is None
+
+
+def test_preemptions_are_switches_away_from_an_enabled_task(tmp_path):
+    sc = load(write(tmp_path, R1))
+    serial = X.replay(sc, (), [0] * 40)
+    assert serial.preemptions == 0
+    once = X.replay(sc, (), [0, 0, 1] + [1] * 40)
+    assert once.preemptions == 1
+    assert X.replay(sc, (), [0, 1, 0] + [0] * 40).preemptions == 2
+
+
+def test_bound_0_runs_the_serial_orders_only(tmp_path):
+    sc = load(write(tmp_path, R1))
+    out, st = X.explore_dfs(sc, (), bound=0)
+    assert out is None
+    assert st.schedules == 2          # A then B, B then A
+
+
+def test_state_cache_prunes_without_losing_the_bug(tmp_path):
+    sc = load(write(tmp_path, R1))
+    out, st = X.explore_dfs(sc, (), bound=2)
+    assert out is None and st.pruned > 0
+    bug, _ = X.explore_dfs(sc, ["r1-no-pte-recheck"], bound=2)
+    assert bug is not None
+
+
+def test_budget_in_schedules_stops_the_search(tmp_path):
+    sc = load(write(tmp_path, R1))
+    out, st = X.explore_dfs(sc, (), bound=2, max_schedules=3)
+    assert out is None and st.schedules == 3
+
+
+def test_an_operation_failing_is_a_violation_unless_allowed(tmp_path):
+    # no memory anywhere: the fault must fail with ENOMEM
+    text = """
+    [machine]
+    nodes = 1
+    frames_per_node = 2
+    [[process]]
+    node = 0
+    mappings = [{pages = 2}, {pages = 1, touched = false}]
+    [[task]]
+    name = "A"
+    ops = [{op = "fault", pid = 1, mapping = 1, page = 0, write = true}]
+    """
+    sc = load(write(tmp_path, text))
+    out, _ = X.explore_dfs(sc, (), bound=0)
+    assert out.violation == "operation failed" and "out of memory" in out.detail
+    sc = load(write(tmp_path, text + '[expect]\nmay_fail = ["ENOMEM"]\n', "ok.toml"))
+    assert X.explore_dfs(sc, (), bound=0)[0] is None
+
+
+def test_token_rejects_garbage_and_changed_files(tmp_path):
+    p = write(tmp_path, R1)
+    sc = load(p)
+    tok = X.make_token(sc, (), [0, 1])
+    with pytest.raises(ValueError, match="not a numaemu replay token"):
+        X.read_token("hello")
+    with pytest.raises(ValueError, match="corrupted"):
+        X.read_token(tok[:-6] + "AAAAAA")
+    p.write_text(p.read_text() + "\n# changed\n")
+    with pytest.raises(ValueError, match="has changed"):
+        X.replay_token(tok)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[machine]\npolicy = 'nope'\n[[task]]\nops=[{op='swapon'}]\n", "machine.policy"),
+    ("[machine]\n[[task]]\nops=[{op='teleport'}]\n", "task[0].ops[0].op"),
+    ("[machine]\n[[task]]\nops=[{op='fault', pid=1}]\n", "task[0].ops[0].page"),
+    ("[machine]\n[[task]]\nops=[{op='fault', pid='x', page=0}]\n", "task[0].ops[0].pid"),
+    ("[machine]\nbogus = 1\n", "machine.bogus"),
+    ("[machine]\n", "task"),
+    ("[machine]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fail=['ENOPE']\n", "expect.may_fail"),
+    ("[machine]\n[[process]]\nmappings=[{pages=0}]\n[[task]]\nops=[{op='swapon'}]\n", "process[0].mappings[0]"),
+    ("[machine\n", "not valid TOML"),
+])
+def test_scenario_errors_name_file_and_key(tmp_path, text, key):
+    p = write(tmp_path, text, "bad.toml")
+    with pytest.raises(ScenarioError) as e:
+        load(p)
+    assert str(p) in str(e.value) and key in str(e.value)

@@ -218,6 +218,8 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
                 out.violation = "operation failed"
                 out.detail = f"{t.spec.name}: {op}: {t.error}"
                 break
+        if depth < prune_from:
+            continue        # replaying a prefix an earlier run has checked already
         h = state_hash(k) if checked is not None or visited is not None else b""
         if checked is None or h not in checked:
             try:

@@ -120,10 +120,11 @@ def any_locked(k, gp: np.ndarray) -> bool:
     return False
 
 
-def shared_lookup(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
+def shared_lookup(k, vma: VMA, idx: np.ndarray, busy_out: list) -> np.ndarray:
     """A shared mapping's page may exist already in a sibling (shmem's page cache
     lookup): map the same page, or take the same swap entry. Returns the pages
-    still to allocate; pages held by a migration in flight are left for a retry."""
+    still to allocate; pages held by a migration in flight go to busy_out (their
+    frames), for the fault to wait on and retry."""
     left = np.ones(len(idx), dtype=bool)
     vpn = vma.start + idx
     for sib in vma.anon_vma.vmas:
@@ -148,6 +149,15 @@ def shared_lookup(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
             lk[cp >= 0] = [any_locked(k, np.array([g])) for g in cp[cp >= 0].tolist()]
             busy[np.flatnonzero(sw)[lk]] = True
             sw = ~pres & ~busy
+        if busy.any():
+            eb = e[busy]
+            mig = P.is_migration(eb)
+            g = np.where(mig, P.pte_offset(eb), -1)
+            mc = P.swp_type(eb) == P.SWP_MIGCACHE
+            g[mc] = k.migcache.page[P.pte_offset(eb[mc])]
+            swb = ~mig & ~mc
+            g[swb] = k.swap.cache_page[P.pte_offset(eb[swb])]
+            busy_out.extend(g[g >= 0].tolist())
         for node, sel in split_nodes(gp):
             pf = gp[sel] & P.PFN_MASK
             k.nodes[node].mapcount[pf] += 1
@@ -160,14 +170,16 @@ def shared_lookup(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
     return idx[left]
 
 
-def map_anon_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
-    """do_anonymous_page(): allocate and map, under the pte lock; returns the pages
-    left unmapped for want of memory."""
+def map_anon_step(k, vma: VMA, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """do_anonymous_page(): allocate and map, under the pte lock. Returns the pages
+    left unmapped for want of memory, and the frames of shared pages to wait for."""
     idx = idx[vma.pte[idx] == 0]        # recheck pte_none: another thread may have won
+    busy: list[int] = []
     if vma.shared and len(idx):
-        idx = shared_lookup(k, vma, idx)
+        idx = shared_lookup(k, vma, idx, busy)
+    busy_gp = np.array(busy, dtype=np.int64)
     if not len(idx):
-        return idx
+        return idx, busy_gp
     mm = vma.mm
     g = alloc_for(k, mm, vma, vma.start + idx)
     got = g >= 0
@@ -182,16 +194,19 @@ def map_anon_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
         fr.lru_tick[pf] = fr.tick
     vma.pte[idx[got]] = (g[got] << P.OFF_SHIFT) | (P.PRESENT | P.WRITE)
     mm.rss += int(got.sum())
-    return idx[~got]
+    return idx[~got], busy_gp
 
 
 async def do_anonymous_page(k, vma: VMA, idx: np.ndarray) -> None:
     from .reclaim import direct_reclaim, wakeup_kswapd
     owner = k.node_owner(vma.mm.node)
-    left = await call(owner, map_anon_step, k, vma, idx)
+    left, busy = await call(owner, map_anon_step, k, vma, idx)
+    if len(busy):
+        # a sibling's page is under migration: wait for it, the access retries
+        await wait(owner, lambda: not any_locked(k, busy), "shared page under migration")
     if len(left):
         await direct_reclaim(k, vma.mm, vma, len(left))
-        left = await call(owner, map_anon_step, k, vma, left)
+        left, _ = await call(owner, map_anon_step, k, vma, left)
         if len(left):
             raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not fault in {len(left)} pages")
     await wakeup_kswapd(k)

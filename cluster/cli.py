@@ -1,9 +1,10 @@
 """The ``numaemu`` command line.
 
-    numaemu run SCENARIO [--backend local|ray] [--json PATH]
+    numaemu run SCENARIO [--backend local|ray] [--json PATH] [--metrics-port N ...]
     numaemu explore SCENARIO [--bug NAME] [--mode dfs|random|pct] [--bound N] ...
     numaemu explore --list-bugs
     numaemu replay TOKEN
+    numaemu dashboards export DIR | push --url URL
     numaemu --version
 
 Exit codes: 0 success; 1 the run found violations (data read back wrong or
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
+from .metrics import MetricsError, metrics_options
 from .scenario import ScenarioError, load_scenario
 
 BACKENDS = ("local", "ray")
@@ -44,7 +46,9 @@ def main() -> None:
               help="where the machine runs: 'local' in this process (ray: not available yet)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
-def run(scenario: str, backend: str, json_path: str | None) -> None:
+@metrics_options
+def run(scenario: str, backend: str, json_path: str | None, metrics_port: int, metrics_bind: str,
+        hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
     if backend == "ray":
         _fail("the Ray backend is not available yet (issue 4); use --backend local", 2)
@@ -61,6 +65,15 @@ def run(scenario: str, backend: str, json_path: str | None) -> None:
 
     from .runner_local import run_local
 
+    state = None
+    if metrics_port or hold:  # the endpoint lives until the command's context closes
+        from .metrics import start_run_endpoint
+        try:
+            state = start_run_endpoint(scenario, backend, spec.run.operations, port=metrics_port,
+                                       bind=metrics_bind, hold=hold, run_label=run_label, sd_dir=sd_dir)
+        except MetricsError as exc:
+            _fail(str(exc), 2)
+
     out = Console()
     err = Console(stderr=True)
     ops = spec.run.operations
@@ -76,7 +89,8 @@ def run(scenario: str, backend: str, json_path: str | None) -> None:
     try:
         with progress:
             task = progress.add_task(Path(scenario).name, total=ops)
-            summary = run_local(spec, lambda done: progress.update(task, completed=done))
+            on = {} if state is None else {"metrics": state}
+            summary = run_local(spec, lambda done: progress.update(task, completed=done), **on)
     except OSError as exc:
         _fail(f"{scenario}: the run failed: {exc}", 1)
     except KeyboardInterrupt:
@@ -94,13 +108,17 @@ def run(scenario: str, backend: str, json_path: str | None) -> None:
             os.replace(tmp, json_path)
         except OSError as exc:
             _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
+    if state is not None:
+        state.finish(summary)  # final values; --hold serves them a while longer
     sys.exit(1 if summary["violations"] > 0 else 0)
 
 
+from .dashboards_cli import dashboards_cmd  # noqa: E402
 from .explore_cli import explore_cmd, replay_cmd  # noqa: E402
 
 main.add_command(explore_cmd)
 main.add_command(replay_cmd)
+main.add_command(dashboards_cmd)
 
 if __name__ == "__main__":  # python -m cluster.cli
     main()

@@ -15,6 +15,8 @@ from emulator import BUGS
 from emulator import explore as X
 from emulator.races import ScenarioError, load
 
+from .metrics import MetricsError, metrics_options
+
 
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"error: {message}", err=True)
@@ -29,8 +31,11 @@ class _Progress:
         self.tty = sys.stderr.isatty()
         self.last = time.perf_counter()
         self.printed = False
+        self.metrics = None  # the metrics' ExploreState, which keeps the latest Stats
 
     def __call__(self, st: X.Stats) -> None:
+        if self.metrics is not None:
+            self.metrics.stats = st
         now = time.perf_counter()
         if not self.enabled or now - self.last < (0.2 if self.tty else 5.0):
             return
@@ -72,7 +77,9 @@ def report_violation(sc, bugs, out: X.Outcome) -> None:
 @click.option("--schedules", type=click.IntRange(1), default=None, help="budget: schedules to run")
 @click.option("--seconds", type=click.FloatRange(0, min_open=True), default=None, help="budget: seconds")
 @click.option("--quiet", is_flag=True, help="no progress line")
-def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, seconds, quiet) -> None:
+@metrics_options
+def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, seconds, quiet,
+                metrics_port, metrics_bind, hold, run_label, sd_dir) -> None:
     """Explore interleavings of SCENARIO's tasks for invariant violations."""
     if list_bugs:
         for name in BUGS:
@@ -90,12 +97,23 @@ def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, 
     if mode != "dfs" and schedules is None and seconds is None:
         seconds = 10.0
     prog = _Progress(not quiet)
+    state = None
+    if metrics_port or hold:  # the endpoint lives until the command's context closes
+        from .metrics import start_explore_endpoint
+        try:
+            state = prog.metrics = start_explore_endpoint(
+                sc, scenario, mode, bugs, port=metrics_port, bind=metrics_bind, hold=hold,
+                run_label=run_label, sd_dir=sd_dir)
+        except MetricsError as e:
+            _fail(str(e))
     if mode == "dfs":
         out, st = X.explore_dfs(sc, bugs, bound=bound, max_schedules=schedules, seconds=seconds, progress=prog)
     else:
         out, st = X.explore_random(sc, bugs, seed=seed, pct_depth=depth if mode == "pct" else 0,
                                    max_schedules=schedules, seconds=seconds, progress=prog)
     prog.end()
+    if state is not None:
+        state.finish(out, st)  # final values; --hold serves them a while longer
     what = f"dfs, preemption bound {bound}" if mode == "dfs" else f"{mode}, seed {seed}"
     click.echo(f"explored {st.schedules:,} schedules ({st.pruned:,} cut at known states, "
                f"{st.states:,} distinct states) in {st.elapsed:.2f}s, {st.rate:,.0f}/s; {what}")

@@ -10,6 +10,11 @@
    (processes take turns, targets go round-robin);
 4. at the end, read every page back with ``read_tokens`` and compare with the
    shadow, run the invariant oracle ``check()``, and summarise per node.
+
+With a :class:`cluster.metrics.RunState` (``numaemu run --metrics-port``),
+every operation runs under its lock (so a scrape sees the machine between two
+operations) and every touch (a fault batch) and migration call is timed in
+wall seconds and in emulated steps (:mod:`cluster.stepcount`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import errno
 import time
 from collections import Counter
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -38,7 +44,7 @@ def _errname(exc: OSError) -> str:
 class LocalRun:
     """One run of a scenario on an in-process Machine."""
 
-    def __init__(self, scenario: Scenario, machine=None):
+    def __init__(self, scenario: Scenario, machine=None, metrics=None):
         import emulator
 
         self.scenario = scenario
@@ -54,6 +60,15 @@ class LocalRun:
         self.errors: Counter[str] = Counter()
         self.details: list[str] = []
         self.migration_events = 0
+        # metrics: a cluster.metrics.RunState, or None (then no timing at all)
+        self.metrics = metrics
+        self.lock = metrics.lock if metrics is not None else nullcontext()
+        self.steps = None
+        if metrics is not None:
+            from .stepcount import attach
+
+            self.steps = attach(self.m)
+            metrics.attach(self)
 
     # -- setup ------------------------------------------------------------
 
@@ -83,7 +98,10 @@ class LocalRun:
         proc.cursor = acc.start + acc.npages
         addr = proc.addr + acc.start * self.page_size
         try:
-            tokens = self.m.touch(proc.pid, addr, acc.npages, write=acc.write)
+            if self.metrics is None:
+                tokens = self.m.touch(proc.pid, addr, acc.npages, write=acc.write)
+            else:
+                tokens = self._timed_touch(proc, addr, acc.npages, acc.write)
         except OSError as exc:
             self.errors[f"touch:{_errname(exc)}"] += 1
             if acc.write:
@@ -91,6 +109,22 @@ class LocalRun:
             return
         if acc.write:
             proc.shadow.record(acc.start, np.asarray(tokens, dtype=np.int64))
+
+    def _timed_touch(self, proc: Proc, addr: int, npages: int, write: bool):
+        t0, s0 = time.perf_counter(), self.steps.steps
+        try:
+            return self.m.touch(proc.pid, addr, npages, write=write)
+        finally:
+            self.metrics.observe_fault(proc.home, time.perf_counter() - t0, self.steps.steps - s0)
+
+    def _migration_call(self, call: str, dst: int, fn, *args):
+        if self.metrics is None:
+            return fn(*args)
+        t0, s0 = time.perf_counter(), self.steps.steps
+        try:
+            return fn(*args)
+        finally:
+            self.metrics.observe_migration(call, dst, time.perf_counter() - t0, self.steps.steps - s0)
 
     def query(self, proc: Proc, addrs: list[int]) -> np.ndarray:
         out = []
@@ -111,12 +145,14 @@ class LocalRun:
                 idx = np.sort(self.rng.choice(proc.pages, size=batch, replace=False))
                 addrs = proc.page_addrs(idx, self.page_size)
                 before = self.query(proc, addrs)
-                after = self.m.move_pages(proc.pid, addrs, [dst] * len(addrs), proc.flags)
+                after = self._migration_call("move_pages", dst, self.m.move_pages,
+                                             proc.pid, addrs, [dst] * len(addrs), proc.flags)
                 self.tally.count(before, np.asarray(after, dtype=np.int64))
             else:
                 addrs = proc.page_addrs(np.arange(proc.pages), self.page_size)
                 before = self.query(proc, addrs)
-                left = self.m.migrate_pages(proc.pid, [src], [dst])
+                left = self._migration_call("migrate_pages", dst, self.m.migrate_pages,
+                                            proc.pid, [src], [dst])
                 self.tally.not_moved += int(left)
                 self.tally.count(before, self.query(proc, addrs))
         except OSError as exc:
@@ -145,18 +181,25 @@ class LocalRun:
 
     def run(self, progress: ProgressFn | None = None) -> dict:
         t0 = time.perf_counter()
-        self.setup()
+        lock = self.lock
+        with lock:
+            self.setup()
         ops = self.scenario.run.operations
         every = self.scenario.migration.every
         step = max(1, ops // 200)
         nprocs = len(self.procs)
+        state = self.metrics
         for op in range(1, ops + 1):
-            self.access(self.procs[(op - 1) % nprocs])
-            if every and op % every == 0:
-                self.migrate()
+            with lock:  # a scrape sees the machine between two operations
+                self.access(self.procs[(op - 1) % nprocs])
+                if every and op % every == 0:
+                    self.migrate()
+            if state is not None:
+                state.operations = op
             if progress is not None and (op % step == 0 or op == ops):
                 progress(op)
-        violations = self.verify()
+        with lock:
+            violations = self.verify()
         elapsed = time.perf_counter() - t0
         return collect_summary(
             self.m,
@@ -172,6 +215,8 @@ class LocalRun:
         )
 
 
-def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None) -> dict:
-    """Run ``scenario`` in-process and return the summary dict."""
-    return LocalRun(scenario, machine).run(progress)
+def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,
+              metrics=None) -> dict:
+    """Run ``scenario`` in-process and return the summary dict. ``metrics``:
+    a :class:`cluster.metrics.RunState` to record into, or None."""
+    return LocalRun(scenario, machine, metrics).run(progress)

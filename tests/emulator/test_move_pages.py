@@ -1,0 +1,295 @@
+"""move_pages(2) and migrate_pages(2), row by row of KERNEL.md's "What Linux 6.1 does".
+
+Swap is configured in every machine here so that the swapcache policy (which needs a
+swap slot to migrate) behaves like the others; test_policies.py covers swap_pages=0.
+"""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from emu_support import fill, make, pages_of, pattern, raises_errno, unmapped_addr, where
+
+EFAULT, ENOENT, EACCES, EBUSY = errno.EFAULT, errno.ENOENT, errno.EACCES, errno.EBUSY
+
+
+def setup(policy, payload="token", npages=4, nodes=2, frames=32, swap=64, node=0):
+    m = make(policy=policy, payload=payload, nodes=nodes, frames=frames, swap=swap)
+    pid = m.spawn(node=node)
+    a = m.mmap(pid, npages)
+    data = fill(m, pid, a, npages)
+    return m, pid, a, data
+
+
+def success(m):
+    return m.vmstat()["pgmigrate_success"]
+
+
+def fail(m):
+    return m.vmstat()["pgmigrate_fail"]
+
+
+def test_query_of_touched_pages(policy):
+    m, pid, a, _ = setup(policy, nodes=3)
+    b = m.mmap(pid, 2)
+    m.set_mempolicy(pid, "bind", [2])
+    m.touch(pid, b, 2)
+    before = m.vmstat()
+    assert m.move_pages(pid, pages_of(m, a, 4) + pages_of(m, b, 2)) == [0, 0, 0, 0, 2, 2]
+    assert m.vmstat() == before                    # a query moves and counts nothing
+    m.check()
+
+
+def test_never_touched_is_efault_in_query_and_move(policy):
+    m = make(policy=policy, swap=64)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 2)
+    fill(m, pid, a, 1)
+    ps = m.page_size
+    assert m.move_pages(pid, [a, a + ps]) == [0, -EFAULT]
+    s = success(m)
+    assert m.move_pages(pid, [a, a + ps], [1, 1]) == [1, -EFAULT]
+    assert success(m) == s + 1
+    assert where(m, pid, a, 2) == [1, -EFAULT]      # moving did not fault it in
+    m.check()
+
+
+def test_outside_any_mapping_is_efault_and_the_others_still_move(policy):
+    m, pid, a, data = setup(policy, npages=2)
+    hole = unmapped_addr(m, pid)
+    ps = m.page_size
+    st = m.move_pages(pid, [a, hole, a + ps], [1, 1, 1])
+    assert st == [1, -EFAULT, 1]
+    assert m.move_pages(pid, [hole]) == [-EFAULT]
+    assert where(m, pid, a, 2) == [1, 1]
+    assert m.read(pid, a, 2 * ps) == b"".join(data)
+    m.check()
+
+
+def test_already_on_target_node(policy):
+    m, pid, a, _ = setup(policy, npages=3)
+    s, f = success(m), fail(m)
+    assert m.move_pages(pid, pages_of(m, a, 3), [0, 0, 0]) == [0, 0, 0]
+    assert (success(m), fail(m)) == (s, f)
+    m.check()
+
+
+def test_same_page_twice_same_target(policy):
+    m, pid, a, data = setup(policy, npages=1)
+    s = success(m)
+    assert m.move_pages(pid, [a, a], [1, 1]) == [1, -EBUSY]
+    assert success(m) == s + 1
+    assert where(m, pid, a) == [1]
+    assert m.read(pid, a, m.page_size) == data[0]
+    m.check()
+
+
+def test_same_page_twice_different_targets_ends_on_the_last(policy):
+    m, pid, a, data = setup(policy, npages=1, nodes=3)
+    s = success(m)
+    assert m.move_pages(pid, [a, a], [1, 2]) == [1, 2]
+    assert where(m, pid, a) == [2]
+    assert success(m) == s + 2                      # moved twice: 0 -> 1 -> 2
+    assert m.move_pages(pid, [a, a + 7], [1, 0]) == [1, 0]
+    assert where(m, pid, a) == [0]
+    assert m.read(pid, a, m.page_size) == data[0]
+    m.check()
+
+
+@pytest.mark.parametrize("bad", [2, 7, 1 << 20])
+def test_invalid_node_after_valid_ones_enodev_but_earlier_pages_moved(policy, bad):
+    m, pid, a, data = setup(policy, npages=3)
+    raises_errno(errno.ENODEV, m.move_pages, pid, pages_of(m, a, 3), [1, 1, bad])
+    assert where(m, pid, a, 3) == [1, 1, 0]
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_node_minus_one_is_enodev(policy):
+    m, pid, a, _ = setup(policy, npages=2)
+    s = success(m)
+    raises_errno(errno.ENODEV, m.move_pages, pid, pages_of(m, a, 2), [-1, 1])
+    assert where(m, pid, a, 2) == [0, 0]
+    assert success(m) == s
+    m.check()
+
+
+def test_unaligned_address_moves_the_containing_page(policy):
+    m, pid, a, data = setup(policy, npages=3)
+    ps = m.page_size
+    assert m.move_pages(pid, [a + ps + 13], [1]) == [1]
+    assert where(m, pid, a, 3) == [0, 1, 0]
+    assert m.move_pages(pid, [a + 3 * ps - 1]) == [0]
+    assert m.read(pid, a, 3 * ps) == b"".join(data)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "cow"])
+def test_page_mapped_by_two_processes(policy, payload, shared):
+    from emulator import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+    m = make(policy=policy, payload=payload, swap=64)
+    ps = m.page_size
+    parent = m.spawn(node=0)
+    a = m.mmap(parent, 2, shared=shared)
+    data = fill(m, parent, a, 2)
+    child = m.fork(parent)
+    # MPOL_MF_MOVE: -EACCES, nothing counted, nothing moved
+    before = m.vmstat()
+    assert m.move_pages(parent, [a], [1], flags=MPOL_MF_MOVE) == [-EACCES]
+    assert m.move_pages(child, [a + ps], [1], flags=MPOL_MF_MOVE) == [-EACCES]
+    after = m.vmstat()
+    assert after["pgmigrate_success"] == before["pgmigrate_success"]
+    assert after["pgmigrate_fail"] == before["pgmigrate_fail"]
+    assert where(m, parent, a, 2) == [0, 0] and where(m, child, a, 2) == [0, 0]
+    # MPOL_MF_MOVE_ALL (privileged): moves, both processes see it on the target
+    s = success(m)
+    assert m.move_pages(parent, [a], [1], flags=MPOL_MF_MOVE_ALL) == [1]
+    assert success(m) == s + 1
+    assert where(m, parent, a) == [1] and where(m, child, a) == [1]
+    assert m.read(parent, a, ps) == data[0] == m.read(child, a, ps)
+    m.check()
+    # sharing semantics survive the move
+    m.write(child, a, pattern(m, 77))
+    if shared:
+        assert m.read(parent, a, ps) == pattern(m, 77)
+    else:
+        assert m.read(parent, a, ps) == data[0]
+    # once the other process exits, MPOL_MF_MOVE moves the page (mapcount is 1 again)
+    m.exit(child)
+    s = success(m)
+    assert m.move_pages(parent, [a + ps], [1], flags=MPOL_MF_MOVE) == [1]
+    assert success(m) == s + 1
+    assert m.read(parent, a + ps, ps) == data[1]
+    m.check()
+
+
+@pytest.mark.parametrize("flags", [1, 8, 1 | 2, 0x100])
+def test_einval_bad_flags_also_in_query_mode(policy, flags):
+    m, pid, a, _ = setup(policy, npages=1)
+    raises_errno(errno.EINVAL, m.move_pages, pid, [a], [1], flags=flags)
+    raises_errno(errno.EINVAL, m.move_pages, pid, [a], None, flags=flags)
+    assert where(m, pid, a) == [0]
+
+
+def test_einval_when_nodes_and_pages_differ_in_length(policy):
+    m, pid, a, _ = setup(policy, npages=2)
+    raises_errno(errno.EINVAL, m.move_pages, pid, pages_of(m, a, 2), [1])
+    assert where(m, pid, a, 2) == [0, 0]
+
+
+def test_esrch(policy):
+    m, pid, a, _ = setup(policy, npages=1)
+    raises_errno(errno.ESRCH, m.move_pages, 999, [a], [1])
+    raises_errno(errno.ESRCH, m.move_pages, 999, [a])
+    other = m.spawn(node=0)
+    m.exit(other)
+    raises_errno(errno.ESRCH, m.move_pages, other, [a])
+
+
+def test_eperm_without_privilege(policy):
+    from emulator import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+    m, pid, a, _ = setup(policy, npages=1)
+    other = m.spawn(node=1)
+    raises_errno(errno.EPERM, m.move_pages, pid, [a], [1], flags=MPOL_MF_MOVE_ALL,
+                 privileged=False)
+    raises_errno(errno.EPERM, m.move_pages, pid, [a], [1], flags=MPOL_MF_MOVE,
+                 privileged=False, caller=other)
+    assert where(m, pid, a) == [0]
+    # a process moving its own pages needs no privilege
+    assert m.move_pages(pid, [a], [1], flags=MPOL_MF_MOVE, privileged=False, caller=pid) == [1]
+
+
+def test_e2big(policy):
+    import emulator
+    m, pid, a, _ = setup(policy, npages=1)
+    raises_errno(errno.E2BIG, m.move_pages, pid, range(emulator.MOVE_PAGES_MAX + 1))
+    assert where(m, pid, a) == [0]
+
+
+def test_data_intact_after_moves(policy, payload):
+    m = make(policy=policy, payload=payload, nodes=3, frames=32, swap=64)
+    ps = m.page_size
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 6)
+    if payload == "bytes":
+        blob = bytes((i * 7 + 3) % 251 for i in range(6 * ps))
+        m.write(pid, a, blob)
+    else:
+        blob = b"".join(fill(m, pid, a, 6, base=0xABCDEF))
+    for targets in ([1] * 6, [2, 0, 1, 2, 0, 1], [0] * 6, [2] * 6):
+        st = m.move_pages(pid, pages_of(m, a, 6), targets)
+        assert st == targets
+        assert where(m, pid, a, 6) == targets
+        assert m.read(pid, a, 6 * ps) == blob
+        m.check()
+
+
+def test_pgmigrate_success_counts_one_per_page(policy):
+    m, pid, a, _ = setup(policy, npages=5)
+    s = success(m)
+    assert m.move_pages(pid, pages_of(m, a, 5), [1] * 5) == [1] * 5
+    assert success(m) == s + 5
+    assert m.vmstat()["pgmigrate_fail"] == 0
+    assert m.vmstat()["nr_isolated_anon"] == 0
+
+
+def test_moved_frames_are_freed_on_the_source(policy):
+    m, pid, a, _ = setup(policy, npages=4, frames=16)
+    info = m.node_info()
+    f0, f1 = info[0]["free"], info[1]["free"]
+    m.move_pages(pid, pages_of(m, a, 4), [1] * 4)
+    info = m.node_info()
+    assert (info[0]["free"], info[1]["free"]) == (f0 + 4, f1 - 4)
+
+
+def test_swapped_out_page_is_enoent(policy):
+    m, pid, a, data = setup(policy, npages=2, frames=16, swap=16)
+    assert m.reclaim(0, 2) == 2
+    assert where(m, pid, a, 2) == [-ENOENT, -ENOENT]
+    s = success(m)
+    assert m.move_pages(pid, pages_of(m, a, 2), [1, 1]) == [-ENOENT, -ENOENT]
+    assert success(m) == s
+    assert m.read(pid, a, 2 * m.page_size) == b"".join(data)
+    m.check()
+
+
+# --------------------------------------------------------------------------- migrate_pages
+
+
+def test_migrate_pages_moves_the_whole_process(policy, payload):
+    m = make(policy=policy, payload=payload, nodes=2, frames=32, swap=64)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 5)
+    b = m.mmap(pid, 3, shared=True)
+    da = fill(m, pid, a, 5)
+    db = fill(m, pid, b, 3, base=77)
+    s = success(m)
+    assert m.migrate_pages(pid, [0], [1]) == 0
+    assert where(m, pid, a, 5) == [1] * 5 and where(m, pid, b, 3) == [1] * 3
+    assert success(m) == s + 8
+    assert m.read(pid, a, 5 * m.page_size) == b"".join(da)
+    assert m.read(pid, b, 3 * m.page_size) == b"".join(db)
+    m.check()
+
+
+def test_migrate_pages_leaves_other_nodes_alone(policy):
+    m = make(policy=policy, nodes=3, frames=32, swap=64)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 2)
+    m.touch(pid, a, 1)
+    m.set_mempolicy(pid, "bind", [2])
+    m.touch(pid, a + m.page_size, 1)
+    assert m.migrate_pages(pid, [0], [1]) == 0
+    assert where(m, pid, a, 2) == [1, 2]
+
+
+@pytest.mark.parametrize("new", [[2], [-1], [99]])
+def test_migrate_pages_einval_for_a_bad_target(policy, new):
+    m, pid, a, _ = setup(policy, npages=2)
+    raises_errno(errno.EINVAL, m.migrate_pages, pid, [0], new)
+    assert where(m, pid, a, 2) == [0, 0]
+
+
+def test_migrate_pages_esrch(policy):
+    m, pid, a, _ = setup(policy, npages=1)
+    raises_errno(errno.ESRCH, m.migrate_pages, 999, [0], [1])

@@ -1,0 +1,300 @@
+"""The three migration policies of KERNEL.md: where a page waits while it migrates, what
+that costs in swap, and what happens when the target node has no room.
+
+- swapcache: the page gets a real swap slot (add_to_swap); no swap -> -ENOMEM per page.
+- migcache (V8): a pseudo swap type; no slot used; nothing lingers after completion.
+- migentry (upstream): migration entries; no swap, no cache, no fallback.
+"""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, where
+
+ENOMEM = errno.ENOMEM
+
+
+def machine(policy, payload="token", swap=0, frames=32, nodes=2):
+    m = make(policy=policy, payload=payload, nodes=nodes, frames=frames, swap=swap)
+    pid = m.spawn(node=0)
+    return m, pid
+
+
+# ----------------------------------------------------------------------------- no swap
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("policy", ["migcache", "migentry"])
+def test_swapless_policies_migrate_without_swap(policy, payload):
+    m, pid = machine(policy, payload, swap=0)
+    a = m.mmap(pid, 6)
+    data = fill(m, pid, a, 6)
+    s = m.vmstat()["pgmigrate_success"]
+    assert m.move_pages(pid, pages_of(m, a, 6), [1] * 6) == [1] * 6
+    assert m.vmstat()["pgmigrate_success"] == s + 6
+    assert where(m, pid, a, 6) == [1] * 6
+    assert m.read(pid, a, 6 * m.page_size) == b"".join(data)
+    sw = m.swap_info()
+    assert sw["slots"] == 0 and sw["used"] == 0
+    vm = m.vmstat()
+    assert vm["pswpout"] == 0 and vm["pswpin"] == 0 and vm["nr_swapcached"] == 0
+    assert vm["nr_migcache_entries"] == 0
+    m.check()
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_swapcache_policy_without_swap_fails_each_page_with_enomem(payload):
+    m, pid = machine("swapcache", payload, swap=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    s = m.vmstat()["pgmigrate_success"]
+    assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [-ENOMEM] * 3
+    assert m.vmstat()["pgmigrate_success"] == s
+    assert where(m, pid, a, 3) == [0, 0, 0]
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    # migrate_pages reports every page as not moved
+    assert m.migrate_pages(pid, [0], [1]) == 3
+    assert where(m, pid, a, 3) == [0, 0, 0]
+    m.check()
+    # pages that need no migration still report their node
+    assert m.move_pages(pid, [a], [0]) == [0]
+
+
+# ----------------------------------------------------------------------------- with swap
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_swapcache_policy_with_swap_migrates_and_frees_the_slots(payload):
+    m, pid = machine("swapcache", payload, swap=16)
+    a = m.mmap(pid, 6)
+    data = fill(m, pid, a, 6)
+    assert m.move_pages(pid, pages_of(m, a, 6), [1] * 6) == [1] * 6
+    assert where(m, pid, a, 6) == [1] * 6
+    assert m.read(pid, a, 6 * m.page_size) == b"".join(data)
+    sw = m.swap_info()
+    assert sw["used"] == 0 and sw["swapcached"] == 0
+    vm = m.vmstat()
+    assert vm["nr_swapcached"] == 0
+    assert vm["pswpout"] == 0          # the slot held the page's place: nothing was written
+    m.check()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_shared_page_migrates_with_every_pte_rewritten(policy):
+    from emulator import MPOL_MF_MOVE_ALL
+    m, pid = machine(policy, "bytes", swap=16)
+    a = m.mmap(pid, 2, shared=True)
+    data = fill(m, pid, a, 2)
+    kids = [m.fork(pid) for _ in range(3)]
+    st = m.move_pages(pid, pages_of(m, a, 2), [1, 1], flags=MPOL_MF_MOVE_ALL)
+    assert st == [1, 1]
+    for p in [pid] + kids:
+        assert where(m, p, a, 2) == [1, 1]
+        assert m.read(p, a, 2 * m.page_size) == b"".join(data)
+    m.write(kids[1], a, pattern(m, 5))
+    assert m.read(pid, a, m.page_size) == pattern(m, 5)
+    vm = m.vmstat()
+    assert vm["nr_migcache_entries"] == 0 and m.swap_info()["used"] == 0
+    assert m.node_info()[0]["used"] == 0 and m.node_info()[1]["used"] == 2
+    m.check()
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_migcache_counters(payload):
+    m, pid = machine("migcache", payload, swap=16)
+    a = m.mmap(pid, 5)
+    fill(m, pid, a, 5)
+    before = m.vmstat()
+    assert m.move_pages(pid, pages_of(m, a, 5), [1] * 5) == [1] * 5
+    after = m.vmstat()
+    assert after["migcache_add"] - before["migcache_add"] == 5
+    assert after["migcache_remove"] - before["migcache_remove"] == 5   # nothing lingers
+    assert after["nr_migcache_entries"] == 0
+    assert after["migcache_move_to_swap"] == before["migcache_move_to_swap"]
+    assert after["pswpout"] == before["pswpout"]
+    assert m.swap_info()["used"] == 0
+    m.check()
+
+
+@pytest.mark.parametrize("policy", ["swapcache", "migentry"])
+def test_other_policies_never_touch_the_migration_cache(policy):
+    m, pid = machine(policy, swap=16)
+    a = m.mmap(pid, 3)
+    fill(m, pid, a, 3)
+    m.move_pages(pid, pages_of(m, a, 3), [1] * 3)
+    vm = m.vmstat()
+    assert vm["migcache_add"] == 0 and vm["nr_migcache_entries"] == 0
+
+
+def test_migentry_uses_no_swap_even_when_it_exists():
+    m, pid = machine("migentry", swap=16)
+    a = m.mmap(pid, 4)
+    fill(m, pid, a, 4)
+    assert m.move_pages(pid, pages_of(m, a, 4), [1] * 4) == [1] * 4
+    assert m.swap_info()["used"] == 0
+    assert m.vmstat()["pswpout"] == 0
+
+
+# ----------------------------------------------------------------------------- target full
+
+
+def fill_node(m, node, npages):
+    """Another process, bound to `node`, occupies `npages` frames there."""
+    hog = m.spawn(node=node)
+    m.set_mempolicy(hog, "bind", [node])
+    h = m.mmap(hog, npages)
+    m.touch(hog, h, npages)
+    return hog, h
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_migentry_target_full_page_stays_put(payload):
+    m = make(policy="migentry", payload=payload, nodes=2, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    hog, h = fill_node(m, 1, 16)
+    assert m.node_info()[1]["free"] == 0
+    before = m.vmstat()
+    assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [-ENOMEM] * 3
+    after = m.vmstat()
+    assert where(m, pid, a, 3) == [0, 0, 0]
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    assert after["pgmigrate_success"] == before["pgmigrate_success"]
+    assert after["pgmigrate_fail"] > before["pgmigrate_fail"]
+    assert after["pgmigrate_fallback_swap"] == before["pgmigrate_fallback_swap"] == 0
+    assert after["nr_isolated_anon"] == 0
+    m.check()
+    # once the hog is gone the same move succeeds
+    m.exit(hog)
+    assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [1] * 3
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def _full_target_move(policy, payload, swap, npages=3):
+    """Node 1 full of another process's pages; move `npages` pages of a process on node 0
+    there. Returns what the assertions need."""
+    m = make(policy=policy, payload=payload, nodes=2, frames=16, swap=swap)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, npages)
+    data = fill(m, pid, a, npages)
+    hog, h = fill_node(m, 1, 16)
+    hog_data = [int(t) for t in m.read_tokens(hog, h, 16)]
+    assert m.node_info()[1]["free"] == 0
+    before = m.vmstat()
+    st = m.move_pages(pid, pages_of(m, a, npages), [1] * npages)
+    after = m.vmstat()
+    m.check()
+    q = where(m, pid, a, npages)
+    fell = [i for i in range(npages) if q[i] == -errno.ENOENT]
+    moved = [i for i in range(npages) if q[i] == 1]
+    stayed = [i for i in range(npages) if q[i] == 0]
+    assert sorted(fell + moved + stayed) == list(range(npages)), q
+    # each free swap slot lets exactly one page go: written out itself (fallback), or
+    # taking the place of one of the other process's pages that reclaim wrote out
+    assert len(fell) + len(moved) == min(npages, swap), (q, st)
+    for i in moved:
+        assert st[i] == 1
+    for i in fell + stayed:
+        assert st[i] == -ENOMEM
+    assert after["pgmigrate_fallback_swap"] - before["pgmigrate_fallback_swap"] == len(fell)
+    assert after["pgmigrate_success"] - before["pgmigrate_success"] == len(moved)
+    assert after["nr_migcache_entries"] == 0 and after["nr_isolated_anon"] == 0
+    # every slot that got used was written: A's pages that fell back, or the other
+    # process's pages that reclaim pushed out to make room
+    assert after["pswpout"] - before["pswpout"] == m.swap_info()["used"] >= len(fell)
+    # the next access swaps a fallen-back page back in, with its data
+    before = m.vmstat()
+    assert m.read(pid, a, npages * m.page_size) == b"".join(data)
+    after = m.vmstat()
+    assert after["pswpin"] - before["pswpin"] == len(fell)
+    if fell:
+        assert after["pgmajfault"] - before["pgmajfault"] >= 1
+    assert all(x >= 0 for x in where(m, pid, a, npages))
+    # the other process's data is intact wherever its pages went
+    assert [int(t) for t in m.read_tokens(hog, h, 16)] == hog_data
+    m.check()
+    m.exit(hog)
+    m.exit(pid)
+    assert m.swap_info()["used"] == 0
+    assert [n["free"] for n in m.node_info()] == [16, 16]
+    m.check()
+    return fell, moved
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_swapcache_target_full_falls_back_to_swap(payload):
+    """swapcache: the page already holds a swap slot when the target turns out to be full
+    (add_to_swap comes first); with every slot so taken reclaim cannot make room, and
+    the page is written out instead of migrated: -ENOMEM, the page now lives in swap."""
+    fell, moved = _full_target_move("swapcache", payload, swap=3)
+    assert fell == [0, 1, 2] and moved == []
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("swap", [1, 3, 8])
+@pytest.mark.parametrize("policy", ["swapcache", "migcache"])
+def test_target_full_reclaims_or_falls_back(policy, payload, swap):
+    """Whatever mix of reclaim-on-target and fallback-to-swap the slots allow, no page
+    stays behind while a slot is free, the counters add up and all data survives."""
+    # swap=1: one page goes, two stay (-ENOMEM, data intact); swap=3, 8: all three go
+    _full_target_move(policy, payload, swap=swap)
+
+
+@pytest.mark.parametrize("policy", ["swapcache", "migcache"])
+def test_target_full_and_swap_full_page_stays_put(policy):
+    """No frame on the target and no swap slot for a fallback: -ENOMEM, the page stays."""
+    m = make(policy=policy, nodes=2, frames=16, swap=2)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 4)
+    data = fill(m, pid, a, 4)
+    hog, h = fill_node(m, 1, 16)
+    assert m.node_info()[1]["free"] == 0
+    assert m.reclaim(0, 4) == 2                  # only two swap slots exist
+    assert m.swap_info()["used"] == 2
+    q0 = where(m, pid, a, 4)
+    assert sorted(q0) == [-errno.ENOENT, -errno.ENOENT, 0, 0]
+    before = m.vmstat()
+    st = m.move_pages(pid, pages_of(m, a, 4), [1] * 4)
+    assert st == [-ENOMEM if q == 0 else -errno.ENOENT for q in q0]
+    assert where(m, pid, a, 4) == q0
+    after = m.vmstat()
+    assert after["pgmigrate_success"] == before["pgmigrate_success"]
+    assert after["pgmigrate_fallback_swap"] == before["pgmigrate_fallback_swap"]
+    assert after["nr_migcache_entries"] == 0
+    m.check()
+    assert m.read(pid, a, 4 * m.page_size) == b"".join(data)
+    m.check()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_check_passes_after_a_mixed_workload(policy):
+    m = make(policy=policy, payload="bytes", nodes=3, frames=24, swap=32)
+    p = m.spawn(node=0)
+    a = m.mmap(p, 8)
+    s = m.mmap(p, 4, shared=True)
+    fill(m, p, a, 8)
+    fill(m, p, s, 4, base=9)
+    c = m.fork(p)
+    m.check()
+    m.move_pages(p, pages_of(m, a, 8), [1, 2] * 4)
+    m.check()
+    m.write(c, a, pattern(m, 3))
+    m.reclaim(1, 3)
+    m.check()
+    m.migrate_pages(c, [0, 1], [2, 2])
+    m.check()
+    m.swapoff()
+    m.check()
+    m.swapon()
+    m.exit(p)
+    m.check()
+    assert m.read(c, a, m.page_size) == pattern(m, 3)
+    assert m.read(c, a + m.page_size, m.page_size) == pattern(m, 0x1001)
+    m.exit(c)
+    assert [n["free"] for n in m.node_info()] == [24, 24, 24]
+    assert m.swap_info()["used"] == 0
+    m.check()

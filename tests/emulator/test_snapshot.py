@@ -1,0 +1,208 @@
+"""snapshot() / Machine.restore(): msgpack plus a checksum, a faithful round trip, and a
+clear ValueError (never a crash, never code execution) on a bad blob."""
+from __future__ import annotations
+
+import os
+import pathlib
+import pickle
+import random
+
+import pytest
+
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, where
+
+
+def busy_machine(policy, payload):
+    """A machine in an interesting state: forks, shared pages, COW copies, migrated pages,
+    swapped-out pages, swap-cached pages, several mempolicies."""
+    from emulator import MPOL_MF_MOVE_ALL
+    m = make(policy=policy, payload=payload, nodes=3, frames=24, swap=32)
+    p = m.spawn(node=0)
+    a = m.mmap(p, 8)
+    s = m.mmap(p, 3, shared=True)
+    fill(m, p, a, 8, base=10)
+    fill(m, p, s, 3, base=50)
+    q = m.spawn(node=2)
+    m.set_mempolicy(q, "interleave", [0, 1, 2])
+    b = m.mmap(q, 6)
+    m.touch(q, b, 6)
+    c = m.fork(p)
+    m.write(c, a + m.page_size, pattern(m, 99))
+    m.move_pages(p, pages_of(m, s, 3), [1, 1, 2], flags=MPOL_MF_MOVE_ALL)
+    m.move_pages(q, pages_of(m, b, 2), [2, 2])
+    m.reclaim(0, 5)
+    m.read(p, a, 2 * m.page_size)               # some pages back, maybe swap-cached
+    procs = {p: [(a, 8), (s, 3)], q: [(b, 6)], c: [(a, 8), (s, 3)]}
+    return m, procs
+
+
+def contents(m, procs):
+    out = {}
+    for pid, maps in procs.items():
+        for addr, n in maps:
+            out[(pid, addr)] = ([int(t) for t in m.read_tokens(pid, addr, n)],
+                                where(m, pid, addr, n))
+    return out
+
+
+def full_contents(m, procs):
+    return {(pid, addr): m.read(pid, addr, n * m.page_size)
+            for pid, maps in procs.items() for addr, n in maps}
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_round_trip(policy, payload):
+    from emulator import Machine
+    m, procs = busy_machine(policy, payload)
+    blob = m.snapshot()
+    assert isinstance(blob, bytes) and len(blob) > 0
+    m2 = Machine.restore(blob)
+    assert (m2.nr_nodes, m2.page_size, m2.policy, m2.payload) == \
+        (m.nr_nodes, m.page_size, m.policy, m.payload)
+    m2.check()
+    assert m2.vmstat() == m.vmstat()
+    for n in range(m.nr_nodes):
+        assert m2.vmstat(n) == m.vmstat(n)
+    assert m2.node_info() == m.node_info()
+    assert m2.swap_info() == m.swap_info()
+    assert contents(m2, procs) == contents(m, procs)     # no faults: placement preserved
+    assert full_contents(m2, procs) == full_contents(m, procs)
+    assert m2.vmstat() == m.vmstat()                       # both faulted the same way
+    # a snapshot of the restored machine restores to the same state again
+    m3 = Machine.restore(m2.snapshot())
+    assert m3.vmstat() == m2.vmstat() and m3.node_info() == m2.node_info()
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_restored_machine_keeps_working_identically(policy):
+    from emulator import Machine
+    m, procs = busy_machine(policy, "bytes")
+    m2 = Machine.restore(m.snapshot())
+    results = []
+    for mm in (m, m2):
+        r = []
+        pid = mm.spawn(node=1)
+        r.append(pid)
+        x = mm.mmap(pid, 4)
+        r.append(x)
+        r.append([int(t) for t in mm.touch(pid, x, 4)])        # machine-generated tokens
+        p = 1                                   # busy_machine's first process
+        a = procs[p][0][0]
+        child = mm.fork(p)
+        r.append(child)
+        mm.write(child, a, pattern(mm, 1234))
+        r.append(mm.move_pages(p, pages_of(mm, a, 8), [2] * 8))
+        r.append(mm.reclaim(2, 3))
+        r.append(mm.migrate_pages(child, [0, 1, 2], [1, 1, 1]))
+        mm.swapoff()
+        mm.exit(p)
+        r.append(mm.read(child, a, 8 * mm.page_size))
+        mm.check()
+        r.append(mm.vmstat())
+        r.append(mm.node_info())
+        results.append(r)
+    assert results[0] == results[1]
+
+
+def test_snapshot_does_not_change_the_machine():
+    m, procs = busy_machine("migcache", "token")
+    before = (m.vmstat(), m.node_info(), m.swap_info(), contents(m, procs))
+    m.snapshot()
+    assert (m.vmstat(), m.node_info(), m.swap_info(), contents(m, procs)) == before
+
+
+def test_snapshots_are_deterministic():
+    m, _ = busy_machine("migentry", "token")
+    assert m.snapshot() == m.snapshot()
+    m2, _ = busy_machine("migentry", "token")
+    assert m2.snapshot() == m.snapshot()
+
+
+@pytest.fixture(scope="module")
+def blob():
+    m, _ = busy_machine("migcache", "bytes")
+    return m.snapshot()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 0.5, -1])
+def test_truncated_blob_is_a_clear_valueerror(blob, cut):
+    from emulator import Machine
+    n = int(len(blob) * cut) if isinstance(cut, float) else (cut if cut >= 0 else len(blob) - 1)
+    with pytest.raises(ValueError) as ei:
+        Machine.restore(blob[:n])
+    msg = str(ei.value).lower()
+    assert msg and any(w in msg for w in ("snapshot", "truncat", "checksum", "corrupt",
+                                          "short", "invalid")), msg
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flipped_byte_is_a_clear_valueerror(blob, seed):
+    from emulator import Machine
+    rng = random.Random(seed)
+    i = rng.randrange(len(blob))
+    bad = bytearray(blob)
+    bad[i] ^= 1 << rng.randrange(8)
+    with pytest.raises(ValueError) as ei:
+        Machine.restore(bytes(bad))
+    msg = str(ei.value).lower()
+    assert any(w in msg for w in ("snapshot", "checksum", "corrupt", "invalid")), msg
+
+
+def test_flipped_first_and_last_bytes(blob):
+    from emulator import Machine
+    for i in (0, len(blob) - 1):
+        bad = bytearray(blob)
+        bad[i] ^= 0xFF
+        with pytest.raises(ValueError):
+            Machine.restore(bytes(bad))
+
+
+def test_appended_garbage_is_rejected(blob):
+    from emulator import Machine
+    with pytest.raises(ValueError):
+        Machine.restore(blob + b"\x00")
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\x00", b"hello world", b"\xff" * 64,
+                                     bytes(random.Random(3).randbytes(4096))],
+                         ids=["empty", "nul", "text", "ff64", "random4k"])
+def test_garbage_input(garbage):
+    from emulator import Machine
+    with pytest.raises(ValueError):
+        Machine.restore(garbage)
+
+
+def test_valid_msgpack_that_is_not_a_snapshot():
+    import msgpack
+    from emulator import Machine
+    for obj in ({"nodes": 2}, [1, 2, 3], "machine", None):
+        with pytest.raises(ValueError):
+            Machine.restore(msgpack.packb(obj))
+
+
+class _Boom:
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(os.environ.get("NUMAEMU_BOOM",
+                                                                 "/tmp/numaemu_pickle_boom")),))
+
+
+def test_never_unpickles(tmp_path, monkeypatch):
+    from emulator import Machine
+    target = tmp_path / "boom"
+    monkeypatch.setenv("NUMAEMU_BOOM", str(target))
+    evil = pickle.dumps(_Boom(), protocol=2)
+    for proto_blob in (evil, pickle.dumps(_Boom(), protocol=5)):
+        with pytest.raises(ValueError):
+            Machine.restore(proto_blob)
+    assert not target.exists(), "restore executed a pickle"
+
+
+def test_no_pickle_in_the_emulator_sources():
+    import emulator
+    root = pathlib.Path(emulator.__file__).parent
+    for f in root.rglob("*.py"):
+        src = f.read_text()
+        for bad in ("import pickle", "from pickle", "import cPickle", "import dill",
+                    "import marshal", "import shelve"):
+            assert bad not in src, f"{f.name} uses {bad!r}"

@@ -346,6 +346,11 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
         fr.flags[pf] &= ~PG_locked
 
 
+def release_step(k, gp: np.ndarray) -> None:
+    """Drop the lookup references of a fault that gives up."""
+    k.unpin(gp)
+
+
 def pte_same_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray) -> np.ndarray:
     return vma.pte[idx] == entries
 
@@ -371,6 +376,7 @@ async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write:
             # otherwise someone else resolved it, and the access retries
             same = await call(owner, pte_same_step, k, vma, idx[still], entries[still])
             if same.any():
+                await call(owner, release_step, k, gp[gp >= 0])
                 raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not swap in {int(same.sum())} pages")
         idx, entries, gp = idx[~still], entries[~still], gp[~still]
         if not len(idx):

@@ -30,6 +30,12 @@ def isolate_lru(k, node: int, nr: int, kswapd: bool) -> Batch:
     fr = k.nodes[node]
     fl = fr.flags
     cand = np.flatnonzero((fl & (PG_lru | PG_locked | PG_isolated)) == PG_lru)
+    if k.swap.nr_free < nr:
+        # out of slots: only pages that already have one can go (swap-cache pages)
+        sc = cand[(fl[cand] & PG_swapcache) != 0]
+        if k.swap.nr_free == 0 or len(sc) >= nr:
+            cand = sc if k.swap.nr_free == 0 else np.concatenate(
+                (sc, cand[(fl[cand] & PG_swapcache) == 0][:k.swap.nr_free]))
     if len(cand) > nr:
         cand = cand[np.argpartition(fr.lru_tick[cand], nr - 1)[:nr]]
         cand.sort()

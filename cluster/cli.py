@@ -42,16 +42,27 @@ def main() -> None:
 
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False, path_type=str))
-@click.option("--backend", type=click.Choice(BACKENDS), default="local", show_default=True,
-              help="where the machine runs: 'local' in this process (ray: not available yet)")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ray", show_default=True,
+              help="'ray': node actors and a coordinator on Ray (an embedded local Ray unless "
+                   "--address); 'local': the in-process model")
+@click.option("--address", default=None, metavar="ADDR",
+              help="join the running Ray cluster at ADDR (host:port, or 'auto') instead of starting one")
+@click.option("--stress", is_flag=True, default=False,
+              help="pause at quiescent points to run the whole invariant oracle and compare every page "
+                   "with the workloads' shadows (ray backend)")
+@click.option("--check-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="with --stress: operations between two quiescent checks [default: operations/20]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
 @metrics_options
-def run(scenario: str, backend: str, json_path: str | None, metrics_port: int, metrics_bind: str,
+def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
+        json_path: str | None, metrics_port: int, metrics_bind: str,
         hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
-    if backend == "ray":
-        _fail("the Ray backend is not available yet (issue 4); use --backend local", 2)
+    if backend == "local" and (address or stress or check_every):
+        _fail("--address, --stress and --check-every need --backend ray", 2)
+    if check_every and not stress:
+        _fail("--check-every needs --stress", 2)
     if json_path is not None:
         parent = Path(json_path).parent
         if not parent.is_dir():
@@ -90,9 +101,24 @@ def run(scenario: str, backend: str, json_path: str | None, metrics_port: int, m
         with progress:
             task = progress.add_task(Path(scenario).name, total=ops)
             on = {} if state is None else {"metrics": state}
-            summary = run_local(spec, lambda done: progress.update(task, completed=done), **on)
+            announced: list[int] = []
+
+            def tick(done: int) -> None:
+                progress.update(task, completed=done)
+                if not announced and backend == "ray" and not err.is_terminal:
+                    announced.append(done)   # one line, so a log (or a test) sees the run is under way
+                    click.echo(f"numaemu: {scenario}: running {ops} operations on Ray", err=True)
+
+            if backend == "ray":
+                from .runner_ray import run_ray
+                every = check_every or max(1, ops // 20)
+                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every, **on)
+            else:
+                summary = run_local(spec, tick, **on)
     except OSError as exc:
         _fail(f"{scenario}: the run failed: {exc}", 1)
+    except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
+        _fail(f"{scenario}: {exc}", 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
 
@@ -110,6 +136,14 @@ def run(scenario: str, backend: str, json_path: str | None, metrics_port: int, m
             _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
     if state is not None:
         state.finish(summary)  # final values; --hold serves them a while longer
+    if summary.get("interrupted"):
+        click.echo("interrupted: the summary above is partial", err=True)
+        sys.exit(130)
+    if summary.get("lost"):
+        lost = summary["lost"]
+        click.echo(f"error: node actor(s) lost: {lost['nodes']}; {lost['pages']} pages were resident there; "
+                   f"{lost['verified_intact']['pages']} pages verified intact", err=True)
+        sys.exit(1)
     sys.exit(1 if summary["violations"] > 0 else 0)
 
 

@@ -136,8 +136,8 @@ def copy_rows(src: np.ndarray, si: np.ndarray, dst: np.ndarray, di: np.ndarray) 
     n = len(si)
     if n == 0:
         return
-    if src.ndim == 1 or n < 8:
-        dst[di] = src[si]
+    if src.ndim == 1 or n < 8 or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)):
+        dst[di] = src[si]       # tokens, a few rows, or a payload on another host: one batch
         return
     # break points where either index run stops being consecutive
     brk = np.flatnonzero((np.diff(si) != 1) | (np.diff(di) != 1)) + 1

@@ -49,13 +49,6 @@ def test_version():
     assert metadata.version("numaemu") == cluster.__version__
 
 
-def test_ray_backend_is_not_available_yet():
-    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "ray"])
-    assert result.exit_code == 2
-    assert result.stderr.strip() == "error: the Ray backend is not available yet (issue 4); use --backend local"
-    assert result.stdout == ""
-
-
 def test_unknown_backend_is_a_usage_error():
     result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "mpi"])
     assert result.exit_code == 2
@@ -124,7 +117,7 @@ def test_violations_give_exit_1(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rl, "run_local", corrupted)
     out = tmp_path / "v.json"
-    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--json", str(out)])
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--json", str(out)])
     assert result.exit_code == 1
     assert "violations: 3" in result.stdout
     assert json.loads(out.read_text())["violations"] == 3

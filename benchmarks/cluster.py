@@ -1,0 +1,173 @@
+"""Ray runtime speed (issue 4's targets), measured in one run on an embedded Ray.
+Usage: python benchmarks/cluster.py [--quick]
+
+- cross-node migration, 2 node actors, bytes mode, 4096-page batches, as a
+  ratio of a plain numpy copy of the same bytes in one process, same run
+  (target >= 0.50);
+- faults resolved through the coordinator, 4096-page batches: first touch
+  and swap-in (do_swap_page), pages/s (target >= 200,000);
+- a workload run (quickstart-like, token mode) with 1, 2, 4 and 8 node
+  actors: operations/s and fault pages/s, to show how throughput scales.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BATCH = 4096
+PAGE = 4096
+
+
+def start(nodes: int, frames: int, swap: int, payload: str):
+    """Node actors and a coordinator, as the runner places them."""
+    import uuid
+
+    import ray
+
+    from cluster.coordinator import Coordinator, CoordMachine
+    from cluster.node import NodeActor
+
+    run_id = uuid.uuid4().hex[:8]
+    Node = ray.remote(NodeActor)
+    actors = [Node.options(num_cpus=0, max_concurrency=4).remote(i, frames, PAGE, payload, run_id)
+              for i in range(nodes)]
+    descs = ray.get([a.payload.remote() for a in actors])
+    for d, a in zip(descs, actors):
+        d["handle"] = a
+    cfg = {"nodes": nodes, "frames_per_node": frames, "swap_pages": swap, "page_size": PAGE,
+           "policy": "migcache", "payload": payload}
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=16).remote(cfg, descs)
+    return actors, coord, CoordMachine(coord)
+
+
+def stop(actors, coord) -> None:
+    import ray
+    ray.get([a.close.remote() for a in actors])
+    for a in actors:
+        ray.kill(a)
+    ray.kill(coord)
+
+
+def numpy_copy_rate(nbatches: int) -> float:
+    """Pages/s of a plain numpy copy of 4096-page batches between two arrays."""
+    src = np.ones((BATCH * 2, PAGE), dtype=np.uint8)
+    dst = np.ones((BATCH * 2, PAGE), dtype=np.uint8)
+    times = []
+    for i in range(nbatches):
+        a = (i % 2) * BATCH
+        t0 = time.perf_counter()
+        dst[a:a + BATCH] = src[a:a + BATCH]
+        times.append(time.perf_counter() - t0)
+    return BATCH / statistics.median(times)
+
+
+def migration(rounds: int) -> tuple[float, float]:
+    frames = BATCH * 2 + 512
+    actors, coord, m = start(2, frames, 0, "bytes")
+    try:
+        pid = m.spawn(0)
+        addr = m.mmap(pid, BATCH)
+        m.touch(pid, addr, BATCH)
+        addrs = [addr + i * PAGE for i in range(BATCH)]
+        times = []
+        for r in range(rounds):
+            dst = 1 - r % 2
+            t0 = time.perf_counter()
+            st = m.move_pages(pid, addrs, [dst] * BATCH)
+            times.append(time.perf_counter() - t0)
+            assert all(s == dst for s in st), "move_pages did not move every page"
+        mig = BATCH / statistics.median(times[2:] or times)
+    finally:
+        stop(actors, coord)
+    return mig, numpy_copy_rate(rounds)
+
+
+def faults(rounds: int) -> tuple[float, float]:
+    frames = BATCH * (rounds + 2)
+    actors, coord, m = start(2, frames, BATCH * (rounds + 2), "token")
+    try:
+        pid = m.spawn(0)
+        addr = m.mmap(pid, BATCH * rounds)
+        t0 = time.perf_counter()
+        for r in range(rounds):
+            m.touch(pid, addr + r * BATCH * PAGE, BATCH)
+        first = BATCH * rounds / (time.perf_counter() - t0)
+        m.reclaim(0, BATCH * rounds)                       # everything to swap
+        t0 = time.perf_counter()
+        for r in range(rounds):
+            m.touch(pid, addr + r * BATCH * PAGE, BATCH, write=False)
+        swapin = BATCH * rounds / (time.perf_counter() - t0)
+        assert m.vmstat()["pswpin"] > 0
+    finally:
+        stop(actors, coord)
+    return first, swapin
+
+
+def scaling(nodes: int, operations: int) -> tuple[float, float, float]:
+    from cluster.runner_ray import RayRun
+    from cluster.scenario import parse_scenario
+    import tomllib
+
+    text = textwrap.dedent(f"""
+        [machine]
+        nodes = {nodes}
+        frames_per_node = 8192
+        swap_pages = 0
+        policy = "migcache"
+        payload = "token"
+        [migration]
+        every = 50
+        [run]
+        operations = {operations}
+        seed = 1
+        """) + "".join(textwrap.dedent(f"""
+        [[workload]]
+        node = {n}
+        processes = 2
+        pages = 2048
+        pattern = "uniform"
+        batch = 256
+        """) for n in range(nodes))
+    run = RayRun(parse_scenario(tomllib.loads(text), "<bench>"))
+    try:
+        s = run.run()
+    finally:
+        run.close()
+    assert s["violations"] == 0
+    el = s["elapsed_s"]
+    return s["operations_done"] / el, s["totals"]["pgfault"] / el, el
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    args = ap.parse_args()
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    rounds = 6 if args.quick else 20
+    mig, cp = migration(rounds)
+    print(f"cross-node migration, bytes, {BATCH}-page batches: {mig:,.0f} pages/s; "
+          f"numpy copy {cp:,.0f} pages/s; ratio {mig / cp:.2f} (target >= 0.50)")
+    first, swapin = faults(4 if args.quick else 16)
+    print(f"faults through the coordinator, {BATCH}-page batches: first touch {first:,.0f} pages/s, "
+          f"swap-in {swapin:,.0f} pages/s (target >= 200,000)")
+    ops = 400 if args.quick else 2000
+    print(f"scaling, {ops} operations of 256 pages per run, 2 processes per node actor:")
+    print(f"{'node actors':>12} {'ops/s':>10} {'fault pages/s':>14} {'elapsed s':>10}")
+    for n in (1, 2, 4, 8):
+        o, f, el = scaling(n, ops)
+        print(f"{n:>12} {o:>10,.0f} {f:>14,.0f} {el:>10.2f}")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

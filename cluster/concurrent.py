@@ -1,0 +1,83 @@
+"""The threaded driver: the model's own operations, interleaved for real.
+
+Rules this driver keeps (DESIGN.md principle 1, second driver):
+- One lock, ``machine.cond``, stands for every owner's locks. Whoever runs a
+  Machine method holds it; a step therefore runs atomically, as in-process.
+- At every preemption point (each ``await`` of an operation coroutine) the
+  driver drops the lock and yields the CPU, so an operation arriving on
+  another thread (a fault batch from a workload driver, a migration from the
+  runner) may take its next step there: the interleaving is decided by real
+  arrival times, not by a scheduler.
+- ``await wait(...)`` sleeps on the condition until a step of another
+  operation makes the predicate true (every step notifies). A wait that no
+  step satisfies within ``WAIT_TIMEOUT`` seconds is a deadlock and raises,
+  so a run never hangs on a lost wake-up.
+- No kernel path is written here: the coroutines are the model's.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from emulator import Machine
+from emulator.sched import Call, Deadlock
+
+WAIT_TIMEOUT = 60.0
+
+
+def run_threaded(coro, cond: threading.Condition) -> tuple[Any, int]:
+    """Run one operation to completion; the caller holds ``cond``.
+    Returns its result and the number of steps it took."""
+    steps = 0
+    send, throw = coro.send, coro.throw
+    value: Any = None
+    exc: BaseException | None = None
+    yield_cpu = os.sched_yield if hasattr(os, "sched_yield") else (lambda: None)
+    while True:
+        try:
+            req = throw(exc) if exc is not None else send(value)
+        except StopIteration as stop:
+            return stop.value, steps
+        exc = None
+        if req.__class__ is Call:
+            try:
+                value = req.fn(*req.args)
+            except Exception as e:  # delivered to the operation, which may undo
+                exc, value = e, None
+            steps += 1
+            cond.notify_all()
+            cond.release()          # the preemption point
+            yield_cpu()
+            cond.acquire()
+        else:
+            while not req.pred():
+                if not cond.wait(WAIT_TIMEOUT):
+                    coro.close()
+                    raise Deadlock(f"operation blocked on {req!r} for {WAIT_TIMEOUT:.0f} s")
+            value = None
+
+
+class ConcurrentMachine(Machine):
+    """A Machine that many threads may call at once, each call under ``cond``.
+
+    Use ``with machine.cond:`` around every public call (the coordinator
+    does); operations then interleave step by step across threads.
+    """
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.cond = threading.Condition(threading.Lock())
+        self.steps = 0                       # every operation's steps so far
+        self.mine = threading.local()        # .steps: this thread's, for its caller's latency
+
+    def _run(self, coro):
+        k = self.k
+        k.inflight += 1
+        try:
+            value, steps = run_threaded(coro, self.cond)
+        finally:
+            k.inflight -= 1
+        self.steps += steps
+        self.mine.steps = getattr(self.mine, "steps", 0) + steps
+        return value

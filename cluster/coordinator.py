@@ -1,0 +1,226 @@
+"""The coordinator actor: the swap device, the swap cache, the migration cache
+and the operations that cross nodes.
+
+It holds the machine's metadata (a :class:`cluster.concurrent.ConcurrentMachine`)
+and runs every operation coroutine of the model, many at once on its threads
+(one per concurrent caller): fault batches from the node actors' workload
+drivers, migrations and reclaim from the runner. Steps are atomic and
+interleave at the model's preemption points. The frames' payload is the node
+actors': mapped from shared memory when the node actor is on this host,
+reached with actor calls (Ray objects) when it is not.
+
+Calls go through :meth:`call` by name. Errors the syscall surface raises
+(OSError with an errno, ValueError) come back as values, so the caller can
+re-raise them with their errno intact; anything else is a bug and propagates.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from .concurrent import ConcurrentMachine
+from .dataplane import RemoteRows, attach_payload
+
+# What callers may ask of the machine through call().
+CALLS = frozenset({
+    "spawn", "mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind",
+    "touch", "read_tokens", "read", "write", "move_pages", "migrate_pages",
+    "reclaim", "swapoff", "swapon", "vmstat", "node_info", "swap_info", "processes",
+})
+MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes"}
+EVENT_LOG = 10_000
+
+
+class Coordinator:
+    def __init__(self, config: dict[str, Any], nodes: list[dict[str, Any]], bugs: tuple[str, ...] = ()):
+        """``nodes[i]``: node actor i's payload: {"host", "path", "shape", "dtype", "handle"}."""
+        import ray
+
+        self.host = ray.get_runtime_context().get_node_id()
+        self.m = ConcurrentMachine.from_config(config, bugs=bugs)
+        self.cond = self.m.cond
+        self.remote_nodes: list[int] = []
+        for i, d in enumerate(nodes):
+            fr = self.m.k.nodes[i]
+            if d["host"] == self.host:
+                fr.data = attach_payload(d["path"], tuple(d["shape"]), np.dtype(d["dtype"]))
+            else:
+                fr.data = RemoteRows(d["handle"], tuple(d["shape"]), np.dtype(d["dtype"]))
+                self.remote_nodes.append(i)
+        self.lost: set[int] = set()
+        self.calls = collections.Counter()
+        self.pages_touched = 0
+        self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
+        self.seq = 0
+        self.t0 = time.time()
+
+    # -- the syscall surface ---------------------------------------------------
+    def call(self, name: str, *args: Any, **kw: Any) -> tuple[bool, Any, int]:
+        """(True, result, steps) or (False, (exception class name, errno, message), steps):
+        steps is how many emulated steps the call ran."""
+        if name not in CALLS:
+            return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
+        with self.cond:
+            self.m.mine.steps = 0
+            self.seq += 1
+            seq = self.seq
+            try:
+                out = getattr(self.m, name)(*args, **kw)
+            except (OSError, ValueError, KeyError) as exc:
+                self._log(seq, name, args, f"{type(exc).__name__}: {exc}")
+                return False, (type(exc).__name__, getattr(exc, "errno", None), str(exc)), self.m.mine.steps
+            self.calls[name] += 1
+            if name == "touch":
+                self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))
+            if name in MUTATING:
+                self._log(seq, name, args, "ok")
+            return True, out, self.m.mine.steps
+
+    def _log(self, seq: int, name: str, args: tuple, outcome: str) -> None:
+        self.events.append({"seq": seq, "t": round(time.time() - self.t0, 6),
+                            "thread": threading.current_thread().name, "op": name,
+                            "args": [_brief(a) for a in args], "outcome": outcome})
+
+    # -- observation -----------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        m = self.m
+        return {"nr_nodes": m.nr_nodes, "page_size": m.page_size, "policy": m.policy,
+                "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes}
+
+    def progress(self) -> dict[str, Any]:
+        """Cheap: what the progress bar and the timeline need."""
+        with self.cond:
+            return {"touch_calls": self.calls["touch"], "pages_touched": self.pages_touched,
+                    "steps": self.m.steps, "inflight": self.m.k.inflight}
+
+    def stats(self) -> dict[str, Any]:
+        """One consistent view: per-node info and vmstat, swap."""
+        with self.cond:
+            m = self.m
+            return {"node_info": m.node_info(), "vmstat": [m.vmstat(node=n) for n in range(m.nr_nodes)],
+                    "vmstat_total": m.vmstat(), "swap_info": m.swap_info(), "calls": dict(self.calls),
+                    "steps": m.steps}
+
+    def check(self) -> tuple[str, str, dict] | None:
+        """The whole oracle: None, or the violation (invariant, where, seen).
+        Call it quiescent: with an operation in flight only invariants that hold
+        between steps are checked."""
+        from emulator import InvariantViolation
+        with self.cond:
+            try:
+                self.m.check()
+            except InvariantViolation as exc:
+                return exc.invariant, exc.where, dict(exc.seen)
+        return None
+
+    def snapshot(self) -> bytes:
+        with self.cond:
+            return self.m.snapshot()
+
+    def event_log(self) -> list[dict[str, Any]]:
+        with self.cond:
+            return list(self.events)
+
+    # -- a node actor lost ---------------------------------------------------------
+    def node_lost(self, node: int) -> dict[int, int]:
+        """The node's frames are gone with their owner: stop reaching them, and
+        say how many pages each process had resident there."""
+        from emulator import pte as P
+        with self.cond:
+            fr = self.m.k.nodes[node]
+            self.lost.add(node)
+            shape = (fr.nframes,) if self.m.payload == "token" else (fr.nframes, self.m.page_size)
+            fr.data = np.zeros(shape, dtype=np.int64 if self.m.payload == "token" else np.uint8)
+            out: dict[int, int] = {}
+            for pid, mm in self.m.k.mms.items():
+                n = 0
+                for vma in mm.vmas:
+                    p = vma.pte
+                    present = (p & P.PRESENT) != 0
+                    n += int((((p[present] >> P.OFF_SHIFT) >> P.NODE_SHIFT) == node).sum())
+                if n:
+                    out[int(pid)] = n
+            return out
+
+    def resident_nodes(self, pid: int, addr: int, npages: int) -> np.ndarray:
+        """Node of each page, or a negative errno (move_pages' query)."""
+        ps = self.m.page_size
+        with self.cond:
+            return np.asarray(self.m.move_pages(pid, [addr + i * ps for i in range(npages)], None))
+
+    def ping(self) -> bool:
+        return True
+
+
+def _brief(a: Any) -> Any:
+    if isinstance(a, (int, float, str, bool)) or a is None:
+        return a
+    if isinstance(a, np.ndarray):
+        return f"array[{len(a)}]"
+    if isinstance(a, (list, tuple)):
+        return f"{type(a).__name__}[{len(a)}]" if len(a) > 8 else [_brief(x) for x in a]
+    return type(a).__name__
+
+
+class CoordMachine:
+    """The Machine surface, forwarded to the coordinator actor: what a runner
+    or a workload driver holds instead of a Machine."""
+
+    def __init__(self, coord: Any, info: dict[str, Any] | None = None):
+        import ray
+        self.coord = coord
+        info = info or ray.get(coord.info.remote())
+        self.nr_nodes = info["nr_nodes"]
+        self.page_size = info["page_size"]
+        self.policy = info["policy"]
+        self.payload = info["payload"]
+
+    last_steps = 0   # the steps the last call took
+    steps = 0        # the steps of every call made through this proxy
+
+    def _call(self, name: str, *args: Any, **kw: Any) -> Any:
+        import ray
+        ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, **kw))
+        self.steps += self.last_steps
+        if ok:
+            return out
+        cls, err, msg = out
+        if cls in ("OSError", "FileNotFoundError", "PermissionError") or err is not None:
+            raise OSError(err, msg)
+        raise (KeyError if cls == "KeyError" else ValueError)(msg)
+
+    def __getattr__(self, name: str):
+        if name not in CALLS:
+            raise AttributeError(name)
+        return lambda *a, **kw: self._call(name, *a, **kw)
+
+    def check(self) -> None:
+        import ray
+        from emulator import InvariantViolation
+        seen = ray.get(self.coord.check.remote())
+        if seen is not None:
+            raise InvariantViolation(*seen)
+
+
+class FrozenMachine:
+    """The observation surface of a machine at one moment (a coordinator's
+    ``stats()``): what the metrics endpoint serves once the actors are gone."""
+
+    def __init__(self, info: dict[str, Any], stats: dict[str, Any]):
+        self.nr_nodes, self.page_size = info["nr_nodes"], info["page_size"]
+        self.policy, self.payload = info["policy"], info["payload"]
+        self._stats = stats
+
+    def vmstat(self, node: int | None = None) -> dict[str, int]:
+        return dict(self._stats["vmstat_total"] if node is None else self._stats["vmstat"][node])
+
+    def node_info(self) -> list[dict[str, int]]:
+        return [dict(r) for r in self._stats["node_info"]]
+
+    def swap_info(self) -> dict[str, Any]:
+        return dict(self._stats["swap_info"])
+

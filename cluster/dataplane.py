@@ -1,0 +1,96 @@
+"""The data plane: where a node's frame payload lives, and how it is reached.
+
+A node actor owns its payload array (DESIGN.md principle 3). It creates it
+as a file in /dev/shm and maps it; any process on the same host maps the
+same file, so the coordinator reads, writes and migrates those frames with
+one memcpy, like a CPU reaching another NUMA node's memory. From another
+host the array is reached through :class:`RemoteRows`: every access is one
+actor call whose payload batch travels as a Ray object (numpy arrays are
+zero-copy on the reading side).
+
+Both kinds look like a numpy array to the model's steps (indexing with
+arrays, slices and ``view``), so the model runs unchanged on either.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def shm_dir() -> Path:
+    d = Path("/dev/shm")
+    return d if d.is_dir() and os.access(d, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def payload_shape(nframes: int, page_size: int, payload: str) -> tuple[tuple[int, ...], np.dtype]:
+    if payload == "token":
+        return (nframes,), np.dtype(np.int64)
+    return (nframes, page_size), np.dtype(np.uint8)
+
+
+def create_payload(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A zeroed payload array backed by a new shared file (sparse until written)."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    with open(path, "xb") as fh:
+        fh.truncate(max(size, 1))
+    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+
+def attach_payload(path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
+
+
+def unlink(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class RemoteRows:
+    """A node actor's payload array on another host, indexed like numpy.
+
+    Reads block on one actor call; writes are sent and waited for, so a later
+    read of the same frames sees them (actor calls from threads are not
+    otherwise ordered)."""
+
+    def __init__(self, handle: Any, shape: tuple[int, ...], dtype: np.dtype, view: np.dtype | None = None):
+        self.handle = handle
+        self.base_shape = tuple(shape)
+        self.base_dtype = np.dtype(dtype)
+        self.view_dtype = None if view is None else np.dtype(view)
+        self.dtype = self.view_dtype or self.base_dtype
+        if self.view_dtype is None or len(shape) == 1:
+            self.shape = self.base_shape
+        else:
+            self.shape = (shape[0], shape[1] * self.base_dtype.itemsize // self.view_dtype.itemsize)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def view(self, dtype) -> "RemoteRows":
+        return RemoteRows(self.handle, self.base_shape, self.base_dtype, dtype)
+
+    def __getitem__(self, key):
+        import ray
+        return ray.get(self.handle.rows_get.remote(key, self.view_dtype))
+
+    def __setitem__(self, key, value) -> None:
+        import ray
+        ray.get(self.handle.rows_set.remote(key, np.asarray(value), self.view_dtype))
+
+    def __array__(self, dtype=None, copy=None):
+        import ray
+        a = ray.get(self.handle.rows_get.remote(slice(None), self.view_dtype))
+        return a if dtype is None else a.astype(dtype)
+
+    def tobytes(self) -> bytes:
+        return np.asarray(self).tobytes()
+
+    def copy(self) -> np.ndarray:
+        return np.array(np.asarray(self))

@@ -1,0 +1,188 @@
+"""The node actor: one emulated NUMA node's frames, and the workload driver of
+the processes whose CPUs are on it.
+
+- It owns its frames' payload: a shared-memory array it creates, which the
+  coordinator on the same host maps (one memcpy per migration), or reaches
+  through :meth:`rows_get` / :meth:`rows_set` from another host.
+- Its workload driver is a thread that issues the processes' accesses as
+  fault batches to the coordinator and records every token written in the
+  shadow copy; several node actors drive at once, so faults on different
+  nodes interleave with each other and with migrations for real.
+- The driver stops only between two operations: :meth:`pause` returns once
+  it is idle, which is what lets the runner check the oracle at a quiescent
+  point. The shadows stay here; :meth:`verify` reads the pages back through
+  the coordinator and compares.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from .dataplane import create_payload, payload_shape, shm_dir, unlink
+from .workload import AccessPattern, Proc
+
+MAX_DETAILS = 20
+
+
+class NodeActor:
+    def __init__(self, node: int, nframes: int, page_size: int, payload: str, run_id: str):
+        import ray
+
+        self.node = node
+        self.host = ray.get_runtime_context().get_node_id()
+        self.shape, self.dtype = payload_shape(nframes, page_size, payload)
+        self.path = shm_dir() / f"numaemu-{run_id}-node{node}"
+        self.data = create_payload(self.path, self.shape, self.dtype)
+        self.page_size = page_size
+        # the workload driver
+        self.thread: threading.Thread | None = None
+        self.run_flag = threading.Event()
+        self.run_flag.set()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.stopping = False
+        self.ops_done = 0
+        self.errors: Counter[str] = Counter()
+        self.latency_s: list[float] = []    # per fault batch: wall seconds, through the coordinator
+        self.latency_steps: list[int] = []  # and emulated steps
+        self.failure: str | None = None
+        self.procs: list[Proc] = []
+        self.pause_every = 0
+        self.at_checkpoint = False
+
+    # -- the payload ---------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        return {"host": self.host, "path": str(self.path), "shape": list(self.shape),
+                "dtype": self.dtype.str, "handle": None}
+
+    def rows_get(self, key, view=None) -> np.ndarray:
+        a = self.data if view is None else self.data.view(view)
+        return np.array(a[key])
+
+    def rows_set(self, key, value, view=None) -> None:
+        a = self.data if view is None else self.data.view(view)
+        a[key] = value
+
+    def ping(self) -> int:
+        return self.ops_done
+
+    def close(self) -> None:
+        self.stop()
+        unlink(self.path)
+
+    # -- the workload driver -------------------------------------------------------
+    def start(self, coord, info: dict, procs: list[Proc], specs: list, operations: int, seed: int,
+              pause_every: int = 0) -> None:
+        """Drive ``procs`` (round-robin) for ``operations`` accesses in a thread;
+        with ``pause_every``, stop after every that many until resumed (a checkpoint)."""
+        self.pause_every = pause_every
+        from .coordinator import CoordMachine
+
+        own: dict[int, Any] = {}
+        for p in procs:   # Ray hands arrays over read-only; processes of a shared mapping share one shadow
+            sh = p.shadow
+            if id(sh) not in own:
+                sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
+                own[id(sh)] = sh
+        self.procs = procs
+        m = CoordMachine(coord, info)
+        patterns = {w: AccessPattern(spec) for w, spec in enumerate(specs)}
+        rng = np.random.default_rng([seed, self.node])
+        self.thread = threading.Thread(target=self._drive, name=f"workload-node{self.node}",
+                                       args=(m, patterns, rng, operations), daemon=True)
+        self.thread.start()
+
+    def _drive(self, m, patterns, rng, operations: int) -> None:
+        procs, ps = self.procs, self.page_size
+        try:
+            for op in range(operations):
+                if self.pause_every and op and op % self.pause_every == 0:
+                    self.run_flag.clear()
+                    self.at_checkpoint = True
+                if not self.run_flag.is_set():
+                    self.idle.set()
+                    self.run_flag.wait()
+                if self.stopping:
+                    break
+                self.idle.clear()
+                proc = procs[op % len(procs)]
+                acc = patterns[proc.workload].next(rng, proc.cursor)
+                proc.cursor = acc.start + acc.npages
+                t0 = time.perf_counter()
+                try:
+                    toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
+                except OSError as exc:
+                    import errno as E
+                    self.errors[f"touch:{E.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                    if acc.write:
+                        proc.shadow.forget(acc.start, acc.npages)
+                else:
+                    if acc.write:
+                        proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
+                self.latency_s.append(time.perf_counter() - t0)
+                self.latency_steps.append(m.last_steps)
+                self.ops_done += 1
+        except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
+            self.failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.idle.set()
+
+    def progress(self, since: int = -1) -> dict[str, Any]:
+        """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
+        alive = self.thread is not None and self.thread.is_alive()
+        out = {"ops": self.ops_done, "running": alive, "failure": self.failure,
+               "checkpoint": self.at_checkpoint and self.idle.is_set()}
+        if since >= 0:
+            n = len(self.latency_s)
+            out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
+        return out
+
+    def pause(self) -> int:
+        """Stop between two operations; returns once the driver is idle."""
+        self.run_flag.clear()
+        while self.thread is not None and self.thread.is_alive() and not self.idle.wait(0.05):
+            pass
+        return self.ops_done
+
+    def resume(self) -> None:
+        self.at_checkpoint = False
+        self.run_flag.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.run_flag.set()
+
+    def join(self, timeout: float | None = None) -> dict[str, Any]:
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return {"ops": self.ops_done, "errors": dict(self.errors), "failure": self.failure,
+                "running": self.thread is not None and self.thread.is_alive(),
+                "latency_s": np.asarray(self.latency_s, dtype=np.float64)}
+
+    def verify(self, coord, info: dict, lost: list[int] = ()) -> dict[str, Any]:
+        """Read every page of this node's processes back and compare with the
+        shadows. Pages resident on a lost node are counted, not compared."""
+        from .coordinator import CoordMachine
+        import ray
+
+        m = CoordMachine(coord, info)
+        checked = bad = gone = 0
+        details: list[str] = []
+        for proc in self.procs:
+            observed = m.read_tokens(proc.pid, proc.addr, proc.pages)
+            ok = np.ones(proc.pages, dtype=bool)
+            if lost:
+                where = ray.get(coord.resident_nodes.remote(proc.pid, proc.addr, proc.pages))
+                ok = ~np.isin(where, list(lost))
+                gone += int((~ok).sum())
+            wrong = proc.shadow.mismatches(np.where(ok, observed, proc.shadow.tokens))
+            checked += int((ok & proc.shadow.known).sum())
+            bad += len(wrong)
+            for i in wrong[: max(0, MAX_DETAILS - len(details))]:
+                details.append(f"data: pid {proc.pid} page {int(i)} (addr {proc.addr + int(i) * self.page_size:#x}): "
+                               f"expected token {int(proc.shadow.tokens[i])}, read {int(observed[i])}")
+        return {"checked": checked, "bad": bad, "lost": gone, "details": details}

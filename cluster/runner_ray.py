@@ -1,0 +1,351 @@
+"""The Ray backend: run a scenario on node actors and a coordinator actor.
+
+1. Ray: an embedded local instance by default, or the cluster at
+   ``--address``; a Ray already initialised in this process is reused.
+2. One node actor per emulated node, spread over the cluster's hosts (node
+   i on host i mod hosts), each creating its frames' payload in shared
+   memory; the coordinator on the driver's host maps the payload of the
+   node actors on its host and reaches the others with actor calls.
+3. The processes are created through the coordinator exactly as the local
+   backend creates them (same workload order, same seed); each node actor
+   then drives the processes homed on it, concurrently with the others.
+4. The runner thread migrates every ``[migration] every`` operations (the
+   local backend's choice of pages and targets), watches the node actors'
+   health and, in stress mode, pauses every driver at quiescent points to run
+   the whole oracle and compare every page with the shadows.
+5. At the end (or on Ctrl-C, or when a node actor dies): stop the drivers,
+   verify, and summarise as the local backend does, plus what was lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from typing import Any, Callable
+
+import numpy as np
+
+from .coordinator import Coordinator, CoordMachine, FrozenMachine
+from .node import NodeActor
+from .runner_local import LocalRun
+from .scenario import Scenario
+from .summary import collect_summary
+
+ProgressFn = Callable[[int], None]
+POLL_S = 0.1
+PING_TIMEOUT_S = 10.0
+
+
+class RunnerError(RuntimeError):
+    """The Ray runtime could not start or reach what it needs."""
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Connect to Ray; True when this call started it (and so should stop it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "an embedded Ray"
+        raise RunnerError(f"cannot start or reach {where}: {exc}") from None
+    return True
+
+
+def hosts() -> list[str]:
+    """Alive Ray nodes (hosts), the driver's own first."""
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    return [me] + [h for h in alive if h != me]
+
+
+def _on(host: str):
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    return NodeAffinitySchedulingStrategy(node_id=host, soft=False)
+
+
+class RayRun:
+    """One run of a scenario on Ray actors."""
+
+    def __init__(self, scenario: Scenario, *, stress: bool = False, check_every: int = 0,
+                 bugs: tuple[str, ...] = (), metrics=None, dump_dir: str | None = None):
+        import ray
+
+        self.ray = ray
+        self.scenario = scenario
+        self.stress = stress
+        self.check_every = check_every
+        self.run_id = uuid.uuid4().hex[:12]
+        cfg = scenario.machine.config()
+        probe = scenario.take_machine()          # validated already: sizes and the topology
+        self.nr_nodes = int(probe.nr_nodes)
+        frames = [fr.nframes for fr in probe.k.nodes]
+        page_size, payload = int(probe.page_size), str(probe.payload)
+        del probe
+        self.hosts = hosts()
+        self.placement = [self.hosts[i % len(self.hosts)] for i in range(self.nr_nodes)]
+        Node = ray.remote(NodeActor)
+        self.nodes = [Node.options(num_cpus=0, max_concurrency=4, scheduling_strategy=_on(h),
+                                   name=f"numaemu-{self.run_id}-node{i}").remote(i, frames[i], page_size,
+                                                                                 payload, self.run_id)
+                      for i, h in enumerate(self.placement)]
+        descs = ray.get([n.payload.remote() for n in self.nodes])
+        for d, h in zip(descs, self.nodes):
+            d["handle"] = h
+        Coord = ray.remote(Coordinator)
+        self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
+                                   scheduling_strategy=_on(self.hosts[0]),
+                                   name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs))
+        self.info = ray.get(self.coord.info.remote())
+        self.m = CoordMachine(self.coord, self.info)
+        self.local = LocalRun(scenario, machine=self.m)
+        self.metrics = metrics
+        self.lat_seen = [0] * self.nr_nodes
+        if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
+            self.local.metrics, self.local.steps = metrics, self.m
+            metrics.attach(self.local)
+        self.dead: dict[int, str] = {}
+        self.lost_pages: dict[int, int] = {}
+        self.checks = 0
+        self.violations = 0
+        self.details: list[str] = []
+        self.interrupted = False
+        self.verified = {"pages": 0, "processes": 0}
+        self.dump_dir = dump_dir
+        self.dump_path = None
+
+    # -- the run ---------------------------------------------------------------
+    def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
+        ray = self.ray
+        t0 = time.perf_counter()
+        loc = self.local
+        loc.setup()
+        sc = self.scenario
+        ops = sc.run.operations
+        nprocs = len(loc.procs)
+        by_home: dict[int, list] = {}
+        for p in loc.procs:
+            by_home.setdefault(p.home, []).append(p)
+        share = {h: ops * len(ps) // nprocs for h, ps in by_home.items()}
+        for h in sorted(by_home)[: ops - sum(share.values())]:
+            share[h] += 1
+        specs = list(sc.workload)
+        checkpoints = self.stress and self.check_every and ops
+        for h, ps in by_home.items():
+            # a checkpoint every check_every operations in all: each driver stops after its share
+            pause = max(1, self.check_every * share[h] // ops) if checkpoints else 0
+            ray.get(self.nodes[h].start.remote(self.coord, self.info, ps, specs, share[h], sc.run.seed, pause))
+        every = sc.migration.every
+        next_mig = every if every else None
+        done = 0
+        try:
+            while True:
+                states = self._poll()
+                done = sum(s["ops"] for s in states.values())
+                if progress is not None:
+                    progress(min(done, ops))
+                if self.dead:
+                    break
+                failures = [f"node {n}: {s['failure']}" for n, s in states.items() if s.get("failure")]
+                if failures:
+                    raise RunnerError("a workload driver failed: " + "; ".join(failures))
+                while next_mig is not None and done >= next_mig and next_mig <= ops:
+                    loc.migrate()
+                    next_mig += every
+                if checkpoints and any(s["checkpoint"] for s in states.values()) and \
+                        all(s["checkpoint"] or not s["running"] for s in states.values()):
+                    self._quiescent_check(by_home)     # every driver stopped at its checkpoint
+                    if self.violations:
+                        break
+                if not any(s["running"] for s in states.values()):
+                    break
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            self.interrupted = True
+        results = self._stop(by_home)
+        self._count_lost()
+        for r in results.values():
+            for k, v in r["errors"].items():
+                loc.errors[k] += v
+        if not self.violations or not self.stress:
+            self._verify(by_home)
+        lat = np.concatenate([r["latency_s"] for r in results.values()]) if results else np.zeros(0)
+        # one consistent picture, which also outlives the actors (metrics --hold)
+        frozen = FrozenMachine(self.info, ray.get(self.coord.stats.remote()))
+        loc.m = frozen
+        summary = collect_summary(
+            frozen, scenario=sc, backend="ray", tally=loc.tally, errors=dict(loc.errors),
+            violations=self.violations, details=self.details, processes=[p.pid for p in loc.procs],
+            migration_events=loc.migration_events, elapsed=time.perf_counter() - t0)
+        summary["operations_done"] = int(sum(r["ops"] for r in results.values()))
+        summary["verified_pages"] = int(self.verified["pages"])
+        summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
+        summary["remote_nodes"] = list(self.info["remote_nodes"])
+        summary["fault_batches"] = {"count": int(len(lat)), **_percentiles(lat)}
+        if self.stress:
+            summary["quiescent_checks"] = self.checks
+        if self.dump_path is not None:
+            summary["dump"] = str(self.dump_path)
+        if self.interrupted:
+            summary["interrupted"] = True
+        if self.dead:
+            summary["lost"] = {"nodes": {str(n): why for n, why in self.dead.items()},
+                               "pages_by_pid": {str(p): n for p, n in self.lost_pages.items()},
+                               "pages": int(sum(self.lost_pages.values())),
+                               "verified_intact": self.verified}
+        return summary
+
+    def _poll(self) -> dict[int, dict[str, Any]]:
+        ray = self.ray
+        since = (lambda i: self.lat_seen[i]) if self.metrics is not None else (lambda i: -1)
+        refs = {i: n.progress.remote(since(i)) for i, n in enumerate(self.nodes) if i not in self.dead}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PING_TIMEOUT_S)
+        out = {}
+        for i, ref in refs.items():
+            if ref not in ready:
+                self._lost(i, f"no answer within {PING_TIMEOUT_S:.0f} s")
+                continue
+            try:
+                out[i] = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                self._lost(i, f"actor died: {str(exc).splitlines()[0]}")
+                continue
+            if "latency" in out[i]:
+                self.lat_seen[i], secs, steps = out[i]["latency"]
+                for a, b in zip(secs, steps):
+                    self.metrics.observe_fault(i, a, b)
+        if self.metrics is not None:
+            self.metrics.operations = sum(s["ops"] for s in out.values())
+        return out
+
+    def _lost(self, node: int, why: str) -> None:
+        self.dead[node] = why
+
+    def _count_lost(self) -> None:
+        """Once every driver has stopped: the pages resident on the lost nodes."""
+        for node in sorted(self.dead):
+            for pid, n in self.ray.get(self.coord.node_lost.remote(node)).items():
+                self.lost_pages[pid] = self.lost_pages.get(pid, 0) + n
+
+    def _alive(self, by_home) -> list[int]:
+        return [h for h in by_home if h not in self.dead]
+
+    def _quiescent_check(self, by_home) -> None:
+        ray = self.ray
+        live = self._alive(by_home)
+        ray.get([self.nodes[h].pause.remote() for h in live])
+        try:
+            self.checks += 1
+            seen = ray.get(self.coord.check.remote())
+            if seen is not None:
+                self.violations += 1
+                inv, where, vals = seen
+                self.details.append(f"invariant {inv} violated at {where}: " +
+                                    ", ".join(f"{k}={v}" for k, v in vals.items()))
+            self._verify(by_home, final=False)
+            if self.violations:
+                self._dump()
+        finally:
+            ray.get([self.nodes[h].resume.remote() for h in live])
+
+    def _verify(self, by_home, final: bool = True) -> None:
+        ray = self.ray
+        live = self._alive(by_home)
+        lost = sorted(self.dead)
+        res = ray.get([self.nodes[h].verify.remote(self.coord, self.info, lost) for h in live])
+        self.verified = {"pages": int(sum(r["checked"] for r in res)),
+                         "processes": int(sum(len(by_home[h]) for h in live))}
+        for r in res:
+            self.violations += r["bad"]
+            self.details.extend(r["details"][: max(0, 20 - len(self.details))])
+        if final and not self.violations and not self.dead:
+            seen = ray.get(self.coord.check.remote())
+            if seen is not None:
+                self.violations += 1
+                inv, where, vals = seen
+                self.details.append(f"invariant {inv} violated at {where}: " +
+                                    ", ".join(f"{k}={v}" for k, v in vals.items()))
+
+    def _dump(self) -> None:
+        """The state a violation was found in, for ``numaemu explore --dump``:
+        the machine's msgpack snapshot, the coordinator's event log and what
+        was seen. Written while every driver is paused."""
+        import msgpack
+        from pathlib import Path
+
+        d = Path(self.dump_dir or ".")
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"numaemu-dump-{self.run_id}.msgpack"
+        blob = {"format": "numaemu-dump/1", "scenario": self.scenario.path,
+                "snapshot": self.ray.get(self.coord.snapshot.remote()),
+                "events": self.ray.get(self.coord.event_log.remote()),
+                "violations": list(self.details)}
+        path.write_bytes(msgpack.packb(blob, use_bin_type=True))
+        self.dump_path = path
+
+    def _stop(self, by_home) -> dict[int, dict[str, Any]]:
+        ray = self.ray
+        live = self._alive(by_home)
+        for h in live:
+            self.nodes[h].stop.remote()
+        out = {}
+        for h in live:
+            try:
+                out[h] = ray.get(self.nodes[h].join.remote(30.0), timeout=60)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                self._lost(h, f"died while stopping: {type(exc).__name__}")
+        return out
+
+    def close(self) -> None:
+        ray = self.ray
+        for i, n in enumerate(self.nodes):
+            if i not in self.dead:
+                try:
+                    ray.get(n.close.remote(), timeout=10)
+                except Exception:  # noqa: BLE001 - best effort: the actor may be gone
+                    pass
+            ray.kill(n)
+        ray.kill(self.coord)
+        from .dataplane import shm_dir, unlink
+        for i in range(self.nr_nodes):
+            unlink(shm_dir() / f"numaemu-{self.run_id}-node{i}")
+
+
+def _percentiles(a: np.ndarray) -> dict[str, float]:
+    if not len(a):
+        return {}
+    p50, p90, p99 = np.percentile(a, [50, 90, 99]) * 1e6
+    return {"p50_us": round(float(p50), 1), "p90_us": round(float(p90), 1),
+            "p99_us": round(float(p99), 1), "max_us": round(float(a.max()) * 1e6, 1)}
+
+
+def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
+            stress: bool = False, check_every: int = 0, metrics=None,
+            dump_dir: str | None = None) -> dict[str, Any]:
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = ensure_ray(address)     # Ray installs its own handlers: ours come back after
+    run = None
+    try:
+        run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir)
+        return run.run(progress)
+    finally:
+        if run is not None:
+            run.close()
+        if started:
+            import ray
+            ray.shutdown()
+        for sig, h in handlers.items():
+            if h is not None:
+                signal.signal(sig, h)

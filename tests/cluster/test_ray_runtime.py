@@ -1,0 +1,249 @@
+"""The Ray backend on one Ray instance: node actors, the coordinator, the data
+plane, stress mode, a node actor killed mid-run, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from cluster.dataplane import RemoteRows, payload_shape
+from cluster.node import NodeActor
+from cluster.runner_ray import RayRun
+from cluster.scenario import load_scenario
+from emulator.frames import copy_rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def scenario(tmp_path: Path, *, nodes: int = 2, frames: int = 512, swap: int = 1024, policy: str = "migcache",
+             payload: str = "token", operations: int = 300, every: int = 20, mode: str = "move_pages",
+             pages: int = 160, shared: bool = False, name: str = "s.toml") -> Path:
+    text = textwrap.dedent(f"""
+        [machine]
+        nodes = {nodes}
+        frames_per_node = {frames}
+        swap_pages = {swap}
+        page_size = 4096
+        policy = "{policy}"
+        payload = "{payload}"
+
+        [[workload]]
+        node = 0
+        processes = 2
+        pages = {pages}
+        pattern = "uniform"
+        write_ratio = 0.7
+        batch = 16
+        shared = {str(shared).lower()}
+
+        [[workload]]
+        node = {nodes - 1}
+        processes = 1
+        pages = {pages}
+        pattern = "sequential"
+        write_ratio = 0.5
+        batch = 32
+
+        [migration]
+        every = {every}
+        mode = "{mode}"
+
+        [run]
+        operations = {operations}
+        seed = 7
+        """)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def run(path: Path, progress=None, **kw) -> tuple[dict, RayRun]:
+    r = RayRun(load_scenario(path), **kw)
+    try:
+        return r.run(progress), r
+    finally:
+        r.close()
+
+
+# -- the data plane ---------------------------------------------------------------
+
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_remote_rows_index_like_the_numpy_array_they_stand_for(ray_session, payload):
+    """A node actor's payload reached through actor calls (the path between
+    hosts) reads and writes exactly as the local array would."""
+    ray = ray_session
+    node = ray.remote(NodeActor).options(num_cpus=0).remote(0, 64, 64, payload, f"t{payload}")
+    try:
+        shape, dtype = payload_shape(64, 64, payload)
+        remote = RemoteRows(node, shape, dtype)
+        local = np.zeros(shape, dtype=dtype)
+        rng = np.random.default_rng(3)
+        for target in (local, remote):
+            rows = np.array([3, 4, 5, 9, 17], dtype=np.int64)
+            if payload == "token":
+                target[rows] = np.arange(5) + 100
+                target[20:24] = 7
+            else:
+                target[rows] = rng.integers(0, 256, (5, 64), dtype=np.uint8) if target is local else \
+                    np.asarray(local[rows])
+                target.view(np.int64)[rows, 0] = np.arange(5) + 100
+                target[20:24] = 7
+            rng = np.random.default_rng(3)
+        np.testing.assert_array_equal(np.asarray(remote), local)
+        np.testing.assert_array_equal(remote[np.array([9, 3])], local[np.array([9, 3])])
+        if payload == "bytes":
+            np.testing.assert_array_equal(remote.view(np.int64)[np.array([4, 5]), 0],
+                                          local.view(np.int64)[np.array([4, 5]), 0])
+        # a migration from a local array to the remote one and back: one batch each way
+        dst = np.arange(30, 35)
+        copy_rows(local, np.array([3, 4, 5, 9, 17]), remote, dst)
+        back = np.zeros_like(local)
+        copy_rows(remote, dst, back, np.arange(5))
+        np.testing.assert_array_equal(back[:5], local[[3, 4, 5, 9, 17]])
+        assert remote.tobytes() == np.asarray(remote).tobytes()
+    finally:
+        ray.get(node.close.remote())
+        ray.kill(node)
+
+
+# -- runs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy,payload,mode", [("migcache", "token", "move_pages"),
+                                                 ("swapcache", "bytes", "migrate_pages"),
+                                                 ("migentry", "token", "move_pages")])
+def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, policy, payload, mode):
+    summary, r = run(scenario(tmp_path, policy=policy, payload=payload, mode=mode))
+    assert summary["backend"] == "ray"
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["operations_done"] == 300
+    assert summary["fault_batches"]["count"] == 300
+    # every page the workloads wrote was read back through the coordinator
+    assert summary["verified_pages"] >= 160
+    assert summary["migration_events"] == 300 // 20
+    tot = summary["totals"]
+    assert tot["pgmigrate_success"] > 0 and tot["pgfault"] > 0
+    # all node actors on this one host: their payload is mapped, not called
+    assert summary["remote_nodes"] == []
+    assert len({h["host"] for h in summary["hosts"]}) == 1
+    # the counters come from the same machine the node actors fed
+    assert tot["vmstat"]["pgmigrate_success"] == tot["pgmigrate_success"]
+
+
+def test_shared_mappings_under_concurrent_faults(ray_session, tmp_path):
+    summary, _ = run(scenario(tmp_path, shared=True, policy="swapcache", operations=200, every=10))
+    assert summary["violations"] == 0, summary["violation_details"]
+
+
+def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session, tmp_path):
+    summary, _ = run(scenario(tmp_path, frames=256, operations=400, every=10), stress=True, check_every=50)
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["quiescent_checks"] >= 5
+    assert "dump" not in summary
+
+
+def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_path):
+    """Not a test that cannot fail: frames overwritten in the node's shared
+    memory (a stray DMA) are caught at the next quiescent point, the run stops
+    and leaves a dump that holds the snapshot and the event log."""
+    box = {}
+
+    def progress(done):
+        if done >= 60 and not box:
+            r = box["run"] = run_holder[0]
+            from cluster.dataplane import shm_dir
+            path = shm_dir() / f"numaemu-{r.run_id}-node0"
+            data = np.memmap(path, dtype=np.int64, mode="r+")
+            data[:] = -12345
+            data.flush()
+
+    run_holder = []
+    r = RayRun(load_scenario(scenario(tmp_path, operations=5000, every=0)), stress=True, check_every=100,
+               dump_dir=str(tmp_path))
+    run_holder.append(r)
+    try:
+        summary = r.run(progress)
+    finally:
+        r.close()
+    assert summary["violations"] > 0
+    assert any("expected token" in d and "read -12345" in d for d in summary["violation_details"])
+    assert summary["operations_done"] < 5000          # stopped at the violation
+    dump = msgpack.unpackb(Path(summary["dump"]).read_bytes(), raw=False)
+    assert dump["format"] == "numaemu-dump/1"
+    assert dump["events"] and {"op", "args", "outcome"} <= set(dump["events"][-1])
+    from emulator import InvariantViolation, Machine
+    with pytest.raises(ValueError, match="invariant 1"):
+        Machine.restore(dump["snapshot"])     # the dumped state is the violating one
+    restored = Machine.restore(dump["snapshot"], checked=False)
+    with pytest.raises(InvariantViolation):
+        restored.check()
+
+
+def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp_path):
+    ray = ray_session
+    holder = []
+
+    def progress(done):
+        if done >= 100 and not getattr(progress, "fired", False):
+            progress.fired = True
+            ray.kill(holder[0].nodes[1], no_restart=True)
+
+    r = RayRun(load_scenario(scenario(tmp_path, operations=4000, every=25)))
+    holder.append(r)
+    try:
+        summary = r.run(progress)
+    finally:
+        r.close()
+    lost = summary["lost"]
+    assert list(lost["nodes"]) == ["1"]
+    # lost: every page mapped on node 1 when the run stopped (private pages: one pte each);
+    # the process homed on node 1 had faulted its pages there
+    assert lost["pages"] == summary["nodes"][1]["vmstat"]["nr_anon_pages"] > 0
+    assert sum(lost["pages_by_pid"].values()) == lost["pages"]
+    # the processes homed on node 0 were read back, except what was on node 1
+    assert lost["verified_intact"]["processes"] == 2
+    assert lost["verified_intact"]["pages"] > 0
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["operations_done"] < 4000
+
+
+# -- the command line ----------------------------------------------------------------
+
+def numaemu(*args, **kw):
+    script = Path(sys.executable).with_name("numaemu")
+    return subprocess.Popen([str(script), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)
+
+
+def test_ctrl_c_stops_cleanly_and_writes_the_partial_summary(tmp_path):
+    out = tmp_path / "partial.json"
+    proc = numaemu("run", str(scenario(tmp_path, operations=10_000_000, every=50)), "--json", str(out))
+    try:
+        for line in proc.stderr:       # the run announces itself once its drivers run
+            if "running" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    summary = json.loads(out.read_text())
+    assert summary["interrupted"] is True
+    assert 0 < summary["operations_done"] < 10_000_000
+    assert summary["violations"] == 0
+    assert "node 0" in stdout
+
+
+def test_the_cli_rejects_ray_options_with_the_local_backend(tmp_path):
+    proc = numaemu("run", str(scenario(tmp_path)), "--backend", "local", "--stress")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.strip() == "error: --address, --stress and --check-every need --backend ray"

@@ -75,7 +75,8 @@ def report_run(tmp_path_factory):
     scenario = write_scenario(tmp / "pressure.toml")
     out_dir = tmp / "out" / "report"          # parents are created too
     json_path = tmp / "summary.json"
-    result = runner().invoke(main, ["run", str(scenario), "--report", str(out_dir), "--json", str(json_path)])
+    result = runner().invoke(main, ["run", str(scenario), "--backend", "local", "--report", str(out_dir),
+                                    "--json", str(json_path)])
     return result, out_dir, json.loads(json_path.read_text()) if json_path.exists() else None
 
 
@@ -336,7 +337,7 @@ def test_report_into_a_file_is_refused_before_running(tmp_path):
     scenario = write_scenario(tmp_path / "s.toml")
     target = tmp_path / "taken"
     target.write_text("not a directory")
-    result = runner().invoke(main, ["run", str(scenario), "--report", str(target)])
+    result = runner().invoke(main, ["run", str(scenario), "--backend", "local", "--report", str(target)])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: --report {target}: exists and is not a directory"
     assert result.stdout == ""
@@ -347,7 +348,7 @@ def test_report_under_a_file_is_refused_before_running(tmp_path):
     scenario = write_scenario(tmp_path / "s.toml")
     (tmp_path / "file").write_text("x")
     target = tmp_path / "file" / "report"
-    result = runner().invoke(main, ["run", str(scenario), "--report", str(target)])
+    result = runner().invoke(main, ["run", str(scenario), "--backend", "local", "--report", str(target)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: --report {target}: cannot create the directory")
     assert result.stdout == ""
@@ -360,7 +361,7 @@ def test_report_into_a_read_only_directory_is_refused_before_running(tmp_path):
     target.mkdir()
     target.chmod(0o555)
     try:
-        result = runner().invoke(main, ["run", str(scenario), "--report", str(target)])
+        result = runner().invoke(main, ["run", str(scenario), "--backend", "local", "--report", str(target)])
     finally:
         target.chmod(0o755)
     assert result.exit_code == 2
@@ -372,7 +373,7 @@ def test_a_bad_scenario_is_reported_first_and_creates_no_report_dir(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[run]\noperations = -1\n")
     target = tmp_path / "report"
-    result = runner().invoke(main, ["run", str(bad), "--report", str(target)])
+    result = runner().invoke(main, ["run", str(bad), "--backend", "local", "--report", str(target)])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {bad}:")
     assert not target.exists()
@@ -392,7 +393,7 @@ def test_a_run_with_violations_still_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(rl, "run_local", corrupted)
     scenario = write_scenario(tmp_path / "s.toml", ops=60)
     target = tmp_path / "report"
-    result = runner().invoke(main, ["run", str(scenario), "--report", str(target)])
+    result = runner().invoke(main, ["run", str(scenario), "--backend", "local", "--report", str(target)])
     assert result.exit_code == 1
     page = (target / INDEX).read_text()
     assert "violations: 2" in page and "invariant: made up" in page

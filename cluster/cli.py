@@ -54,9 +54,11 @@ def main() -> None:
               help="with --stress: operations between two quiescent checks [default: operations/20]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
+@click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
+              help="also write PNG plots (memory, migrations, swap, latency) and an index.html into DIR")
 @metrics_options
 def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
-        json_path: str | None, metrics_port: int, metrics_bind: str,
+        json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
         hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
     if backend == "local" and (address or stress or check_every):
@@ -73,6 +75,12 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         spec = load_scenario(scenario)
     except ScenarioError as exc:
         _fail(str(exc), 2)
+    if report_dir is not None:
+        from .plots import ReportError, prepare_report_dir
+        try:
+            prepare_report_dir(report_dir)
+        except ReportError as exc:
+            _fail(f"--report {report_dir}: {exc}", 2)
 
     from .runner_local import run_local
 
@@ -101,6 +109,9 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         with progress:
             task = progress.add_task(Path(scenario).name, total=ops)
             on = {} if state is None else {"metrics": state}
+            if report_dir is not None:  # keep every duration for the latency plot
+                from .timeline import LatencyRecorder
+                on["latency"] = LatencyRecorder()
             announced: list[int] = []
 
             def tick(done: int) -> None:
@@ -134,6 +145,13 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
             os.replace(tmp, json_path)
         except OSError as exc:
             _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
+    if report_dir is not None:
+        from .plots import write_report
+        try:
+            write_report(Path(report_dir), summary, summary.get("timeline"), on["latency"].arrays())
+        except OSError as exc:
+            _fail(f"--report {report_dir}: cannot write: {exc.strerror or exc}", 2)
+        err.print(f"report: {Path(report_dir) / 'index.html'}", markup=False, highlight=False, soft_wrap=True)
     if state is not None:
         state.finish(summary)  # final values; --hold serves them a while longer
     if summary.get("interrupted"):

@@ -161,7 +161,8 @@ class NodeActor:
             self.thread.join(timeout)
         return {"ops": self.ops_done, "errors": dict(self.errors), "failure": self.failure,
                 "running": self.thread is not None and self.thread.is_alive(),
-                "latency_s": np.asarray(self.latency_s, dtype=np.float64)}
+                "latency_s": np.asarray(self.latency_s, dtype=np.float64),
+                "latency_steps": np.asarray(self.latency_steps, dtype=np.int64)}
 
     def verify(self, coord, info: dict, lost: list[int] = ()) -> dict[str, Any]:
         """Read every page of this node's processes back and compare with the

@@ -39,6 +39,40 @@ def node_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+# (latency summary key, label, unit, what a count counts)
+LATENCIES = (
+    ("fault_us", "fault latency (us)", "us", "touch calls"),
+    ("migration_us", "migration latency (us)", "us", "calls"),
+    ("fault_steps", "fault steps", "steps", "touch calls"),
+    ("migration_steps", "migration steps", "steps", "calls"),
+)
+
+
+def _num(v: Any, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "steps" and float(v).is_integer():
+        return str(int(v))
+    return f"{float(v):.1f}"
+
+
+def latency_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per timed kind, e.g. ``fault latency (us): p50 28.0  p90 101.6
+    p99 156.5  max 251.0  (2000 touch calls)``."""
+    lines = []
+    latency = summary.get("latency") or {}
+    for key, label, unit, what in LATENCIES:
+        st = latency.get(key)
+        if st is None:
+            continue
+        if not st.get("count"):
+            lines.append(f"{label}: no {what}")
+            continue
+        stats = "  ".join(f"{name} {_num(st.get(name), unit)}" for name in ("p50", "p90", "p99", "max"))
+        lines.append(f"{label}: {stats}  ({st['count']} {what})")
+    return lines
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"{summary['scenario']}: policy {summary['policy']}, payload {summary['payload']}, "
                   f"{summary['operations']} operations, {summary['processes']} processes, "
@@ -48,6 +82,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if swap:
         console.print(f"swap: {swap.get('used', 0)}/{swap.get('slots', 0)} slots used, "
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
+    for line in latency_lines(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for name, count in summary.get("errors", {}).items():
         console.print(f"[yellow]{name}[/yellow]: {count} failed calls")
     violations = summary["violations"]

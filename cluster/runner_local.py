@@ -11,10 +11,14 @@
 4. at the end, read every page back with ``read_tokens`` and compare with the
    shadow, run the invariant oracle ``check()``, and summarise per node.
 
-With a :class:`cluster.metrics.RunState` (``numaemu run --metrics-port``),
-every operation runs under its lock (so a scrape sees the machine between two
-operations) and every touch (a fault batch) and migration call is timed in
-wall seconds and in emulated steps (:mod:`cluster.stepcount`).
+Every touch (a fault batch) and migration call is timed in wall seconds
+(``time.perf_counter``) into a :class:`cluster.timeline.LatencyRecorder`,
+and the machine is sampled about 200 times into a
+:class:`cluster.timeline.Timeline`; the summary gets both (``"latency"``,
+``"timeline"``). With a :class:`cluster.metrics.RunState` (``numaemu run
+--metrics-port``), every operation runs under its lock (so a scrape sees the
+machine between two operations) and the timings also count emulated steps
+(:mod:`cluster.stepcount`) and go to the run's histograms.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from .scenario import Scenario
 from .summary import MigrationTally, collect_summary
+from .timeline import LatencyRecorder, Timeline
 from .workload import AccessPattern, Proc, Shadow
 
 ProgressFn = Callable[[int], None]
@@ -44,7 +49,8 @@ def _errname(exc: OSError) -> str:
 class LocalRun:
     """One run of a scenario on an in-process Machine."""
 
-    def __init__(self, scenario: Scenario, machine=None, metrics=None):
+    def __init__(self, scenario: Scenario, machine=None, metrics=None,
+                 latency: LatencyRecorder | None = None):
         import emulator
 
         self.scenario = scenario
@@ -60,7 +66,10 @@ class LocalRun:
         self.errors: Counter[str] = Counter()
         self.details: list[str] = []
         self.migration_events = 0
-        # metrics: a cluster.metrics.RunState, or None (then no timing at all)
+        # every touch and migration call is timed (wall seconds) into this
+        self.latency = latency if latency is not None else LatencyRecorder()
+        self.timeline: Timeline | None = None  # made when the run starts
+        # metrics: a cluster.metrics.RunState, or None (then no step counting)
         self.metrics = metrics
         self.lock = metrics.lock if metrics is not None else nullcontext()
         self.steps = None
@@ -98,10 +107,7 @@ class LocalRun:
         proc.cursor = acc.start + acc.npages
         addr = proc.addr + acc.start * self.page_size
         try:
-            if self.metrics is None:
-                tokens = self.m.touch(proc.pid, addr, acc.npages, write=acc.write)
-            else:
-                tokens = self._timed_touch(proc, addr, acc.npages, acc.write)
+            tokens = self._timed_touch(proc, addr, acc.npages, acc.write)
         except OSError as exc:
             self.errors[f"touch:{_errname(exc)}"] += 1
             if acc.write:
@@ -111,20 +117,34 @@ class LocalRun:
             proc.shadow.record(acc.start, np.asarray(tokens, dtype=np.int64))
 
     def _timed_touch(self, proc: Proc, addr: int, npages: int, write: bool):
+        if self.steps is None:
+            t0 = time.perf_counter()
+            try:
+                return self.m.touch(proc.pid, addr, npages, write=write)
+            finally:
+                self.latency.record("fault", time.perf_counter() - t0)
         t0, s0 = time.perf_counter(), self.steps.steps
         try:
             return self.m.touch(proc.pid, addr, npages, write=write)
         finally:
-            self.metrics.observe_fault(proc.home, time.perf_counter() - t0, self.steps.steps - s0)
+            seconds, steps = time.perf_counter() - t0, self.steps.steps - s0
+            self.latency.record("fault", seconds, steps)
+            self.metrics.observe_fault(proc.home, seconds, steps)
 
     def _migration_call(self, call: str, dst: int, fn, *args):
-        if self.metrics is None:
-            return fn(*args)
+        if self.steps is None:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.latency.record("migration", time.perf_counter() - t0)
         t0, s0 = time.perf_counter(), self.steps.steps
         try:
             return fn(*args)
         finally:
-            self.metrics.observe_migration(call, dst, time.perf_counter() - t0, self.steps.steps - s0)
+            seconds, steps = time.perf_counter() - t0, self.steps.steps - s0
+            self.latency.record("migration", seconds, steps)
+            self.metrics.observe_migration(call, dst, seconds, steps)
 
     def query(self, proc: Proc, addrs: list[int]) -> np.ndarray:
         out = []
@@ -181,10 +201,12 @@ class LocalRun:
 
     def run(self, progress: ProgressFn | None = None) -> dict:
         t0 = time.perf_counter()
+        ops = self.scenario.run.operations
+        timeline = self.timeline = Timeline(ops, start=t0)
         lock = self.lock
         with lock:
             self.setup()
-        ops = self.scenario.run.operations
+            timeline.sample(self.m, 0)
         every = self.scenario.migration.every
         step = max(1, ops // 200)
         nprocs = len(self.procs)
@@ -194,12 +216,15 @@ class LocalRun:
                 self.access(self.procs[(op - 1) % nprocs])
                 if every and op % every == 0:
                     self.migrate()
+                if timeline.due(op):
+                    timeline.sample(self.m, op)
             if state is not None:
                 state.operations = op
             if progress is not None and (op % step == 0 or op == ops):
                 progress(op)
         with lock:
             violations = self.verify()
+            timeline.sample(self.m, ops)  # the machine the summary describes
         elapsed = time.perf_counter() - t0
         return collect_summary(
             self.m,
@@ -212,11 +237,15 @@ class LocalRun:
             processes=[p.pid for p in self.procs],
             migration_events=self.migration_events,
             elapsed=elapsed,
+            latency=self.latency.summary(),
+            timeline=timeline.to_list(),
         )
 
 
 def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,
-              metrics=None) -> dict:
+              metrics=None, latency: LatencyRecorder | None = None) -> dict:
     """Run ``scenario`` in-process and return the summary dict. ``metrics``:
-    a :class:`cluster.metrics.RunState` to record into, or None."""
-    return LocalRun(scenario, machine, metrics).run(progress)
+    a :class:`cluster.metrics.RunState` to record into, or None; ``latency``:
+    a LatencyRecorder to time the calls into (to keep every duration, e.g.
+    for ``write_report``), or None for a fresh one."""
+    return LocalRun(scenario, machine, metrics, latency).run(progress)

@@ -32,6 +32,7 @@ from .node import NodeActor
 from .runner_local import LocalRun
 from .scenario import Scenario
 from .summary import collect_summary
+from .timeline import Timeline
 
 ProgressFn = Callable[[int], None]
 POLL_S = 0.1
@@ -78,7 +79,7 @@ class RayRun:
     """One run of a scenario on Ray actors."""
 
     def __init__(self, scenario: Scenario, *, stress: bool = False, check_every: int = 0,
-                 bugs: tuple[str, ...] = (), metrics=None, dump_dir: str | None = None):
+                 bugs: tuple[str, ...] = (), metrics=None, dump_dir: str | None = None, latency=None):
         import ray
 
         self.ray = ray
@@ -108,7 +109,7 @@ class RayRun:
                                    name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs))
         self.info = ray.get(self.coord.info.remote())
         self.m = CoordMachine(self.coord, self.info)
-        self.local = LocalRun(scenario, machine=self.m)
+        self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics
         self.lat_seen = [0] * self.nr_nodes
         if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
@@ -132,6 +133,9 @@ class RayRun:
         loc.setup()
         sc = self.scenario
         ops = sc.run.operations
+        timeline = Timeline(ops, start=t0)
+        timeline.sample(self._frozen(), 0)
+        next_sample = timeline.every
         nprocs = len(loc.procs)
         by_home: dict[int, list] = {}
         for p in loc.procs:
@@ -167,6 +171,9 @@ class RayRun:
                     self._quiescent_check(by_home)     # every driver stopped at its checkpoint
                     if self.violations:
                         break
+                if done >= next_sample and done < ops:
+                    timeline.sample(self._frozen(), done)
+                    next_sample = (done // timeline.every + 1) * timeline.every
                 if not any(s["running"] for s in states.values()):
                     break
                 time.sleep(POLL_S)
@@ -179,19 +186,21 @@ class RayRun:
                 loc.errors[k] += v
         if not self.violations or not self.stress:
             self._verify(by_home)
-        lat = np.concatenate([r["latency_s"] for r in results.values()]) if results else np.zeros(0)
+        for r in results.values():
+            loc.latency.extend("fault", r["latency_s"], r["latency_steps"])
+        done = int(sum(r["ops"] for r in results.values()))
         # one consistent picture, which also outlives the actors (metrics --hold)
-        frozen = FrozenMachine(self.info, ray.get(self.coord.stats.remote()))
-        loc.m = frozen
+        frozen = loc.m = self._frozen()
+        timeline.sample(frozen, done)
         summary = collect_summary(
             frozen, scenario=sc, backend="ray", tally=loc.tally, errors=dict(loc.errors),
             violations=self.violations, details=self.details, processes=[p.pid for p in loc.procs],
-            migration_events=loc.migration_events, elapsed=time.perf_counter() - t0)
-        summary["operations_done"] = int(sum(r["ops"] for r in results.values()))
+            migration_events=loc.migration_events, elapsed=time.perf_counter() - t0,
+            latency=loc.latency.summary(), timeline=timeline.to_list())
+        summary["operations_done"] = done
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
-        summary["fault_batches"] = {"count": int(len(lat)), **_percentiles(lat)}
         if self.stress:
             summary["quiescent_checks"] = self.checks
         if self.dump_path is not None:
@@ -204,6 +213,9 @@ class RayRun:
                                "pages": int(sum(self.lost_pages.values())),
                                "verified_intact": self.verified}
         return summary
+
+    def _frozen(self) -> FrozenMachine:
+        return FrozenMachine(self.info, self.ray.get(self.coord.stats.remote()))
 
     def _poll(self) -> dict[int, dict[str, Any]]:
         ray = self.ray
@@ -321,24 +333,17 @@ class RayRun:
             unlink(shm_dir() / f"numaemu-{self.run_id}-node{i}")
 
 
-def _percentiles(a: np.ndarray) -> dict[str, float]:
-    if not len(a):
-        return {}
-    p50, p90, p99 = np.percentile(a, [50, 90, 99]) * 1e6
-    return {"p50_us": round(float(p50), 1), "p90_us": round(float(p90), 1),
-            "p99_us": round(float(p99), 1), "max_us": round(float(a.max()) * 1e6, 1)}
-
-
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
             stress: bool = False, check_every: int = 0, metrics=None,
-            dump_dir: str | None = None) -> dict[str, Any]:
+            dump_dir: str | None = None, latency=None) -> dict[str, Any]:
     import signal
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = ensure_ray(address)     # Ray installs its own handlers: ours come back after
     run = None
     try:
-        run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir)
+        run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir,
+                     latency=latency)
         return run.run(progress)
     finally:
         if run is not None:

@@ -12,12 +12,18 @@ The summary is a plain JSON-able dict::
       "totals": {<the per-node fields summed>, "vmstat": {<machine-wide counters>}},
       "swap": {"slots": ..., "used": ..., "on": ..., "swapcached": ...},
       "errors": {"touch:ENOMEM": 3, ...},
-      "violations": 0, "violation_details": [...]
+      "violations": 0, "violation_details": [...],
+      "latency": {"fault_us": {"count", "p50", "p90", "p99", "max"}, "migration_us": {...}},
+      "timeline": [<about 200 samples: see cluster.timeline>]
     }
 
 ``migrations_in`` / ``migrations_out`` are counted by the runner from
 move_pages statuses (queried before the move, compared after); the other
 per-node fields are the model's own counters (``m.vmstat(node=i)``).
+``latency`` (wall microseconds per touch call and per migration call, see
+:meth:`cluster.timeline.LatencyRecorder.summary`) and ``timeline`` (samples
+over the run, the last one taken at the end, so it agrees with ``nodes``)
+are there when the runner passes them.
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ def collect_summary(
     processes: list[int],
     migration_events: int,
     elapsed: float,
+    latency: dict[str, Any] | None = None,
+    timeline: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     info = {int(row["node"]): row for row in m.node_info()}
     nodes = []
@@ -101,7 +109,7 @@ def collect_summary(
     totals: dict[str, Any] = {f: sum(e[f] for e in nodes) for f in NODE_FIELDS}
     totals["migrate_pages_not_moved"] = int(tally.not_moved)
     totals["vmstat"] = _ints(m.vmstat())
-    return {
+    summary = {
         "scenario": scenario.path,
         "backend": backend,
         "policy": str(m.policy),
@@ -118,3 +126,8 @@ def collect_summary(
         "violations": int(violations),
         "violation_details": list(details),
     }
+    if latency is not None:
+        summary["latency"] = latency
+    if timeline is not None:
+        summary["timeline"] = timeline
+    return summary

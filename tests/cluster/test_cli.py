@@ -189,6 +189,8 @@ def test_json_matches_an_in_process_run_and_node_info(quickstart_run):
     for s in (cli, local):
         s.pop("elapsed_s")
         s.pop("scenario")
+        s.pop("latency", None)   # wall-clock timings (see test_report_plots.py)
+        s.pop("timeline", None)
     assert cli == local, "same scenario and seed must give the same summary"
 
     info = run.m.node_info()

@@ -124,7 +124,11 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     assert summary["backend"] == "ray"
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["operations_done"] == 300
-    assert summary["fault_batches"]["count"] == 300
+    assert summary["latency"]["fault_us"]["count"] == 300          # one per fault batch
+    assert summary["latency"]["migration_us"]["count"] == 300 // 20
+    tl = summary["timeline"]
+    assert tl[0]["operations"] == 0 and tl[-1]["operations"] == 300
+    assert [s["nodes"][n]["used"] for n in range(2) for s in tl[-1:]] == [n["used"] for n in summary["nodes"]]
     # every page the workloads wrote was read back through the coordinator
     assert summary["verified_pages"] >= 160
     assert summary["migration_events"] == 300 // 20

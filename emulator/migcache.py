@@ -15,7 +15,7 @@ callers in rmap/migrate, which own the frames.
 """
 from __future__ import annotations
 
-import heapq
+import bisect
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class MigCache:
         self.counter = np.zeros(64, dtype=np.int64)
         self.page = np.full(64, -1, dtype=np.int64)   # gpfn, -1 = no entry
         self.next_id = 1          # every id >= next_id is free
-        self.free_ids: list[int] = []  # freed ids below next_id (a min-heap)
+        self.free_ids: list[int] = []  # freed ids below next_id, ascending
         self.nr_entries = 0
 
     def _grow(self, need: int) -> None:
@@ -36,9 +36,9 @@ class MigCache:
 
     def alloc_ids(self, n: int) -> np.ndarray:
         """idr_get_new_above(1): the n lowest free ids."""
-        ids = []
-        while self.free_ids and len(ids) < n:
-            ids.append(heapq.heappop(self.free_ids))
+        free = self.free_ids
+        ids = free[:n]
+        del free[:n]
         rest = n - len(ids)
         out = np.concatenate((np.array(ids, dtype=np.int64),
                               np.arange(self.next_id, self.next_id + rest, dtype=np.int64)))
@@ -56,8 +56,22 @@ class MigCache:
         self.page[ids] = -1
         self.counter[ids] = 0
         self.nr_entries -= len(ids)
+        free = self.free_ids
+        if len(ids) > 16:
+            arr = np.union1d(np.asarray(free, dtype=np.int64), ids)
+            # a free run ending just below next_id joins the free range above it
+            n = len(arr)
+            run = arr == self.next_id - n + np.arange(n)
+            cut = int(np.flatnonzero(~run)[-1]) + 1 if not run.all() else 0
+            if cut < n:
+                self.next_id = int(arr[cut])
+            free[:] = arr[:cut].tolist()
+            return
         for i in ids.tolist():
-            heapq.heappush(self.free_ids, i)
+            bisect.insort(free, i)
+        while free and free[-1] == self.next_id - 1:
+            free.pop()
+            self.next_id -= 1
 
     def live(self, ids):
         ok = (ids > 0) & (ids < len(self.page))

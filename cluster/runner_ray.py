@@ -65,8 +65,13 @@ def hosts() -> list[str]:
     """Alive Ray nodes (hosts), the driver's own first."""
     import ray
 
-    me = ray.get_runtime_context().get_node_id()
-    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    alive = sorted(n["NodeID"] for n in nodes)
+    try:
+        me = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - a Ray Client driver is on no Ray node: take the head
+        heads = [n["NodeID"] for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
+        me = heads[0] if heads else alive[0]
     return [me] + [h for h in alive if h != me]
 
 

@@ -20,7 +20,7 @@ def test_readme_opens_with_the_two_commands():
     assert lines[0] == "# numaemu"
     assert lines[2:6] == [
         "```sh",
-        "pip install -e '.[test]' && numaemu run examples/quickstart.toml --backend local",
+        "pip install -e '.[test]' && numaemu run examples/quickstart.toml",
         "python -m pytest -q",
         "```",
     ]

@@ -48,10 +48,11 @@ def main() -> None:
 @click.option("--address", default=None, metavar="ADDR",
               help="join the running Ray cluster at ADDR (host:port, or 'auto') instead of starting one")
 @click.option("--stress", is_flag=True, default=False,
-              help="pause at quiescent points to run the whole invariant oracle and compare every page "
-                   "with the workloads' shadows (ray backend)")
+              help="stop at quiescent points to run the whole invariant oracle and compare every page "
+                   "with the workloads' shadows (also [run] stress = true)")
 @click.option("--check-every", type=click.IntRange(min=1), default=None, metavar="N",
-              help="with --stress: operations between two quiescent checks [default: operations/20]")
+              help="with --stress: operations between two quiescent checks "
+                   "[default: [run] check_every, else operations/20]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
 @click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
@@ -61,10 +62,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
         hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
-    if backend == "local" and (address or stress or check_every):
-        _fail("--address, --stress and --check-every need --backend ray", 2)
-    if check_every and not stress:
-        _fail("--check-every needs --stress", 2)
+    if backend == "local" and address:
+        _fail("--address needs --backend ray", 2)
     if json_path is not None:
         parent = Path(json_path).parent
         if not parent.is_dir():
@@ -75,6 +74,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         spec = load_scenario(scenario)
     except ScenarioError as exc:
         _fail(str(exc), 2)
+    if check_every and not (stress or spec.run.stress):
+        _fail("--check-every needs --stress (or [run] stress = true)", 2)
     if report_dir is not None:
         from .plots import ReportError, prepare_report_dir
         try:
@@ -120,12 +121,14 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
                     announced.append(done)   # one line, so a log (or a test) sees the run is under way
                     click.echo(f"numaemu: {scenario}: running {ops} operations on Ray", err=True)
 
+            stress = stress or spec.run.stress
+            every = check_every or spec.run.check_every or max(1, ops // 20)
             if backend == "ray":
                 from .runner_ray import run_ray
-                every = check_every or max(1, ops // 20)
-                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every, **on)
+                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every,
+                                  dump_dir=str(Path(json_path).parent) if json_path else None, **on)
             else:
-                summary = run_local(spec, tick, **on)
+                summary = run_local(spec, tick, stress=stress, check_every=every, **on)
     except OSError as exc:
         _fail(f"{scenario}: the run failed: {exc}", 1)
     except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed

@@ -29,9 +29,9 @@ from .dataplane import RemoteRows, attach_payload
 CALLS = frozenset({
     "spawn", "mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind",
     "touch", "read_tokens", "read", "write", "move_pages", "migrate_pages",
-    "reclaim", "swapoff", "swapon", "vmstat", "node_info", "swap_info", "processes",
+    "reclaim", "swapoff", "swapon", "vmstat", "node_info", "swap_info", "processes", "hot_pages",
 })
-MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes"}
+MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
 EVENT_LOG = 10_000
 
 

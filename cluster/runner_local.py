@@ -66,6 +66,7 @@ class LocalRun:
         self.errors: Counter[str] = Counter()
         self.details: list[str] = []
         self.migration_events = 0
+        self.reclaim_events = 0
         # every touch and migration call is timed (wall seconds) into this
         self.latency = latency if latency is not None else LatencyRecorder()
         self.timeline: Timeline | None = None  # made when the run starts
@@ -158,9 +159,21 @@ class LocalRun:
         proc = self.procs[self.migration_events % len(self.procs)]
         self.migration_events += 1
         src, dst = proc.next_target(self.nr_nodes)
-        mode = self.scenario.migration.mode
+        mig = self.scenario.migration
+        mode = mig.mode
+        if mig.target is not None:
+            dst = mig.target
         try:
-            if mode == "move_pages":
+            if mode == "hot":   # the most recently touched pages not yet on the target
+                batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
+                addrs = self.m.hot_pages(proc.pid, batch, dst)
+                if not addrs:
+                    return
+                before = self.query(proc, addrs)
+                after = self._migration_call("move_pages", dst, self.m.move_pages,
+                                             proc.pid, addrs, [dst] * len(addrs), proc.flags)
+                self.tally.count(before, np.asarray(after, dtype=np.int64))
+            elif mode == "move_pages":
                 batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
                 idx = np.sort(self.rng.choice(proc.pages, size=batch, replace=False))
                 addrs = proc.page_addrs(idx, self.page_size)
@@ -177,6 +190,17 @@ class LocalRun:
                 self.tally.count(before, self.query(proc, addrs))
         except OSError as exc:
             self.errors[f"{mode}:{_errname(exc)}"] += 1
+
+    def reclaim(self) -> None:
+        """Reclaim pressure: ``[reclaim] pages`` from one node (nodes take turns
+        unless ``[reclaim] node`` names one)."""
+        rc = self.scenario.reclaim
+        node = rc.node if rc.node is not None else self.reclaim_events % self.nr_nodes
+        self.reclaim_events += 1
+        try:
+            self.m.reclaim(node, rc.pages)
+        except OSError as exc:
+            self.errors[f"reclaim:{_errname(exc)}"] += 1
 
     # -- verification -----------------------------------------------------
 
@@ -199,34 +223,51 @@ class LocalRun:
 
     # -- the whole run ----------------------------------------------------
 
-    def run(self, progress: ProgressFn | None = None) -> dict:
+    def run(self, progress: ProgressFn | None = None, *, stress: bool = False,
+            check_every: int = 0) -> dict:
+        """Run the scenario. ``stress``: every ``check_every`` operations (each
+        point between two operations is quiescent here) run the whole oracle
+        and compare every page with the shadows; stop at the first violation."""
         t0 = time.perf_counter()
-        ops = self.scenario.run.operations
+        spec = self.scenario.run
+        ops = spec.operations
+        deadline = t0 + spec.seconds if spec.seconds else None
         timeline = self.timeline = Timeline(ops, start=t0)
         lock = self.lock
         with lock:
             self.setup()
             timeline.sample(self.m, 0)
         every = self.scenario.migration.every
+        reclaim_every = self.scenario.reclaim.every
         step = max(1, ops // 200)
         nprocs = len(self.procs)
         state = self.metrics
+        done = checks = violations = 0
         for op in range(1, ops + 1):
             with lock:  # a scrape sees the machine between two operations
                 self.access(self.procs[(op - 1) % nprocs])
                 if every and op % every == 0:
                     self.migrate()
+                if reclaim_every and op % reclaim_every == 0:
+                    self.reclaim()
                 if timeline.due(op):
                     timeline.sample(self.m, op)
+                if stress and check_every and op % check_every == 0 and op < ops:
+                    checks += 1
+                    violations = self.verify()
+            done = op
             if state is not None:
                 state.operations = op
             if progress is not None and (op % step == 0 or op == ops):
                 progress(op)
+            if violations or (deadline is not None and time.perf_counter() >= deadline):
+                break
         with lock:
-            violations = self.verify()
-            timeline.sample(self.m, ops)  # the machine the summary describes
+            if not violations:
+                violations = self.verify()
+            timeline.sample(self.m, done)  # the machine the summary describes
         elapsed = time.perf_counter() - t0
-        return collect_summary(
+        summary = collect_summary(
             self.m,
             scenario=self.scenario,
             backend="local",
@@ -240,12 +281,18 @@ class LocalRun:
             latency=self.latency.summary(),
             timeline=timeline.to_list(),
         )
+        summary["operations_done"] = done
+        summary["reclaim_events"] = self.reclaim_events
+        if stress:
+            summary["quiescent_checks"] = checks
+        return summary
 
 
 def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,
-              metrics=None, latency: LatencyRecorder | None = None) -> dict:
+              metrics=None, latency: LatencyRecorder | None = None, *, stress: bool = False,
+              check_every: int = 0) -> dict:
     """Run ``scenario`` in-process and return the summary dict. ``metrics``:
     a :class:`cluster.metrics.RunState` to record into, or None; ``latency``:
     a LatencyRecorder to time the calls into (to keep every duration, e.g.
     for ``write_report``), or None for a fresh one."""
-    return LocalRun(scenario, machine, metrics, latency).run(progress)
+    return LocalRun(scenario, machine, metrics, latency).run(progress, stress=stress, check_every=check_every)

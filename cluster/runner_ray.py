@@ -156,6 +156,9 @@ class RayRun:
             ray.get(self.nodes[h].start.remote(self.coord, self.info, ps, specs, share[h], sc.run.seed, pause))
         every = sc.migration.every
         next_mig = every if every else None
+        reclaim_every = sc.reclaim.every
+        next_reclaim = reclaim_every if reclaim_every else None
+        deadline = t0 + sc.run.seconds if sc.run.seconds else None
         done = 0
         try:
             while True:
@@ -171,6 +174,11 @@ class RayRun:
                 while next_mig is not None and done >= next_mig and next_mig <= ops:
                     loc.migrate()
                     next_mig += every
+                while next_reclaim is not None and done >= next_reclaim and next_reclaim <= ops:
+                    loc.reclaim()
+                    next_reclaim += reclaim_every
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
                 if checkpoints and any(s["checkpoint"] for s in states.values()) and \
                         all(s["checkpoint"] or not s["running"] for s in states.values()):
                     self._quiescent_check(by_home)     # every driver stopped at its checkpoint
@@ -203,6 +211,7 @@ class RayRun:
             migration_events=loc.migration_events, elapsed=time.perf_counter() - t0,
             latency=loc.latency.summary(), timeline=timeline.to_list())
         summary["operations_done"] = done
+        summary["reclaim_events"] = loc.reclaim_events
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])

@@ -33,7 +33,7 @@ from pydantic import (
 POLICIES = ("swapcache", "migcache", "migentry")
 PAYLOADS = ("token", "bytes")
 PATTERNS = ("sequential", "uniform", "zipf")
-MIGRATION_MODES = ("move_pages", "migrate_pages")
+MIGRATION_MODES = ("move_pages", "migrate_pages", "hot")
 
 
 class ScenarioError(Exception):
@@ -112,18 +112,29 @@ class WorkloadSpec(_Strict):
 
 class MigrationSpec(_Strict):
     every: int = Field(0, ge=0)
-    mode: Literal["move_pages", "migrate_pages"] = "move_pages"
+    mode: Literal["move_pages", "migrate_pages", "hot"] = "move_pages"
+    target: int | None = Field(None, ge=0)
+
+
+class ReclaimSpec(_Strict):
+    every: int = Field(0, ge=0)
+    pages: int = Field(64, ge=1)
+    node: int | None = Field(None, ge=0)
 
 
 class RunSpec(_Strict):
     operations: int = Field(ge=0)
+    seconds: float | None = Field(None, gt=0)
     seed: int = 0
+    stress: bool = False
+    check_every: int | None = Field(None, ge=1)
 
 
 class Scenario(_Strict):
     machine: MachineSpec = Field(default_factory=MachineSpec)
     workload: list[WorkloadSpec] = Field(min_length=1)
     migration: MigrationSpec = Field(default_factory=MigrationSpec)
+    reclaim: ReclaimSpec = Field(default_factory=ReclaimSpec)
     run: RunSpec
 
     _path: str = PrivateAttr("<scenario>")
@@ -292,10 +303,11 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: b
     if machine:
         built = build_machine(scenario.machine, path)
         nr_nodes = int(built.nr_nodes)
-        for i, wl in enumerate(scenario.workload):
-            if wl.node >= nr_nodes:
-                key = f"workload[{i}].node"
-                problem = f"node {wl.node} does not exist (the machine has {nr_nodes} nodes: 0..{nr_nodes - 1})"
+        nodes = [(f"workload[{i}].node", wl.node) for i, wl in enumerate(scenario.workload)]
+        nodes += [("migration.target", scenario.migration.target), ("reclaim.node", scenario.reclaim.node)]
+        for key, node in nodes:
+            if node is not None and node >= nr_nodes:
+                problem = f"node {node} does not exist (the machine has {nr_nodes} nodes: 0..{nr_nodes - 1})"
                 raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
         scenario._machine = built
     return scenario

@@ -155,6 +155,31 @@ class Machine:
             done += hi - lo
         return toks
 
+    def hot_pages(self, pid: int, n: int, exclude_node: int | None = None) -> list[int]:
+        """Addresses of the process's n most recently accessed resident pages
+        (latest LRU tick first), leaving out pages already on exclude_node:
+        what a NUMA-balancing policy would promote."""
+        mm = self._mm(pid)
+        addrs, ticks = [], []
+        for vma in mm.vmas:
+            p = vma.pte
+            idx = np.flatnonzero((p & P.PRESENT) != 0)
+            g = p[idx] >> P.OFF_SHIFT
+            node, pfn = g >> P.NODE_SHIFT, g & P.PFN_MASK
+            keep = node != exclude_node if exclude_node is not None else np.ones(len(idx), bool)
+            idx, node, pfn = idx[keep], node[keep], pfn[keep]
+            t = np.zeros(len(idx), dtype=np.int64)
+            for nd in np.unique(node).tolist():
+                sel = node == nd
+                t[sel] = self.k.nodes[nd].lru_tick[pfn[sel]]
+            addrs.append((vma.start + idx) << self.k.page_shift)
+            ticks.append(t)
+        if not addrs:
+            return []
+        a, t = np.concatenate(addrs), np.concatenate(ticks)
+        order = np.argsort(-t, kind="stable")[:max(0, int(n))]
+        return a[order].tolist()
+
     def read_tokens(self, pid: int, addr: int, npages: int) -> np.ndarray:
         mm = self._mm(pid)
         out = []

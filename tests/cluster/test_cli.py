@@ -81,10 +81,12 @@ def test_bad_scenario_exits_2_with_one_clear_line(tmp_path, edit, expected):
 
 def test_bad_scenario_in_a_real_process_has_no_traceback(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text((REPO / QUICKSTART).read_text().replace("[machine]", "[machine\n"))
+    text = (REPO / QUICKSTART).read_text()
+    line = text.splitlines().index("[machine]") + 1
+    path.write_text(text.replace("[machine]", "[machine\n"))
     proc = run_numaemu("run", str(path), "--backend", "local")
     assert proc.returncode == 2
-    assert proc.stderr.startswith(f"error: {path}: line 6, column ")
+    assert proc.stderr.startswith(f"error: {path}: line {line}, column ")
     assert "invalid TOML" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -109,8 +111,8 @@ def test_violations_give_exit_1(tmp_path, monkeypatch):
 
     real = rl.run_local
 
-    def corrupted(scenario, progress=None, machine=None):
-        summary = real(scenario, progress, machine)
+    def corrupted(scenario, progress=None, machine=None, **kw):
+        summary = real(scenario, progress, machine, **kw)
         summary["violations"] = 3
         summary["violation_details"] = ["data: pid 1 page 0: expected token 1, read 2"]
         return summary

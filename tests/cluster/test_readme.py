@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cluster.scenario import MachineSpec, MigrationSpec, RunSpec, WorkloadSpec
+from cluster.scenario import MachineSpec, MigrationSpec, ReclaimSpec, RunSpec, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_every_scenario_key_is_documented():
     for table, model in (("machine", MachineSpec), ("workload", WorkloadSpec),
-                         ("migration", MigrationSpec), ("run", RunSpec)):
+                         ("migration", MigrationSpec), ("reclaim", ReclaimSpec), ("run", RunSpec)):
         section = README.split(f"`[{table}]`" if table != "workload" else "`[[workload]]`", 1)[1]
         rows = re.findall(r"^\| `(\w+)` \|", section.split("\n\n`[", 1)[0], flags=re.M)
         assert rows == list(model.model_fields), table

@@ -55,6 +55,7 @@ class Coordinator:
         self.calls = collections.Counter()
         self.pages_touched = 0
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
+        self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0
         self.t0 = time.time()
 
@@ -81,9 +82,11 @@ class Coordinator:
             return True, out, self.m.mine.steps
 
     def _log(self, seq: int, name: str, args: tuple, outcome: str) -> None:
+        """Every mutating call, with its arguments in full (plain lists), so that
+        the calls since the last checkpoint can be replayed and explored."""
         self.events.append({"seq": seq, "t": round(time.time() - self.t0, 6),
                             "thread": threading.current_thread().name, "op": name,
-                            "args": [_brief(a) for a in args], "outcome": outcome})
+                            "args": [_plain(a) for a in args], "outcome": outcome})
 
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -114,8 +117,24 @@ class Coordinator:
             try:
                 self.m.check()
             except InvariantViolation as exc:
-                return exc.invariant, exc.where, dict(exc.seen)
+                return exc.invariant, exc.where, {k: _plain(v) for k, v in exc.seen.items()}
         return None
+
+    def keep_checkpoint(self) -> None:
+        """This (quiescent, verified) state is where a later dump starts from."""
+        with self.cond:
+            self.checkpoint = {"seq": self.seq, "snapshot": self.m.snapshot()}
+
+    def dump(self, violations: list[str], scenario: str) -> dict[str, Any]:
+        """What a violation leaves behind (msgpack-able): the last checkpoint
+        that passed, every mutating call since (in the order they started),
+        and the state now."""
+        with self.cond:
+            since = self.checkpoint["seq"] if self.checkpoint else 0
+            return {"format": "numaemu-dump/1", "scenario": scenario,
+                    "checkpoint": self.checkpoint,
+                    "events": [e for e in self.events if e["seq"] > since],
+                    "snapshot": self.m.snapshot(), "violations": list(violations)}
 
     def snapshot(self) -> bytes:
         with self.cond:
@@ -156,14 +175,17 @@ class Coordinator:
         return True
 
 
-def _brief(a: Any) -> Any:
+def _plain(a: Any) -> Any:
+    """Arguments and values as msgpack-able plain data."""
     if isinstance(a, (int, float, str, bool)) or a is None:
         return a
     if isinstance(a, np.ndarray):
-        return f"array[{len(a)}]"
+        return a.tolist()
+    if isinstance(a, np.generic):
+        return a.item()
     if isinstance(a, (list, tuple)):
-        return f"{type(a).__name__}[{len(a)}]" if len(a) > 8 else [_brief(x) for x in a]
-    return type(a).__name__
+        return [_plain(x) for x in a]
+    return repr(a)
 
 
 class CoordMachine:

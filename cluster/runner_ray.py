@@ -138,6 +138,8 @@ class RayRun:
         loc.setup()
         sc = self.scenario
         ops = sc.run.operations
+        if self.stress:
+            ray.get(self.coord.keep_checkpoint.remote())   # the first state a dump may start from
         timeline = Timeline(ops, start=t0)
         timeline.sample(self._frozen(), 0)
         next_sample = timeline.every
@@ -281,6 +283,8 @@ class RayRun:
             self._verify(by_home, final=False)
             if self.violations:
                 self._dump()
+            else:
+                ray.get(self.coord.keep_checkpoint.remote())
         finally:
             ray.get([self.nodes[h].resume.remote() for h in live])
 
@@ -303,19 +307,15 @@ class RayRun:
                                     ", ".join(f"{k}={v}" for k, v in vals.items()))
 
     def _dump(self) -> None:
-        """The state a violation was found in, for ``numaemu explore --dump``:
-        the machine's msgpack snapshot, the coordinator's event log and what
-        was seen. Written while every driver is paused."""
+        """The state a violation was found in, for ``numaemu explore --dump``
+        (written while every driver is paused): see Coordinator.dump."""
         import msgpack
         from pathlib import Path
 
         d = Path(self.dump_dir or ".")
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"numaemu-dump-{self.run_id}.msgpack"
-        blob = {"format": "numaemu-dump/1", "scenario": self.scenario.path,
-                "snapshot": self.ray.get(self.coord.snapshot.remote()),
-                "events": self.ray.get(self.coord.event_log.remote()),
-                "violations": list(self.details)}
+        blob = self.ray.get(self.coord.dump.remote(self.details, self.scenario.path))
         path.write_bytes(msgpack.packb(blob, use_bin_type=True))
         self.dump_path = path
 

@@ -38,21 +38,15 @@ class NodeActor:
         self.path = shm_dir() / f"numaemu-{run_id}-node{node}"
         self.data = create_payload(self.path, self.shape, self.dtype)
         self.page_size = page_size
-        # the workload driver
-        self.thread: threading.Thread | None = None
+        # the workload drivers
+        self.drivers: list[_Driver] = []
         self.run_flag = threading.Event()
         self.run_flag.set()
-        self.idle = threading.Event()
-        self.idle.set()
         self.stopping = False
-        self.ops_done = 0
         self.errors: Counter[str] = Counter()
         self.latency_s: list[float] = []    # per fault batch: wall seconds, through the coordinator
         self.latency_steps: list[int] = []  # and emulated steps
-        self.failure: str | None = None
         self.procs: list[Proc] = []
-        self.pause_every = 0
-        self.at_checkpoint = False
 
     # -- the payload ---------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -74,82 +68,65 @@ class NodeActor:
         self.stop()
         unlink(self.path)
 
-    # -- the workload driver -------------------------------------------------------
+    # -- the workload drivers --------------------------------------------------------
     def start(self, coord, info: dict, procs: list[Proc], specs: list, operations: int, seed: int,
               pause_every: int = 0) -> None:
-        """Drive ``procs`` (round-robin) for ``operations`` accesses in a thread;
-        with ``pause_every``, stop after every that many until resumed (a checkpoint)."""
-        self.pause_every = pause_every
+        """Drive ``procs`` for ``operations`` accesses in all: one thread per
+        thread index of the workloads (``procs`` holds one entry per process
+        and thread, each on its own slice of the mapping), round-robin within a
+        thread. With ``pause_every``, each thread stops after every that many
+        of its accesses until resumed (a checkpoint)."""
         from .coordinator import CoordMachine
 
         own: dict[int, Any] = {}
-        for p in procs:   # Ray hands arrays over read-only; processes of a shared mapping share one shadow
+        for p in procs:   # Ray hands arrays over read-only; a shared mapping's processes share a shadow
             sh = p.shadow
             if id(sh) not in own:
                 sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
                 own[id(sh)] = sh
         self.procs = procs
-        m = CoordMachine(coord, info)
         patterns = {w: AccessPattern(spec) for w, spec in enumerate(specs)}
-        rng = np.random.default_rng([seed, self.node])
-        self.thread = threading.Thread(target=self._drive, name=f"workload-node{self.node}",
-                                       args=(m, patterns, rng, operations), daemon=True)
-        self.thread.start()
+        groups: dict[int, list[Proc]] = {}
+        for p in procs:
+            groups.setdefault(p.thread, []).append(p)
+        left = operations
+        for i, (t, ps) in enumerate(sorted(groups.items())):
+            n = operations * len(ps) // len(procs) if i < len(groups) - 1 else left
+            left -= n
+            d = _Driver(self, t, ps, n, max(1, pause_every * len(ps) // len(procs)) if pause_every else 0)
+            rng = np.random.default_rng([seed, self.node, t])
+            d.thread = threading.Thread(target=d.run, name=f"workload-node{self.node}-t{t}",
+                                        args=(CoordMachine(coord, info), patterns, rng), daemon=True)
+            self.drivers.append(d)
+        for d in self.drivers:
+            d.thread.start()
 
-    def _drive(self, m, patterns, rng, operations: int) -> None:
-        procs, ps = self.procs, self.page_size
-        try:
-            for op in range(operations):
-                if self.pause_every and op and op % self.pause_every == 0:
-                    self.run_flag.clear()
-                    self.at_checkpoint = True
-                if not self.run_flag.is_set():
-                    self.idle.set()
-                    self.run_flag.wait()
-                if self.stopping:
-                    break
-                self.idle.clear()
-                proc = procs[op % len(procs)]
-                acc = patterns[proc.workload].next(rng, proc.cursor)
-                proc.cursor = acc.start + acc.npages
-                t0 = time.perf_counter()
-                try:
-                    toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
-                except OSError as exc:
-                    import errno as E
-                    self.errors[f"touch:{E.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
-                    if acc.write:
-                        proc.shadow.forget(acc.start, acc.npages)
-                else:
-                    if acc.write:
-                        proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
-                self.latency_s.append(time.perf_counter() - t0)
-                self.latency_steps.append(m.last_steps)
-                self.ops_done += 1
-        except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
-            self.failure = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.idle.set()
+    @property
+    def ops_done(self) -> int:
+        return sum(d.ops for d in self.drivers)
 
     def progress(self, since: int = -1) -> dict[str, Any]:
         """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
-        alive = self.thread is not None and self.thread.is_alive()
-        out = {"ops": self.ops_done, "running": alive, "failure": self.failure,
-               "checkpoint": self.at_checkpoint and self.idle.is_set()}
+        running = [d for d in self.drivers if d.thread.is_alive()]
+        out = {"ops": self.ops_done, "running": bool(running),
+               "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
+               "checkpoint": bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)}
         if since >= 0:
             n = len(self.latency_s)
             out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
         return out
 
     def pause(self) -> int:
-        """Stop between two operations; returns once the driver is idle."""
+        """Stop every thread between two operations; returns once all are idle."""
         self.run_flag.clear()
-        while self.thread is not None and self.thread.is_alive() and not self.idle.wait(0.05):
-            pass
+        for d in self.drivers:
+            while d.thread.is_alive() and not d.idle.wait(0.05):
+                pass
         return self.ops_done
 
     def resume(self) -> None:
-        self.at_checkpoint = False
+        for d in self.drivers:
+            d.at_checkpoint = False
         self.run_flag.set()
 
     def stop(self) -> None:
@@ -157,10 +134,11 @@ class NodeActor:
         self.run_flag.set()
 
     def join(self, timeout: float | None = None) -> dict[str, Any]:
-        if self.thread is not None:
-            self.thread.join(timeout)
-        return {"ops": self.ops_done, "errors": dict(self.errors), "failure": self.failure,
-                "running": self.thread is not None and self.thread.is_alive(),
+        for d in self.drivers:
+            d.thread.join(timeout)
+        return {"ops": self.ops_done, "errors": dict(self.errors),
+                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
+                "running": any(d.thread.is_alive() for d in self.drivers),
                 "latency_s": np.asarray(self.latency_s, dtype=np.float64),
                 "latency_steps": np.asarray(self.latency_steps, dtype=np.int64)}
 
@@ -187,3 +165,54 @@ class NodeActor:
                 details.append(f"data: pid {proc.pid} page {int(i)} (addr {proc.addr + int(i) * self.page_size:#x}): "
                                f"expected token {int(proc.shadow.tokens[i])}, read {int(observed[i])}")
         return {"checked": checked, "bad": bad, "lost": gone, "details": details}
+
+
+class _Driver:
+    """One workload thread of a node actor: its processes' slices, round-robin."""
+
+    def __init__(self, node: NodeActor, index: int, procs: list[Proc], operations: int, pause_every: int):
+        self.node, self.index, self.procs = node, index, procs
+        self.operations, self.pause_every = operations, pause_every
+        self.ops = 0
+        self.failure: str | None = None
+        self.at_checkpoint = False
+        self.idle = threading.Event()
+        self.idle.set()
+        self.thread: threading.Thread
+
+    def run(self, m, patterns, rng) -> None:
+        import errno as E
+
+        node, procs, ps = self.node, self.procs, self.node.page_size
+        try:
+            for op in range(self.operations):
+                if self.pause_every and op and op % self.pause_every == 0:
+                    self.at_checkpoint = True        # until the runner resumes every driver
+                if not node.run_flag.is_set() or self.at_checkpoint:
+                    self.idle.set()
+                    while not node.stopping and (self.at_checkpoint or not node.run_flag.is_set()):
+                        node.run_flag.wait(0.05)
+                if node.stopping:
+                    break
+                self.idle.clear()
+                proc = procs[op % len(procs)]
+                acc = patterns[proc.workload].next(rng, proc.cursor, proc.pages)
+                proc.cursor = acc.start + acc.npages
+                t0 = time.perf_counter()
+                try:
+                    toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
+                except OSError as exc:
+                    node.errors[f"touch:{E.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                    if acc.write:
+                        proc.shadow.forget(acc.start, acc.npages)
+                else:
+                    if acc.write:
+                        proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
+                node.latency_s.append(time.perf_counter() - t0)
+                node.latency_steps.append(m.last_steps)
+                self.ops += 1
+        except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
+            self.failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            self.idle.set()
+

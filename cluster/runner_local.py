@@ -34,7 +34,7 @@ import numpy as np
 from .scenario import Scenario
 from .summary import MigrationTally, collect_summary
 from .timeline import LatencyRecorder, Timeline
-from .workload import AccessPattern, Proc, Shadow
+from .workload import AccessPattern, Proc, Shadow, thread_slices
 
 ProgressFn = Callable[[int], None]
 
@@ -87,24 +87,33 @@ class LocalRun:
         for w, spec in enumerate(self.scenario.workload):
             self.patterns.append(AccessPattern(spec))
             flags = em.MPOL_MF_MOVE_ALL if spec.shared and spec.processes > 1 else em.MPOL_MF_MOVE
+            slices = thread_slices(spec.pages, spec.threads)
+
+            def add(pid: int, addr: int, parts: list[Shadow]) -> None:
+                for t, ((lo, hi), sh) in enumerate(zip(slices, parts)):
+                    self.procs.append(Proc(pid, w, spec.node, addr + lo * self.page_size, hi - lo, sh,
+                                           flags, thread=t))
+
+            def cut(shadow: Shadow) -> list[Shadow]:   # views: one shadow per mapping
+                return [Shadow(shadow.tokens[lo:hi], shadow.known[lo:hi]) for lo, hi in slices]
+
             if spec.shared:
                 pid = self.m.spawn(node=spec.node)
                 addr = self.m.mmap(pid, spec.pages, shared=True)
-                shadow = Shadow.zeros(spec.pages)
+                parts = cut(Shadow.zeros(spec.pages))
                 pids = [pid] + [self.m.fork(pid) for _ in range(spec.processes - 1)]
                 for p in pids:
-                    self.procs.append(Proc(p, w, spec.node, addr, spec.pages, shadow, flags))
+                    add(p, addr, parts)
             else:
                 for _ in range(spec.processes):
                     pid = self.m.spawn(node=spec.node)
                     addr = self.m.mmap(pid, spec.pages, shared=False)
-                    self.procs.append(Proc(pid, w, spec.node, addr, spec.pages,
-                                           Shadow.zeros(spec.pages), flags))
+                    add(pid, addr, cut(Shadow.zeros(spec.pages)))
 
     # -- operations -------------------------------------------------------
 
     def access(self, proc: Proc) -> None:
-        acc = self.patterns[proc.workload].next(self.rng, proc.cursor)
+        acc = self.patterns[proc.workload].next(self.rng, proc.cursor, proc.pages)
         proc.cursor = acc.start + acc.npages
         addr = proc.addr + acc.start * self.page_size
         try:
@@ -275,7 +284,7 @@ class LocalRun:
             errors=dict(self.errors),
             violations=violations,
             details=self.details,
-            processes=[p.pid for p in self.procs],
+            processes=sorted({p.pid for p in self.procs}),
             migration_events=self.migration_events,
             elapsed=elapsed,
             latency=self.latency.summary(),

@@ -108,6 +108,7 @@ class WorkloadSpec(_Strict):
     zipf_s: float = Field(1.2, gt=1)
     write_ratio: float = Field(0.5, ge=0, le=1)
     batch: int = Field(256, ge=1)
+    threads: int = Field(1, ge=1)
 
 
 class MigrationSpec(_Strict):
@@ -303,6 +304,10 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: b
     if machine:
         built = build_machine(scenario.machine, path)
         nr_nodes = int(built.nr_nodes)
+        for i, wl in enumerate(scenario.workload):
+            if wl.threads > wl.pages:
+                key, problem = f"workload[{i}].threads", f"{wl.threads} threads for {wl.pages} pages: at most one per page"
+                raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
         nodes = [(f"workload[{i}].node", wl.node) for i, wl in enumerate(scenario.workload)]
         nodes += [("migration.target", scenario.migration.target), ("reclaim.node", scenario.reclaim.node)]
         for key, node in nodes:

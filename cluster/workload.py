@@ -4,9 +4,12 @@ Everything random comes from one ``numpy.random.Generator`` seeded from
 ``[run] seed``, and the draws happen in a fixed order, so a scenario replays
 the same accesses on every run and on every backend.
 
-An *operation* is one batch access by one process: ``batch`` consecutive pages
-of its mapping (clipped at the mapping's end), all reads or all writes.
-Processes take turns round-robin, in the order the workloads are listed.
+An *operation* is one batch access by one thread of a process: ``batch``
+consecutive pages of its slice of the mapping (clipped at the slice's end),
+all reads or all writes. With ``threads = T`` a process's mapping is cut in
+T disjoint slices, one per thread. Threads take turns round-robin, in the
+order the workloads are listed; on the Ray backend each thread index is a
+thread of the node actor, so they fault concurrently.
 
 - ``sequential``: each process walks its mapping from page 0, wrapping around.
 - ``uniform``: the batch starts at a page drawn uniformly.
@@ -37,25 +40,33 @@ class AccessPattern:
         self.spec = spec
         self.pages = spec.pages
         self.batch = min(spec.batch, spec.pages)
-        self._cdf = None
-        if spec.pattern == "zipf":
-            weights = np.arange(1, self.pages + 1, dtype=np.float64) ** -spec.zipf_s
-            cdf = np.cumsum(weights)
-            self._cdf = cdf / cdf[-1]
+        self._cdfs: dict[int, np.ndarray] = {}
 
-    def start(self, rng: np.random.Generator, cursor: int) -> int:
+    def _cdf(self, pages: int) -> np.ndarray:
+        cdf = self._cdfs.get(pages)
+        if cdf is None:
+            weights = np.arange(1, pages + 1, dtype=np.float64) ** -self.spec.zipf_s
+            cdf = np.cumsum(weights)
+            cdf = self._cdfs[pages] = cdf / cdf[-1]
+        return cdf
+
+    def start(self, rng: np.random.Generator, cursor: int, pages: int | None = None) -> int:
+        pages = self.pages if pages is None else pages
         pattern = self.spec.pattern
         if pattern == "sequential":
-            return cursor % self.pages
+            return cursor % pages
         if pattern == "uniform":
-            return int(rng.integers(0, self.pages))
+            return int(rng.integers(0, pages))
         # zipf: inverse-CDF sampling over the page indices
-        idx = int(np.searchsorted(self._cdf, rng.random(), side="right"))
-        return min(idx, self.pages - 1)
+        idx = int(np.searchsorted(self._cdf(pages), rng.random(), side="right"))
+        return min(idx, pages - 1)
 
-    def next(self, rng: np.random.Generator, cursor: int) -> Access:
-        start = self.start(rng, cursor)
-        npages = min(self.batch, self.pages - start)
+    def next(self, rng: np.random.Generator, cursor: int, pages: int | None = None) -> Access:
+        """The next access over ``pages`` pages (default: the whole mapping;
+        a thread's slice otherwise)."""
+        pages = self.pages if pages is None else pages
+        start = self.start(rng, cursor, pages)
+        npages = min(self.batch, pages - start)
         write = bool(rng.random() < self.spec.write_ratio)
         return Access(start, npages, write)
 
@@ -87,6 +98,12 @@ class Shadow:
         return np.flatnonzero(self.known & (observed != self.tokens))
 
 
+def thread_slices(pages: int, threads: int) -> list[tuple[int, int]]:
+    """[lo, hi) of each thread's slice of a mapping: disjoint, so every page
+    has one writer and its shadow stays exact under concurrency."""
+    return [(t * pages // threads, (t + 1) * pages // threads) for t in range(threads)]
+
+
 @dataclass
 class Proc:
     """One emulated process of a workload and its driving state."""
@@ -100,6 +117,7 @@ class Proc:
     flags: int           # move_pages flags for its pages
     cursor: int = 0      # sequential pattern position
     mig_node: int = field(default=-1)  # node of the last migration target (-1: home)
+    thread: int = 0      # which of the process's threads: it works on its own slice
 
     def page_addrs(self, page_indices: np.ndarray, page_size: int) -> list[int]:
         return [self.addr + int(i) * page_size for i in page_indices]

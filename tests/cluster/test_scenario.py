@@ -106,7 +106,7 @@ def test_bad_pattern_in_second_workload(tmp_path):
 def test_unknown_keys_are_rejected_everywhere(tmp_path):
     cases = {
         GOOD.replace("swap_pages = 512", "swap_page = 512"): "machine.swap_page: unknown key",
-        GOOD.replace("pages = 64", "pages = 64\nthreads = 4"): "workload[0].threads: unknown key",
+        GOOD.replace("pages = 64", "pages = 64\nthread = 4"): "workload[0].thread: unknown key",
         GOOD + "\n[migrate]\nevery = 5\n": "migrate: unknown key",
         GOOD.replace("operations = 10", "operations = 10\nsteps = 3"): "run.steps: unknown key",
     }

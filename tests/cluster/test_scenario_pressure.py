@@ -115,3 +115,40 @@ def test_the_same_pressure_on_ray(ray_session, tmp_path):
     assert s["nodes"][1]["migrations_in"] > 0 and s["nodes"][2]["migrations_in"] == 0
     assert s["nodes"][0]["pswpout"] > 0
     assert s["quiescent_checks"] >= 3
+
+
+THREADS = """
+[[workload]]
+node = 1
+processes = 2
+pages = 101
+pattern = "uniform"
+batch = 8
+threads = 3
+shared = true
+"""
+
+
+def test_threads_work_on_disjoint_slices(tmp_path):
+    from cluster.runner_local import LocalRun
+    run = LocalRun(load_scenario(write(tmp_path, THREADS)))
+    s = run.run()
+    assert s["violations"] == 0, s["violation_details"]
+    streams = [p for p in run.procs if p.workload == 1]
+    assert len(streams) == 2 * 3 and s["processes"] == 4
+    for pid in {p.pid for p in streams}:
+        mine = sorted((p.addr, p.pages) for p in streams if p.pid == pid)
+        assert [n for _, n in mine] == [33, 34, 34]
+        assert all(a + n * 4096 == b for (a, n), (b, _) in zip(mine, mine[1:]))   # contiguous, disjoint
+
+
+def test_threads_fault_concurrently_on_ray_with_checkpoints(ray_session, tmp_path):
+    from cluster.runner_ray import run_ray
+    s = run_ray(load_scenario(write(tmp_path, THREADS + """
+        [migration]
+        every = 15
+        """)), stress=True, check_every=60)
+    assert s["violations"] == 0, s["violation_details"]
+    assert s["operations_done"] == 400
+    assert s["quiescent_checks"] >= 4
+    assert s["nodes"][1]["pgfault"] > 0

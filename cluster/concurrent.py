@@ -12,6 +12,10 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
   operation makes the predicate true (every step notifies). A wait that no
   step satisfies within ``WAIT_TIMEOUT`` seconds is a deadlock and raises,
   so a run never hangs on a lost wake-up.
+- A migration's payload copy, which the model's step asks for with
+  Kernel.copy_payload, runs right after that step with the lock dropped:
+  both pages are locked and frozen, so other operations step meanwhile and
+  the memcpy overlaps them, as folio_copy() does on another CPU.
 - No kernel path is written here: the coroutines are the model's.
 """
 from __future__ import annotations
@@ -21,14 +25,17 @@ import threading
 from typing import Any
 
 from emulator import Machine
+from emulator.frames import copy_rows
 from emulator.sched import Call, Deadlock
 
 WAIT_TIMEOUT = 60.0
 
 
-def run_threaded(coro, cond: threading.Condition) -> tuple[Any, int]:
+def run_threaded(coro, cond: threading.Condition, deferred: list | None = None) -> tuple[Any, int]:
     """Run one operation to completion; the caller holds ``cond``.
-    Returns its result and the number of steps it took."""
+    Returns its result and the number of steps it took. ``deferred``: the
+    kernel's list of payload copies its steps leave for after the step
+    (Kernel.copy_payload); they run with the lock dropped."""
     steps = 0
     send, throw = coro.send, coro.throw
     value: Any = None
@@ -46,9 +53,17 @@ def run_threaded(coro, cond: threading.Condition) -> tuple[Any, int]:
             except Exception as e:  # delivered to the operation, which may undo
                 exc, value = e, None
             steps += 1
+            copies = None
+            if deferred:
+                copies = list(deferred)
+                deferred.clear()
             cond.notify_all()
             cond.release()          # the preemption point
-            yield_cpu()
+            if copies:              # the data plane: memcpy (without the GIL) while others step
+                for args in copies:
+                    copy_rows(*args)
+            else:
+                yield_cpu()
             cond.acquire()
         else:
             while not req.pred():
@@ -68,6 +83,7 @@ class ConcurrentMachine(Machine):
     def __init__(self, *args: Any, **kw: Any):
         super().__init__(*args, **kw)
         self.cond = threading.Condition(threading.Lock())
+        self.k.deferred = []                 # payload copies run outside the lock
         self.steps = 0                       # every operation's steps so far
         self.mine = threading.local()        # .steps: this thread's, for its caller's latency
 
@@ -75,7 +91,7 @@ class ConcurrentMachine(Machine):
         k = self.k
         k.inflight += 1
         try:
-            value, steps = run_threaded(coro, self.cond)
+            value, steps = run_threaded(coro, self.cond, k.deferred)
         finally:
             k.inflight -= 1
         self.steps += steps

@@ -73,7 +73,8 @@ class Coordinator:
                 out = getattr(self.m, name)(*args, **kw)
             except (OSError, ValueError, KeyError) as exc:
                 self._log(seq, name, args, f"{type(exc).__name__}: {exc}")
-                return False, (type(exc).__name__, getattr(exc, "errno", None), str(exc)), self.m.mine.steps
+                msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
             self.calls[name] += 1
             if name == "touch":
                 self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))

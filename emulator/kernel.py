@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from . import pte as P
-from .frames import Frames, PG_isolated, PG_lru, PG_locked
+from .frames import Frames, PG_isolated, PG_lru, PG_locked, copy_rows
 from .migcache import MigCache
 from .mm import MM, AnonVMA
 from .swap import SwapDevice
@@ -54,10 +54,23 @@ class Kernel:
         self.pins: Counter[int] = Counter()
         self.token_seq = 0
         self.inflight = 0
+        self.deferred: list | None = None   # see copy_payload
         self.zonelists = [topo.fallback_order(n) for n in range(topo.nr_nodes)]
         # bytes mode keeps a 64-bit linear checksum per page as the writer's record
         rng = np.random.default_rng(0x6E756D61)
         self.weights = rng.integers(0, 1 << 63, topo.page_size // 8, dtype=np.uint64) | np.uint64(1)
+
+    # -- the data plane ------------------------------------------------------
+    def copy_payload(self, src, si: np.ndarray, dst, di: np.ndarray) -> None:
+        """A migration's copy: now, inside the step (in-process drivers), or,
+        when a driver collects them in ``deferred``, right after the step and
+        outside its critical section, before the operation's next step. Both
+        pages are locked and the old one frozen, so no other step reads or
+        writes their payload meanwhile (as folio_copy() runs unlocked)."""
+        if self.deferred is None:
+            copy_rows(src, si, dst, di)
+        else:
+            self.deferred.append((src, si, dst, di))
 
     # -- owners -------------------------------------------------------------
     @staticmethod

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import pte as P
 from .fault import lock_step, unlock_pages
-from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache, copy_rows
+from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache
 from .kernel import distinct
 from .page_alloc import alloc_on
 from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
@@ -131,7 +131,7 @@ def move_mapping_step(k, b: Batch, dst: int, new: np.ndarray) -> np.ndarray:
         fr.private[pf] = 0
         fr.refcount[pf] -= 1
         pf, npf = b.pfns[ok], new[ok]
-    copy_rows(fr.data, pf, nf.data, npf)
+    k.copy_payload(fr.data, pf, nf.data, npf)
     return ok
 
 
@@ -141,8 +141,13 @@ def _leave_cache(k, node: int, pfns: np.ndarray, entries: np.ndarray) -> None:
     fr = k.nodes[node]
     p = pfns[sw]
     delete_from_swap_cache(k, node, p[((fr.flags[p] & PG_swapcache) != 0) & (fr.private[p] == entries[sw])])
+    # the remap may have released the ids already, and another migration may
+    # hold them again by now (lowest free id first): only ids still naming
+    # these pages are this migration's to release
     ids = P.pte_offset(entries[~sw])
-    ids = ids[k.migcache.live(ids)]
+    mine = k.migcache.live(ids)
+    mine[mine] = k.migcache.page[ids[mine]] == P.gpfn(node, pfns[~sw][mine])
+    ids = ids[mine]
     migcache_release(k, ids[k.migcache.counter[ids] == 0])
 
 

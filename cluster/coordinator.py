@@ -72,22 +72,23 @@ class Coordinator:
             try:
                 out = getattr(self.m, name)(*args, **kw)
             except (OSError, ValueError, KeyError) as exc:
-                self._log(seq, name, args, f"{type(exc).__name__}: {exc}")
+                self._log(seq, name, args, kw, f"{type(exc).__name__}: {exc}")
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
             self.calls[name] += 1
             if name == "touch":
                 self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))
             if name in MUTATING:
-                self._log(seq, name, args, "ok")
+                self._log(seq, name, args, kw, "ok")
             return True, out, self.m.mine.steps
 
-    def _log(self, seq: int, name: str, args: tuple, outcome: str) -> None:
+    def _log(self, seq: int, name: str, args: tuple, kw: dict, outcome: str) -> None:
         """Every mutating call, with its arguments in full (plain lists), so that
         the calls since the last checkpoint can be replayed and explored."""
         self.events.append({"seq": seq, "t": round(time.time() - self.t0, 6),
                             "thread": threading.current_thread().name, "op": name,
-                            "args": [_plain(a) for a in args], "outcome": outcome})
+                            "args": [_plain(a) for a in args], "kw": {k: _plain(v) for k, v in kw.items()},
+                            "outcome": outcome})
 
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -195,6 +195,9 @@ def _parse_op(path: str, key: str, d: Any) -> Op:
 
 def load(path: str | Path) -> Scenario:
     path = str(path)
+    if path.partition("#")[0].endswith(".msgpack"):   # a stress run's dump (emulator/dumps.py)
+        from .dumps import load_dump
+        return load_dump(path)
     try:
         raw = Path(path).read_bytes()
     except OSError as e:

@@ -1,0 +1,148 @@
+"""Stress dumps as race scenarios: search, in-process, the state a Ray run broke in.
+
+A dump (written by ``numaemu run --stress`` on a violation) is msgpack:
+``{"format": "numaemu-dump/1", "scenario", "checkpoint": {"seq", "snapshot"},
+"events": [{"seq", "op", "args", "kw", "outcome"}, ...], "snapshot",
+"violations"}``: the last quiescent state that passed the oracle, every
+mutating Machine call made since (in the order they started), and the state
+the violation was seen in.
+
+As a race scenario its starting state is the checkpoint with every call but
+the last N replayed in order, and its tasks are those last N calls, one task
+each, so the explorer tries their interleavings. The path names N after a ``#``: ``dump.msgpack#6`` (default
+:data:`DEFAULT_LAST`), so that a replay token made from it names the same
+scenario.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from .machine import Machine
+from .races import Op, Scenario, ScenarioError, Task, World
+
+FORMAT = "numaemu-dump/1"
+DEFAULT_LAST = 4
+CALLS = ("touch", "move_pages", "migrate_pages", "reclaim")
+
+
+def split_path(path: str) -> tuple[str, int]:
+    """``"x.msgpack#6"`` -> (``"x.msgpack"``, 6)."""
+    base, sep, n = str(path).partition("#")
+    if not sep:
+        return base, DEFAULT_LAST
+    if not n.isdigit() or int(n) < 1:
+        raise ScenarioError(f"{path}: #{n}: the number of calls to explore must be a positive integer")
+    return base, int(n)
+
+
+def read_dump(path: str) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        doc = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise ScenarioError(f"{path}: not a numaemu dump (msgpack: {e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ScenarioError(f"{path}: format: not a {FORMAT} dump")
+    cp = doc.get("checkpoint")
+    if not isinstance(cp, dict) or not isinstance(cp.get("snapshot"), bytes):
+        raise ScenarioError(f"{path}: checkpoint: missing (the run found the violation before any checkpoint)")
+    if not isinstance(doc.get("events"), list):
+        raise ScenarioError(f"{path}: events: must be a list")
+    doc["_digest"] = hashlib.sha256(raw).hexdigest()[:12]
+    return doc
+
+
+class DumpScenario(Scenario):
+    """A race scenario whose starting state is a dump's checkpoint."""
+
+    snapshot: bytes = b""
+
+    def build(self, bugs=()) -> World:
+        try:
+            m = Machine.restore(self.snapshot)
+        except ValueError as e:
+            raise ScenarioError(f"{self.path}: checkpoint: {e}") from None
+        m.k.bugs = frozenset(bugs)
+        maps = {pid: [v.start << m.k.page_shift for v in mm.vmas] for pid, mm in m.k.mms.items()}
+        w = World(m, maps)
+        for op in self.setup:       # the calls before the explored ones, as they ran: one at a time
+            try:
+                m._run(w.start(op))
+            except OSError:
+                pass                # it may have failed in the run too (ENOMEM, ...)
+        return w
+
+
+def _ops(m: Machine, ev: dict[str, Any], where: str) -> list[Op]:
+    """The race operations one logged Machine call stands for."""
+    name, a, kw = ev.get("op"), list(ev.get("args", [])), dict(ev.get("kw", {}))
+    k = m.k
+
+    def place(pid: int, addr: int) -> tuple[int, int]:
+        mm = k.mms.get(pid)
+        vpn = addr >> k.page_shift
+        for i, v in enumerate(mm.vmas if mm else []):
+            if v.start <= vpn < v.end:
+                return i, vpn - v.start
+        raise ScenarioError(f"{where}: {name}: pid {pid} address {addr:#x} is not mapped at the checkpoint")
+
+    try:
+        if name == "touch":
+            pid, addr, npages = int(a[0]), int(a[1]), int(a[2])
+            write = bool(a[3] if len(a) > 3 else kw.get("write", True))
+            mapping, page = place(pid, addr)
+            return [Op("fault", {"pid": pid, "mapping": mapping, "page": page, "npages": npages, "write": write})]
+        if name == "move_pages":
+            pid, addrs = int(a[0]), [int(x) for x in a[1]]
+            nodes = a[2] if len(a) > 2 else kw.get("nodes")
+            flags = int(a[3] if len(a) > 3 else kw.get("flags", 0))
+            if nodes is None or not addrs:
+                return []           # a query moves nothing
+            by: dict[tuple[int, int], list[int]] = {}
+            for addr, node in zip(addrs, nodes):
+                mapping, page = place(pid, addr)
+                by.setdefault((mapping, int(node)), []).append(page)
+            return [Op("move_pages", {"pid": pid, "mapping": mp, "pages": pages, "node": node,
+                                      "move_all": bool(flags & 4)}) for (mp, node), pages in by.items()]
+        if name == "migrate_pages":
+            return [Op("migrate_pages", {"pid": int(a[0]), "from": [int(x) for x in a[1]],
+                                         "to": [int(x) for x in a[2]]})]
+        if name == "reclaim":
+            return [Op("reclaim", {"node": int(a[0]), "pages": int(a[1])})]
+    except (IndexError, TypeError, ValueError) as e:
+        raise ScenarioError(f"{where}: {name}: arguments {a!r}: {e}") from None
+    raise ScenarioError(f"{where}: op {name!r}: cannot be explored (only {', '.join(CALLS)} after a checkpoint)")
+
+
+def load_dump(path: str) -> DumpScenario:
+    """The last N calls since the checkpoint of the dump at ``path[#N]``, as tasks."""
+    base, last = split_path(path)
+    doc = read_dump(base)
+    sc = DumpScenario(path, {}, [], [], [], frozenset({errno.ENOMEM}), doc["_digest"] + f"#{last}",
+                      "; ".join(doc.get("violations", []))[:500])
+    sc.snapshot = doc["checkpoint"]["snapshot"]
+    start = sc.build().m
+    events = doc["events"]
+    other = sorted({str(e.get("op")) for e in events} - set(CALLS))
+    if other:
+        raise ScenarioError(f"{base}: events: {', '.join(other)} since the checkpoint cannot be explored "
+                            f"(only {', '.join(CALLS)})")
+    if not events:
+        raise ScenarioError(f"{base}: events: no call since the checkpoint")
+    for ev in events[:-last]:
+        sc.setup.extend(_ops(start, ev, f"{base}: events[seq {ev.get('seq')}]"))
+    for ev in events[-last:]:
+        ops = _ops(start, ev, f"{base}: events[seq {ev.get('seq')}]")
+        if ops:
+            sc.tasks.append(Task(f"{ev['op']}#{ev.get('seq')}", ops))
+    if not sc.tasks:
+        raise ScenarioError(f"{base}: events: the last {last} calls change nothing to explore")
+    return sc

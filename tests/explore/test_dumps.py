@@ -1,0 +1,83 @@
+"""A stress run's dump, explored in-process: the checkpoint it passed, the
+calls before the last N replayed, the last N as concurrent tasks."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from emulator import Machine
+from emulator import explore as X
+from emulator.dumps import load_dump
+from emulator.races import ScenarioError, load
+
+
+def ev(seq, op, *args, **kw):
+    return {"seq": seq, "t": 0.0, "thread": "t", "op": op, "args": list(args), "kw": kw, "outcome": "ok"}
+
+
+@pytest.fixture
+def dump(tmp_path) -> Path:
+    """What a run leaves when two faults race on a page swapped out after the checkpoint."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 8, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 2)
+    m.touch(pid, a, 2)
+    doc = {"format": "numaemu-dump/1", "scenario": "x.toml",
+           "checkpoint": {"seq": 3, "snapshot": m.snapshot()},
+           "events": [ev(4, "reclaim", 0, 2), ev(5, "touch", pid, a, 1, write=False),
+                      ev(6, "touch", pid, a, 1, write=True), ev(7, "move_pages", pid, [a, a + 4096], None, 0)],
+           "snapshot": m.snapshot(), "violations": ["data: ..."]}
+    path = tmp_path / "run.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    return path
+
+
+def test_the_last_calls_become_tasks_after_the_rest_replayed(dump):
+    sc = load(f"{dump}#3")                      # races.load dispatches on .msgpack
+    assert [op.kind for op in sc.setup] == ["reclaim"]
+    assert [t.ops[0].kind for t in sc.tasks] == ["fault", "fault"]   # the query moved nothing
+    assert sc.tasks[1].ops[0].args == {"pid": 1, "mapping": 0, "page": 0, "npages": 1, "write": True}
+    w = sc.fresh()
+    assert w.m.vmstat()["pswpout"] == 2         # the setup ran on the checkpoint
+
+
+def test_the_explorer_finds_the_race_the_calls_ran_into(dump):
+    sc = load_dump(f"{dump}#3")
+    out, st = X.explore_dfs(sc, ["r1-no-pte-recheck"], bound=2)
+    # the same race as the catalogue's R1 scenario, from the dump's state
+    r1, _ = X.explore_dfs(load(Path(__file__).parents[2] / "examples/races/r1-no-pte-recheck.toml"),
+                          ["r1-no-pte-recheck"], bound=2)
+    assert out is not None and out.violation == r1.violation
+    token = X.make_token(sc, ["r1-no-pte-recheck"], out.schedule)
+    sc2, bugs, again = X.replay_token(token)
+    assert again.violation == out.violation
+    clean, st = X.explore_dfs(sc, [], bound=2)
+    assert clean is None and st.schedules > 1
+
+
+def test_bad_dumps_are_named(tmp_path, dump):
+    (tmp_path / "junk.msgpack").write_bytes(b"\x00\x01 not msgpack")
+    with pytest.raises(ScenarioError, match="junk.msgpack: "):
+        load(str(tmp_path / "junk.msgpack"))
+    with pytest.raises(ScenarioError, match="#0: the number of calls"):
+        load(f"{dump}#0")
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False)
+    doc["events"].append(ev(8, "fork", 1))
+    (tmp_path / "fork.msgpack").write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(ScenarioError, match="fork since the checkpoint cannot be explored"):
+        load(str(tmp_path / "fork.msgpack"))
+
+
+def test_numaemu_explore_takes_a_dump(dump):
+    exe = Path(sys.executable).with_name("numaemu")
+    p = subprocess.run([str(exe), "explore", f"{dump}#3", "--bug", "r1-no-pte-recheck", "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "VIOLATION of invariant 2 (mapcount)" in p.stdout and "replay: numaemu replay nx1-" in p.stdout
+    token = p.stdout.split("replay: numaemu replay ")[1].split()[0]
+    r = subprocess.run([str(exe), "replay", token], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "VIOLATION of invariant 2 (mapcount)" in r.stdout

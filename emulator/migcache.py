@@ -58,7 +58,10 @@ class MigCache:
         self.nr_entries -= len(ids)
         free = self.free_ids
         if len(ids) > 16:
-            arr = np.union1d(np.asarray(free, dtype=np.int64), ids)
+            if not free and (np.diff(ids) > 0).all():
+                arr = np.asarray(ids, dtype=np.int64)    # ascending and distinct already
+            else:
+                arr = np.union1d(np.asarray(free, dtype=np.int64), ids)
             # a free run ending just below next_id joins the free range above it
             n = len(arr)
             run = arr == self.next_id - n + np.arange(n)

@@ -33,7 +33,9 @@ from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_sw
 
 # -- the access itself ----------------------------------------------------
 def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | None) -> np.ndarray:
-    """Access pages idx of vma; returns the ones whose pte does not allow it."""
+    """Access pages idx of vma; returns the ones whose pte does not allow it. A write
+    stores toks: per page a token (token mode; the first word in bytes mode) or, in
+    bytes mode, a whole row of page_size bytes (the page's new contents)."""
     ptes = vma.pte[idx]
     need = P.PRESENT | P.WRITE if write else P.PRESENT
     ok = (ptes & need) == need
@@ -57,6 +59,9 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
             if k.payload == "token":
                 fr.data[pf] = t
                 vma.shadow[good[sel]] = t
+            elif t.ndim == 2:
+                fr.data[pf] = t
+                vma.shadow[good[sel]] = k.checksum(t)
             else:
                 w0 = fr.data.view(np.int64)[pf, 0]
                 delta = (t.view(np.uint64) - w0.view(np.uint64)) * k.weights[0]

@@ -268,6 +268,25 @@ def test_one_batched_touch_larger_than_ram_succeeds_when_swap_suffices(policy, p
     m.check()
 
 
+def test_write_whose_fault_reclaims_an_earlier_page_of_the_same_write(policy):
+    """Bytes mode: a write spanning a present page and an untouched one, with memory
+    full. Faulting the second page reclaims the first, already written; the bytes
+    must land in it all the same (they went to whatever frame the swap pte's bits
+    named: another page's)."""
+    m = make(policy=policy, payload="bytes", nodes=2, frames=24, swap=64)
+    pid = m.spawn(node=0)
+    ps = m.page_size
+    a = m.mmap(pid, 60)
+    for i in range(1, 49):                      # memory full; page 0 never touched
+        m.write(pid, a + i * ps, pattern(m, 100 + i))
+    data = bytes(range(256)) * (ps // 256 + 1)
+    m.write(pid, a + ps // 2, data[:ps])        # the end of page 0, the start of page 1
+    assert m.read(pid, a + ps // 2, ps) == data[:ps]
+    assert m.read(pid, a + 3 * ps // 2, ps // 2) == pattern(m, 101)[ps // 2:]
+    assert m.read(pid, a + 2 * ps, 47 * ps) == b"".join(pattern(m, 100 + i) for i in range(2, 49))
+    m.check()
+
+
 @pytest.mark.parametrize("swap", [0, 8, 24])
 def test_enomem_from_a_batched_touch_leaves_a_consistent_machine(policy, swap):
     """More pages than RAM + swap: ENOMEM, but no leaked reference or slot, and every

@@ -439,9 +439,11 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
     for node, sel in split_nodes(gp):
         fr = k.nodes[node]
         pf = gp[sel] & P.PFN_MASK
-        # swap full, or a write to a page nobody else maps: the slot has done its job
-        if write or k.swap.full():
-            freed = try_to_free_swap(k, node, pf[fr.mapcount[pf] == 1])
+        # should_try_to_free_swap(): swap full (vm_swap_full), or a write to a page
+        # nobody else maps; try_to_free_swap frees only a slot no swap pte names any more
+        full = k.swap.full()
+        if write or full:
+            freed = try_to_free_swap(k, node, pf if full else pf[fr.mapcount[pf] == 1])
             if write and len(freed):
                 # map it writable only if this pte holds the only reference (else COW later)
                 mine = np.isin(pf, freed) & (fr.refcount[pf] == 1)

@@ -339,6 +339,25 @@ def test_one_bytes_write_larger_than_ram(policy):
     m.check()
 
 
+def test_read_fault_with_swap_full_frees_the_slot_of_a_page_mapped_twice():
+    """should_try_to_free_swap(): with swap full (vm_swap_full, more than half in use)
+    a swap-in frees the slot as soon as no swap pte names it, however many ptes map
+    the page (here a parent and its child, both faulted back in)."""
+    m = make(nodes=2, frames=16, swap=4)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    child = m.fork(pid)
+    assert m.reclaim(0, 3) == 3
+    assert m.swap_info()["used"] == 3               # 3 of 4: full
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    assert m.swap_info()["used"] == 3               # the child's swap ptes still name them
+    assert m.read(child, a, 3 * m.page_size) == b"".join(data)
+    sw = m.swap_info()
+    assert sw["used"] == 0 and sw["swapcached"] == 0
+    m.check()
+
+
 @settings(max_examples=40, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), nodes=st.integers(2, 3), frames=st.sampled_from([16, 24, 128]),

@@ -12,8 +12,26 @@ pte allows it; fault on the rest; try again. Faults:
 - a swap or migration-cache entry -> do_swap_page, with KERNEL.md's rechecks:
   the cache page must still hold private == entry after lock_page (R1b), and
   the pte must still be the entry under the pte lock (R1).
-Out of memory after direct reclaim raises OSError(ENOMEM); pages faulted so
-far stay faulted, as in the kernel.
+A batch stands for a CPU touching its pages one at a time, each access right
+after its own fault (the kernel's do_anonymous_page, do_swap_page and
+do_wp_page see one page each). So a batch must never need more memory at once
+than that sequence would, and its own reclaim must not swap out pages it has
+faulted but not yet accessed. When memory runs short:
+- a fault that got memory for some of its pages but not all (or while another
+  part of the same fault did) maps those and leaves the rest, not reached yet,
+  for the access to retry after it has accessed the ones mapped; only a fault
+  that got nothing reclaims (direct reclaim), and only one that gets nothing
+  even then fails: OSError(ENOMEM), pages faulted so far staying faulted, as
+  in the kernel;
+- the access then takes on fewer pages per fault (halving down to one, doubling
+  back while memory lasts), so that what one page needs between its fault and
+  its access (a frame to swap it in, then one to copy it on write) is not
+  taken first by the pages after it;
+- do_wp_page holds the page it copies across direct reclaim (folio_get before
+  wp_page_copy), so that reclaim cannot free the very page to copy, and fails
+  when reclaim freed nothing (the allocation fails: VM_FAULT_OOM);
+- kswapd, which runs beside the task, is woken after the access.
+A page left for the retry counts in pgfault once, when first attempted.
 """
 from __future__ import annotations
 
@@ -33,7 +51,9 @@ from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_sw
 
 # -- the access itself ----------------------------------------------------
 def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | None) -> np.ndarray:
-    """Access pages idx of vma; returns the ones whose pte does not allow it."""
+    """Access pages idx of vma; returns the ones whose pte does not allow it. A write
+    stores toks: per page a token (token mode; the first word in bytes mode) or, in
+    bytes mode, a whole row of page_size bytes (the page's new contents)."""
     ptes = vma.pte[idx]
     need = P.PRESENT | P.WRITE if write else P.PRESENT
     ok = (ptes & need) == need
@@ -57,6 +77,9 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
             if k.payload == "token":
                 fr.data[pf] = t
                 vma.shadow[good[sel]] = t
+            elif t.ndim == 2:
+                fr.data[pf] = t
+                vma.shadow[good[sel]] = k.checksum(t)
             else:
                 w0 = fr.data.view(np.int64)[pf, 0]
                 delta = (t.view(np.uint64) - w0.view(np.uint64)) * k.weights[0]
@@ -68,35 +91,83 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
 
 
 async def touch(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> None:
+    from .reclaim import wakeup_kswapd
     owner = k.node_owner(vma.mm.node)
-    idx = np.arange(lo, hi, dtype=np.int64)
-    while True:
-        fault = await call(owner, access_step, k, vma, idx, write, toks)
-        if not len(fault):
-            return
-        if len(fault) != len(idx):
-            keep = np.isin(idx, fault)
+    idx = np.arange(lo, hi, dtype=np.int64)     # pages not accessed yet, in order
+    w = len(idx)                                # most pages one fault takes on
+    span = w                                    # pages the next access tries
+    counted = None                              # left by a short fault: fault counted
+    kswapd = False
+    while len(idx):
+        cur = idx[:span]
+        fault = await call(owner, access_step, k, vma, cur, write,
+                           toks[:span] if toks is not None else None)
+        if kswapd:
+            # kswapd runs beside the task, which has accessed what it faulted by now
+            await wakeup_kswapd(k)
+            kswapd = False
+        if len(fault) != len(cur):
+            if len(fault):
+                keep = np.ones(len(idx), dtype=bool)
+                keep[:len(cur)] = np.isin(cur, fault)
+            else:
+                keep = slice(len(cur), None)
+            idx = idx[keep]
             toks = toks[keep] if toks is not None else None
-        idx = fault
-        await handle_mm_fault(k, vma, idx, write)
+        if not len(fault):
+            w = span = 2 * w
+            continue
+        fault = fault[:w]           # the first pages not accessed: idx[:len(fault)]
+        left, short, kswapd = await handle_mm_fault(
+            k, vma, fault, write, counted[fault - lo] if counted is not None else None)
+        if counted is not None:
+            counted[fault - lo] = False
+        if len(left):
+            if counted is None:
+                counted = np.zeros(hi - lo, dtype=bool)
+            counted[left - lo] = True
+        # memory ran short: fewer pages at once, as the kernel's one by one, so that
+        # what a page needs between its fault and its access (a frame to swap it in,
+        # another to copy it on write) is not taken by the pages after it
+        w = max(1, w // 2) if short else 2 * w
+        span = max(w, len(fault))   # the next access covers every page just faulted
 
 
 # -- the fault ------------------------------------------------------------
-def read_ptes(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
-    """The pte read before taking the pte lock (orig_pte)."""
-    k.stat.add(vma.mm.node, "pgfault", len(idx))
+def read_ptes(k, vma: VMA, idx: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
+    """The pte read before taking the pte lock (orig_pte). counted (a mask over idx):
+    pages a short fault left, whose fault is counted already."""
+    n = len(idx) - (int(counted.sum()) if counted is not None else 0)
+    k.stat.add(vma.mm.node, "pgfault", n)
     return vma.pte[idx].copy()
 
 
-async def handle_mm_fault(k, vma: VMA, idx: np.ndarray, write: bool) -> None:
+async def handle_mm_fault(k, vma: VMA, idx: np.ndarray, write: bool,
+                          counted: np.ndarray | None = None) -> tuple[np.ndarray, bool, bool]:
+    """Fault pages idx in. Returns the pages left, for want of memory, for the access
+    to retry once the pages faulted now have been accessed (see the module's rules),
+    whether memory ran short (pages left, or direct reclaim), and whether new pages
+    were allocated (do_anonymous_page), after which the caller wakes kswapd once it
+    has accessed them. counted: as read_ptes."""
     owner = k.node_owner(vma.mm.node)
-    ptes = await call(owner, read_ptes, k, vma, idx)
+    ptes = await call(owner, read_ptes, k, vma, idx, counted)
+    left = []
+    short = False
+    progress = False        # some page of this fault got memory: the others may wait
     none = ptes == 0
     if none.any():
-        await do_anonymous_page(k, vma, idx[none])
+        sub = idx[none]
+        rest, reclaimed = await do_anonymous_page(k, vma, sub, progress)
+        progress |= len(rest) < len(sub)
+        short |= reclaimed or len(rest) > 0
+        left.append(rest)
     present = (ptes & P.PRESENT) != 0
     if write and present.any():
-        await do_wp_page(k, vma, idx[present])
+        sub = idx[present]
+        rest, reclaimed = await do_wp_page(k, vma, sub, progress)
+        progress |= len(rest) < len(sub)
+        short |= reclaimed or len(rest) > 0
+        left.append(rest)
     swp = ~none & ~present
     if swp.any():
         e = ptes[swp]
@@ -104,7 +175,11 @@ async def handle_mm_fault(k, vma: VMA, idx: np.ndarray, write: bool) -> None:
         if mig.any():
             await migration_entry_wait(k, e[mig])
         if (~mig).any():
-            await do_swap_page(k, vma, idx[swp][~mig], e[~mig], write)
+            rest, reclaimed = await do_swap_page(k, vma, idx[swp][~mig], e[~mig], write, progress)
+            short |= reclaimed or len(rest) > 0
+            left.append(rest)
+    left = np.concatenate(left) if len(left) > 1 else left[0] if left else idx[:0]
+    return left, short, bool(none.any())
 
 
 async def migration_entry_wait(k, entries: np.ndarray) -> None:
@@ -197,32 +272,42 @@ def map_anon_step(k, vma: VMA, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return idx[~got], busy_gp
 
 
-async def do_anonymous_page(k, vma: VMA, idx: np.ndarray) -> None:
-    from .reclaim import direct_reclaim, wakeup_kswapd
+async def do_anonymous_page(k, vma: VMA, idx: np.ndarray, defer: bool = False) -> tuple[np.ndarray, bool]:
+    """Returns the pages left for the access to retry (module rules): those it had no
+    memory for while it mapped others, or while `defer` (another part of the fault
+    made progress); and whether it reclaimed. Only a fault that mapped nothing
+    reclaims."""
+    from .reclaim import direct_reclaim
     owner = k.node_owner(vma.mm.node)
     left, busy = await call(owner, map_anon_step, k, vma, idx)
     if len(busy):
         # a sibling's page is under migration: wait for it, the access retries
         await wait(owner, lambda: not any_locked(k, busy), "shared page under migration")
-    if len(left):
-        await direct_reclaim(k, vma.mm, vma, len(left))
-        left, _ = await call(owner, map_anon_step, k, vma, left)
-        if len(left):
-            raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not fault in {len(left)} pages")
-    await wakeup_kswapd(k)
+    if not len(left) or defer or len(left) < len(idx):
+        return left, False
+    await direct_reclaim(k, vma.mm, vma, len(left))
+    n = len(left)
+    left, _ = await call(owner, map_anon_step, k, vma, left)
+    if len(left) == n:
+        raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not fault in {len(left)} pages")
+    return left, True
 
 
-def wp_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
+def wp_step(k, vma: VMA, idx: np.ndarray, hold: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
     """do_wp_page() under the pte lock: reuse exclusive pages, copy shared ones.
-    Returns pages still waiting for memory to copy into."""
+    Returns the pages still waiting for memory to copy into, the pages referenced
+    for them (with hold, when it could do nothing for want of memory: do_wp_page's
+    folio_get(), so that the page to copy stays while the allocation of its copy
+    reclaims), and how many pages it made writable."""
+    none = idx[:0]
     ptes = vma.pte[idx]
     live = (ptes & (P.PRESENT | P.WRITE)) == P.PRESENT   # recheck: still read-only present
     idx, ptes = idx[live], ptes[live]
     if not len(idx):
-        return idx
+        return idx, none, 0
     if vma.shared:
         vma.pte[idx] = ptes | P.WRITE
-        return idx[:0]
+        return none, none, len(idx)
     gp = ptes >> P.OFF_SHIFT
     reuse = np.zeros(len(idx), dtype=bool)
     for node, sel in split_nodes(gp):
@@ -233,11 +318,15 @@ def wp_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
         # exclusive: this pte holds the only reference (page_count() == 1)
         reuse[sel] = (fr.mapcount[pf] == 1) & (fr.refcount[pf] == 1) & ((fl & PG_swapcache) == 0)
     vma.pte[idx[reuse]] = ptes[reuse] | P.WRITE
+    nreuse = int(reuse.sum())
     idx, gp = idx[~reuse], gp[~reuse]
     if not len(idx):
-        return idx
+        return idx, none, nreuse
     g = alloc_for(k, vma.mm, vma, vma.start + idx)
     got = g >= 0
+    if hold and not nreuse and not got.any():
+        k.pin(gp)
+        return idx, gp, 0
     old, new, where = gp[got], g[got], idx[got]
     for node, sel in split_nodes(new):
         fr = k.nodes[node]
@@ -256,18 +345,33 @@ def wp_step(k, vma: VMA, idx: np.ndarray) -> np.ndarray:
         pf = old[sel] & P.PFN_MASK
         np.subtract.at(fr.mapcount, pf, 1)
         fr.put(pf)
-    return idx[~got]
+    return idx[~got], none, nreuse + int(got.sum())
 
 
-async def do_wp_page(k, vma: VMA, idx: np.ndarray) -> None:
+def wp_retry_step(k, vma: VMA, idx: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """After direct reclaim: drop the references wp_step held, and try again."""
+    k.unpin(held)
+    return wp_step(k, vma, idx)
+
+
+async def do_wp_page(k, vma: VMA, idx: np.ndarray, defer: bool = False) -> tuple[np.ndarray, bool]:
+    """Returns what do_anonymous_page returns, and the same way. A fault
+    that could copy nothing holds its pages across direct reclaim (else reclaim could
+    free the very page to copy, and the fault swap it in again: a livelock), and
+    fails when even then it copies nothing, either for want of memory or because
+    reclaim freed nothing (wp_page_copy's allocation fails: VM_FAULT_OOM, whether or
+    not the pte changed meanwhile)."""
     from .reclaim import direct_reclaim
     owner = k.node_owner(vma.mm.node)
-    left = await call(owner, wp_step, k, vma, idx)
-    if len(left):
-        await direct_reclaim(k, vma.mm, vma, len(left))
-        left = await call(owner, wp_step, k, vma, left)
-        if len(left):
-            raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not copy {len(left)} pages on write")
+    left, held, _ = await call(owner, wp_step, k, vma, idx, not defer)
+    if not len(held):
+        return left, False
+    freed = await direct_reclaim(k, vma.mm, vma, len(left))
+    left, _, done = await call(owner, wp_retry_step, k, vma, left, held)
+    if not done and (len(left) or not freed):
+        raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not copy "
+                      f"{max(len(left), 1)} pages on write")
+    return left, True
 
 
 # -- do_swap_page ----------------------------------------------------------
@@ -335,9 +439,11 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
     for node, sel in split_nodes(gp):
         fr = k.nodes[node]
         pf = gp[sel] & P.PFN_MASK
-        # swap full, or a write to a page nobody else maps: the slot has done its job
-        if write or k.swap.full():
-            freed = try_to_free_swap(k, node, pf[fr.mapcount[pf] == 1])
+        # should_try_to_free_swap(): swap full (vm_swap_full), or a write to a page
+        # nobody else maps; try_to_free_swap frees only a slot no swap pte names any more
+        full = k.swap.full()
+        if write or full:
+            freed = try_to_free_swap(k, node, pf if full else pf[fr.mapcount[pf] == 1])
             if write and len(freed):
                 # map it writable only if this pte holds the only reference (else COW later)
                 mine = np.isin(pf, freed) & (fr.refcount[pf] == 1)
@@ -355,21 +461,35 @@ def pte_same_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray) -> np.ndarr
     return vma.pte[idx] == entries
 
 
-async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write: bool) -> None:
+async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write: bool,
+                       defer: bool = False) -> tuple[np.ndarray, bool]:
+    """Returns what do_anonymous_page returns, and the same way: a cache hit or a
+    page read in is progress; only a fault with neither reclaims."""
     from .reclaim import direct_reclaim
     owner = k.node_owner(vma.mm.node)
     gp = await call("coord", lookup_swap_cache, k, entries)
     miss = gp < 0
+    left = idx[:0]
+    reclaimed = False
     if miss.any():
+        sub = np.flatnonzero(miss)
         got, nomem = await call("coord", read_swap_cache_async, k, vma.mm, vma,
-                                vma.start + idx[miss], entries[miss])
-        if nomem.any():
+                                vma.start + idx[sub], entries[sub])
+        gp[sub] = got
+        if nomem.any() and not defer and not (gp >= 0).any():
+            reclaimed = True
             await direct_reclaim(k, vma.mm, vma, int(nomem.sum()))
-            sub = np.flatnonzero(miss)[nomem]
+            s2 = sub[nomem]
             got2, nomem2 = await call("coord", read_swap_cache_async, k, vma.mm, vma,
-                                      vma.start + idx[sub], entries[sub])
-            got[nomem] = got2
-        gp[miss] = got
+                                      vma.start + idx[s2], entries[s2])
+            gp[s2] = got2
+            nomem[nomem] = nomem2
+        if nomem.any() and (defer or (gp >= 0).any()):
+            # progress: the rest waits for the access to retry it
+            wait_more = np.zeros(len(idx), dtype=bool)
+            wait_more[sub[nomem]] = True
+            left = idx[wait_more]
+            idx, entries, gp = idx[~wait_more], entries[~wait_more], gp[~wait_more]
         still = gp < 0
         if still.any():
             # nothing to map: if the pte is still this entry, the fault fails (OOM);
@@ -380,13 +500,14 @@ async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write:
                 raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not swap in {int(same.sum())} pages")
         idx, entries, gp = idx[~still], entries[~still], gp[~still]
         if not len(idx):
-            return
+            return left, reclaimed
     await lock_pages(k, gp)
     ok = await call(owner, recheck_cache_step, k, gp, entries)
     if not ok.all():
         idx, entries, gp = idx[ok], entries[ok], gp[ok]
     if len(idx):
         await call(owner, map_swap_step, k, vma, idx, entries, gp, write)
+    return left, reclaimed
 
 
 # -- get_user_pages: a device writing into a pinned page ---------------------
@@ -423,11 +544,15 @@ def unpin_step(k, g: int) -> None:
 async def gup_write(k, vma: VMA, i: int, token: int) -> None:
     """A direct-I/O style write: pin, let the device write later, unpin. The
     migration's refcount freeze is what keeps such a page from moving meanwhile."""
+    from .reclaim import wakeup_kswapd
     owner = k.node_owner(vma.mm.node)
+    kswapd = False
     while True:
         g = await call(owner, gup_step, k, vma, i)
         if g >= 0:
             break
-        await handle_mm_fault(k, vma, np.array([i], dtype=np.int64), True)
+        kswapd |= (await handle_mm_fault(k, vma, np.array([i], dtype=np.int64), True))[2]
+    if kswapd:
+        await wakeup_kswapd(k)
     await call(owner, dma_write_step, k, vma, i, g, token)
     await call(owner, unpin_step, k, g)

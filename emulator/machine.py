@@ -250,9 +250,9 @@ class Machine:
                                  "(or use payload='bytes')")
             self.touch(pid, first * ps, npages, True, words[:, 0].copy())
             return
-        # bytes mode: fault every page in for write, then store the bytes
-        for vma, lo, hi in ranges:
-            self._run(_touch(self.k, vma, lo, hi, True, self._keep_tokens(vma, lo, hi)))
+        # bytes mode: each page's new contents (the bytes written over what it holds now)
+        # land as the access stores them, right after the page's own fault: a page
+        # reclaimed later in the same call keeps them, in swap
         done = 0
         buf = np.frombuffer(data, dtype=np.uint8)
         start = addr - first * ps
@@ -262,17 +262,8 @@ class Machine:
             a = max(0, start - done)
             b = min(span, start + len(data) - done)
             rows[a:b] = buf[done + a - start:done + b - start]
-            rows = rows.reshape(hi - lo, ps)
-            gp = vma.pte[lo:hi] >> P.OFF_SHIFT
-            for i, g in enumerate(gp.tolist()):
-                fr = self.k.nodes[g >> P.NODE_SHIFT]
-                fr.data[g & P.PFN_MASK] = rows[i]
-            vma.shadow[lo:hi] = self.k.checksum(rows)
+            self._run(_touch(self.k, vma, lo, hi, True, rows.reshape(hi - lo, ps)))
             done += span
-
-    def _keep_tokens(self, vma, lo: int, hi: int) -> np.ndarray:
-        """The first words as they are: faulting a page in for write must not change it."""
-        return self._page_rows(vma, lo, hi).view(np.int64)[:, 0].copy()
 
     # -- migration ------------------------------------------------------------
     def move_pages(self, pid: int, pages, nodes=None, flags: int = 0, *, privileged: bool = True,

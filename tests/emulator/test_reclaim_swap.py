@@ -5,8 +5,10 @@ import errno
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from emu_support import PAYLOADS, fill, make, pages_of, pattern, raises_errno, where
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, where
 
 ENOENT = errno.ENOENT
 
@@ -248,10 +250,7 @@ def test_migrate_after_swapin(policy):
     m.check()
 
 
-@pytest.mark.parametrize("n", [33, pytest.param(41, marks=pytest.mark.xfail(strict=True, reason=(
-    "known model bug: a single touch() much larger than RAM reclaims pages it faulted in "
-    "earlier in the same batch and runs out of swap slots (ENOMEM); page-by-page succeeds"))),
-    pytest.param(48, marks=pytest.mark.xfail(strict=True, reason="same known bug as n=41"))])
+@pytest.mark.parametrize("n", [33, 41, 48])
 def test_one_batched_touch_larger_than_ram_succeeds_when_swap_suffices(policy, payload, n):
     """A workload touching more pages than RAM in one call: the kernel's CPU faults them
     one by one, reclaim swapping older ones out; with RAM + swap >= the pages it never
@@ -265,7 +264,140 @@ def test_one_batched_touch_larger_than_ram_succeeds_when_swap_suffices(policy, p
     m.check()
     assert [int(t) for t in m.read_tokens(pid, a, n)] == [int(t) for t in toks]
     assert m.vmstat()["pswpout"] >= n - 32
+    assert m.vmstat()["pgfault"] == n               # each page faulted once, as page by page
+    assert m.vmstat()["pswpin"] == 0                # no page swapped out before its write
     m.check()
+
+
+def test_one_touch_larger_than_ram_swaps_out_only_pages_it_has_written(policy, payload):
+    """With real watermarks kswapd runs too: it runs beside the task, whose accesses
+    follow their faults, so it only ever takes pages already written; nothing is
+    swapped back in, nothing faults twice."""
+    n = 700
+    m = make(policy=policy, payload=payload, nodes=2, frames=256, swap=512)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, n)
+    toks = np.arange(1, n + 1, dtype=np.int64) * 7
+    m.touch(pid, a, n, tokens=toks)
+    vm = m.vmstat()
+    assert vm["pgfault"] == n
+    assert vm["pswpin"] == 0 and vm["pgmajfault"] == 0
+    assert vm["pswpout"] >= n - 512
+    assert [int(t) for t in m.read_tokens(pid, a, n)] == [int(t) for t in toks]
+    m.check()
+
+
+@pytest.mark.parametrize("frames,swap,n", [(16, 24, 27), (24, 64, 50), (32, 64, 63)])
+def test_cow_writes_to_swapped_pages_under_pressure_complete(policy, payload, frames, swap, n):
+    """After fork, the child writes every page while memory is full: each write swaps
+    the parent's page in (its slot still named by the parent) and copies it. Faulted
+    in one batch, the swap-ins took every frame, reclaim then took the pages back
+    before they were copied, and the touch looped for ever (2n <= RAM + swap)."""
+    m = make(policy=policy, payload=payload, nodes=2, frames=frames, swap=swap)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, n)
+    t1 = np.arange(1, n + 1, dtype=np.int64)
+    m.touch(pid, a, n, tokens=t1)
+    child = m.fork(pid)
+    t2 = t1 + 1000
+    m.touch(child, a, n, tokens=t2)
+    m.check()
+    assert [int(t) for t in m.read_tokens(pid, a, n)] == t1.tolist()
+    assert [int(t) for t in m.read_tokens(child, a, n)] == t2.tolist()
+    m.touch(pid, a, n, write=False)
+    m.touch(child, a, n, write=False)
+    m.check()
+
+
+def test_write_whose_fault_reclaims_an_earlier_page_of_the_same_write(policy):
+    """Bytes mode: a write spanning a present page and an untouched one, with memory
+    full. Faulting the second page reclaims the first, already written; the bytes
+    must land in it all the same (they went to whatever frame the swap pte's bits
+    named: another page's)."""
+    m = make(policy=policy, payload="bytes", nodes=2, frames=24, swap=64)
+    pid = m.spawn(node=0)
+    ps = m.page_size
+    a = m.mmap(pid, 60)
+    for i in range(1, 49):                      # memory full; page 0 never touched
+        m.write(pid, a + i * ps, pattern(m, 100 + i))
+    data = bytes(range(256)) * (ps // 256 + 1)
+    m.write(pid, a + ps // 2, data[:ps])        # the end of page 0, the start of page 1
+    assert m.read(pid, a + ps // 2, ps) == data[:ps]
+    assert m.read(pid, a + 3 * ps // 2, ps // 2) == pattern(m, 101)[ps // 2:]
+    assert m.read(pid, a + 2 * ps, 47 * ps) == b"".join(pattern(m, 100 + i) for i in range(2, 49))
+    m.check()
+
+
+def test_one_bytes_write_larger_than_ram(policy):
+    m = make(policy=policy, payload="bytes", nodes=2, frames=16, swap=24)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 48)
+    data = b"".join(pattern(m, 0x40 + i) for i in range(48))
+    m.write(pid, a, data)
+    m.check()
+    assert m.read(pid, a, len(data)) == data
+    m.check()
+
+
+def test_read_fault_with_swap_full_frees_the_slot_of_a_page_mapped_twice():
+    """should_try_to_free_swap(): with swap full (vm_swap_full, more than half in use)
+    a swap-in frees the slot as soon as no swap pte names it, however many ptes map
+    the page (here a parent and its child, both faulted back in)."""
+    m = make(nodes=2, frames=16, swap=4)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    child = m.fork(pid)
+    assert m.reclaim(0, 3) == 3
+    assert m.swap_info()["used"] == 3               # 3 of 4: full
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    assert m.swap_info()["used"] == 3               # the child's swap ptes still name them
+    assert m.read(child, a, 3 * m.page_size) == b"".join(data)
+    sw = m.swap_info()
+    assert sw["used"] == 0 and sw["swapcached"] == 0
+    m.check()
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), nodes=st.integers(2, 3), frames=st.sampled_from([16, 24, 128]),
+       swap=st.sampled_from([8, 24, 64]), payload=st.sampled_from(PAYLOADS),
+       policy=st.sampled_from(POLICIES))
+def test_touches_never_run_out_of_memory_when_ram_and_swap_suffice(data, nodes, frames, swap,
+                                                                   payload, policy):
+    """Any sequence of touches (reads, writes, any range, one process or a parent and
+    its forked child) whose distinct pages fit in RAM above the min watermarks plus
+    swap, with one page to spare, completes: the kernel, faulting page by page, never
+    runs out of memory there, and neither may a batch."""
+    m = make(policy=policy, payload=payload, nodes=nodes, frames=frames, swap=swap)
+    room = nodes * (frames - frames // 128) + swap - 1
+    forks = data.draw(st.booleans(), "fork")
+    cap = room // 2 if forks else room
+    n = data.draw(st.integers(cap * 3 // 4, cap), "npages")       # more than RAM, mostly
+    pid = m.spawn(node=data.draw(st.integers(0, nodes - 1), "node"))
+    a = m.mmap(pid, n)
+    want = {pid: [0] * n}
+    pids = [pid]
+    for _ in range(data.draw(st.integers(1, 6), "ops")):
+        if forks and len(pids) == 1 and data.draw(st.booleans(), "fork now"):
+            child = m.fork(pid)
+            pids.append(child)
+            want[child] = list(want[pid])
+            continue
+        p = data.draw(st.sampled_from(pids), "pid")
+        if data.draw(st.booleans(), "all of it"):
+            lo, hi = 0, n
+        else:
+            lo = data.draw(st.integers(0, n - 1), "lo")
+            hi = data.draw(st.integers(lo + 1, n), "hi")
+        if data.draw(st.booleans(), "write"):
+            toks = m.touch(p, a + lo * m.page_size, hi - lo)
+            want[p][lo:hi] = [int(t) for t in toks]
+        else:
+            m.touch(p, a + lo * m.page_size, hi - lo, write=False)
+        m.check()
+    for p in pids:
+        assert [int(t) for t in m.read_tokens(p, a, n)] == want[p]
 
 
 @pytest.mark.parametrize("swap", [0, 8, 24])

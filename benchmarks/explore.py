@@ -14,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from emulator import explore as X
-from emulator.races import load
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))      # measure this checkout's emulator, not an installed one
 
-RACES = Path(__file__).resolve().parents[1] / "examples" / "races"
+from emulator import explore as X  # noqa: E402
+from emulator.races import load  # noqa: E402
+
+RACES = ROOT / "examples" / "races"
 
 
 def main() -> None:

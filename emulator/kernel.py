@@ -161,36 +161,44 @@ def split_nodes(gpfns: np.ndarray):
         yield n, nodes == n
 
 
+_FRAME_ARRAYS = ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick", "free_stack", "data")
+_SWAP_ARRAYS = ("swap_map", "cache_page", "free_stack", "store")
+
+
+def _shallow(o):
+    """copy.copy for the model's plain classes, without copy's dispatch."""
+    n = object.__new__(o.__class__)
+    n.__dict__.update(o.__dict__)
+    return n
+
+
 def clone(k: Kernel) -> Kernel:
     """A deep copy of the whole machine state, fast enough to start every explored
     schedule from (copy.deepcopy of the same graph costs several times more).
     Shadows shared between vmas stay shared."""
-    import copy as _copy
     from .mm import MM, VMA, AnonVMA
-    new = Kernel.__new__(Kernel)
-    new.__dict__.update(k.__dict__)
-    new.nodes = []
+    new = _shallow(k)
+    nodes = []
     for fr in k.nodes:
-        f = _copy.copy(fr)
-        for name in ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick",
-                     "free_stack", "data"):
-            setattr(f, name, getattr(fr, name).copy())
-        new.nodes.append(f)
-    sw = _copy.copy(k.swap)
-    for name in ("swap_map", "cache_page", "free_stack", "store"):
-        setattr(sw, name, getattr(k.swap, name).copy())
-    new.swap = sw
-    mc = _copy.copy(k.migcache)
+        f = _shallow(fr)
+        d, src = f.__dict__, fr.__dict__
+        for name in _FRAME_ARRAYS:
+            d[name] = src[name].copy()
+        nodes.append(f)
+    new.nodes = nodes
+    sw = new.swap = _shallow(k.swap)
+    d, src = sw.__dict__, k.swap.__dict__
+    for name in _SWAP_ARRAYS:
+        d[name] = src[name].copy()
+    mc = new.migcache = _shallow(k.migcache)
     mc.counter, mc.page, mc.free_ids = k.migcache.counter.copy(), k.migcache.page.copy(), list(k.migcache.free_ids)
-    new.migcache = mc
-    st = _copy.copy(k.stat)
+    st = new.stat = _shallow(k.stat)
     st.counts = k.stat.counts.copy()
-    new.stat = st
-    new.pins = Counter(k.pins)
+    new.pins = Counter(k.pins) if k.pins else Counter()
     avs = {i: AnonVMA(i, [], av.pins) for i, av in k.anon_vmas.items()}
     vmap: dict[int, VMA] = {}
     shadows: dict[int, np.ndarray] = {}
-    new.mms = {}
+    mms = new.mms = {}
     for pid, mm in k.mms.items():
         nm = MM(mm.pid, mm.node, [], mm.policy, mm.next_vpn, mm.alive, mm.rss)
         for v in mm.vmas:
@@ -200,7 +208,7 @@ def clone(k: Kernel) -> Kernel:
             nv = VMA(nm, v.start, v.npages, v.shared, avs[v.anon_vma.id], v.pte.copy(), sh, v.policy)
             vmap[id(v)] = nv
             nm.vmas.append(nv)
-        new.mms[pid] = nm
+        mms[pid] = nm
     for i, av in k.anon_vmas.items():
         avs[i].vmas = [vmap[id(v)] for v in av.vmas]
     new.anon_vmas = avs

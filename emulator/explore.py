@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from hashlib import blake2b as _blake2b
 import random as _random
+import struct
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -88,38 +90,71 @@ def _digest(h, v: Any) -> None:
         h.update(repr(v).encode())
 
 
+_HEADS: dict[int, Any] = {}
+
+
 def state_hash(k) -> bytes:
-    """A digest of everything that decides the model's future (not its counters)."""
-    parts = []
+    """A digest of everything that decides the model's future and the oracle's
+    verdict (not its counters): 128 bits of blake2b over a header of int64s
+    (scalars, counts and the structure of processes, vmas and anon_vmas), then
+    the arrays. The header parses on its own (counts come before what they
+    count) and gives the length of every array, so two different states never
+    feed the digest the same bytes."""
+    sw, mc = k.swap, k.migcache
+    ints = [sw.nr_free, sw.on, len(mc.page), mc.nr_entries, len(k.mms), len(k.anon_vmas), len(k.pins)]
+    parts = [b""]
     for fr in k.nodes:
+        ints += (fr.nr_free, fr.tick)
         parts += (fr.refcount.tobytes(), fr.mapcount.tobytes(), fr.flags.tobytes(), fr.private.tobytes(),
                   fr.anon_vma.tobytes(), fr.index.tobytes(), fr.lru_tick.tobytes(), fr.data.tobytes(),
                   fr.free_stack[:fr.nr_free].tobytes())
-    sw, mc = k.swap, k.migcache
     parts += (sw.swap_map.tobytes(), sw.cache_page.tobytes(), sw.store.tobytes(),
               sw.free_stack[:sw.nr_free].tobytes(), mc.counter.tobytes(), mc.page.tobytes())
     for pid, mm in k.mms.items():
+        ints += (pid, mm.rss, len(mm.vmas))
         for v in mm.vmas:
-            parts += (b"%d:%d:%d" % (pid, v.start, v.npages), v.pte.tobytes(), v.shadow.tobytes())
+            ints += (v.start, v.npages)
+            parts += (v.pte.tobytes(), v.shadow.tobytes())
     for av in k.anon_vmas.values():
-        parts.append(b"%d:%d:" % (av.id, av.pins) + b",".join(b"%d.%d" % (v.mm.pid, v.start) for v in av.vmas))
+        ints += (av.id, av.pins, len(av.vmas))
+        for v in av.vmas:
+            ints += (v.mm.pid, v.start)
     if k.pins:
-        parts.append(repr(sorted(k.pins.items())).encode())
-    return hashlib.blake2b(b"|".join(parts), digest_size=16).digest()
+        for g, c in sorted(k.pins.items()):
+            ints += (g, c)
+    head = _HEADS.get(len(ints))
+    if head is None:
+        head = _HEADS[len(ints)] = struct.Struct("<%dq" % len(ints))
+    parts[0] = head.pack(*ints)
+    return _blake2b(b"".join(parts), digest_size=16).digest()
+
+
+_BYTE = [bytes([i]) for i in range(256)]
 
 
 class _TaskRun:
+    __slots__ = ("world", "spec", "opi", "coro", "req", "done", "hist", "error", "_label", "_sig")
+
     def __init__(self, world: World, spec):
         self.world, self.spec = world, spec
         self.opi = -1
         self.coro = None
         self.req: Call | Wait | None = None
         self.done = False
-        self.hist = hashlib.blake2b(digest_size=16)
+        self.hist = _blake2b(digest_size=16)
         self.error: BaseException | None = None
         self._label = (-1, "")
+        self._sig: bytes | None = None
+
+    def sig(self) -> bytes:
+        """This task's part of a DFS state: its history digest and operation index."""
+        s = self._sig
+        if s is None:
+            s = self._sig = self.hist.digest() + _BYTE[self.opi & 255]
+        return s
 
     def _next_op(self) -> None:
+        self._sig = None
         while True:
             self.opi += 1
             if self.opi >= len(self.spec.ops):
@@ -163,8 +198,7 @@ class _TaskRun:
             saw = _short(value) if exc is None else f"raised {exc!r}"
         else:
             what, value, exc, saw = f"{req.owner}:wait({req.what})", None, None, "woke"
-        self.hist.update(what.encode())
-        _digest(self.hist, value)
+        self._record(what, value, exc)
         try:
             if not self._advance(value, exc):
                 self._next_op()
@@ -174,14 +208,47 @@ class _TaskRun:
             saw += f"; operation failed: {e!r}"
         return what, saw
 
+    def step_again(self) -> None:
+        """step() for a request an earlier run has stepped through already with the
+        same history: the same model work, without describing it again."""
+        req = self.req
+        if req.__class__ is Call:
+            what = f"{req.owner}:{req.fn.__name__}"
+            try:
+                value, exc = req.fn(*req.args), None
+            except Exception as e:
+                value, exc = None, e
+        else:
+            what, value, exc = f"{req.owner}:wait({req.what})", None, None
+        self._record(what, value, exc)
+        try:
+            if not self._advance(value, exc):
+                self._next_op()
+        except Exception as e:
+            self.error = e
+            self.done, self.req = True, None
+
+    def _record(self, what: str, value, exc) -> None:
+        self._sig = None
+        h = self.hist
+        h.update(what.encode())
+        if exc is not None:     # a step that raised is not one that returned None
+            h.update(b"!" + repr(exc).encode())
+        _digest(h, value)
+
 
 def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | None], int],
                  visited: dict | None = None, prune_from: int = 0,
-                 checked: set | None = None, bound: int = 0) -> tuple[Outcome, list]:
+                 checked: set | None = None, bound: int = 0,
+                 known: tuple[Outcome, list] | None = None) -> tuple[Outcome, list]:
     """One execution. choose(depth, enabled, last) -> task index. Returns the outcome
     and, per depth, (enabled, chosen, preemptions-before, last) for the DFS.
     `checked` remembers model states the oracle has passed already: the verdict is
-    a function of the state alone, so each distinct state is checked once."""
+    a function of the state alone, so each distinct state is checked once (and the
+    final, quiescent verdict of each distinct final state once).
+    Depths below prune_from replay a prefix an earlier run has checked already;
+    `known`, that run's (outcome, points), must agree with this run's choices below
+    prune_from - 1: those steps reuse its enabled sets and trace lines."""
     w = sc.fresh(bugs)
     k = w.m.k
     k.inflight = 1
@@ -189,28 +256,46 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     for t in tasks:
         t.start()
     out = Outcome([], [])
+    schedule, trace = out.schedule, out.trace
     points = []
     last: int | None = None
     pre = 0
     depth = 0
+    h = None
+    hashing = checked is not None or visited is not None
+    if known is not None and prune_from > 1:
+        kout, kpoints = known
+        for depth in range(prune_from - 1):
+            en, c, kpre, klast = p = kpoints[depth]
+            if choose(depth, en, last) != c or klast != last:
+                raise AssertionError(f"run_schedule: the known run chose differently at depth {depth}")
+            points.append(p)
+            schedule.append(c)
+            trace.append(kout.trace[depth])
+            t = tasks[c]
+            t.step_again()
+            if t.error is not None and getattr(t.error, "errno", None) not in sc.may_fail:
+                raise AssertionError(f"run_schedule: the known run went on past a failure at depth {depth}")
+            last = c
+        pre = kpoints[prune_from - 1][2]
+        depth = prune_from - 1
     while True:
-        live = [i for i, t in enumerate(tasks) if not t.done]
-        if not live:
-            break
-        en = [i for i in live if tasks[i].enabled()]
+        en = [i for i, t in enumerate(tasks) if not t.done and (t.req.__class__ is Call or t.req.pred())]
         if not en:
-            out.violation = "deadlock"
-            out.detail = "; ".join(f"{tasks[i].spec.name} waits in {tasks[i].req!r}" for i in live)
+            live = [i for i, t in enumerate(tasks) if not t.done]
+            if live:
+                out.violation = "deadlock"
+                out.detail = "; ".join(f"{tasks[i].spec.name} waits in {tasks[i].req!r}" for i in live)
             break
         c = choose(depth, en, last)
         is_pre = last is not None and c != last and last in en
         points.append((en, c, pre, last))
         pre += is_pre
-        out.schedule.append(c)
+        schedule.append(c)
         t = tasks[c]
         op = t.op_label
         what, saw = t.step()
-        out.trace.append(Step(t.spec.name, op, what, saw))
+        trace.append(Step(t.spec.name, op, what, saw))
         last, depth = c, depth + 1
         if t.error is not None:
             err = getattr(t.error, "errno", None)
@@ -220,7 +305,8 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
                 break
         if depth < prune_from:
             continue        # replaying a prefix an earlier run has checked already
-        h = state_hash(k) if checked is not None or visited is not None else b""
+        if hashing:
+            h = state_hash(k)
         if checked is None or h not in checked:
             try:
                 invariants.check(k)
@@ -230,8 +316,7 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
             if checked is not None:
                 checked.add(h)
         if visited is not None and depth > prune_from:
-            sig = h + b"".join(x.hist.digest() + bytes([x.opi & 255]) for x in tasks) + \
-                bytes([last])
+            sig = b"".join([h, *[x.sig() for x in tasks], _BYTE[last]])
             left = bound - pre
             seen = visited.get(sig)
             if seen is not None and seen >= left:
@@ -241,10 +326,16 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     out.preemptions = pre
     if out.violation is None and not out.pruned:
         k.inflight = 0
-        try:
-            invariants.check(k)
-        except invariants.InvariantViolation as e:
-            out.violation, out.detail = e.invariant, str(e)
+        # the quiescent verdict is a function of the final state too
+        key = h + b"quiescent" if checked is not None and h is not None else None
+        if key is None or key not in checked:
+            try:
+                invariants.check(k)
+            except invariants.InvariantViolation as e:
+                out.violation, out.detail = e.invariant, str(e)
+            else:
+                if key is not None:
+                    checked.add(key)
     return out, points
 
 
@@ -284,13 +375,15 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
     checked: set = set()        # states the oracle passed
     for b in range(bound + 1):
         prefix: list[int] = []
+        known = None
         stack: list[tuple[list[int], set[int], int, int | None]] = []
         while True:
             def choose(depth, en, last, prefix=prefix):
                 if depth < len(prefix):
                     return prefix[depth]
                 return last if last in en else min(en, key=rank.__getitem__)
-            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked, b)
+            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked, b, known)
+            known = (out, points)
             stats.schedules += 1
             stats.pruned += out.pruned
             stats.states = len(visited)
@@ -304,11 +397,16 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
             # backtrack to the deepest point with an untried choice within the bound
             while stack:
                 en, tried, pre, last = stack[-1]
-                alt = sorted((c for c in en if c not in tried and
-                              pre + (last is not None and c != last and last in en) <= b), key=rank.__getitem__)
-                if alt:
-                    tried.add(alt[0])
-                    prefix[:] = [p[1] if i < len(stack) - 1 else alt[0] for i, p in enumerate(points[:len(stack)])]
+                best = None
+                for c in en:
+                    if c in tried or pre + (last is not None and c != last and last in en) > b:
+                        continue
+                    if best is None or rank[c] < rank[best]:
+                        best = c
+                if best is not None:
+                    tried.add(best)
+                    prefix[:] = out.schedule[:len(stack) - 1]
+                    prefix.append(best)
                     break
                 stack.pop()
             else:

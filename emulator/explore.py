@@ -208,9 +208,8 @@ class _TaskRun:
             saw += f"; operation failed: {e!r}"
         return what, saw
 
-    def step_again(self) -> None:
-        """step() for a request an earlier run has stepped through already with the
-        same history: the same model work, without describing it again."""
+    def step_quiet(self) -> None:
+        """step() without describing the step for a trace: the same model work."""
         req = self.req
         if req.__class__ is Call:
             what = f"{req.owner}:{req.fn.__name__}"
@@ -240,7 +239,7 @@ class _TaskRun:
 def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | None], int],
                  visited: dict | None = None, prune_from: int = 0,
                  checked: set | None = None, bound: int = 0,
-                 known: tuple[Outcome, list] | None = None) -> tuple[Outcome, list]:
+                 known: tuple[Outcome, list] | None = None, trace: bool = True) -> tuple[Outcome, list]:
     """One execution. choose(depth, enabled, last) -> task index. Returns the outcome
     and, per depth, (enabled, chosen, preemptions-before, last) for the DFS.
     `checked` remembers model states the oracle has passed already: the verdict is
@@ -248,7 +247,9 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     final, quiescent verdict of each distinct final state once).
     Depths below prune_from replay a prefix an earlier run has checked already;
     `known`, that run's (outcome, points), must agree with this run's choices below
-    prune_from - 1: those steps reuse its enabled sets and trace lines."""
+    prune_from - 1: those steps reuse its enabled sets (and trace lines).
+    Without `trace` the outcome's trace stays empty: replaying its schedule
+    (the model is deterministic) describes the run when it is wanted."""
     w = sc.fresh(bugs)
     k = w.m.k
     k.inflight = 1
@@ -256,14 +257,14 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     for t in tasks:
         t.start()
     out = Outcome([], [])
-    schedule, trace = out.schedule, out.trace
+    schedule, steps = out.schedule, out.trace
     points = []
     last: int | None = None
     pre = 0
     depth = 0
     h = None
     hashing = checked is not None or visited is not None
-    if known is not None and prune_from > 1:
+    if known is not None and prune_from > 1 and (not trace or len(known[0].trace) >= prune_from - 1):
         kout, kpoints = known
         for depth in range(prune_from - 1):
             en, c, kpre, klast = p = kpoints[depth]
@@ -271,9 +272,10 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
                 raise AssertionError(f"run_schedule: the known run chose differently at depth {depth}")
             points.append(p)
             schedule.append(c)
-            trace.append(kout.trace[depth])
+            if trace:
+                steps.append(kout.trace[depth])
             t = tasks[c]
-            t.step_again()
+            t.step_quiet()
             if t.error is not None and getattr(t.error, "errno", None) not in sc.may_fail:
                 raise AssertionError(f"run_schedule: the known run went on past a failure at depth {depth}")
             last = c
@@ -293,15 +295,19 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
         pre += is_pre
         schedule.append(c)
         t = tasks[c]
-        op = t.op_label
-        what, saw = t.step()
-        trace.append(Step(t.spec.name, op, what, saw))
+        opi = t.opi
+        if trace:
+            op = t.op_label
+            what, saw = t.step()
+            steps.append(Step(t.spec.name, op, what, saw))
+        else:
+            t.step_quiet()
         last, depth = c, depth + 1
         if t.error is not None:
             err = getattr(t.error, "errno", None)
             if err not in sc.may_fail:
                 out.violation = "operation failed"
-                out.detail = f"{t.spec.name}: {op}: {t.error}"
+                out.detail = f"{t.spec.name}: {t.spec.ops[opi].label()}: {t.error}"
                 break
         if depth < prune_from:
             continue        # replaying a prefix an earlier run has checked already
@@ -337,6 +343,17 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
                 if key is not None:
                     checked.add(key)
     return out, points
+
+
+def _traced(sc: Scenario, bugs, out: Outcome) -> Outcome:
+    """The same run, replayed with its trace (a search runs without one)."""
+    again = replay(sc, bugs, out.schedule)
+    if (again.schedule, again.violation, again.detail, again.preemptions) != \
+            (out.schedule, out.violation, out.detail, out.preemptions):
+        raise RuntimeError(f"explore: replaying schedule {out.schedule} of {sc.path} gave "
+                           f"{again.violation!r} ({again.detail}), not {out.violation!r} ({out.detail}): "
+                           "the model is not deterministic")
+    return again
 
 
 # -- strategies -------------------------------------------------------------
@@ -382,7 +399,7 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
                 if depth < len(prefix):
                     return prefix[depth]
                 return last if last in en else min(en, key=rank.__getitem__)
-            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked, b, known)
+            out, points = run_schedule(sc, bugs, choose, visited, len(prefix), checked, b, known, trace=False)
             known = (out, points)
             stats.schedules += 1
             stats.pruned += out.pruned
@@ -390,7 +407,7 @@ def explore_dfs(sc: Scenario, bugs=(), bound: int = 2, max_schedules: int | None
             if progress:
                 progress(stats)
             if out.violation:
-                return out, stats
+                return _traced(sc, bugs, out), stats
             for d in range(len(prefix), len(points)):
                 en, c, pre, last = points[d]
                 stack.append((en, {c}, pre, last))

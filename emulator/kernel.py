@@ -176,7 +176,6 @@ def clone(k: Kernel) -> Kernel:
     """A deep copy of the whole machine state, fast enough to start every explored
     schedule from (copy.deepcopy of the same graph costs several times more).
     Shadows shared between vmas stay shared."""
-    from .mm import MM, VMA, AnonVMA
     new = _shallow(k)
     nodes = []
     for fr in k.nodes:
@@ -194,21 +193,26 @@ def clone(k: Kernel) -> Kernel:
     mc.counter, mc.page, mc.free_ids = k.migcache.counter.copy(), k.migcache.page.copy(), list(k.migcache.free_ids)
     st = new.stat = _shallow(k.stat)
     st.counts = k.stat.counts.copy()
-    new.pins = Counter(k.pins) if k.pins else Counter()
-    avs = {i: AnonVMA(i, [], av.pins) for i, av in k.anon_vmas.items()}
-    vmap: dict[int, VMA] = {}
+    pins = new.pins = Counter.__new__(Counter)     # Counter(k.pins), without its __init__
+    dict.update(pins, k.pins)
+    avs = {}
+    for i, av in k.anon_vmas.items():
+        a = avs[i] = _shallow(av)
+        a.vmas = []
+    vmap: dict[int, object] = {}
     shadows: dict[int, np.ndarray] = {}
     mms = new.mms = {}
     for pid, mm in k.mms.items():
-        nm = MM(mm.pid, mm.node, [], mm.policy, mm.next_vpn, mm.alive, mm.rss)
+        nm = mms[pid] = _shallow(mm)
+        nvmas = nm.vmas = []
         for v in mm.vmas:
             sh = shadows.get(id(v.shadow))
             if sh is None:
                 sh = shadows[id(v.shadow)] = v.shadow.copy()
-            nv = VMA(nm, v.start, v.npages, v.shared, avs[v.anon_vma.id], v.pte.copy(), sh, v.policy)
+            nv = _shallow(v)
+            nv.mm, nv.anon_vma, nv.pte, nv.shadow = nm, avs[v.anon_vma.id], v.pte.copy(), sh
             vmap[id(v)] = nv
-            nm.vmas.append(nv)
-        mms[pid] = nm
+            nvmas.append(nv)
     for i, av in k.anon_vmas.items():
         avs[i].vmas = [vmap[id(v)] for v in av.vmas]
     new.anon_vmas = avs

@@ -439,6 +439,7 @@ def explore_random(sc: Scenario, bugs=(), seed: int = 0, pct_depth: int = 0, max
     stats = Stats()
     rng = _random.Random(seed)
     est = 64
+    checked: set = set()        # states the oracle passed
     while True:
         if pct_depth:
             prio = list(range(len(sc.tasks)))
@@ -455,13 +456,13 @@ def explore_random(sc: Scenario, bugs=(), seed: int = 0, pct_depth: int = 0, max
         else:
             def choose(depth, en, last):
                 return rng.choice(en)
-        out, _ = run_schedule(sc, bugs, choose)
+        out, _ = run_schedule(sc, bugs, choose, checked=checked, trace=False)
         est = max(est, len(out.schedule))
         stats.schedules += 1
         if progress:
             progress(stats)
         if out.violation:
-            return out, stats
+            return _traced(sc, bugs, out), stats
         if (max_schedules and stats.schedules >= max_schedules) or (seconds and stats.elapsed >= seconds):
             return None, stats
 

@@ -28,6 +28,18 @@ def _fail(inv: str, where: str, **seen) -> None:
     raise InvariantViolation(inv, where, seen)
 
 
+def _has_duplicates(a: np.ndarray) -> bool:
+    """len(np.unique(a)) != len(a), without np.unique's cost on the small arrays
+    the explorer checks after every step."""
+    n = len(a)
+    if n < 2:
+        return False
+    if n <= 256:
+        return len(set(a.tolist())) != n
+    s = np.sort(a)
+    return bool((s[1:] == s[:-1]).any())
+
+
 def check(k) -> None:
     nr = len(k.nodes)
     sizes = [fr.nframes for fr in k.nodes]
@@ -41,22 +53,30 @@ def check(k) -> None:
         for vma in mm.vmas:
             ptes = vma.pte
             nz = ptes != 0
-            rss += int(nz.sum())
+            rss += int(np.count_nonzero(nz))
             pres = (ptes & P.PRESENT) != 0
             g = ptes[pres] >> P.OFF_SHIFT
-            nd, pf = g >> P.NODE_SHIFT, g & P.PFN_MASK
             if len(g):
+                nd, pf = g >> P.NODE_SHIFT, g & P.PFN_MASK
                 bad = (nd < 0) | (nd >= nr)
                 if bad.any():
                     _fail("2 (mapcount)", f"pid {pid} page {vma.start + np.flatnonzero(pres)[bad][0]:#x}",
                           pte=P.describe(ptes[pres][bad][0]))
-                for n in np.unique(nd).tolist():
-                    s = nd == n
-                    if (pf[s] >= sizes[n]).any():
+                n = int(nd[0])
+                if (nd == n).all():         # the usual case: every page on one node
+                    if (pf >= sizes[n]).any():
                         _fail("2 (mapcount)", f"pid {pid}", pte="pfn out of range")
-                    mapcount[n] += np.bincount(pf[s], minlength=sizes[n])
+                    mapcount[n] += np.bincount(pf, minlength=sizes[n])
+                else:
+                    for n in np.unique(nd).tolist():
+                        s = nd == n
+                        if (pf[s] >= sizes[n]).any():
+                            _fail("2 (mapcount)", f"pid {pid}", pte="pfn out of range")
+                        mapcount[n] += np.bincount(pf[s], minlength=sizes[n])
             swp = nz & ~pres
             e = ptes[swp]
+            if not len(e):
+                continue            # no swap-format entry in this vma
             t = P.swp_type(e)
             off = P.pte_offset(e)
             sw = t == P.SWP_SWAP
@@ -73,14 +93,16 @@ def check(k) -> None:
                           pte=P.describe(ptes[i]), why="names no live entry")
                 mc_ptes += np.bincount(off[mc], minlength=len(mc_ptes))
             mig = (t == P.SWP_MIGRATION_READ) | (t == P.SWP_MIGRATION_WRITE)
-            for i, ent in zip(np.flatnonzero(swp)[mig].tolist(), e[mig].tolist()):
-                n, f = ent >> (P.OFF_SHIFT + P.NODE_SHIFT), (ent >> P.OFF_SHIFT) & P.PFN_MASK
-                fl = int(k.nodes[n].flags[f]) if 0 <= n < nr and f < sizes[n] else PG_buddy
-                if not fl & PG_locked or fl & PG_buddy:
-                    _fail("6 (migration entry)", f"pid {pid} page {vma.start + i:#x}",
-                          pte=P.describe(ent), page_flags=flag_names(fl))
-            if (t[~(sw | mc | mig)]).size:
-                _fail("2 (mapcount)", f"pid {pid}", pte=P.describe(e[~(sw | mc | mig)][0]), why="unknown pte type")
+            if mig.any():
+                for i, ent in zip(np.flatnonzero(swp)[mig].tolist(), e[mig].tolist()):
+                    n, f = ent >> (P.OFF_SHIFT + P.NODE_SHIFT), (ent >> P.OFF_SHIFT) & P.PFN_MASK
+                    fl = int(k.nodes[n].flags[f]) if 0 <= n < nr and f < sizes[n] else PG_buddy
+                    if not fl & PG_locked or fl & PG_buddy:
+                        _fail("6 (migration entry)", f"pid {pid} page {vma.start + i:#x}",
+                              pte=P.describe(ent), page_flags=flag_names(fl))
+            known = sw | mc | mig
+            if not known.all():
+                _fail("2 (mapcount)", f"pid {pid}", pte=P.describe(e[~known][0]), why="unknown pte type")
         if rss != mm.rss:
             _fail("9 (pages conserved)", f"pid {pid}", ptes=rss, expected=mm.rss)
 
@@ -88,10 +110,11 @@ def check(k) -> None:
 
     for n, fr in enumerate(k.nodes):
         free = (fr.flags & PG_buddy) != 0
-        if int(free.sum()) != fr.nr_free:
-            _fail("10 (no frame lost)", f"node {n}", buddy_frames=int(free.sum()), nr_free=fr.nr_free)
+        nfree = int(np.count_nonzero(free))
+        if nfree != fr.nr_free:
+            _fail("10 (no frame lost)", f"node {n}", buddy_frames=nfree, nr_free=fr.nr_free)
         stack = fr.free_stack[:fr.nr_free]
-        if len(np.unique(stack)) != fr.nr_free or not free[stack].all():
+        if len(stack) != fr.nr_free or _has_duplicates(stack) or not free[stack].all():
             _fail("10 (no frame lost)", f"node {n}", why="free stack disagrees with free frames")
         mc = mapcount[n]
         bad = np.flatnonzero(mc != fr.mapcount)
@@ -151,8 +174,9 @@ def check(k) -> None:
             _fail("4 (swap_map)", f"slot {s}", why="HAS_CACHE but the page is not cached for it",
                   page=f"node {fr.node} frame {f}", private=P.describe(int(fr.private[f])))
     free_slots = np.zeros(slots, dtype=bool)
-    free_slots[k.swap.free_stack[:k.swap.nr_free]] = True
-    if len(np.unique(k.swap.free_stack[:k.swap.nr_free])) != k.swap.nr_free:
+    sstack = k.swap.free_stack[:k.swap.nr_free]
+    free_slots[sstack] = True
+    if len(sstack) != k.swap.nr_free or _has_duplicates(sstack):
         _fail("10 (swap slot leak)", "swap", why="a slot is on the free stack twice")
     idle = (sm == 0)
     idle[0] = False

@@ -124,3 +124,72 @@ def test_scenario_errors_name_file_and_key(tmp_path, text, key):
     with pytest.raises(ScenarioError) as e:
         load(p)
     assert str(p) in str(e.value) and key in str(e.value)
+
+
+def test_state_hash_sees_everything_the_oracle_and_the_future_read(tmp_path):
+    from emulator.kernel import clone
+    k = load(write(tmp_path, R1)).fresh(()).m.k
+    h = X.state_hash(k)
+    assert X.state_hash(clone(k)) == h
+    mm = k.mms[1]
+    changes = {
+        "rss": lambda c: setattr(c.mms[1], "rss", c.mms[1].rss + 1),
+        "tick": lambda c: setattr(c.nodes[0], "tick", c.nodes[0].tick + 1),
+        "swap on": lambda c: setattr(c.swap, "on", not c.swap.on),
+        "migcache entries": lambda c: setattr(c.migcache, "nr_entries", c.migcache.nr_entries + 1),
+        "pin": lambda c: c.pins.update({0: 1}),
+        "nr_free": lambda c: setattr(c.nodes[1], "nr_free", c.nodes[1].nr_free - 1),
+        "refcount": lambda c: c.nodes[1].refcount.__setitem__(0, 7),
+        "pte": lambda c: c.mms[1].vmas[0].pte.__setitem__(1, 0),
+        "shadow": lambda c: c.mms[1].vmas[0].shadow.__setitem__(0, 99),
+        "anon_vma pin": lambda c: setattr(c.anon_vmas[mm.vmas[0].anon_vma.id], "pins", 1),
+    }
+    for name, change in changes.items():
+        c = clone(k)
+        change(c)
+        assert X.state_hash(c) != h, name
+    assert X.state_hash(k) == h          # clones never share state with their source
+
+
+def test_the_oracle_runs_once_on_each_state_a_search_reaches(tmp_path, monkeypatch):
+    """Every state reached after a step is checked, with operations in flight, exactly
+    once; every final state once more with none in flight (quiescence)."""
+    sc = load(write(tmp_path, R1))
+    hashed, checked = set(), []
+    real_hash, real_check = X.state_hash, X.invariants.check
+
+    def state_hash(k):
+        h = real_hash(k)
+        hashed.add(h)
+        return h
+
+    def check(k):
+        checked.append((real_hash(k), k.inflight))
+        return real_check(k)
+    monkeypatch.setattr(X, "state_hash", state_hash)
+    monkeypatch.setattr(X.invariants, "check", check)
+    out, st = X.explore_dfs(sc, (), bound=2)
+    assert out is None and st.schedules > 2
+    assert len(checked) == len(set(checked))
+    assert {h for h, inflight in checked if inflight} == hashed
+    finals = {h for h, inflight in checked if not inflight}
+    assert finals and finals <= hashed
+
+
+@pytest.mark.parametrize("mode", ["dfs", "random"])
+def test_a_search_reports_the_violating_run_with_its_trace(tmp_path, mode):
+    sc = load(write(tmp_path, R1))
+    bug = ["r1-no-pte-recheck"]
+    if mode == "dfs":
+        out, _ = X.explore_dfs(sc, bug, bound=2)
+    else:
+        out, _ = X.explore_random(sc, bug, seed=3, max_schedules=500)
+    assert out is not None and out.violation
+    assert len(out.trace) == len(out.schedule)
+    again = X.replay(sc, bug, out.schedule)
+    assert (again.violation, again.detail, again.preemptions) == (out.violation, out.detail, out.preemptions)
+    assert [str(s) for s in again.trace] == [str(s) for s in out.trace]
+    quiet, _ = X.run_schedule(sc, bug, lambda d, en, last: out.schedule[d] if d < len(out.schedule) else en[0],
+                              trace=False)
+    assert quiet.trace == [] and (quiet.schedule, quiet.violation, quiet.detail) == \
+        (out.schedule, out.violation, out.detail)

@@ -55,6 +55,8 @@ class Outcome:
     detail: str = ""
     preemptions: int = 0
     pruned: bool = False
+    # per depth of a systematic run, the history of the task that stepped there
+    hists: list = field(default_factory=list, repr=False, compare=False)
 
 
 def _short(v: Any) -> str:
@@ -208,8 +210,9 @@ class _TaskRun:
             saw += f"; operation failed: {e!r}"
         return what, saw
 
-    def step_quiet(self) -> None:
-        """step() without describing the step for a trace: the same model work."""
+    def step_quiet(self, record: bool = True) -> None:
+        """step() without describing the step for a trace: the same model work.
+        Without `record` the history is left behind, for the caller to restore."""
         req = self.req
         if req.__class__ is Call:
             what = f"{req.owner}:{req.fn.__name__}"
@@ -219,7 +222,8 @@ class _TaskRun:
                 value, exc = None, e
         else:
             what, value, exc = f"{req.owner}:wait({req.what})", None, None
-        self._record(what, value, exc)
+        if record:
+            self._record(what, value, exc)
         try:
             if not self._advance(value, exc):
                 self._next_op()
@@ -246,8 +250,9 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     a function of the state alone, so each distinct state is checked once (and the
     final, quiescent verdict of each distinct final state once).
     Depths below prune_from replay a prefix an earlier run has checked already;
-    `known`, that run's (outcome, points), must agree with this run's choices below
-    prune_from - 1: those steps reuse its enabled sets (and trace lines).
+    `known`, that run's (outcome, points), makes this run's choices below
+    prune_from - 1 (choose is not asked there): those steps reuse its enabled
+    sets, the tasks' histories it kept (with `visited`) and its trace lines.
     Without `trace` the outcome's trace stays empty: replaying its schedule
     (the model is deterministic) describes the run when it is wanted."""
     w = sc.fresh(bugs)
@@ -264,23 +269,37 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     depth = 0
     h = None
     hashing = checked is not None or visited is not None
+    keep_hists = visited is not None
     if known is not None and prune_from > 1 and (not trace or len(known[0].trace) >= prune_from - 1):
         kout, kpoints = known
-        for depth in range(prune_from - 1):
+        n = prune_from - 1
+        khists = kout.hists if len(kout.hists) >= n else None
+        for depth in range(n):
             en, c, kpre, klast = p = kpoints[depth]
-            if choose(depth, en, last) != c or klast != last:
+            if klast != last:
                 raise AssertionError(f"run_schedule: the known run chose differently at depth {depth}")
             points.append(p)
             schedule.append(c)
             if trace:
                 steps.append(kout.trace[depth])
             t = tasks[c]
-            t.step_quiet()
+            t.step_quiet(khists is None)
             if t.error is not None and getattr(t.error, "errno", None) not in sc.may_fail:
                 raise AssertionError(f"run_schedule: the known run went on past a failure at depth {depth}")
             last = c
-        pre = kpoints[prune_from - 1][2]
-        depth = prune_from - 1
+        if khists is not None:
+            # each task's history as the known run left it after its last step here
+            for i, t in enumerate(tasks):
+                for d in range(n - 1, -1, -1):
+                    if schedule[d] == i:
+                        t.hist, t._sig = khists[d].copy(), None
+                        break
+            if keep_hists:
+                out.hists = kout.hists[:n]
+        else:
+            keep_hists = False      # the known run kept none: later runs record again
+        pre = kpoints[n][2]
+        depth = n
     while True:
         en = [i for i, t in enumerate(tasks) if not t.done and (t.req.__class__ is Call or t.req.pred())]
         if not en:
@@ -302,6 +321,8 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
             steps.append(Step(t.spec.name, op, what, saw))
         else:
             t.step_quiet()
+        if keep_hists:
+            out.hists.append(t.hist.copy())
         last, depth = c, depth + 1
         if t.error is not None:
             err = getattr(t.error, "errno", None)

@@ -19,7 +19,6 @@ results, which determines its coroutine).
 from __future__ import annotations
 
 import base64
-import hashlib
 from hashlib import blake2b as _blake2b
 import random as _random
 import struct
@@ -100,8 +99,8 @@ def state_hash(k) -> bytes:
     verdict (not its counters): 128 bits of blake2b over a header of int64s
     (scalars, counts and the structure of processes, vmas and anon_vmas), then
     the arrays. The header parses on its own (counts come before what they
-    count) and gives the length of every array, so two different states never
-    feed the digest the same bytes."""
+    count) and, with the machine's fixed sizes, gives the length of every
+    array, so two different states never feed the digest the same bytes."""
     sw, mc = k.swap, k.migcache
     ints = [sw.nr_free, sw.on, len(mc.page), mc.nr_entries, len(k.mms), len(k.anon_vmas), len(k.pins)]
     parts = [b""]

@@ -214,15 +214,17 @@ class _TaskRun:
         Without `record` the history is left behind, for the caller to restore."""
         req = self.req
         if req.__class__ is Call:
-            what = f"{req.owner}:{req.fn.__name__}"
             try:
                 value, exc = req.fn(*req.args), None
             except Exception as e:
                 value, exc = None, e
+            if record:
+                self._record(f"{req.owner}:{req.fn.__name__}", value, exc)
+        elif record:
+            self._record(f"{req.owner}:wait({req.what})", None, None)
+            value = exc = None
         else:
-            what, value, exc = f"{req.owner}:wait({req.what})", None, None
-        if record:
-            self._record(what, value, exc)
+            value = exc = None
         try:
             if not self._advance(value, exc):
                 self._next_op()

@@ -27,13 +27,18 @@ def main() -> None:
     sc = load(RACES / "r1-no-pte-recheck.toml")
     bug = ["r1-no-pte-recheck"]
     runs, total, t0 = 0, 0, time.perf_counter()
+    each = []
     while time.perf_counter() - t0 < 3.0:
+        t = time.perf_counter()
         _, st = X.explore_dfs(sc, (), bound=2, seed=runs)
+        each.append(st.schedules / (time.perf_counter() - t))
         runs += 1
         total += st.schedules
     rate = total / (time.perf_counter() - t0)
     print(f"dfs bound 2, r1 scenario, no injection: {rate:,.0f} schedules/s "
           f"({runs} complete searches of {total // runs} schedules) target 2,000; ratio {rate / 2000:.2f}")
+    print(f"  per search: median {statistics.median(each):,.0f}/s, best {max(each):,.0f}/s, "
+          f"worst {min(each):,.0f}/s (a busy machine shows as a wide spread)")
     for mode in ("dfs", "random", "pct"):
         times = []
         for seed in range(5):

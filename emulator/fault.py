@@ -49,6 +49,13 @@ from .sched import call, wait
 from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_swap
 
 
+def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.isin(a, b); on small batches one broadcast compare instead of its sort."""
+    if len(a) * len(b) <= 256:
+        return (a[:, None] == b[None, :]).any(axis=1)
+    return np.isin(a, b)
+
+
 # -- the access itself ----------------------------------------------------
 def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | None) -> np.ndarray:
     """Access pages idx of vma; returns the ones whose pte does not allow it. A write
@@ -109,7 +116,7 @@ async def touch(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | N
         if len(fault) != len(cur):
             if len(fault):
                 keep = np.ones(len(idx), dtype=bool)
-                keep[:len(cur)] = np.isin(cur, fault)
+                keep[:len(cur)] = _isin(cur, fault)
             else:
                 keep = slice(len(cur), None)
             idx = idx[keep]
@@ -446,7 +453,7 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
             freed = try_to_free_swap(k, node, pf if full else pf[fr.mapcount[pf] == 1])
             if write and len(freed):
                 # map it writable only if this pte holds the only reference (else COW later)
-                mine = np.isin(pf, freed) & (fr.refcount[pf] == 1)
+                mine = _isin(pf, freed) & (fr.refcount[pf] == 1)
                 vma.pte[idx[sel][mine]] |= P.WRITE
                 fr.flags[pf[mine]] |= PG_dirty
         fr.flags[pf] &= ~PG_locked

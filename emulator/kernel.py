@@ -150,7 +150,11 @@ def distinct(a: np.ndarray) -> list[int]:
 
 def split_nodes(gpfns: np.ndarray):
     """Yield (node, mask-or-slice) for the pages of each node in a gpfn array."""
-    if len(gpfns) == 0:
+    n = len(gpfns)
+    if n == 0:
+        return
+    if n == 1:                      # a batch of one: no numpy reductions
+        yield int(gpfns[0]) >> P.NODE_SHIFT, slice(None)
         return
     nodes = gpfns >> P.NODE_SHIFT
     lo, hi = int(nodes.min()), int(nodes.max())

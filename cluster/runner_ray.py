@@ -22,10 +22,8 @@ import logging
 import os
 import time
 import uuid
-from collections import Counter
 from typing import Any, Callable
 
-import numpy as np
 
 from .coordinator import Coordinator, CoordMachine, FrozenMachine
 from .node import NodeActor

@@ -320,7 +320,7 @@ class Machine:
         nodes = range(self.nr_nodes) if node is None else [self._node(node)]
         counts = k.stat.counts[list(nodes)].sum(axis=0)
         out = {name: int(v) for name, v in zip(EVENTS, counts)}
-        from .frames import PG_isolated, PG_swapcache, PG_buddy
+        from .frames import PG_isolated, PG_swapcache
         g = dict.fromkeys(GAUGES, 0)
         for n in nodes:
             fr = k.nodes[n]

@@ -211,7 +211,6 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
     from .reclaim import shrink_node
     src = k.node_owner(b.node)
     dst_owner = k.node_owner(dst)
-    policy = k.topo.policy
     result = np.full(len(b), -errno.EAGAIN, dtype=np.int64)
     final = np.zeros(len(b), dtype=bool)
     held = np.ones(len(b), dtype=bool)      # we still hold the isolation reference

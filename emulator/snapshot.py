@@ -15,7 +15,6 @@ import msgpack
 import numpy as np
 
 from .invariants import InvariantViolation, check
-from .kernel import Kernel
 from .mm import MM, VMA, AnonVMA, Mempolicy
 from .topology import Topology
 

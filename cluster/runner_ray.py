@@ -35,6 +35,7 @@ from .timeline import Timeline
 ProgressFn = Callable[[int], None]
 POLL_S = 0.1
 PING_TIMEOUT_S = 10.0
+SILENT_POLLS = 3
 
 
 class RunnerError(RuntimeError):
@@ -115,6 +116,7 @@ class RayRun:
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics
         self.lat_seen = [0] * self.nr_nodes
+        self.silent = [0] * self.nr_nodes
         if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
             self.local.metrics, self.local.steps = metrics, self.m
             metrics.attach(self.local)
@@ -163,6 +165,8 @@ class RayRun:
         try:
             while True:
                 states = self._poll()
+                if not self.dead and len(states) < len(self.nodes):
+                    continue                  # a node actor is slow to answer: decide nothing yet
                 done = sum(s["ops"] for s in states.values())
                 if progress is not None:
                     progress(min(done, ops))
@@ -238,9 +242,12 @@ class RayRun:
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PING_TIMEOUT_S)
         out = {}
         for i, ref in refs.items():
-            if ref not in ready:
-                self._lost(i, f"no answer within {PING_TIMEOUT_S:.0f} s")
+            if ref not in ready:        # busy, or hung: lost after a few silent polls
+                self.silent[i] += 1
+                if self.silent[i] >= SILENT_POLLS:
+                    self._lost(i, f"no answer for {SILENT_POLLS * PING_TIMEOUT_S:.0f} s")
                 continue
+            self.silent[i] = 0
             try:
                 out[i] = ray.get(ref)
             except ray.exceptions.RayActorError as exc:

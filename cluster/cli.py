@@ -53,17 +53,23 @@ def main() -> None:
 @click.option("--check-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="with --stress: operations between two quiescent checks "
                    "[default: [run] check_every, else operations/20]")
+@click.option("--bug", "bugs", multiple=True, metavar="NAME",
+              help="turn a bug injection on in the model (repeatable; numaemu explore --list-bugs names them)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
 @click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
               help="also write PNG plots (memory, migrations, swap, latency) and an index.html into DIR")
 @metrics_options
 def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
-        json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
+        bugs: tuple[str, ...], json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
         hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
     if backend == "local" and address:
         _fail("--address needs --backend ray", 2)
+    from emulator import BUGS
+    for b in bugs:
+        if b not in BUGS:
+            _fail(f"--bug {b}: unknown bug injection (known: {', '.join(BUGS)})", 2)
     if json_path is not None:
         parent = Path(json_path).parent
         if not parent.is_dir():
@@ -125,10 +131,10 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
             every = check_every or spec.run.check_every or max(1, ops // 20)
             if backend == "ray":
                 from .runner_ray import run_ray
-                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every,
+                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every, bugs=bugs,
                                   dump_dir=str(Path(json_path).parent) if json_path else None, **on)
             else:
-                summary = run_local(spec, tick, stress=stress, check_every=every, **on)
+                summary = run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
     except OSError as exc:
         _fail(f"{scenario}: the run failed: {exc}", 1)
     except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed

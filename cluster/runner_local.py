@@ -299,9 +299,15 @@ class LocalRun:
 
 def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,
               metrics=None, latency: LatencyRecorder | None = None, *, stress: bool = False,
-              check_every: int = 0) -> dict:
+              check_every: int = 0, bugs: tuple[str, ...] = ()) -> dict:
     """Run ``scenario`` in-process and return the summary dict. ``metrics``:
     a :class:`cluster.metrics.RunState` to record into, or None; ``latency``:
     a LatencyRecorder to time the calls into (to keep every duration, e.g.
     for ``write_report``), or None for a fresh one."""
-    return LocalRun(scenario, machine, metrics, latency).run(progress, stress=stress, check_every=check_every)
+    if bugs:
+        machine = machine if machine is not None else scenario.take_machine()
+        machine.k.bugs = frozenset(bugs)      # the injections are read at each step
+    summary = LocalRun(scenario, machine, metrics, latency).run(progress, stress=stress, check_every=check_every)
+    if bugs:
+        summary["bugs"] = sorted(bugs)
+    return summary

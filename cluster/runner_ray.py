@@ -91,6 +91,7 @@ class RayRun:
         self.stress = stress
         self.check_every = check_every
         self.run_id = uuid.uuid4().hex[:12]
+        self.bugs = tuple(bugs)
         cfg = scenario.machine.config()
         probe = scenario.take_machine()          # validated already: sizes and the topology
         self.nr_nodes = int(probe.nr_nodes)
@@ -219,6 +220,8 @@ class RayRun:
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
+        if self.bugs:
+            summary["bugs"] = sorted(self.bugs)
         if self.stress:
             summary["quiescent_checks"] = self.checks
         if self.dump_path is not None:
@@ -354,7 +357,7 @@ class RayRun:
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
             stress: bool = False, check_every: int = 0, metrics=None,
-            dump_dir: str | None = None, latency=None) -> dict[str, Any]:
+            dump_dir: str | None = None, latency=None, bugs: tuple[str, ...] = ()) -> dict[str, Any]:
     import signal
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -362,7 +365,7 @@ def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: 
     run = None
     try:
         run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir,
-                     latency=latency)
+                     latency=latency, bugs=tuple(bugs))
         return run.run(progress)
     finally:
         if run is not None:

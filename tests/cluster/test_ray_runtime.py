@@ -265,3 +265,20 @@ def test_the_cli_rejects_an_address_with_the_local_backend(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.strip() == "error: --address needs --backend ray"
+
+
+def test_bug_injections_reach_the_coordinators_model(ray_session, tmp_path):
+    r = RayRun(load_scenario(scenario(tmp_path, operations=40)), bugs=("r1-no-pte-recheck",))
+    try:
+        summary = r.run()
+        bugs = ray_session.get(r.coord.__ray_call__.remote(lambda self: sorted(self.m.k.bugs)))
+    finally:
+        r.close()
+    assert bugs == ["r1-no-pte-recheck"] == summary["bugs"]
+
+
+def test_run_names_an_unknown_bug(tmp_path):
+    proc = numaemu("run", str(scenario(tmp_path)), "--bug", "r9-nope")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err.startswith("error: --bug r9-nope: unknown bug injection (known: r1-no-pte-recheck, ")

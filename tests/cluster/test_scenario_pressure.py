@@ -152,3 +152,10 @@ def test_threads_fault_concurrently_on_ray_with_checkpoints(ray_session, tmp_pat
     assert s["operations_done"] == 400
     assert s["quiescent_checks"] >= 4
     assert s["nodes"][1]["pgfault"] > 0
+
+
+def test_local_runs_take_bug_injections(tmp_path):
+    sc = load_scenario(write(tmp_path, ""))
+    m = sc.take_machine()
+    s = run_local(sc, machine=m, bugs=("no-refcount-freeze",))
+    assert m.k.bugs == frozenset({"no-refcount-freeze"}) and s["bugs"] == ["no-refcount-freeze"]

@@ -46,7 +46,9 @@ def start(nodes: int, frames: int, swap: int, payload: str):
     cfg = {"nodes": nodes, "frames_per_node": frames, "swap_pages": swap, "page_size": PAGE,
            "policy": "migcache", "payload": payload}
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=16).remote(cfg, descs)
-    return actors, coord, CoordMachine(coord)
+    m = CoordMachine(coord)                     # waits for the coordinator to map the payloads
+    ray.get([a.forget_path.remote() for a in actors])
+    return actors, coord, m
 
 
 def stop(actors, coord) -> None:

@@ -64,6 +64,11 @@ class NodeActor:
     def ping(self) -> int:
         return self.ops_done
 
+    def forget_path(self) -> None:
+        """Once the coordinator has mapped the payload, its name can go: the
+        mappings live on, and nothing is left in /dev/shm if a process dies."""
+        unlink(self.path)
+
     def close(self) -> None:
         self.stop()
         unlink(self.path)

@@ -112,7 +112,8 @@ class RayRun:
         self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
                                    scheduling_strategy=_on(self.hosts[0]),
                                    name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs))
-        self.info = ray.get(self.coord.info.remote())
+        self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
+        ray.get([n.forget_path.remote() for n in self.nodes])
         self.m = CoordMachine(self.coord, self.info)
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics

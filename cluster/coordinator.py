@@ -36,8 +36,10 @@ EVENT_LOG = 10_000
 
 
 class Coordinator:
-    def __init__(self, config: dict[str, Any], nodes: list[dict[str, Any]], bugs: tuple[str, ...] = ()):
-        """``nodes[i]``: node actor i's payload: {"host", "path", "shape", "dtype", "handle"}."""
+    def __init__(self, config: dict[str, Any], nodes: list[dict[str, Any]], bugs: tuple[str, ...] = (),
+                 record: bool = False):
+        """``nodes[i]``: node actor i's payload: {"host", "path", "shape", "dtype", "handle"}.
+        ``record``: log every mutating call for dumps (stress mode); off, calls cost nothing extra."""
         import ray
 
         self.host = ray.get_runtime_context().get_node_id()
@@ -54,6 +56,7 @@ class Coordinator:
         self.lost: set[int] = set()
         self.calls = collections.Counter()
         self.pages_touched = 0
+        self.record = record
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0
@@ -85,6 +88,8 @@ class Coordinator:
     def _log(self, seq: int, name: str, args: tuple, kw: dict, outcome: str) -> None:
         """Every mutating call, with its arguments in full (plain lists), so that
         the calls since the last checkpoint can be replayed and explored."""
+        if not self.record:
+            return
         self.events.append({"seq": seq, "t": round(time.time() - self.t0, 6),
                             "thread": threading.current_thread().name, "op": name,
                             "args": [_plain(a) for a in args], "kw": {k: _plain(v) for k, v in kw.items()},
@@ -95,12 +100,6 @@ class Coordinator:
         m = self.m
         return {"nr_nodes": m.nr_nodes, "page_size": m.page_size, "policy": m.policy,
                 "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes}
-
-    def progress(self) -> dict[str, Any]:
-        """Cheap: what the progress bar and the timeline need."""
-        with self.cond:
-            return {"touch_calls": self.calls["touch"], "pages_touched": self.pages_touched,
-                    "steps": self.m.steps, "inflight": self.m.k.inflight}
 
     def stats(self) -> dict[str, Any]:
         """One consistent view: per-node info and vmstat, swap."""
@@ -138,14 +137,6 @@ class Coordinator:
                     "events": [e for e in self.events if e["seq"] > since],
                     "snapshot": self.m.snapshot(), "violations": list(violations)}
 
-    def snapshot(self) -> bytes:
-        with self.cond:
-            return self.m.snapshot()
-
-    def event_log(self) -> list[dict[str, Any]]:
-        with self.cond:
-            return list(self.events)
-
     # -- a node actor lost ---------------------------------------------------------
     def node_lost(self, node: int) -> dict[int, int]:
         """The node's frames are gone with their owner: stop reaching them, and
@@ -172,10 +163,6 @@ class Coordinator:
         ps = self.m.page_size
         with self.cond:
             return np.asarray(self.m.move_pages(pid, [addr + i * ps for i in range(npages)], None))
-
-    def ping(self) -> bool:
-        return True
-
 
 def _plain(a: Any) -> Any:
     """Arguments and values as msgpack-able plain data."""

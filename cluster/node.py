@@ -61,9 +61,6 @@ class NodeActor:
         a = self.data if view is None else self.data.view(view)
         a[key] = value
 
-    def ping(self) -> int:
-        return self.ops_done
-
     def forget_path(self) -> None:
         """Once the coordinator has mapped the payload, its name can go: the
         mappings live on, and nothing is left in /dev/shm if a process dies."""

@@ -111,7 +111,7 @@ class RayRun:
         Coord = ray.remote(Coordinator)
         self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
                                    scheduling_strategy=_on(self.hosts[0]),
-                                   name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs))
+                                   name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress)
         self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
         ray.get([n.forget_path.remote() for n in self.nodes])
         self.m = CoordMachine(self.coord, self.info)
@@ -283,12 +283,7 @@ class RayRun:
         ray.get([self.nodes[h].pause.remote() for h in live])
         try:
             self.checks += 1
-            seen = ray.get(self.coord.check.remote())
-            if seen is not None:
-                self.violations += 1
-                inv, where, vals = seen
-                self.details.append(f"invariant {inv} violated at {where}: " +
-                                    ", ".join(f"{k}={v}" for k, v in vals.items()))
+            self._oracle()
             self._verify(by_home, final=False)
             if self.violations:
                 self._dump()
@@ -308,12 +303,16 @@ class RayRun:
             self.violations += r["bad"]
             self.details.extend(r["details"][: max(0, 20 - len(self.details))])
         if final and not self.violations and not self.dead:
-            seen = ray.get(self.coord.check.remote())
-            if seen is not None:
-                self.violations += 1
-                inv, where, vals = seen
-                self.details.append(f"invariant {inv} violated at {where}: " +
-                                    ", ".join(f"{k}={v}" for k, v in vals.items()))
+            self._oracle()
+
+    def _oracle(self) -> None:
+        """The coordinator's whole oracle; a violation is counted and described."""
+        from emulator import InvariantViolation
+
+        seen = self.ray.get(self.coord.check.remote())
+        if seen is not None:
+            self.violations += 1
+            self.details.append(str(InvariantViolation(*seen)))
 
     def _dump(self) -> None:
         """The state a violation was found in, for ``numaemu explore --dump``

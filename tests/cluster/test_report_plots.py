@@ -354,7 +354,8 @@ def test_report_under_a_file_is_refused_before_running(tmp_path):
     assert result.stdout == ""
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere: no read-only directory can be made "
+                    "(a --report path that exists as a file is refused in another test)")
 def test_report_into_a_read_only_directory_is_refused_before_running(tmp_path):
     scenario = write_scenario(tmp_path / "s.toml")
     target = tmp_path / "ro"

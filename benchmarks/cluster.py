@@ -166,7 +166,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rounds = 6 if args.quick else 20
     for streams in (1, 2):
         mig = migration(rounds, streams)

@@ -16,7 +16,6 @@ re-raise them with their errno intact; anything else is a bug and propagates.
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from typing import Any
 
@@ -63,9 +62,10 @@ class Coordinator:
         self.t0 = time.time()
 
     # -- the syscall surface ---------------------------------------------------
-    def call(self, name: str, *args: Any, **kw: Any) -> tuple[bool, Any, int]:
+    def call(self, name: str, *args: Any, _caller: str = "", **kw: Any) -> tuple[bool, Any, int]:
         """(True, result, steps) or (False, (exception class name, errno, message), steps):
-        steps is how many emulated steps the call ran."""
+        steps is how many emulated steps the call ran. ``_caller`` names the
+        thread that made the call (its calls happen one after another), for dumps."""
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
         with self.cond:
@@ -75,25 +75,30 @@ class Coordinator:
             try:
                 out = getattr(self.m, name)(*args, **kw)
             except (OSError, ValueError, KeyError) as exc:
-                self._log(seq, name, args, kw, f"{type(exc).__name__}: {exc}")
+                self._log(seq, _caller, name, args, kw, f"{type(exc).__name__}: {exc}")
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
             self.calls[name] += 1
             if name == "touch":
                 self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))
             if name in MUTATING:
-                self._log(seq, name, args, kw, "ok")
+                self._log(seq, _caller, name, args, kw, "ok", out if name == "fork" else None)
             return True, out, self.m.mine.steps
 
-    def _log(self, seq: int, name: str, args: tuple, kw: dict, outcome: str) -> None:
+    def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
+             result: Any = None) -> None:
         """Every mutating call, with its arguments in full (plain lists), so that
-        the calls since the last checkpoint can be replayed and explored."""
+        the calls since the last checkpoint can be replayed and explored; a
+        fork's result, the child's pid, names the process later calls act on."""
         if not self.record:
             return
-        self.events.append({"seq": seq, "t": round(time.time() - self.t0, 6),
-                            "thread": threading.current_thread().name, "op": name,
-                            "args": [_plain(a) for a in args], "kw": {k: _plain(v) for k, v in kw.items()},
-                            "outcome": outcome})
+        ev = {"seq": seq, "t": round(time.time() - self.t0, 6),
+              "caller": caller, "op": name,
+              "args": [_plain(a) for a in args], "kw": {k: _plain(v) for k, v in kw.items()},
+              "outcome": outcome}
+        if result is not None:
+            ev["result"] = _plain(result)
+        self.events.append(ev)
 
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -181,9 +186,12 @@ class CoordMachine:
     """The Machine surface, forwarded to the coordinator actor: what a runner
     or a workload driver holds instead of a Machine."""
 
-    def __init__(self, coord: Any, info: dict[str, Any] | None = None):
+    def __init__(self, coord: Any, info: dict[str, Any] | None = None, caller: str = ""):
+        """``caller``: who calls through this proxy, one call at a time (a
+        workload thread, the runner), as the coordinator's log names it."""
         import ray
         self.coord = coord
+        self.caller = caller
         info = info or ray.get(coord.info.remote())
         self.nr_nodes = info["nr_nodes"]
         self.page_size = info["page_size"]
@@ -195,7 +203,7 @@ class CoordMachine:
 
     def _call(self, name: str, *args: Any, **kw: Any) -> Any:
         import ray
-        ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, **kw))
+        ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, _caller=self.caller, **kw))
         self.steps += self.last_steps
         if ok:
             return out

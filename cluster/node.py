@@ -15,6 +15,7 @@ the processes whose CPUs are on it.
 """
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .dataplane import create_payload, payload_shape, shm_dir, unlink
-from .workload import AccessPattern, Proc
+from .workload import AccessPattern, Proc, fork_cycle
 
 MAX_DETAILS = 20
 
@@ -47,6 +48,9 @@ class NodeActor:
         self.latency_s: list[float] = []    # per fault batch: wall seconds, through the coordinator
         self.latency_steps: list[int] = []  # and emulated steps
         self.procs: list[Proc] = []
+        self.forks = 0
+        self.fork_bad = 0                   # fork cycles' mismatches
+        self.fork_details: list[str] = []
 
     # -- the payload ---------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -98,7 +102,8 @@ class NodeActor:
             d = _Driver(self, t, ps, n, max(1, pause_every * len(ps) // len(procs)) if pause_every else 0)
             rng = np.random.default_rng([seed, self.node, t])
             d.thread = threading.Thread(target=d.run, name=f"workload-node{self.node}-t{t}",
-                                        args=(CoordMachine(coord, info), patterns, rng), daemon=True)
+                                        args=(CoordMachine(coord, info, f"node{self.node}-t{t}"), patterns, rng),
+                                        daemon=True)
             self.drivers.append(d)
         for d in self.drivers:
             d.thread.start()
@@ -110,7 +115,8 @@ class NodeActor:
     def progress(self, since: int = -1) -> dict[str, Any]:
         """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
         running = [d for d in self.drivers if d.thread.is_alive()]
-        out = {"ops": self.ops_done, "running": bool(running),
+        out = {"ops": self.ops_done, "running": bool(running), "forks": self.forks,
+               "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                "checkpoint": bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)}
         if since >= 0:
@@ -138,7 +144,8 @@ class NodeActor:
     def join(self, timeout: float | None = None) -> dict[str, Any]:
         for d in self.drivers:
             d.thread.join(timeout)
-        return {"ops": self.ops_done, "errors": dict(self.errors),
+        return {"ops": self.ops_done, "errors": dict(self.errors), "forks": self.forks,
+                "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
                 "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                 "running": any(d.thread.is_alive() for d in self.drivers),
                 "latency_s": np.asarray(self.latency_s, dtype=np.float64),
@@ -183,8 +190,6 @@ class _Driver:
         self.thread: threading.Thread
 
     def run(self, m, patterns, rng) -> None:
-        import errno as E
-
         node, procs, ps = self.node, self.procs, self.node.page_size
         try:
             for op in range(self.operations):
@@ -204,7 +209,7 @@ class _Driver:
                 try:
                     toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
                 except OSError as exc:
-                    node.errors[f"touch:{E.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                    node.errors[f"touch:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
                     if acc.write:
                         proc.shadow.forget(acc.start, acc.npages)
                 else:
@@ -212,9 +217,24 @@ class _Driver:
                         proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
                 node.latency_s.append(time.perf_counter() - t0)
                 node.latency_steps.append(m.last_steps)
+                proc.ops += 1
+                spec = patterns[proc.workload].spec
+                if spec.fork_every and proc.ops % spec.fork_every == 0:
+                    self.fork(m, proc, acc, spec.shared)
                 self.ops += 1
         except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
             self.failure = f"{type(exc).__name__}: {exc}"
         finally:
             self.idle.set()
+
+    def fork(self, m, proc: Proc, acc, shared: bool) -> None:
+        node = self.node
+        node.forks += 1
+        try:
+            res = fork_cycle(m, proc, acc, node.page_size, shared)
+        except OSError as exc:
+            node.errors[f"fork:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            return
+        node.fork_bad += len(res.bad)
+        node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
 

@@ -82,6 +82,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if swap:
         console.print(f"swap: {swap.get('used', 0)}/{swap.get('slots', 0)} slots used, "
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
+    if summary.get("forks"):
+        console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     for line in latency_lines(summary):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     for name, count in summary.get("errors", {}).items():

@@ -34,7 +34,7 @@ import numpy as np
 from .scenario import Scenario
 from .summary import MigrationTally, collect_summary
 from .timeline import LatencyRecorder, Timeline
-from .workload import AccessPattern, Proc, Shadow, thread_slices
+from .workload import AccessPattern, Proc, Shadow, fork_cycle, thread_slices
 
 ProgressFn = Callable[[int], None]
 
@@ -67,6 +67,8 @@ class LocalRun:
         self.details: list[str] = []
         self.migration_events = 0
         self.reclaim_events = 0
+        self.forks = 0
+        self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this
         self.latency = latency if latency is not None else LatencyRecorder()
         self.timeline: Timeline | None = None  # made when the run starts
@@ -125,6 +127,17 @@ class LocalRun:
             return
         if acc.write:
             proc.shadow.record(acc.start, np.asarray(tokens, dtype=np.int64))
+        proc.ops += 1
+        spec = self.scenario.workload[proc.workload]
+        if spec.fork_every and proc.ops % spec.fork_every == 0:
+            self.forks += 1
+            try:
+                res = fork_cycle(self.m, proc, acc, self.page_size, spec.shared)
+            except OSError as exc:
+                self.errors[f"fork:{_errname(exc)}"] += 1
+                return
+            self.fork_bad += len(res.bad)
+            self.details.extend(res.bad[: max(0, MAX_DETAILS - len(self.details))])
 
     def _timed_touch(self, proc: Proc, addr: int, npages: int, write: bool):
         if self.steps is None:
@@ -251,7 +264,7 @@ class LocalRun:
         step = max(1, ops // 200)
         nprocs = len(self.procs)
         state = self.metrics
-        done = checks = violations = 0
+        done = checks = violations = found = 0
         for op in range(1, ops + 1):
             with lock:  # a scrape sees the machine between two operations
                 self.access(self.procs[(op - 1) % nprocs])
@@ -263,17 +276,19 @@ class LocalRun:
                     timeline.sample(self.m, op)
                 if stress and check_every and op % check_every == 0 and op < ops:
                     checks += 1
-                    violations = self.verify()
+                    found = self.verify()
+                violations = found + self.fork_bad
             done = op
             if state is not None:
                 state.operations = op
             if progress is not None and (op % step == 0 or op == ops):
                 progress(op)
-            if violations or (deadline is not None and time.perf_counter() >= deadline):
+            if (stress and violations) or (deadline is not None and time.perf_counter() >= deadline):
                 break
         with lock:
-            if not violations:
-                violations = self.verify()
+            if not found:
+                found = self.verify()
+            violations = found + self.fork_bad
             timeline.sample(self.m, done)  # the machine the summary describes
         elapsed = time.perf_counter() - t0
         summary = collect_summary(
@@ -292,6 +307,7 @@ class LocalRun:
         )
         summary["operations_done"] = done
         summary["reclaim_events"] = self.reclaim_events
+        summary["forks"] = self.forks
         if stress:
             summary["quiescent_checks"] = checks
         return summary

@@ -52,8 +52,8 @@ def ensure_ray(address: str | None) -> bool:
     try:
         if address:
             ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
+        else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
+            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
         raise RunnerError(f"cannot start or reach {where}: {exc}") from None
@@ -114,7 +114,7 @@ class RayRun:
                                    name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress)
         self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
         ray.get([n.forget_path.remote() for n in self.nodes])
-        self.m = CoordMachine(self.coord, self.info)
+        self.m = CoordMachine(self.coord, self.info, "runner")
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics
         self.lat_seen = [0] * self.nr_nodes
@@ -177,6 +177,9 @@ class RayRun:
                 failures = [f"node {n}: {s['failure']}" for n, s in states.items() if s.get("failure")]
                 if failures:
                     raise RunnerError("a workload driver failed: " + "; ".join(failures))
+                if self.stress and any(s["fork_bad"] for s in states.values()):
+                    self._fork_violation(by_home, [d for s in states.values() for d in s["fork_details"]])
+                    break
                 while next_mig is not None and done >= next_mig and next_mig <= ops:
                     loc.migrate()
                     next_mig += every
@@ -203,6 +206,9 @@ class RayRun:
         for r in results.values():
             for k, v in r["errors"].items():
                 loc.errors[k] += v
+            self.violations += r["fork_bad"]
+            self.details.extend(d for d in r["fork_details"] if d not in self.details)
+        del self.details[20:]
         if not self.violations or not self.stress:
             self._verify(by_home)
         for r in results.values():
@@ -218,6 +224,7 @@ class RayRun:
             latency=loc.latency.summary(), timeline=timeline.to_list())
         summary["operations_done"] = done
         summary["reclaim_events"] = loc.reclaim_events
+        summary["forks"] = int(sum(r["forks"] for r in results.values()))
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
@@ -291,6 +298,14 @@ class RayRun:
                 ray.get(self.coord.keep_checkpoint.remote())
         finally:
             ray.get([self.nodes[h].resume.remote() for h in live])
+
+    def _fork_violation(self, by_home, details: list[str]) -> None:
+        """A child read what its parent never wrote (or lost its own write):
+        stop every driver between two operations and dump the state."""
+        ray = self.ray
+        ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
+        self.details.extend(details[:20])
+        self._dump()
 
     def _verify(self, by_home, final: bool = True) -> None:
         ray = self.ray

@@ -109,6 +109,7 @@ class WorkloadSpec(_Strict):
     write_ratio: float = Field(0.5, ge=0, le=1)
     batch: int = Field(256, ge=1)
     threads: int = Field(1, ge=1)
+    fork_every: int = Field(0, ge=0)
 
 
 class MigrationSpec(_Strict):

@@ -15,6 +15,10 @@ thread of the node actor, so they fault concurrently.
 - ``uniform``: the batch starts at a page drawn uniformly.
 - ``zipf``: the batch starts at page k-1 with probability proportional to
   1/k**zipf_s (k = 1..pages), so the first pages are the hot ones.
+
+With ``fork_every = K``, every K-th operation of a process thread is followed
+by a fork cycle (:func:`fork_cycle`) over the same pages; it draws nothing
+from the generator, so the accesses stay the same with or without it.
 """
 
 from __future__ import annotations
@@ -116,6 +120,7 @@ class Proc:
     shadow: Shadow       # shared by every process of a shared workload
     flags: int           # move_pages flags for its pages
     cursor: int = 0      # sequential pattern position
+    ops: int = 0         # accesses done by this thread of the process
     mig_node: int = field(default=-1)  # node of the last migration target (-1: home)
     thread: int = 0      # which of the process's threads: it works on its own slice
 
@@ -129,3 +134,53 @@ class Proc:
         dst = (src + 1) % nr_nodes
         self.mig_node = dst
         return src, dst
+
+
+@dataclass
+class ForkResult:
+    """What one fork cycle compared, and what did not match (described)."""
+
+    checked: int = 0
+    bad: list[str] = field(default_factory=list)
+
+    def compare(self, what: str, child: int, proc: Proc, start: int, page_size: int,
+                expected: np.ndarray, seen: np.ndarray, known: np.ndarray) -> None:
+        self.checked += int(known.sum())
+        for i in np.flatnonzero(known & (seen != expected)).tolist():
+            page = start + i
+            self.bad.append(f"fork: child {child} of pid {proc.pid} page {page} "
+                            f"(addr {proc.addr + page * page_size:#x}): expected token {int(expected[i])} "
+                            f"({what}), read {int(seen[i])}")
+
+
+def fork_cycle(m, proc: Proc, acc: Access, page_size: int, shared: bool) -> ForkResult:
+    """fork() the process right after ``acc``; the child faults the same pages
+    in, must read what the parent had written, writes them (breaking
+    copy-on-write, or through the shared mapping, which the parent then sees),
+    must read its own tokens back, and exits. The calling thread is the only
+    writer of these pages, so both checks are exact while other threads,
+    migrations and reclaim run. An OSError of the child's faults propagates
+    (after the child exits), as a touch's would."""
+    child = m.fork(proc.pid)
+    start, n = acc.start, acc.npages
+    addr = proc.addr + start * page_size
+    res = ForkResult()
+    sh = proc.shadow
+    try:
+        m.touch(child, addr, n, write=False)
+        seen = np.asarray(m.read_tokens(child, addr, n), dtype=np.int64)
+        res.compare("the parent's, copied at fork", child, proc, start, page_size,
+                    sh.tokens[start:start + n], seen, sh.known[start:start + n])
+        try:
+            toks = np.asarray(m.touch(child, addr, n, write=True), dtype=np.int64)
+        except OSError:
+            if shared:
+                sh.forget(start, n)
+            raise
+        if shared:
+            sh.record(start, toks)
+        back = np.asarray(m.read_tokens(child, addr, n), dtype=np.int64)
+        res.compare("the child's own write", child, proc, start, page_size, toks, back, np.ones(n, dtype=bool))
+    finally:
+        m.exit(child)
+    return res

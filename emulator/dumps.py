@@ -2,16 +2,20 @@
 
 A dump (written by ``numaemu run --stress`` on a violation) is msgpack:
 ``{"format": "numaemu-dump/1", "scenario", "checkpoint": {"seq", "snapshot"},
-"events": [{"seq", "op", "args", "kw", "outcome"}, ...], "snapshot",
+"events": [{"seq", "caller", "op", "args", "kw", "outcome"[, "result"]}, ...], "snapshot",
 "violations"}``: the last quiescent state that passed the oracle, every
-mutating Machine call made since (in the order they started), and the state
-the violation was seen in.
+mutating Machine call made since (in the order they returned; ``seq``
+numbers them in the order they started), and the state the violation was
+seen in.
 
 As a race scenario its starting state is the checkpoint with every call but
 the last N replayed in order, and its tasks are those last N calls, one task
-each, so the explorer tries their interleavings. The path names N after a ``#``: ``dump.msgpack#6`` (default
-:data:`DEFAULT_LAST`), so that a replay token made from it names the same
-scenario.
+per caller (a workload thread, the runner: each made its calls one after
+another, so they stay in order), so the explorer tries their interleavings.
+A process forked after the checkpoint is named by the pid its fork returned
+in the run (the event's ``result``) and has its parent's mappings. The path
+names N after a ``#``: ``dump.msgpack#6`` (default :data:`DEFAULT_LAST`), so
+that a replay token made from it names the same scenario.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from .races import Op, Scenario, ScenarioError, Task, World
 
 FORMAT = "numaemu-dump/1"
 DEFAULT_LAST = 4
-CALLS = ("touch", "move_pages", "migrate_pages", "reclaim")
+CALLS = ("touch", "move_pages", "migrate_pages", "reclaim", "fork", "exit")
 
 
 def split_path(path: str) -> tuple[str, int]:
@@ -81,12 +85,15 @@ class DumpScenario(Scenario):
         return w
 
 
-def _ops(m: Machine, ev: dict[str, Any], where: str) -> list[Op]:
-    """The race operations one logged Machine call stands for."""
+def _ops(m: Machine, ev: dict[str, Any], where: str, parents: dict[int, int]) -> list[Op]:
+    """The race operations one logged Machine call stands for. ``parents``:
+    child -> parent of the forks seen so far (this one's is added)."""
     name, a, kw = ev.get("op"), list(ev.get("args", [])), dict(ev.get("kw", {}))
     k = m.k
 
     def place(pid: int, addr: int) -> tuple[int, int]:
+        while pid not in k.mms and pid in parents:     # forked since the checkpoint: its parent's mappings
+            pid = parents[pid]
         mm = k.mms.get(pid)
         vpn = addr >> k.page_shift
         for i, v in enumerate(mm.vmas if mm else []):
@@ -117,6 +124,16 @@ def _ops(m: Machine, ev: dict[str, Any], where: str) -> list[Op]:
                                          "to": [int(x) for x in a[2]]})]
         if name == "reclaim":
             return [Op("reclaim", {"node": int(a[0]), "pages": int(a[1])})]
+        if name == "fork":
+            if ev.get("outcome") != "ok":
+                return []           # no child: nothing happened
+            child = ev.get("result")
+            if not isinstance(child, int):
+                raise ScenarioError(f"{where}: fork: result: the child's pid is missing")
+            parents[child] = int(a[0])
+            return [Op("fork", {"pid": int(a[0]), "child": child})]
+        if name == "exit":
+            return [Op("exit", {"pid": int(a[0])})]
     except (IndexError, TypeError, ValueError) as e:
         raise ScenarioError(f"{where}: {name}: arguments {a!r}: {e}") from None
     raise ScenarioError(f"{where}: op {name!r}: cannot be explored (only {', '.join(CALLS)} after a checkpoint)")
@@ -137,12 +154,20 @@ def load_dump(path: str) -> DumpScenario:
                             f"(only {', '.join(CALLS)})")
     if not events:
         raise ScenarioError(f"{base}: events: no call since the checkpoint")
+    parents: dict[int, int] = {}
     for ev in events[:-last]:
-        sc.setup.extend(_ops(start, ev, f"{base}: events[seq {ev.get('seq')}]"))
+        sc.setup.extend(_ops(start, ev, f"{base}: events[seq {ev.get('seq')}]", parents))
+    by_caller: dict[str, Task] = {}
     for ev in events[-last:]:
-        ops = _ops(start, ev, f"{base}: events[seq {ev.get('seq')}]")
-        if ops:
-            sc.tasks.append(Task(f"{ev['op']}#{ev.get('seq')}", ops))
+        ops = _ops(start, ev, f"{base}: events[seq {ev.get('seq')}]", parents)
+        if not ops:
+            continue
+        caller = ev.get("caller") or f"{ev['op']}#{ev.get('seq')}"
+        task = by_caller.get(caller)
+        if task is None:
+            task = by_caller[caller] = Task(caller, [])
+            sc.tasks.append(task)
+        task.ops.extend(ops)
     if not sc.tasks:
         raise ScenarioError(f"{base}: events: the last {last} calls change nothing to explore")
     return sc

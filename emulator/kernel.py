@@ -179,7 +179,7 @@ def _shallow(o):
 def clone(k: Kernel) -> Kernel:
     """A deep copy of the whole machine state, fast enough to start every explored
     schedule from (copy.deepcopy of the same graph costs several times more).
-    Shadows shared between vmas stay shared."""
+    Shadows shared between vmas stay shared, whole or as views of one array."""
     new = _shallow(k)
     nodes = []
     for fr in k.nodes:
@@ -210,9 +210,21 @@ def clone(k: Kernel) -> Kernel:
         nm = mms[pid] = _shallow(mm)
         nvmas = nm.vmas = []
         for v in mm.vmas:
-            sh = shadows.get(id(v.shadow))
-            if sh is None:
-                sh = shadows[id(v.shadow)] = v.shadow.copy()
+            sh = v.shadow
+            if sh.base is None:             # a shadow of its own, or shared whole by forks
+                new_sh = shadows.get(id(sh))
+                if new_sh is None:
+                    new_sh = shadows[id(sh)] = sh.copy()
+            else:                           # a view (a split or restored mapping): copy the array it views, once
+                root = sh.base
+                while isinstance(root.base, np.ndarray):
+                    root = root.base
+                new_root = shadows.get(id(root))
+                if new_root is None:
+                    new_root = shadows[id(root)] = root.copy()
+                off = (sh.__array_interface__["data"][0] - root.__array_interface__["data"][0]) // sh.itemsize
+                new_sh = new_root[off:off + len(sh)]
+            sh = new_sh
             nv = _shallow(v)
             nv.mm, nv.anon_vma, nv.pte, nv.shadow = nm, avs[v.anon_vma.id], v.pte.copy(), sh
             vmap[id(v)] = nv

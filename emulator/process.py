@@ -12,7 +12,8 @@ Rules:
   readable one in both, swap and migration-cache entries gain a count; shared
   vmas keep writable ptes and share their contents.
 - The child's record of contents (shadow) is taken with its ptes, in the
-  same step, so the data oracle never sees a half-forked child.
+  same step, so the data oracle never sees a half-forked child; a shared
+  vma's is the shared object's, the same array from the moment it is linked.
 """
 from __future__ import annotations
 
@@ -145,8 +146,10 @@ def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
     k.next_pid += 1
     pairs = []
     for pv in parent.vmas:
-        cv = VMA(child, pv.start, pv.npages, pv.shared, pv.anon_vma,
-                 np.zeros(pv.npages, dtype=np.int64), np.zeros(pv.npages, dtype=np.int64), pv.policy)
+        # a shared mapping's record of contents is the shared object's, from the moment
+        # the child's vma is linked (the oracle looks pages up through siblings)
+        cv = VMA(child, pv.start, pv.npages, pv.shared, pv.anon_vma, np.zeros(pv.npages, dtype=np.int64),
+                 pv.shadow if pv.shared else np.zeros(pv.npages, dtype=np.int64), pv.policy)
         if "r3-fork-links-at-head" in k.bugs:
             pv.anon_vma.vmas.insert(0, cv)
         else:
@@ -175,7 +178,8 @@ def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
     swp = ptes[(ptes != 0) & ((ptes & P.PRESENT) == 0) & ~P.is_migration(ptes)]
     if len(swp):
         entry_dup(k, swp)
-    cv.shadow = pv.shadow if pv.shared else pv.shadow.copy()
+    if not pv.shared:
+        cv.shadow = pv.shadow.copy()
     cv.mm.rss += int((ptes != 0).sum())
 
 

@@ -91,7 +91,7 @@ class Scenario:
         w = cache[key]
         m = Machine.__new__(Machine)
         m.topology, m.k = w.m.topology, clone(w.m.k)
-        return World(m, {p: list(a) for p, a in w.maps.items()})
+        return World(m, {p: list(a) for p, a in w.maps.items()}, dict(w.alias))
 
     def build(self, bugs=()) -> "World":
         m = Machine.from_config(self.machine, bugs=bugs)
@@ -117,6 +117,8 @@ class World:
     """A machine plus the scenario's names for its mappings."""
     m: Machine
     maps: dict[int, list[int]] = field(default_factory=dict)
+    # a dump's pids -> this run's: a fork's child is whichever pid this run gave it
+    alias: dict[int, int] = field(default_factory=dict)
 
     def vma_page(self, pid: int, mapping: int, page: int):
         k = self.m.k
@@ -132,38 +134,41 @@ class World:
     def start(self, op: Op):
         """The operation's coroutine, over the model's own kernel paths."""
         k, a = self.m.k, op.args
+        pid = self.alias.get(a["pid"], a["pid"]) if "pid" in a else 0
         if op.kind == "fault":
-            vma, i = self.vma_page(a["pid"], a.get("mapping", 0), a["page"])
+            vma, i = self.vma_page(pid, a.get("mapping", 0), a["page"])
             n = a.get("npages", 1)
             write = a.get("write", False)
             return fault.touch(k, vma, i, i + n, write, k.next_tokens(n) if write else None)
         if op.kind == "gup_write":
-            vma, i = self.vma_page(a["pid"], a.get("mapping", 0), a["page"])
+            vma, i = self.vma_page(pid, a.get("mapping", 0), a["page"])
             return fault.gup_write(k, vma, i, int(k.next_tokens(1)[0]))
         if op.kind == "move_pages":
-            pid = a["pid"]
             base = self.maps[pid][a.get("mapping", 0)] >> k.page_shift
             vpns = np.array([base + p for p in a["pages"]], dtype=np.int64)
             nodes = np.full(len(vpns), a["node"], dtype=np.int64)
             flags = move_pages.MPOL_MF_MOVE_ALL if a.get("move_all", True) else move_pages.MPOL_MF_MOVE
             return move_pages.do_pages_move(k, k.mms[pid], vpns, nodes, flags)
         if op.kind == "migrate_pages":
-            return move_pages.do_migrate_pages(k, k.mms[a["pid"]], move_pages.nodes_remap(a["from"], a["to"]), True)
+            return move_pages.do_migrate_pages(k, k.mms[pid], move_pages.nodes_remap(a["from"], a["to"]), True)
         if op.kind == "reclaim":
             return reclaim.shrink_node(k, a["node"], a["pages"])
         if op.kind == "fork":
-            return self._fork(a["pid"])
+            return self._fork(pid, a.get("child"))
         if op.kind == "exit":
-            return process.exit_mm(k, k.mms[a["pid"]])
+            return process.exit_mm(k, k.mms[pid])
         if op.kind == "swapoff":
             return swapfile.swapoff(k)
         if op.kind == "swapon":
             return _one_step("coord", swapfile.swapon, k)
         raise AssertionError(op.kind)
 
-    async def _fork(self, pid: int) -> int:
+    async def _fork(self, pid: int, name: int | None = None) -> int:
+        """``name``: the child's pid in a dump, which later ops use."""
         child = await process.fork(self.m.k, self.m.k.mms[pid])
         self.maps[child] = list(self.maps[pid])
+        if name is not None:
+            self.alias[name] = child
         return child
 
 

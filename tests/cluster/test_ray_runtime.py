@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def scenario(tmp_path: Path, *, nodes: int = 2, frames: int = 512, swap: int = 1024, policy: str = "migcache",
              payload: str = "token", operations: int = 300, every: int = 20, mode: str = "move_pages",
-             pages: int = 160, shared: bool = False, name: str = "s.toml") -> Path:
+             pages: int = 160, shared: bool = False, name: str = "s.toml", fork_every: int = 0) -> Path:
     text = textwrap.dedent(f"""
         [machine]
         nodes = {nodes}
@@ -44,6 +44,7 @@ def scenario(tmp_path: Path, *, nodes: int = 2, frames: int = 512, swap: int = 1
         write_ratio = 0.7
         batch = 16
         shared = {str(shared).lower()}
+        fork_every = {fork_every}
 
         [[workload]]
         node = {nodes - 1}
@@ -154,10 +155,17 @@ def test_shared_mappings_under_concurrent_faults(ray_session, tmp_path):
     assert summary["violations"] == 0, summary["violation_details"]
 
 
-def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session, tmp_path):
-    summary, _ = run(scenario(tmp_path, frames=256, operations=400, every=10), stress=True, check_every=50)
+@pytest.mark.parametrize("shared", [False, True])
+def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session, tmp_path, shared):
+    """Faults on two node actors, forks whose children read, write and exit,
+    migrations and reclaim, all at once; the oracle and every page at each
+    quiescent point."""
+    path = scenario(tmp_path, frames=256, operations=400, every=10, fork_every=3, shared=shared)
+    path.write_text(path.read_text() + "\n[reclaim]\nevery = 25\npages = 32\n")
+    summary, _ = run(path, stress=True, check_every=50)
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["quiescent_checks"] >= 5
+    assert summary["forks"] > 20 and summary["reclaim_events"] > 5
     assert "dump" not in summary
 
 
@@ -173,8 +181,8 @@ def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_pa
             ray_session.get(r.nodes[0].rows_set.remote(slice(None), np.int64(-12345)))
 
     run_holder = []
-    r = RayRun(load_scenario(scenario(tmp_path, operations=5000, every=0)), stress=True, check_every=100,
-               dump_dir=str(tmp_path))
+    r = RayRun(load_scenario(scenario(tmp_path, operations=5000, every=0, fork_every=2)), stress=True,
+               check_every=100, dump_dir=str(tmp_path))
     run_holder.append(r)
     try:
         summary = r.run(progress)
@@ -190,14 +198,15 @@ def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_pa
     assert ev and all(e["seq"] > dump["checkpoint"]["seq"] for e in ev)
     touch = next(e for e in ev if e["op"] == "touch")
     assert all(isinstance(a, int) for a in touch["args"][:3])     # pid, addr, npages
+    assert any(e["op"] == "fork" and isinstance(e["result"], int) for e in ev)   # the child's pid
     good = Machine.restore(dump["checkpoint"]["snapshot"])         # the checkpoint passes the oracle
     good.check()
     # numaemu explore takes it: the last calls as tasks; memory written behind the
     # model is no race of the model, so their interleavings are clean
     from emulator import explore as X
     from emulator.races import load
-    sc = load(f"{summary['dump']}#2")
-    assert len(sc.tasks) == 2
+    sc = load(f"{summary['dump']}#8")     # forks among them: a child's calls join its fork's task
+    assert 1 <= len(sc.tasks) <= 8
     out, st = X.explore_dfs(sc, [], bound=1, max_schedules=300)
     assert out is None and st.schedules > 1
     with pytest.raises(ValueError, match="invariant 1"):

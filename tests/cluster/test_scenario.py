@@ -97,6 +97,11 @@ def test_bad_policy_names_file_key_and_choices(tmp_path):
     assert (err.file, err.key) == (str(path), "machine.policy")
 
 
+def test_fork_every_must_not_be_negative(tmp_path):
+    path = write(tmp_path, GOOD.replace('"zipf"', '"zipf"\nfork_every = -1'))
+    assert str(error_of(path)).startswith(f"{path}: workload[1].fork_every: must be >= 0")
+
+
 def test_bad_pattern_in_second_workload(tmp_path):
     path = write(tmp_path, GOOD.replace('"zipf"', '"random"'))
     assert str(error_of(path)).startswith(

@@ -16,7 +16,7 @@ from emulator.races import ScenarioError, load
 
 
 def ev(seq, op, *args, **kw):
-    return {"seq": seq, "t": 0.0, "thread": "t", "op": op, "args": list(args), "kw": kw, "outcome": "ok"}
+    return {"seq": seq, "t": 0.0, "op": op, "args": list(args), "kw": kw, "outcome": "ok"}
 
 
 @pytest.fixture
@@ -66,10 +66,14 @@ def test_bad_dumps_are_named(tmp_path, dump):
     with pytest.raises(ScenarioError, match="#0: the number of calls"):
         load(f"{dump}#0")
     doc = msgpack.unpackb(dump.read_bytes(), raw=False)
-    doc["events"].append(ev(8, "fork", 1))
+    doc["events"].append(ev(8, "mmap", 1, 4))
+    (tmp_path / "mmap.msgpack").write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(ScenarioError, match="mmap since the checkpoint cannot be explored"):
+        load(str(tmp_path / "mmap.msgpack"))
+    doc["events"][-1] = ev(8, "fork", 1)           # logged without the child's pid
     (tmp_path / "fork.msgpack").write_bytes(msgpack.packb(doc, use_bin_type=True))
-    with pytest.raises(ScenarioError, match="fork since the checkpoint cannot be explored"):
-        load(str(tmp_path / "fork.msgpack"))
+    with pytest.raises(ScenarioError, match=r"events\[seq 8\]: fork: result: the child's pid is missing"):
+        load(str(tmp_path / "fork.msgpack#1"))
 
 
 def test_numaemu_explore_takes_a_dump(dump):
@@ -81,3 +85,53 @@ def test_numaemu_explore_takes_a_dump(dump):
     token = p.stdout.split("replay: numaemu replay ")[1].split()[0]
     r = subprocess.run([str(exe), "replay", token], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "VIOLATION of invariant 2 (mapcount)" in r.stdout
+
+
+def fork_dump(tmp_path: Path, policy: str = "migentry") -> Path:
+    """A stress run's fork cycle racing a migration of the parent's page:
+    fork, the child's read and write (copy-on-write), its exit."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 0, "policy": policy})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 1)
+    m.touch(pid, a, 1)
+    child = 7          # whatever pid the run gave it: the dump's later calls name it
+    fork = ev(4, "fork", pid)
+    fork["result"] = child
+    events = [fork, ev(5, "move_pages", pid, [a], [1], 0), ev(6, "touch", child, a, 1, write=False),
+              ev(7, "touch", child, a, 1, write=True), ev(8, "exit", child)]
+    for e in events:   # the workload thread that forked, and the runner migrating
+        e["caller"] = "runner" if e["op"] == "move_pages" else "node0-t0"
+    doc = {"format": "numaemu-dump/1", "scenario": "x.toml",
+           "checkpoint": {"seq": 3, "snapshot": m.snapshot()},
+           "events": events,
+           "snapshot": m.snapshot(), "violations": ["fork: ..."]}
+    path = tmp_path / "fork.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    return path
+
+
+def test_one_task_per_caller_with_a_forked_child_named_by_its_pid(tmp_path):
+    """The calls of one workload thread stay in order (fork, the child's
+    faults, its exit); the runner's migration races them."""
+    sc = load_dump(f"{fork_dump(tmp_path)}#5")
+    assert [t.name for t in sc.tasks] == ["node0-t0", "runner"]
+    assert [[op.kind for op in t.ops] for t in sc.tasks] == [["fork", "fault", "fault", "exit"], ["move_pages"]]
+    assert sc.tasks[0].ops[0].args == {"pid": 1, "child": 7}
+    assert sc.tasks[0].ops[1].args["pid"] == 7 and sc.tasks[0].ops[1].args["mapping"] == 0
+    # forked before the explored calls: replayed in the setup, named by the dump's pid
+    sc = load_dump(f"{fork_dump(tmp_path)}#3")
+    assert [op.kind for op in sc.setup] == ["fork", "move_pages"]
+    w = sc.fresh()
+    assert w.alias == {7: 2} and 2 in w.m.k.mms
+    assert [op.args["pid"] for op in sc.tasks[0].ops] == [7, 7, 7]     # the child's calls, one thread
+
+
+def test_the_explorer_finds_r3_in_a_dump_with_a_fork(tmp_path):
+    """The fork-against-remap race (R3) from a dump: found with the bug, clean without."""
+    sc = load_dump(f"{fork_dump(tmp_path)}#5")
+    out, _ = X.explore_dfs(sc, ["r3-fork-links-at-head"], bound=2)
+    assert out is not None, "R3 not found from the dump"
+    token = X.make_token(sc, ["r3-fork-links-at-head"], out.schedule)
+    assert X.replay_token(token)[2].violation == out.violation
+    clean, st = X.explore_dfs(sc, [], bound=2)
+    assert clean is None and st.schedules > 1

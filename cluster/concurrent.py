@@ -15,7 +15,10 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
 - A migration's payload copy, which the model's step asks for with
   Kernel.copy_payload, runs right after that step with the lock dropped:
   both pages are locked and frozen, so other operations step meanwhile and
-  the memcpy overlaps them, as folio_copy() does on another CPU.
+  the memcpy overlaps them, as folio_copy() does on another CPU. Steps wait
+  on the locked pages as the kernel's do; a look at contents that does not
+  fault (read_tokens, read's look after its faults) waits until no copy is
+  in flight (``copying``), or it could see the new page before its data.
 - No kernel path is written here: the coroutines are the model's.
 """
 from __future__ import annotations
@@ -31,11 +34,12 @@ from emulator.sched import Call, Deadlock
 WAIT_TIMEOUT = 60.0
 
 
-def run_threaded(coro, cond: threading.Condition, deferred: list | None = None) -> tuple[Any, int]:
-    """Run one operation to completion; the caller holds ``cond``.
-    Returns its result and the number of steps it took. ``deferred``: the
-    kernel's list of payload copies its steps leave for after the step
-    (Kernel.copy_payload); they run with the lock dropped."""
+def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
+    """Run one operation to completion; the caller holds ``m.cond``.
+    Returns its result and the number of steps it took. The payload copies
+    its steps leave in ``m.k.deferred`` (Kernel.copy_payload) run with the
+    lock dropped, counted in ``m.copying`` meanwhile."""
+    cond, deferred = m.cond, m.k.deferred
     steps = 0
     send, throw = coro.send, coro.throw
     value: Any = None
@@ -57,6 +61,8 @@ def run_threaded(coro, cond: threading.Condition, deferred: list | None = None) 
             if deferred:
                 copies = list(deferred)
                 deferred.clear()
+            if copies:
+                m.copying += 1
             cond.notify_all()
             cond.release()          # the preemption point
             if copies:              # the data plane: memcpy (without the GIL) while others step
@@ -65,6 +71,9 @@ def run_threaded(coro, cond: threading.Condition, deferred: list | None = None) 
             else:
                 yield_cpu()
             cond.acquire()
+            if copies:
+                m.copying -= 1
+                cond.notify_all()
         else:
             while not req.pred():
                 if not cond.wait(WAIT_TIMEOUT):
@@ -84,6 +93,7 @@ class ConcurrentMachine(Machine):
         super().__init__(*args, **kw)
         self.cond = threading.Condition(threading.Lock())
         self.k.deferred = []                 # payload copies run outside the lock
+        self.copying = 0                     # operations whose copy is running now
         self.steps = 0                       # every operation's steps so far
         self.mine = threading.local()        # .steps: this thread's, for its caller's latency
 
@@ -91,9 +101,15 @@ class ConcurrentMachine(Machine):
         k = self.k
         k.inflight += 1
         try:
-            value, steps = run_threaded(coro, self.cond, k.deferred)
+            value, steps = run_threaded(coro, self)
         finally:
             k.inflight -= 1
         self.steps += steps
         self.mine.steps = getattr(self.mine, "steps", 0) + steps
         return value
+
+    def _settled(self) -> None:
+        """Wait (the lock dropped) until no migration copy is in flight."""
+        while self.copying:
+            if not self.cond.wait(WAIT_TIMEOUT):
+                raise Deadlock(f"a migration copy did not finish in {WAIT_TIMEOUT:.0f} s")

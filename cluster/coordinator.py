@@ -131,15 +131,18 @@ class Coordinator:
         with self.cond:
             self.checkpoint = {"seq": self.seq, "snapshot": self.m.snapshot()}
 
-    def dump(self, violations: list[str], scenario: str) -> dict[str, Any]:
+    def dump(self, violations: list[str], scenario: str, until_exit: int | None = None) -> dict[str, Any]:
         """What a violation leaves behind (msgpack-able): the last checkpoint
-        that passed, every mutating call since (in the order they started),
-        and the state now."""
+        that passed, every mutating call since (in the order they returned),
+        and the state now. ``until_exit``: a pid whose exit ends the story;
+        calls started after it returned are left out."""
         with self.cond:
             since = self.checkpoint["seq"] if self.checkpoint else 0
+            until = next((e["seq"] for e in self.events if e["op"] == "exit" and e["args"][:1] == [until_exit]),
+                         None) if until_exit else None
             return {"format": "numaemu-dump/1", "scenario": scenario,
                     "checkpoint": self.checkpoint,
-                    "events": [e for e in self.events if e["seq"] > since],
+                    "events": [e for e in self.events if e["seq"] > since and (until is None or e["seq"] <= until)],
                     "snapshot": self.m.snapshot(), "violations": list(violations)}
 
     # -- a node actor lost ---------------------------------------------------------

@@ -51,6 +51,7 @@ class NodeActor:
         self.forks = 0
         self.fork_bad = 0                   # fork cycles' mismatches
         self.fork_details: list[str] = []
+        self.fork_child = 0                 # the first child that saw one
 
     # -- the payload ---------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -116,7 +117,7 @@ class NodeActor:
         """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
         running = [d for d in self.drivers if d.thread.is_alive()]
         out = {"ops": self.ops_done, "running": bool(running), "forks": self.forks,
-               "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
+               "fork_bad": self.fork_bad, "fork_details": list(self.fork_details), "fork_child": self.fork_child,
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                "checkpoint": bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)}
         if since >= 0:
@@ -145,7 +146,7 @@ class NodeActor:
         for d in self.drivers:
             d.thread.join(timeout)
         return {"ops": self.ops_done, "errors": dict(self.errors), "forks": self.forks,
-                "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
+                "fork_bad": self.fork_bad, "fork_details": list(self.fork_details), "fork_child": self.fork_child,
                 "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                 "running": any(d.thread.is_alive() for d in self.drivers),
                 "latency_s": np.asarray(self.latency_s, dtype=np.float64),
@@ -235,6 +236,8 @@ class _Driver:
         except OSError as exc:
             node.errors[f"fork:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
             return
+        if res.bad and not node.fork_bad:
+            node.fork_child = res.child
         node.fork_bad += len(res.bad)
         node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
 

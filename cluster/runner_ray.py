@@ -178,7 +178,8 @@ class RayRun:
                 if failures:
                     raise RunnerError("a workload driver failed: " + "; ".join(failures))
                 if self.stress and any(s["fork_bad"] for s in states.values()):
-                    self._fork_violation(by_home, [d for s in states.values() for d in s["fork_details"]])
+                    bad = [s for s in states.values() if s["fork_bad"]]
+                    self._fork_violation(by_home, [d for s in bad for d in s["fork_details"]], bad[0]["fork_child"])
                     break
                 while next_mig is not None and done >= next_mig and next_mig <= ops:
                     loc.migrate()
@@ -299,13 +300,14 @@ class RayRun:
         finally:
             ray.get([self.nodes[h].resume.remote() for h in live])
 
-    def _fork_violation(self, by_home, details: list[str]) -> None:
+    def _fork_violation(self, by_home, details: list[str], child: int) -> None:
         """A child read what its parent never wrote (or lost its own write):
-        stop every driver between two operations and dump the state."""
+        stop every driver between two operations and dump the state, with
+        the calls up to that child's exit (what ran after it is no cause)."""
         ray = self.ray
         ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
         self.details.extend(details[:20])
-        self._dump()
+        self._dump(until_exit=child)
 
     def _verify(self, by_home, final: bool = True) -> None:
         ray = self.ray
@@ -329,7 +331,7 @@ class RayRun:
             self.violations += 1
             self.details.append(str(InvariantViolation(*seen)))
 
-    def _dump(self) -> None:
+    def _dump(self, until_exit: int | None = None) -> None:
         """The state a violation was found in, for ``numaemu explore --dump``
         (written while every driver is paused): see Coordinator.dump."""
         import msgpack
@@ -338,7 +340,7 @@ class RayRun:
         d = Path(self.dump_dir or ".")
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"numaemu-dump-{self.run_id}.msgpack"
-        blob = self.ray.get(self.coord.dump.remote(self.details, self.scenario.path))
+        blob = self.ray.get(self.coord.dump.remote(self.details, self.scenario.path, until_exit))
         path.write_bytes(msgpack.packb(blob, use_bin_type=True))
         self.dump_path = path
 

@@ -140,6 +140,7 @@ class Proc:
 class ForkResult:
     """What one fork cycle compared, and what did not match (described)."""
 
+    child: int = 0
     checked: int = 0
     bad: list[str] = field(default_factory=list)
 
@@ -164,7 +165,7 @@ def fork_cycle(m, proc: Proc, acc: Access, page_size: int, shared: bool) -> Fork
     child = m.fork(proc.pid)
     start, n = acc.start, acc.npages
     addr = proc.addr + start * page_size
-    res = ForkResult()
+    res = ForkResult(child)
     sh = proc.shadow
     try:
         m.touch(child, addr, n, write=False)

@@ -180,7 +180,12 @@ class Machine:
         order = np.argsort(-t, kind="stable")[:max(0, int(n))]
         return a[order].tolist()
 
+    def _settled(self) -> None:
+        """Before a look at contents that does not fault: in-process no
+        migration copy is ever in flight (cluster.concurrent's driver waits)."""
+
     def read_tokens(self, pid: int, addr: int, npages: int) -> np.ndarray:
+        self._settled()
         mm = self._mm(pid)
         out = []
         for vma, lo, hi in self._range(mm, addr, npages):
@@ -222,6 +227,7 @@ class Machine:
         parts = []
         for vma, lo, hi in ranges:
             self._run(_touch(self.k, vma, lo, hi, False, None))
+            self._settled()
             if self.payload == "token":
                 toks = invariants.content_of_ptes(self.k, invariants.effective_ptes(vma, lo, hi))
                 parts.append(np.repeat(toks[:, None], ps // 8, axis=1).view(np.uint8).reshape(-1))

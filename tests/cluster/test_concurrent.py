@@ -1,0 +1,57 @@
+"""The threaded driver: the model's operations from many threads, one lock."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import cluster.concurrent as C
+from cluster.concurrent import ConcurrentMachine
+
+
+@pytest.mark.parametrize("policy", ["migcache", "migentry"])
+def test_a_read_that_does_not_fault_waits_for_a_migration_copy_in_flight(monkeypatch, policy):
+    """A migration's copy runs with the lock dropped, after the step that
+    moved the page's cache slot to the new frame. read_tokens must not look
+    at the new frame before the copy lands (a fork cycle's read-back on Ray
+    saw stale data this way): here the copy is held until the reader has
+    had every chance to run."""
+    m = ConcurrentMachine(nodes=2, frames_per_node=64, swap_pages=0, policy=policy)
+    n = 16
+    with m.cond:
+        pid = m.spawn(0)
+        addr = m.mmap(pid, n)
+        written = m.touch(pid, addr, n)
+    in_copy, go = threading.Event(), threading.Event()
+    real = C.copy_rows
+
+    def held_copy(*args):
+        in_copy.set()
+        assert go.wait(30), "the copy was never let go"
+        real(*args)
+
+    monkeypatch.setattr(C, "copy_rows", held_copy)
+    out: dict[str, object] = {}
+
+    def migrate():
+        with m.cond:
+            out["status"] = m.move_pages(pid, [addr + i * m.page_size for i in range(n)], [1] * n)
+
+    def read():
+        with m.cond:
+            out["read"] = m.read_tokens(pid, addr, n)
+
+    a = threading.Thread(target=migrate)
+    a.start()
+    assert in_copy.wait(30)
+    b = threading.Thread(target=read)
+    b.start()
+    b.join(2.0)                 # without the wait, the read is done by now, and stale
+    go.set()
+    a.join(30)
+    b.join(30)
+    assert out["status"] == [1] * n
+    assert np.array_equal(out["read"], written)
+    with m.cond:
+        m.check()

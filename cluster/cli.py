@@ -46,7 +46,8 @@ def main() -> None:
               help="'ray': node actors and a coordinator on Ray (an embedded local Ray unless "
                    "--address); 'local': the in-process model")
 @click.option("--address", default=None, metavar="ADDR",
-              help="join the running Ray cluster at ADDR (host:port, or 'auto') instead of starting one")
+              help="join the running Ray cluster at ADDR (host:port, 'auto', or ray://host:port "
+                   "through its Ray Client server) instead of starting one")
 @click.option("--stress", is_flag=True, default=False,
               help="stop at quiescent points to run the whole invariant oracle and compare every page "
                    "with the workloads' shadows (also [run] stress = true)")

@@ -56,7 +56,13 @@ def ensure_ray(address: str | None) -> bool:
             ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
-        raise RunnerError(f"cannot start or reach {where}: {exc}") from None
+        hint = ""
+        if address and address.startswith("ray://") and "timeout" in str(exc).lower():
+            # a Ray Client server that wants a token refuses a client without one: the client reports a timeout
+            hint = (" (is its Ray Client server listening there? a cluster with token authentication "
+                    "also needs RAY_AUTH_MODE=token and its token, RAY_AUTH_TOKEN or ~/.ray/auth_token, "
+                    "in this environment)")
+        raise RunnerError(f"cannot start or reach {where}: {exc}{hint}") from None
     return True
 
 

@@ -1,9 +1,11 @@
 """deploy/: the Prometheus config (checked by promtool), Grafana provisioning,
-the compose file, the Ray cluster launcher YAML and the KubeRay manifest.
+the compose file, the Ray cluster launcher YAML and the KubeRay RayJob.
 
 Docker and Kubernetes are not available on these machines: the compose file
 and the Ray/KubeRay manifests are checked for YAML syntax and for what they
-must say, not run.
+must say, not run. The RayJob's entrypoint is run on a real Ray head (and
+submitted through its Job Submission API where ray[default] is installed) by
+tests/cluster/test_deploy_head.py.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def load(rel: str):
 def test_every_yaml_file_parses():
     files = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
     assert {str(p.relative_to(DEPLOY)) for p in files} >= {
-        "prometheus/prometheus.yml", "compose.yaml", "ray/cluster.yaml", "kuberay/raycluster.yaml",
+        "prometheus/prometheus.yml", "compose.yaml", "ray/cluster.yaml", "kuberay/rayjob.yaml",
         "grafana/provisioning/datasources/numaemu.yaml", "grafana/provisioning/dashboards/numaemu.yaml"}
     for p in files:
         docs = list(yaml.safe_load_all(p.read_text()))
@@ -91,22 +93,45 @@ def test_ray_cluster_launcher_installs_numaemu_and_runs_a_scenario():
     assert any("ray start --address" in c for c in cfg["worker_start_ray_commands"])
 
 
-def test_kuberay_raycluster_installs_numaemu_and_runs_a_scenario(tmp_path):
-    docs = list(yaml.safe_load_all((DEPLOY / "kuberay/raycluster.yaml").read_text()))
+def test_kuberay_rayjob_installs_numaemu_and_runs_a_scenario_on_the_head(tmp_path):
+    docs = list(yaml.safe_load_all((DEPLOY / "kuberay/rayjob.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"ConfigMap", "RayCluster", "Job"}
-    rc = kinds["RayCluster"]
-    assert rc["apiVersion"] == "ray.io/v1"
-    head = rc["spec"]["headGroupSpec"]["template"]["spec"]
-    workers = rc["spec"]["workerGroupSpecs"][0]["template"]["spec"]
-    for spec in (head, workers, kinds["Job"]["spec"]["template"]["spec"]):
-        (init,) = spec["initContainers"]
+    assert set(kinds) == {"ConfigMap", "RayJob"}
+    rj = kinds["RayJob"]
+    assert rj["apiVersion"] == "ray.io/v1"
+    spec = rj["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head_tpl = cluster["headGroupSpec"]["template"]
+    head, workers = head_tpl["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]
+    for pod in (head, workers):
+        (init,) = pod["initContainers"]
         assert "pip install" in " ".join(init["command"])
-    job = kinds["Job"]["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"][:4] == ["python", "-m", "cluster.cli", "run"]
-    assert "--backend=ray" in job["command"]
-    assert f"ray://{rc['metadata']['name']}-head-svc:10001" in " ".join(job["command"])
-    # the scenario in the ConfigMap is a valid numaemu scenario
+        for c in [init] + pod["containers"]:
+            assert c["image"] == f"rayproject/ray:{cluster['rayVersion']}-py311"   # ray[all]: Jobs API included
+    # the submitter reaches the Job Submission API through the head's service
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+    # the entrypoint: numaemu on the head, joining this cluster through RAY_ADDRESS
+    argv = spec["entrypoint"].split()
+    assert argv[:4] == ["python", "-m", "cluster.cli", "run"]
+    assert {"--backend=ray", "--address=auto", "--metrics-port=9108", "--metrics-bind=0.0.0.0"} <= set(argv)
+    assert not any(a.startswith("--address=ray://") for a in argv)
+    # the scenario: the ConfigMap, mounted where the entrypoint reads it, and a valid numaemu scenario
+    (vol,) = [v["name"] for v in head["volumes"] if v.get("configMap", {}).get("name") == "numaemu-scenario"]
+    (ray_head,) = head["containers"]
+    (mount,) = [m["mountPath"] for m in ray_head["volumeMounts"] if m["name"] == vol]
+    assert argv[4] == f"{mount}/scenario.toml"
+    assert kinds["ConfigMap"]["metadata"]["name"] == "numaemu-scenario"
     p = tmp_path / "scenario.toml"
     p.write_text(kinds["ConfigMap"]["data"]["scenario.toml"])
     assert load_scenario(str(p)).run.operations > 0
+    # metrics: the driver serves 9108 on the head pod, which Prometheus discovers by its annotations
+    ann = head_tpl["metadata"]["annotations"]
+    assert ann["prometheus.io/scrape"] == "true" and ann["prometheus.io/port"] == "9108"
+    assert ann["prometheus.io/path"] == "/metrics"
+    ports = {p["containerPort"]: p["name"] for p in ray_head["ports"]}
+    assert ports[9108] != "metrics"       # KubeRay's name for Ray's own metrics port
+    assert ports[8265] == "dashboard"
+    for c in ray_head, workers["containers"][0]:
+        assert {"name": "PYTHONPATH", "value": "/opt/numaemu"} in c["env"]

@@ -116,14 +116,18 @@ class NodeActor:
     def progress(self, since: int = -1) -> dict[str, Any]:
         """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
         running = [d for d in self.drivers if d.thread.is_alive()]
-        out = {"ops": self.ops_done, "running": bool(running), "forks": self.forks,
-               "fork_bad": self.fork_bad, "fork_details": list(self.fork_details), "fork_child": self.fork_child,
+        out = {"ops": self.ops_done, "running": bool(running), **self._forks(),
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                "checkpoint": bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)}
         if since >= 0:
             n = len(self.latency_s)
             out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
         return out
+
+    def _forks(self) -> dict[str, Any]:
+        """Fork cycles so far, and the mismatches their children saw."""
+        return {"forks": self.forks, "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
+                "fork_child": self.fork_child}
 
     def pause(self) -> int:
         """Stop every thread between two operations; returns once all are idle."""
@@ -145,8 +149,7 @@ class NodeActor:
     def join(self, timeout: float | None = None) -> dict[str, Any]:
         for d in self.drivers:
             d.thread.join(timeout)
-        return {"ops": self.ops_done, "errors": dict(self.errors), "forks": self.forks,
-                "fork_bad": self.fork_bad, "fork_details": list(self.fork_details), "fork_child": self.fork_child,
+        return {"ops": self.ops_done, "errors": dict(self.errors), **self._forks(),
                 "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
                 "running": any(d.thread.is_alive() for d in self.drivers),
                 "latency_s": np.asarray(self.latency_s, dtype=np.float64),

@@ -65,15 +65,17 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 m.copying += 1
             cond.notify_all()
             cond.release()          # the preemption point
-            if copies:              # the data plane: memcpy (without the GIL) while others step
-                for args in copies:
-                    copy_rows(*args)
-            else:
-                yield_cpu()
-            cond.acquire()
-            if copies:
-                m.copying -= 1
-                cond.notify_all()
+            try:
+                if copies:          # the data plane: memcpy (without the GIL) while others step
+                    for args in copies:
+                        copy_rows(*args)
+                else:
+                    yield_cpu()
+            finally:                # a copy that fails (a remote payload gone) must not leave readers waiting
+                cond.acquire()
+                if copies:
+                    m.copying -= 1
+                    cond.notify_all()
         else:
             while not req.pred():
                 if not cond.wait(WAIT_TIMEOUT):

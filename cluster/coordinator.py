@@ -120,6 +120,7 @@ class Coordinator:
         between steps are checked."""
         from emulator import InvariantViolation
         with self.cond:
+            self.m._settled()          # no new frame looked at before its copy lands
             try:
                 self.m.check()
             except InvariantViolation as exc:
@@ -135,7 +136,7 @@ class Coordinator:
         """What a violation leaves behind (msgpack-able): the last checkpoint
         that passed, every mutating call since (in the order they returned),
         and the state now. ``until_exit``: a pid whose exit ends the story;
-        calls started after it returned are left out."""
+        calls started after that exit started are left out."""
         with self.cond:
             since = self.checkpoint["seq"] if self.checkpoint else 0
             until = next((e["seq"] for e in self.events if e["op"] == "exit" and e["args"][:1] == [until_exit]),

@@ -116,9 +116,11 @@ class NodeActor:
     def progress(self, since: int = -1) -> dict[str, Any]:
         """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
         running = [d for d in self.drivers if d.thread.is_alive()]
+        # the checkpoint first: a driver parked there has counted its last fork cycle already
+        checkpoint = bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)
         out = {"ops": self.ops_done, "running": bool(running), **self._forks(),
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
-               "checkpoint": bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)}
+               "checkpoint": checkpoint}
         if since >= 0:
             n = len(self.latency_s)
             out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
@@ -210,6 +212,7 @@ class _Driver:
                 acc = patterns[proc.workload].next(rng, proc.cursor, proc.pages)
                 proc.cursor = acc.start + acc.npages
                 t0 = time.perf_counter()
+                done = False
                 try:
                     toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
                 except OSError as exc:
@@ -219,12 +222,14 @@ class _Driver:
                 else:
                     if acc.write:
                         proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
+                    done = True
                 node.latency_s.append(time.perf_counter() - t0)
                 node.latency_steps.append(m.last_steps)
-                proc.ops += 1
-                spec = patterns[proc.workload].spec
-                if spec.fork_every and proc.ops % spec.fork_every == 0:
-                    self.fork(m, proc, acc, spec.shared)
+                if done:        # as the local backend: a fork after every fork_every-th access that worked
+                    proc.ops += 1
+                    spec = patterns[proc.workload].spec
+                    if spec.fork_every and proc.ops % spec.fork_every == 0:
+                        self.fork(m, proc, acc, spec.shared)
                 self.ops += 1
         except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
             self.failure = f"{type(exc).__name__}: {exc}"
@@ -239,8 +244,11 @@ class _Driver:
         except OSError as exc:
             node.errors[f"fork:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
             return
-        if res.bad and not node.fork_bad:
+        if not res.bad:
+            return
+        # the description and the child first: progress() may read between these lines
+        node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
+        if not node.fork_bad:
             node.fork_child = res.child
         node.fork_bad += len(res.bad)
-        node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
 

@@ -83,7 +83,7 @@ class Scenario:
 
     def fresh(self, bugs=()) -> "World":
         """The starting state, built once per set of bugs and copied for each run
-        (setup has no munmap, so no array views need their aliasing kept)."""
+        (kernel.clone keeps shared shadows shared, whole or as views)."""
         key = tuple(sorted(bugs))
         cache = self.__dict__.setdefault("_built", {})
         if key not in cache:

@@ -55,3 +55,24 @@ def test_a_read_that_does_not_fault_waits_for_a_migration_copy_in_flight(monkeyp
     assert np.array_equal(out["read"], written)
     with m.cond:
         m.check()
+
+
+def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
+    """A remote payload can vanish mid-copy (its node actor died): the error
+    reaches the caller, with the lock held again, and reads do not wait for
+    a copy that will never finish."""
+    m = ConcurrentMachine(nodes=2, frames_per_node=64, swap_pages=0, policy="migcache")
+    with m.cond:
+        pid = m.spawn(0)
+        addr = m.mmap(pid, 8)
+        m.touch(pid, addr, 8)
+
+    def gone(*args):
+        raise ConnectionError("the node actor holding the payload died")
+
+    monkeypatch.setattr(C, "copy_rows", gone)
+    with m.cond:
+        with pytest.raises(ConnectionError):
+            m.move_pages(pid, [addr + i * m.page_size for i in range(8)], [1] * 8)
+        assert m.copying == 0
+        m.read_tokens(pid, addr, 8)      # returns, without waiting WAIT_TIMEOUT

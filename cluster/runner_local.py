@@ -68,6 +68,7 @@ class LocalRun:
         self.migration_events = 0
         self.reclaim_events = 0
         self.forks = 0
+        self.swapoff_events = 0
         self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this
         self.latency = latency if latency is not None else LatencyRecorder()
@@ -224,6 +225,18 @@ class LocalRun:
         except OSError as exc:
             self.errors[f"reclaim:{_errname(exc)}"] += 1
 
+    def swapoff_cycle(self) -> None:
+        """swapoff (every swapped page comes back into memory, racing the
+        workloads' faults on the Ray backend), then swapon again. ENOMEM
+        leaves the device on (mm/swapfile.c): counted, and no swapon."""
+        self.swapoff_events += 1
+        try:
+            self.m.swapoff()
+        except OSError as exc:
+            self.errors[f"swapoff:{_errname(exc)}"] += 1
+            return
+        self.m.swapon()
+
     # -- verification -----------------------------------------------------
 
     def verify(self) -> int:
@@ -261,6 +274,7 @@ class LocalRun:
             timeline.sample(self.m, 0)
         every = self.scenario.migration.every
         reclaim_every = self.scenario.reclaim.every
+        swapoff_every = self.scenario.swapoff.every
         step = max(1, ops // 200)
         nprocs = len(self.procs)
         state = self.metrics
@@ -272,6 +286,8 @@ class LocalRun:
                     self.migrate()
                 if reclaim_every and op % reclaim_every == 0:
                     self.reclaim()
+                if swapoff_every and op % swapoff_every == 0:
+                    self.swapoff_cycle()
                 if timeline.due(op):
                     timeline.sample(self.m, op)
                 if stress and check_every and op % check_every == 0 and op < ops:
@@ -308,6 +324,7 @@ class LocalRun:
         summary["operations_done"] = done
         summary["reclaim_events"] = self.reclaim_events
         summary["forks"] = self.forks
+        summary["swapoff_events"] = self.swapoff_events
         if stress:
             summary["quiescent_checks"] = checks
         return summary

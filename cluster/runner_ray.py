@@ -168,6 +168,8 @@ class RayRun:
         next_mig = every if every else None
         reclaim_every = sc.reclaim.every
         next_reclaim = reclaim_every if reclaim_every else None
+        swapoff_every = sc.swapoff.every
+        next_swapoff = swapoff_every if swapoff_every else None
         deadline = t0 + sc.run.seconds if sc.run.seconds else None
         done = 0
         try:
@@ -193,6 +195,9 @@ class RayRun:
                 while next_reclaim is not None and done >= next_reclaim and next_reclaim <= ops:
                     loc.reclaim()
                     next_reclaim += reclaim_every
+                while next_swapoff is not None and done >= next_swapoff and next_swapoff <= ops:
+                    loc.swapoff_cycle()           # its unuse walk races the drivers' faults
+                    next_swapoff += swapoff_every
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
                 if checkpoints and any(s["checkpoint"] for s in states.values()) and \
@@ -232,6 +237,7 @@ class RayRun:
         summary["operations_done"] = done
         summary["reclaim_events"] = loc.reclaim_events
         summary["forks"] = int(sum(r["forks"] for r in results.values()))
+        summary["swapoff_events"] = loc.swapoff_events
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])

@@ -124,6 +124,10 @@ class ReclaimSpec(_Strict):
     node: int | None = Field(None, ge=0)
 
 
+class SwapoffSpec(_Strict):
+    every: int = Field(0, ge=0)
+
+
 class RunSpec(_Strict):
     operations: int = Field(ge=0)
     seconds: float | None = Field(None, gt=0)
@@ -137,6 +141,7 @@ class Scenario(_Strict):
     workload: list[WorkloadSpec] = Field(min_length=1)
     migration: MigrationSpec = Field(default_factory=MigrationSpec)
     reclaim: ReclaimSpec = Field(default_factory=ReclaimSpec)
+    swapoff: SwapoffSpec = Field(default_factory=SwapoffSpec)
     run: RunSpec
 
     _path: str = PrivateAttr("<scenario>")
@@ -309,6 +314,9 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: b
             if wl.threads > wl.pages:
                 key, problem = f"workload[{i}].threads", f"{wl.threads} threads for {wl.pages} pages: at most one per page"
                 raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
+        if scenario.swapoff.every and not built.k.swap.nslots:
+            key, problem = "swapoff.every", "the machine has no swap device (machine.swap_pages = 0)"
+            raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
         nodes = [(f"workload[{i}].node", wl.node) for i, wl in enumerate(scenario.workload)]
         nodes += [("migration.target", scenario.migration.target), ("reclaim.node", scenario.reclaim.node)]
         for key, node in nodes:

@@ -158,14 +158,14 @@ def test_shared_mappings_under_concurrent_faults(ray_session, tmp_path):
 @pytest.mark.parametrize("shared", [False, True])
 def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session, tmp_path, shared):
     """Faults on two node actors, forks whose children read, write and exit,
-    migrations and reclaim, all at once; the oracle and every page at each
-    quiescent point."""
+    migrations, reclaim and swapoff, all at once; the oracle and every page
+    at each quiescent point."""
     path = scenario(tmp_path, frames=256, operations=400, every=10, fork_every=3, shared=shared)
-    path.write_text(path.read_text() + "\n[reclaim]\nevery = 25\npages = 32\n")
+    path.write_text(path.read_text() + "\n[reclaim]\nevery = 25\npages = 32\n\n[swapoff]\nevery = 70\n")
     summary, _ = run(path, stress=True, check_every=50)
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["quiescent_checks"] >= 5
-    assert summary["forks"] > 20 and summary["reclaim_events"] > 5
+    assert summary["forks"] > 20 and summary["reclaim_events"] > 5 and summary["swapoff_events"] == 400 // 70
     assert "dump" not in summary
 
 

@@ -277,3 +277,23 @@ def test_a_fork_cycle_catches_a_child_that_reads_the_wrong_data(tmp_path):
     assert res.checked == 4 and len(res.bad) == 1
     assert f"of pid {proc.pid} page {page} " in res.bad[0] and "the parent's, copied at fork" in res.bad[0]
     assert run.m.processes() == sorted({p.pid for p in run.procs})      # the child exited
+
+
+@pytest.mark.parametrize("policy", ["swapcache", "migcache", "migentry"])
+def test_swapoff_cycles_bring_every_page_back_and_lose_nothing(tmp_path, policy):
+    """Reclaim pushes pages out, swapoff brings them all back (or fails with
+    ENOMEM, counted, the device left on), swapon again; forks and migrations
+    in between. Every page is verified at the end."""
+    from cluster.runner_local import LocalRun
+
+    text = SCENARIO.format(policy=policy, payload="token", every=7, mode="move_pages", ops=300, seed=3,
+                           shared="true").replace("frames_per_node = 512", "frames_per_node = 200")
+    path = tmp_path / "swapoff.toml"
+    path.write_text(textwrap.dedent(text) + "\n[reclaim]\nevery = 5\npages = 64\n\n[swapoff]\nevery = 40\n")
+    run = LocalRun(load_scenario(path))
+    s = run.run()
+    assert s["violations"] == 0, s["violation_details"]
+    assert s["swapoff_events"] == 300 // 40
+    assert s["totals"]["pswpout"] > 0 and s["totals"]["pswpin"] > 0
+    assert run.m.swap_info()["on"]
+    assert set(s["errors"]) <= {"swapoff:ENOMEM"}

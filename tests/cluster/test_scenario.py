@@ -102,6 +102,13 @@ def test_fork_every_must_not_be_negative(tmp_path):
     assert str(error_of(path)).startswith(f"{path}: workload[1].fork_every: must be >= 0")
 
 
+def test_swapoff_needs_a_swap_device(tmp_path):
+    path = write(tmp_path, GOOD.replace("swap_pages = 512", "swap_pages = 0") + "\n[swapoff]\nevery = 10\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert str(info.value) == f"{path}: swapoff.every: the machine has no swap device (machine.swap_pages = 0)"
+
+
 def test_bad_pattern_in_second_workload(tmp_path):
     path = write(tmp_path, GOOD.replace('"zipf"', '"random"'))
     assert str(error_of(path)).startswith(

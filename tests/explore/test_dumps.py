@@ -135,3 +135,25 @@ def test_the_explorer_finds_r3_in_a_dump_with_a_fork(tmp_path):
     assert X.replay_token(token)[2].violation == out.violation
     clean, st = X.explore_dfs(sc, [], bound=2)
     assert clean is None and st.schedules > 1
+
+
+def test_swapoff_and_swapon_calls_are_explored(tmp_path):
+    """The runner's swapoff cycle against a fault: explored clean; a swapoff
+    that fails in some order (ENOMEM) and the swapon after it (EINVAL) are
+    outcomes, not violations."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 8, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 3)
+    events = [ev(4, "reclaim", 0, 3), ev(5, "swapoff"), ev(6, "touch", pid, a, 2, write=True), ev(7, "swapon")]
+    for e in events:
+        e["caller"] = "node0-t0" if e["op"] == "touch" else "runner"
+    doc = {"format": "numaemu-dump/1", "scenario": "x.toml", "checkpoint": {"seq": 3, "snapshot": m.snapshot()},
+           "events": events, "snapshot": m.snapshot(), "violations": ["data: ..."]}
+    path = tmp_path / "swapoff.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    sc = load_dump(f"{path}#3")
+    assert [[op.kind for op in t.ops] for t in sc.tasks] == [["swapoff", "swapon"], ["fault"]]
+    assert sc.fresh().m.vmstat()["pswpout"] == 3
+    out, st = X.explore_dfs(sc, [], bound=2)
+    assert out is None and st.schedules > 1

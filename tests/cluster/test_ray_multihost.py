@@ -1,7 +1,8 @@
 """Several hosts: a ``ray.cluster_utils.Cluster`` of four raylets, joined by
 ``numaemu run --address``. Node actors land on different hosts, so the
 coordinator reaches most payloads through actor calls (Ray objects) and
-migrations cross hosts; every page still reads back as written."""
+migrations, reclaim, swapoff and forked children's faults cross hosts; every
+page still reads back as written, at every quiescent point of a stress run."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def test_node_actors_spread_over_hosts_and_migrate_across_them(cluster, tmp_path
         pages = 96
         pattern = "uniform"
         batch = 8
+        fork_every = 5
 
         [[workload]]
         node = 2
@@ -58,9 +60,18 @@ def test_node_actors_spread_over_hosts_and_migrate_across_them(cluster, tmp_path
         every = 10
         mode = "move_pages"
 
+        [reclaim]
+        every = 15
+        pages = 32
+
+        [swapoff]
+        every = 50
+
         [run]
         operations = 120
         seed = 3
+        stress = true
+        check_every = 40
         """))
     out = tmp_path / "out.json"
     proc = subprocess.run([str(Path(sys.executable).with_name("numaemu")), "run", str(scenario),
@@ -76,3 +87,7 @@ def test_node_actors_spread_over_hosts_and_migrate_across_them(cluster, tmp_path
     assert moved_remote > 0                          # and migrations crossed them
     assert s["violations"] == 0, s["violation_details"]
     assert s["verified_pages"] > 0
+    # forks, reclaim to the coordinator's swap device and swapoff back, all through remote payloads,
+    # checked at quiescent points
+    assert s["forks"] > 0 and s["swapoff_events"] == 2 and s["totals"]["pswpout"] > 0
+    assert s["quiescent_checks"] >= 2

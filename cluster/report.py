@@ -84,6 +84,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
+    if summary.get("swapoff_events"):
+        console.print(f"swapoff: {summary['swapoff_events']} times (then swapon)")
+    if "quiescent_checks" in summary:
+        console.print(f"stress: {summary['quiescent_checks']} quiescent checks (the whole oracle, every page)")
     for line in latency_lines(summary):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     for name, count in summary.get("errors", {}).items():

@@ -85,7 +85,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):
-        console.print(f"swapoff: {summary['swapoff_events']} times (then swapon)")
+        console.print(f"swapoff: {summary['swapoff_events']} cycles (swapoff, then swapon after each that worked)")
     if "quiescent_checks" in summary:
         console.print(f"stress: {summary['quiescent_checks']} quiescent checks (the whole oracle, every page)")
     for line in latency_lines(summary):

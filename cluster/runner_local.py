@@ -234,8 +234,12 @@ class LocalRun:
             self.m.swapoff()
         except OSError as exc:
             self.errors[f"swapoff:{_errname(exc)}"] += 1
-            return
-        self.m.swapon()
+            if exc.errno != errno.EINVAL:    # EINVAL: already off (an earlier swapon failed): try again
+                return
+        try:
+            self.m.swapon()
+        except OSError as exc:
+            self.errors[f"swapon:{_errname(exc)}"] += 1
 
     # -- verification -----------------------------------------------------
 

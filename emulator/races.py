@@ -14,7 +14,9 @@ A scenario file holds:
 Operations: ``fault {pid, mapping, page, npages=1, write=false}``,
 ``gup_write {pid, mapping, page}``, ``move_pages {pid, mapping, pages, node,
 move_all=true}``, ``migrate_pages {pid, from, to}``, ``reclaim {node,
-pages}``, ``fork {pid}``, ``exit {pid}``, ``swapoff {}``, ``swapon {}``.
+pages}``, ``fork {pid}``, ``exit {pid}``, ``swapoff {}``, ``swapon {if_off=false}``
+(``if_off``: only if swap is off, as a dump's swapon after a swapoff that
+may go otherwise in the replay than in the run).
 A forked child gets the next pid and its parent's mappings.
 Every error names the file, the key and the problem.
 """
@@ -43,7 +45,7 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "fork": {"pid": int},
     "exit": {"pid": int},
     "swapoff": {},
-    "swapon": {},
+    "swapon": {"if_off": bool},
 }
 REQUIRED = {"fault": ("pid", "page"), "gup_write": ("pid", "page"), "move_pages": ("pid", "pages", "node"),
             "migrate_pages": ("pid", "from", "to"), "reclaim": ("node", "pages"), "fork": ("pid",),
@@ -160,7 +162,7 @@ class World:
         if op.kind == "swapoff":
             return swapfile.swapoff(k)
         if op.kind == "swapon":
-            return _one_step("coord", swapfile.swapon, k)
+            return _one_step("coord", _swapon_if_off if a.get("if_off") else swapfile.swapon, k)
         raise AssertionError(op.kind)
 
     async def _fork(self, pid: int, name: int | None = None) -> int:
@@ -170,6 +172,12 @@ class World:
         if name is not None:
             self.alias[name] = child
         return child
+
+
+def _swapon_if_off(k) -> None:
+    """swapon, unless swap is on already (the swapoff before it failed)."""
+    if not k.swap.on:
+        swapfile.swapon(k)
 
 
 async def _one_step(owner: str, fn: Callable, *args):

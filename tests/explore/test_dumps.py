@@ -137,23 +137,56 @@ def test_the_explorer_finds_r3_in_a_dump_with_a_fork(tmp_path):
     assert clean is None and st.schedules > 1
 
 
-def test_swapoff_and_swapon_calls_are_explored(tmp_path):
-    """The runner's swapoff cycle against a fault: explored clean; a swapoff
-    that fails in some order (ENOMEM) and the swapon after it (EINVAL) are
-    outcomes, not violations."""
-    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 8, "policy": "migcache"})
-    pid = m.spawn(0)
-    a = m.mmap(pid, 3)
-    m.touch(pid, a, 3)
-    events = [ev(4, "reclaim", 0, 3), ev(5, "swapoff"), ev(6, "touch", pid, a, 2, write=True), ev(7, "swapon")]
+def swapoff_dump(tmp_path: Path, m: Machine, events: list[dict], name: str) -> Path:
     for e in events:
         e["caller"] = "node0-t0" if e["op"] == "touch" else "runner"
     doc = {"format": "numaemu-dump/1", "scenario": "x.toml", "checkpoint": {"seq": 3, "snapshot": m.snapshot()},
            "events": events, "snapshot": m.snapshot(), "violations": ["data: ..."]}
-    path = tmp_path / "swapoff.msgpack"
+    path = tmp_path / name
     path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    return path
+
+
+def test_swapoff_and_swapon_calls_are_explored(tmp_path):
+    """The runner's swapoff cycle against a fault, explored clean."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 8, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 3)
+    path = swapoff_dump(tmp_path, m, [ev(4, "reclaim", 0, 3), ev(5, "swapoff"), ev(6, "touch", pid, a, 2, write=True),
+                                      ev(7, "swapon")], "swapoff.msgpack")
     sc = load_dump(f"{path}#3")
     assert [[op.kind for op in t.ops] for t in sc.tasks] == [["swapoff", "swapon"], ["fault"]]
     assert sc.fresh().m.vmstat()["pswpout"] == 3
     out, st = X.explore_dfs(sc, [], bound=2)
     assert out is None and st.schedules > 1
+
+
+def test_a_swapoff_that_goes_otherwise_in_the_replay_leaves_swap_on(tmp_path):
+    """A swapoff cycle ends with the device on, as in the run, whichever way
+    the replayed swapoff goes: no false 'already on' / 'already off'."""
+    # A: the run's swapoff worked; replayed here, memory is full and it fails: the swapon finds swap on
+    m = Machine.from_config({"nodes": 1, "frames_per_node": 16, "swap_pages": 16, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 24)
+    m.touch(pid, a, 24)
+    assert m.swap_info()["used"] > 0
+    with pytest.raises(OSError):
+        m.swapoff()
+    path = swapoff_dump(tmp_path, m, [ev(4, "swapoff"), ev(5, "swapon")], "a.msgpack")
+    out, st = X.explore_dfs(load_dump(f"{path}#1"), [], bound=2)
+    assert out is None, out and out.violation
+    # B: the run's swapoff failed (no swapon followed); replayed here it works: the device comes back on
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 16, "swap_pages": 8, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 4)
+    m.touch(pid, a, 4)
+    failed = ev(5, "swapoff")
+    failed["outcome"] = "OSError: [Errno 12] swapoff: 4 swapped pages but room for 2 only"
+    path = swapoff_dump(tmp_path, m, [ev(4, "reclaim", 0, 4), failed, ev(6, "swapoff"), ev(7, "swapon"),
+                                      ev(8, "touch", pid, a, 2, write=True)], "b.msgpack")
+    sc = load_dump(f"{path}#3")
+    assert [op.kind for op in sc.setup] == ["reclaim", "swapoff", "swapon"]
+    assert sc.fresh().m.swap_info()["on"]
+    out, st = X.explore_dfs(sc, [], bound=2)
+    assert out is None, out and out.violation

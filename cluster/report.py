@@ -23,7 +23,15 @@ COLUMNS = (
     ("pgmajfault", "pgmajfault"),
     ("numa_hit", "numa_hit"),
     ("numa_miss", "numa_miss"),
+    ("fault_p50_us", "fault p50 (us)"),
+    ("fault_p99_us", "fault p99 (us)"),
 )
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
 def node_table(summary: dict[str, Any]) -> Table:
@@ -35,7 +43,7 @@ def node_table(summary: dict[str, Any]) -> Table:
     table.add_column("all", justify="right", style="bold")
     totals = summary["totals"]
     for field, header in COLUMNS:
-        table.add_row(header, *(str(entry[field]) for entry in summary["nodes"]), str(totals[field]))
+        table.add_row(header, *(_cell(entry.get(field)) for entry in summary["nodes"]), _cell(totals.get(field)))
     return table
 
 

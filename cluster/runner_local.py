@@ -146,13 +146,13 @@ class LocalRun:
             try:
                 return self.m.touch(proc.pid, addr, npages, write=write)
             finally:
-                self.latency.record("fault", time.perf_counter() - t0)
+                self.latency.record("fault", time.perf_counter() - t0, node=proc.home)
         t0, s0 = time.perf_counter(), self.steps.steps
         try:
             return self.m.touch(proc.pid, addr, npages, write=write)
         finally:
             seconds, steps = time.perf_counter() - t0, self.steps.steps - s0
-            self.latency.record("fault", seconds, steps)
+            self.latency.record("fault", seconds, steps, node=proc.home)
             self.metrics.observe_fault(proc.home, seconds, steps)
 
     def _migration_call(self, call: str, dst: int, fn, *args):

@@ -223,8 +223,8 @@ class RayRun:
         del self.details[20:]
         if not self.violations or not self.stress:
             self._verify(by_home)
-        for r in results.values():
-            loc.latency.extend("fault", r["latency_s"], r["latency_steps"])
+        for h, r in results.items():
+            loc.latency.extend("fault", r["latency_s"], r["latency_steps"], node=h)
         done = int(sum(r["ops"] for r in results.values()))
         # one consistent picture, which also outlives the actors (metrics --hold)
         frozen = loc.m = self._frozen()

@@ -8,18 +8,21 @@ The summary is a plain JSON-able dict::
       "processes": 2, "migration_events": 40, "elapsed_s": 0.8,
       "nodes": [ {"node": 0, "frames": 4096, "used": ..., "free": ...,
                   "migrations_in": ..., "migrations_out": ...,
-                  "pgmigrate_success": ..., ..., "vmstat": {<all counters of node 0>}}, ...],
+                  "pgmigrate_success": ..., ..., "fault_p50_us": ..., "fault_p99_us": ...,
+                  "vmstat": {<all counters of node 0>}}, ...],
       "totals": {<the per-node fields summed>, "vmstat": {<machine-wide counters>}},
       "swap": {"slots": ..., "used": ..., "on": ..., "swapcached": ...},
       "errors": {"touch:ENOMEM": 3, ...},
       "violations": 0, "violation_details": [...],
-      "latency": {"fault_us": {"count", "p50", "p90", "p99", "max"}, "migration_us": {...}},
+      "latency": {"fault_us": {"count", "p50", "p90", "p99", "max"}, "migration_us": {...},
+                  "fault_us_by_node": {"0": {...}, ...}},
       "timeline": [<about 200 samples: see cluster.timeline>]
     }
 
 ``migrations_in`` / ``migrations_out`` are counted by the runner from
 move_pages statuses (queried before the move, compared after); the other
-per-node fields are the model's own counters (``m.vmstat(node=i)``).
+per-node fields are the model's own counters (``m.vmstat(node=i)``), and
+the fault batches' latency from that node's CPUs (None without latency).
 ``latency`` (wall microseconds per touch call and per migration call, see
 :meth:`cluster.timeline.LatencyRecorder.summary`) and ``timeline`` (samples
 over the run, the last one taken at the end, so it agrees with ``nodes``)
@@ -44,6 +47,9 @@ NODE_COUNTERS = (
     "numa_hit",
     "numa_miss",
 )
+
+# Per-node (and total) fields that are wall-clock timings, not counts.
+TIMED_FIELDS = ("fault_p50_us", "fault_p99_us")
 
 # The per-node fields, in table order.
 NODE_FIELDS = ("frames", "used", "free", "migrations_in", "migrations_out") + NODE_COUNTERS
@@ -104,9 +110,13 @@ def collect_summary(
         }
         for name in NODE_COUNTERS:
             entry[name] = int(vm.get(name, 0))
+        mine = ((latency or {}).get("fault_us_by_node") or {}).get(str(n)) or {}
+        entry.update({f: mine.get(f.split("_")[1]) for f in TIMED_FIELDS})
         entry["vmstat"] = vm
         nodes.append(entry)
     totals: dict[str, Any] = {f: sum(e[f] for e in nodes) for f in NODE_FIELDS}
+    everyone = (latency or {}).get("fault_us") or {}
+    totals.update({f: everyone.get(f.split("_")[1]) for f in TIMED_FIELDS})
     totals["migrate_pages_not_moved"] = int(tally.not_moved)
     totals["vmstat"] = _ints(m.vmstat())
     summary = {

@@ -149,17 +149,25 @@ class LatencyRecorder:
         self.kinds = tuple(kinds)
         self._seconds: dict[str, list[float]] = {k: [] for k in self.kinds}
         self._steps: dict[str, list[int]] = {k: [] for k in self.kinds}
+        self._by_node: dict[str, dict[int, list[float]]] = {k: {} for k in self.kinds}
 
-    def record(self, kind: str, seconds: float, steps: int | None = None) -> None:
+    def record(self, kind: str, seconds: float, steps: int | None = None, node: int | None = None) -> None:
+        """``node``: where the call came from (a fault batch's CPU), for the per-node table."""
         self._seconds[kind].append(seconds)
         if steps is not None:
             self._steps[kind].append(steps)
+        if node is not None:
+            self._by_node[kind].setdefault(node, []).append(seconds)
 
-    def extend(self, kind: str, seconds: Iterable[float], steps: Iterable[int] | None = None) -> None:
+    def extend(self, kind: str, seconds: Iterable[float], steps: Iterable[int] | None = None,
+               node: int | None = None) -> None:
         """Add many durations at once (e.g. gathered from a remote worker)."""
-        self._seconds[kind].extend(float(s) for s in seconds)
+        secs = [float(s) for s in seconds]
+        self._seconds[kind].extend(secs)
         if steps is not None:
             self._steps[kind].extend(int(s) for s in steps)
+        if node is not None:
+            self._by_node[kind].setdefault(node, []).extend(secs)
 
     def count(self, kind: str) -> int:
         return len(self._seconds[kind])
@@ -176,8 +184,13 @@ class LatencyRecorder:
         return {f"{k}_us": self.seconds(k) * 1e6 for k in self.kinds}
 
     def summary(self) -> dict[str, dict[str, Any]]:
+        """Stats per kind, in microseconds and in steps; ``<kind>_us_by_node``:
+        per node (keys are node numbers as strings) where calls named one."""
         out = {f"{k}_us": latency_stats(self.seconds(k) * 1e6) for k in self.kinds}
         for k in self.kinds:
             if self._steps[k]:
                 out[f"{k}_steps"] = latency_stats(self.steps(k))
+            if self._by_node[k]:
+                out[f"{k}_us_by_node"] = {str(n): latency_stats(np.asarray(v) * 1e6)
+                                          for n, v in sorted(self._by_node[k].items())}
         return out

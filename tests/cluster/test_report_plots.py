@@ -162,7 +162,13 @@ def test_the_timeline_is_monotonic_and_ends_at_the_summary(report_run):
 def test_the_table_has_the_latency_lines(report_run):
     result, _, summary = report_run
     lat = summary["latency"]
-    assert set(lat) == {"fault_us", "migration_us"}      # no step counting without --metrics-port
+    assert set(lat) == {"fault_us", "migration_us", "fault_us_by_node"}   # no steps without --metrics-port
+    by_node = lat["fault_us_by_node"]
+    assert sum(st["count"] for st in by_node.values()) == lat["fault_us"]["count"]
+    for entry in summary["nodes"]:      # the table's per-node rows are those stats
+        st = by_node.get(str(entry["node"]))
+        assert (entry["fault_p50_us"], entry["fault_p99_us"]) == ((st["p50"], st["p99"]) if st else (None, None))
+    assert "fault p50 (us)" in result.stdout and "fault p99 (us)" in result.stdout
     for key in ("fault_us", "migration_us"):
         st = lat[key]
         assert set(st) == {"count", "p50", "p90", "p99", "max"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.scenario import WorkloadSpec, load_scenario
-from cluster.summary import MigrationTally
+from cluster.summary import TIMED_FIELDS, MigrationTally
 from cluster.workload import AccessPattern, Proc, Shadow
 
 
@@ -143,6 +143,8 @@ def strip(summary):
     summary.pop("elapsed_s")
     summary.pop("latency")    # wall-clock timings
     summary.pop("timeline")   # its "t" is wall-clock too
+    summary["nodes"] = [{k: v for k, v in e.items() if k not in TIMED_FIELDS} for e in summary["nodes"]]
+    summary["totals"] = {k: v for k, v in summary["totals"].items() if k not in TIMED_FIELDS}
     return summary
 
 

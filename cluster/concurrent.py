@@ -28,8 +28,9 @@ import threading
 from typing import Any
 
 from emulator import Machine
-from emulator.frames import copy_rows
 from emulator.sched import Call, Deadlock
+
+from .dataplane import copy_batch
 
 WAIT_TIMEOUT = 60.0
 
@@ -68,7 +69,7 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
             try:
                 if copies:          # the data plane: memcpy (without the GIL) while others step
                     for args in copies:
-                        copy_rows(*args)
+                        copy_batch(*args)
                 else:
                     yield_cpu()
             finally:                # a copy that fails (a remote payload gone) must not leave readers waiting

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from emulator.frames import copy_rows
+
 
 def shm_dir() -> Path:
     d = Path("/dev/shm")
@@ -89,8 +91,25 @@ class RemoteRows:
         a = ray.get(self.handle.rows_get.remote(slice(None), self.view_dtype))
         return a if dtype is None else a.astype(dtype)
 
+    def pull(self, src: "RemoteRows", si: np.ndarray, di: np.ndarray) -> None:
+        """self[di] = src[si] between two other hosts: the batch goes from one
+        node actor to the other, not through the caller."""
+        import ray
+        ray.get(self.handle.rows_pull.remote(src.handle, si, di, src.view_dtype, self.view_dtype))
+
     def tobytes(self) -> bytes:
         return np.asarray(self).tobytes()
 
     def copy(self) -> np.ndarray:
         return np.array(np.asarray(self))
+
+
+def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
+    """A migration's copy (the data plane): one memcpy per run between mapped
+    payloads; between two remote node actors, one transfer from one to the
+    other (rather than through the coordinator, twice)."""
+    if isinstance(src, RemoteRows) and isinstance(dst, RemoteRows):
+        if len(si):
+            dst.pull(src, si, di)
+        return
+    copy_rows(src, si, dst, di)

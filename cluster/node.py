@@ -66,6 +66,13 @@ class NodeActor:
         a = self.data if view is None else self.data.view(view)
         a[key] = value
 
+    def rows_pull(self, src, src_key, key, src_view=None, view=None) -> None:
+        """Copy rows of another node actor's payload into this one's: a
+        migration between two hosts the coordinator is not on."""
+        import ray
+        rows = ray.get(src.rows_get.remote(src_key, src_view))
+        self.rows_set(key, rows, view)
+
     def forget_path(self) -> None:
         """Once the coordinator has mapped the payload, its name can go: the
         mappings live on, and nothing is left in /dev/shm if a process dies."""

@@ -24,14 +24,14 @@ def test_a_read_that_does_not_fault_waits_for_a_migration_copy_in_flight(monkeyp
         addr = m.mmap(pid, n)
         written = m.touch(pid, addr, n)
     in_copy, go = threading.Event(), threading.Event()
-    real = C.copy_rows
+    real = C.copy_batch
 
     def held_copy(*args):
         in_copy.set()
         assert go.wait(30), "the copy was never let go"
         real(*args)
 
-    monkeypatch.setattr(C, "copy_rows", held_copy)
+    monkeypatch.setattr(C, "copy_batch", held_copy)
     out: dict[str, object] = {}
 
     def migrate():
@@ -70,7 +70,7 @@ def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
     def gone(*args):
         raise ConnectionError("the node actor holding the payload died")
 
-    monkeypatch.setattr(C, "copy_rows", gone)
+    monkeypatch.setattr(C, "copy_batch", gone)
     with m.cond:
         with pytest.raises(ConnectionError):
             m.move_pages(pid, [addr + i * m.page_size for i in range(8)], [1] * 8)

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from cluster.dataplane import RemoteRows, payload_shape
+from cluster.dataplane import RemoteRows, copy_batch, payload_shape
 from cluster.node import NodeActor
 from cluster.runner_ray import RayRun
 from cluster.scenario import load_scenario
@@ -111,6 +111,16 @@ def test_remote_rows_index_like_the_numpy_array_they_stand_for(ray_session, payl
         copy_rows(remote, dst, back, np.arange(5))
         np.testing.assert_array_equal(back[:5], local[[3, 4, 5, 9, 17]])
         assert remote.tobytes() == np.asarray(remote).tobytes()
+        # between two remote node actors: the second pulls the batch from the first
+        other = ray.remote(NodeActor).options(num_cpus=0).remote(1, 64, 64, payload, f"t{payload}")
+        try:
+            remote2 = RemoteRows(other, shape, dtype)
+            copy_batch(remote, dst, remote2, np.arange(40, 45))
+            np.testing.assert_array_equal(remote2[np.arange(40, 45)], local[[3, 4, 5, 9, 17]])
+            np.testing.assert_array_equal(remote2[np.arange(0, 40)], np.zeros_like(local[:40]))
+        finally:
+            ray.get(other.close.remote())
+            ray.kill(other)
     finally:
         ray.get(node.close.remote())
         ray.kill(node)

@@ -94,9 +94,10 @@ def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None
     cur = vma.pte[i]
     g = b.gpfn[s]
     hit = ((cur & P.PRESENT) != 0) & ((cur >> P.OFF_SHIFT) == g)
-    if not hit.any():
-        return
-    s, i, cur, g = s[hit], i[hit], cur[hit], g[hit]
+    if not hit.all():       # a whole batch mapped here is the usual case: no narrowing then
+        if not hit.any():
+            return
+        s, i, cur, g = s[hit], i[hit], cur[hit], g[hit]
     if entries is None:
         typ = np.where(cur & P.WRITE, P.SWP_MIGRATION_WRITE, P.SWP_MIGRATION_READ)
         vma.pte[i] = P.mk_swp(typ, g)
@@ -124,16 +125,17 @@ def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None
         e = entries[pos[s]]
         hit = cur == e
         write = np.full(len(cur), vma.shared)
-    if not hit.any():
-        return
-    s, i, write = s[hit], i[hit], write[hit]
+    if not hit.all():
+        if not hit.any():
+            return
+        s, i, write, cur = s[hit], i[hit], write[hit], cur[hit]
     npf = new_pfns[pos[s]]
     vma.pte[i] = P.mk_present(new_node, npf, write.astype(np.int64))
     fr = k.nodes[new_node]
     fr.mapcount[npf] += 1
     fr.refcount[npf] += 1
     if entries is not None:
-        entry_free(k, cur[hit])
+        entry_free(k, cur)
 
 
 # -- swap-format entries: swap_duplicate / swap_free for both pseudo devices --

@@ -211,7 +211,23 @@ def test_the_rayjob_entrypoint_submitted_through_the_job_submission_api(head, tm
     _check_summary(tmp_path, text)
 
 
+def _client_server_ready(head) -> None:
+    """Ray's client proxier starts a server per client and creates its runtime
+    env through the head's agent; on a loaded machine the first one can fail
+    to come up ("Starting Ray client server failed"). Connect until one does,
+    as a readiness probe, before the run that is the test."""
+    probe = [sys.executable, "-c", f"import ray; ray.init({head['client']!r}); ray.shutdown()"]
+    errors = []
+    for _ in range(3):
+        p = subprocess.run(probe, cwd=head["cwd"], env=head["env"], capture_output=True, text=True, timeout=120)
+        if p.returncode == 0:
+            return
+        errors.append(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}")
+    pytest.fail(f"the Ray Client server at {head['client']} never came up: {errors}")
+
+
 def test_a_ray_client_driver_runs_a_scenario(head, tmp_path):
+    _client_server_ready(head)
     (port,) = _free_ports(1)
     argv = _rayjob_entrypoint(tmp_path, port, operations=500)
     argv = [sys.executable] + argv[1:]

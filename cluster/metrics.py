@@ -281,6 +281,8 @@ class NumaemuCollector(Collector):
                     "swap": dict(m.swap_info()),
                     "errors": dict(runner.errors),
                     "migrations": int(runner.migration_events),
+                    "forks": int(runner.forks),
+                    "swapoffs": int(runner.swapoff_events),
                 }
             operations = st.operations
             hists = {name: getattr(st, name).snapshot()
@@ -316,7 +318,15 @@ class NumaemuCollector(Collector):
         c = _counter("run_migrations", "Migration calls made by the runner (move_pages or migrate_pages)", rl)
         c.add_metric(base, data["migrations"])
         yield c
-        c = _counter("run_failed_calls", "Calls that failed with an errno (touch, move_pages, migrate_pages)", rl)
+        c = _counter("run_forks", "Fork cycles: a child forked, its faults and writes checked, its exit "
+                     "([[workload]] fork_every)", rl)
+        c.add_metric(base, data["forks"])
+        yield c
+        c = _counter("run_swapoffs", "swapoff cycles run ([swapoff] every), failed ones included", rl)
+        c.add_metric(base, data["swapoffs"])
+        yield c
+        c = _counter("run_failed_calls",
+                     "Calls that failed with an errno (touch, move_pages, migrate_pages, fork, swapoff, ...)", rl)
         c.add_metric(base, sum(data["errors"].values()))
         yield c
         c = _counter("run_errors", "Calls that failed, by call and errno", rl + ["call", "errno"])

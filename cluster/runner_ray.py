@@ -124,6 +124,7 @@ class RayRun:
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics
         self.lat_seen = [0] * self.nr_nodes
+        self.forks_seen = [0] * self.nr_nodes    # fork cycles per node actor, as last polled
         self.silent = [0] * self.nr_nodes
         if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
             self.local.metrics, self.local.steps = metrics, self.m
@@ -277,10 +278,12 @@ class RayRun:
             except ray.exceptions.RayActorError as exc:
                 self._lost(i, f"actor died: {str(exc).splitlines()[0]}")
                 continue
+            self.forks_seen[i] = out[i]["forks"]
             if "latency" in out[i]:
                 self.lat_seen[i], secs, steps = out[i]["latency"]
                 for a, b in zip(secs, steps):
                     self.metrics.observe_fault(i, a, b)
+        self.local.forks = sum(self.forks_seen)      # the node actors fork; the runner's tally, for metrics
         if self.metrics is not None:
             self.metrics.operations = sum(s["ops"] for s in out.values())
         return out

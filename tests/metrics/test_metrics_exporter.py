@@ -278,3 +278,17 @@ def test_failed_calls_are_counted_by_call_and_errno(tmp_path):
     assert value(text, "numaemu_run_failed_calls_total") == sum(summary["errors"].values())
     # failed touches are timed too
     assert sum(v for (n, _), v in samples(text).items() if n == "numaemu_fault_latency_seconds_count") == 50
+
+
+def test_forks_and_swapoffs_are_counted(tmp_path):
+    p = tmp_path / "forks.toml"
+    p.write_text("[machine]\nnodes = 2\nframes_per_node = 128\nswap_pages = 512\n\n"
+                 "[[workload]]\nnode = 0\npages = 96\nbatch = 16\nfork_every = 4\n\n"
+                 "[reclaim]\nevery = 10\npages = 32\n\n[swapoff]\nevery = 30\n\n[run]\noperations = 120\n")
+    spec = load_scenario(str(p))
+    state = RunState("forks", str(p), "local", 120)
+    registry = make_registry(run=state)
+    summary = run_local(spec, metrics=state)
+    text = generate_latest(registry).decode()
+    assert value(text, "numaemu_run_forks_total") == summary["forks"] == 30
+    assert value(text, "numaemu_run_swapoffs_total") == summary["swapoff_events"] == 4

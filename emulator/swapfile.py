@@ -72,12 +72,26 @@ def swapoff_fail(k) -> None:
 
 async def swapoff(k) -> None:
     await call("coord", swapoff_begin, k)
+    # try_to_unuse(): pass over every mm until a pass finds no pte naming a
+    # swap entry. A fork during a pass copies swap ptes into a child the pass
+    # may not visit (mm/swapfile.c retries while si->inuse_pages); the last
+    # pass finds nothing and takes no step, so nothing can come between it
+    # and swapoff_end that copies a swap pte again.
+    while await _unuse_pass(k):
+        pass
+    await call("coord", swapoff_end, k)
+
+
+async def _unuse_pass(k) -> bool:
+    """One pass of the unuse walk; True when it found swap ptes."""
+    found = False
     for mm in list(k.mms.values()):
         for vma in list(mm.vmas):
             ptes = vma.pte
             idx = np.flatnonzero(((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_SWAP) & (ptes != 0))
             if not len(idx):
                 continue
+            found = True
             entries = ptes[idx].copy()
             gp, nomem = await call("coord", read_swap_cache_async, k, mm, vma, vma.start + idx, entries)
             if nomem.any():
@@ -88,7 +102,7 @@ async def swapoff(k) -> None:
             idx, entries, gp = idx[ok], entries[ok], gp[ok]
             await lock_pages(k, gp)
             await call(k.node_owner(mm.node), unuse_pte_step, k, vma, idx, entries, gp)
-    await call("coord", swapoff_end, k)
+    return found
 
 
 def swapon(k) -> None:

@@ -172,7 +172,7 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     at each quiescent point."""
     path = scenario(tmp_path, frames=256, operations=400, every=10, fork_every=3, shared=shared)
     path.write_text(path.read_text() + "\n[reclaim]\nevery = 25\npages = 32\n\n[swapoff]\nevery = 70\n")
-    summary, _ = run(path, stress=True, check_every=50)
+    summary, _ = run(path, stress=True, check_every=50, dump_dir=str(tmp_path))
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["quiescent_checks"] >= 5
     assert summary["forks"] > 20 and summary["reclaim_events"] > 5 and summary["swapoff_events"] == 400 // 70

@@ -5,8 +5,10 @@ Rules:
   on the device; if not it fails with ENOMEM and changes nothing. Then no new
   slot is handed out, and the unuse walk brings every swapped page back:
   read into the swap cache, lock, recheck the pte still names the entry, map
-  it, swap_free. Finally every page leaves the swap cache and every slot is
-  free. Should memory still run out midway (another task took it), the device
+  it, swap_free; again until a pass finds no swap pte. Finally, once no pte
+  names a swap entry and no swap-cache page is locked (a migration under
+  the swapcache policy unmaps into the page's swap entry), every page leaves
+  the swap cache and every slot is free. Should memory still run out midway (another task took it), the device
   stays on with whatever is left on it, all of it intact, and ENOMEM.
 - The migration cache is not a swap device: its entries are left alone.
 """
@@ -17,11 +19,11 @@ import errno
 import numpy as np
 
 from . import pte as P
-from .fault import lock_pages
+from .fault import any_locked, lock_pages
 from .frames import PG_dirty, PG_locked
 from .kernel import split_nodes
 from .rmap import entry_free
-from .sched import call
+from .sched import call, wait
 from .swap import HAS_CACHE
 from .swap_state import delete_from_swap_cache, read_swap_cache_async
 
@@ -54,8 +56,29 @@ def unuse_pte_step(k, vma, idx: np.ndarray, entries: np.ndarray, gp: np.ndarray)
     k.unpin(gp[~same])
 
 
-def swapoff_end(k) -> None:
-    """Every page leaves the swap cache; the device is empty."""
+def _cache_locked(k) -> bool:
+    """A swap-cache page is locked: a migration (the swapcache policy) may be
+    about to put its swap entry into ptes, or a fault to map it."""
+    cp = k.swap.cache_page
+    return any_locked(k, cp[cp >= 0])
+
+
+def _swap_ptes(k) -> bool:
+    for mm in k.mms.values():
+        for vma in mm.vmas:
+            p = vma.pte
+            if (((p & P.PRESENT) == 0) & (P.swp_type(p) == P.SWP_SWAP) & (p != 0)).any():
+                return True
+    return False
+
+
+def swapoff_end(k) -> bool:
+    """Every page leaves the swap cache; the device is empty. Refused (False)
+    while a pte names a swap entry again or a swap-cache page is locked:
+    try_to_unuse() locks every page it brings back and retries while slots
+    are in use, so a migration holding a swap-cache page finishes first."""
+    if _swap_ptes(k) or _cache_locked(k):
+        return False
     cp = k.swap.cache_page
     slots = np.flatnonzero(cp >= 0)
     gp = cp[slots]
@@ -64,6 +87,7 @@ def swapoff_end(k) -> None:
         pf = gp[sel] & P.PFN_MASK
         fr.flags[pf] |= PG_dirty
         delete_from_swap_cache(k, node, pf)
+    return True
 
 
 def swapoff_fail(k) -> None:
@@ -73,13 +97,16 @@ def swapoff_fail(k) -> None:
 async def swapoff(k) -> None:
     await call("coord", swapoff_begin, k)
     # try_to_unuse(): pass over every mm until a pass finds no pte naming a
-    # swap entry. A fork during a pass copies swap ptes into a child the pass
-    # may not visit (mm/swapfile.c retries while si->inuse_pages); the last
-    # pass finds nothing and takes no step, so nothing can come between it
-    # and swapoff_end that copies a swap pte again.
-    while await _unuse_pass(k):
-        pass
-    await call("coord", swapoff_end, k)
+    # swap entry (mm/swapfile.c retries while si->inuse_pages): a fork during
+    # a pass copies swap ptes into a child the pass may not visit. swapoff_end
+    # rechecks in its own step, since a migration holding a swap-cache page
+    # (the swapcache policy) puts its swap entry into ptes until it is done.
+    while True:
+        while await _unuse_pass(k):
+            pass
+        if await call("coord", swapoff_end, k):
+            return
+        await wait("coord", lambda: not _cache_locked(k), "a swap-cache page locked (a migration)")
 
 
 async def _unuse_pass(k) -> bool:

@@ -50,6 +50,7 @@ class VMA:
     pte: np.ndarray
     shadow: np.ndarray
     policy: Mempolicy | None = None
+    forking: bool = False   # linked on the anon_vma by fork, its ptes not copied yet
 
     @property
     def end(self) -> int:

@@ -14,6 +14,10 @@ Rules:
 - The child's record of contents (shadow) is taken with its ptes, in the
   same step, so the data oracle never sees a half-forked child; a shared
   vma's is the shared object's, the same array from the moment it is linked.
+- A shared mapping's exiting mapper hands its ptes over to siblings without
+  one for the page, but not to a child linked by a fork still in progress
+  (``forking``): its ptes are about to be copied from its parent, over
+  anything handed to it.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ def hand_over(vma: VMA, lo: int, hi: int) -> None:
     a pte going away moves to a sibling mapping that has none for that page yet."""
     vpn = vma.start + lo + np.arange(hi - lo)
     for sib in vma.anon_vma.vmas:
-        if sib is vma or not sib.shared:
+        if sib is vma or not sib.shared or sib.forking:    # a half-forked child gets its parent's ptes
             continue
         ptes = vma.pte[lo:hi]
         i = np.flatnonzero((ptes != 0) & (vpn >= sib.start) & (vpn < sib.end))
@@ -149,7 +153,7 @@ def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
         # a shared mapping's record of contents is the shared object's, from the moment
         # the child's vma is linked (the oracle looks pages up through siblings)
         cv = VMA(child, pv.start, pv.npages, pv.shared, pv.anon_vma, np.zeros(pv.npages, dtype=np.int64),
-                 pv.shadow if pv.shared else np.zeros(pv.npages, dtype=np.int64), pv.policy)
+                 pv.shadow if pv.shared else np.zeros(pv.npages, dtype=np.int64), pv.policy, forking=True)
         if "r3-fork-links-at-head" in k.bugs:
             pv.anon_vma.vmas.insert(0, cv)
         else:
@@ -161,6 +165,7 @@ def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
 
 
 def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
+    cv.forking = False
     ptes = pv.pte
     if not pv.shared:
         # COW: write-protect private present ptes, writable migration entries become readable

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def scenario(tmp_path: Path, *, nodes: int = 2, frames: int = 512, swap: int = 1024, policy: str = "migcache",
              payload: str = "token", operations: int = 300, every: int = 20, mode: str = "move_pages",
-             pages: int = 160, shared: bool = False, name: str = "s.toml", fork_every: int = 0) -> Path:
+             pages: int = 160, shared: bool = False, name: str = "s.toml", fork_every: int = 0,
+             threads: int = 1) -> Path:
     text = textwrap.dedent(f"""
         [machine]
         nodes = {nodes}
@@ -45,6 +46,7 @@ def scenario(tmp_path: Path, *, nodes: int = 2, frames: int = 512, swap: int = 1
         batch = 16
         shared = {str(shared).lower()}
         fork_every = {fork_every}
+        threads = {threads}
 
         [[workload]]
         node = {nodes - 1}
@@ -170,7 +172,8 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     """Faults on two node actors, forks whose children read, write and exit,
     migrations, reclaim and swapoff, all at once; the oracle and every page
     at each quiescent point."""
-    path = scenario(tmp_path, frames=256, operations=400, every=10, fork_every=3, shared=shared)
+    # two threads of each process fork: with a shared mapping, one child exits while another is forked
+    path = scenario(tmp_path, frames=256, operations=400, every=10, fork_every=3, shared=shared, threads=2)
     path.write_text(path.read_text() + "\n[reclaim]\nevery = 25\npages = 32\n\n[swapoff]\nevery = 70\n")
     summary, _ = run(path, stress=True, check_every=50, dump_dir=str(tmp_path))
     assert summary["violations"] == 0, summary["violation_details"]

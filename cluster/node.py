@@ -232,11 +232,9 @@ class _Driver:
                     done = True
                 node.latency_s.append(time.perf_counter() - t0)
                 node.latency_steps.append(m.last_steps)
-                if done:        # as the local backend: a fork after every fork_every-th access that worked
-                    proc.ops += 1
-                    spec = patterns[proc.workload].spec
-                    if spec.fork_every and proc.ops % spec.fork_every == 0:
-                        self.fork(m, proc, acc, spec.shared)
+                spec = patterns[proc.workload].spec
+                if done and proc.fork_due(spec.fork_every):     # as the local backend
+                    self.fork(m, proc, acc, spec.shared)
                 self.ops += 1
         except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
             self.failure = f"{type(exc).__name__}: {exc}"

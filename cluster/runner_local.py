@@ -128,9 +128,8 @@ class LocalRun:
             return
         if acc.write:
             proc.shadow.record(acc.start, np.asarray(tokens, dtype=np.int64))
-        proc.ops += 1
         spec = self.scenario.workload[proc.workload]
-        if spec.fork_every and proc.ops % spec.fork_every == 0:
+        if proc.fork_due(spec.fork_every):
             self.forks += 1
             try:
                 res = fork_cycle(self.m, proc, acc, self.page_size, spec.shared)

@@ -48,8 +48,9 @@ NODE_COUNTERS = (
     "numa_miss",
 )
 
-# Per-node (and total) fields that are wall-clock timings, not counts.
-TIMED_FIELDS = ("fault_p50_us", "fault_p99_us")
+# Per-node (and total) fields that are wall-clock timings, not counts: the
+# fault latency statistic each one is.
+TIMED_FIELDS = {"fault_p50_us": "p50", "fault_p99_us": "p99"}
 
 # The per-node fields, in table order.
 NODE_FIELDS = ("frames", "used", "free", "migrations_in", "migrations_out") + NODE_COUNTERS
@@ -111,12 +112,12 @@ def collect_summary(
         for name in NODE_COUNTERS:
             entry[name] = int(vm.get(name, 0))
         mine = ((latency or {}).get("fault_us_by_node") or {}).get(str(n)) or {}
-        entry.update({f: mine.get(f.split("_")[1]) for f in TIMED_FIELDS})
+        entry.update({f: mine.get(stat) for f, stat in TIMED_FIELDS.items()})
         entry["vmstat"] = vm
         nodes.append(entry)
     totals: dict[str, Any] = {f: sum(e[f] for e in nodes) for f in NODE_FIELDS}
     everyone = (latency or {}).get("fault_us") or {}
-    totals.update({f: everyone.get(f.split("_")[1]) for f in TIMED_FIELDS})
+    totals.update({f: everyone.get(stat) for f, stat in TIMED_FIELDS.items()})
     totals["migrate_pages_not_moved"] = int(tally.not_moved)
     totals["vmstat"] = _ints(m.vmstat())
     summary = {

@@ -124,6 +124,11 @@ class Proc:
     mig_node: int = field(default=-1)  # node of the last migration target (-1: home)
     thread: int = 0      # which of the process's threads: it works on its own slice
 
+    def fork_due(self, fork_every: int) -> bool:
+        """Count an access that worked; True when a fork cycle follows it."""
+        self.ops += 1
+        return bool(fork_every) and self.ops % fork_every == 0
+
     def page_addrs(self, page_indices: np.ndarray, page_size: int) -> list[int]:
         return [self.addr + int(i) * page_size for i in page_indices]
 
@@ -144,12 +149,12 @@ class ForkResult:
     checked: int = 0
     bad: list[str] = field(default_factory=list)
 
-    def compare(self, what: str, child: int, proc: Proc, start: int, page_size: int,
+    def compare(self, what: str, proc: Proc, start: int, page_size: int,
                 expected: np.ndarray, seen: np.ndarray, known: np.ndarray) -> None:
         self.checked += int(known.sum())
         for i in np.flatnonzero(known & (seen != expected)).tolist():
             page = start + i
-            self.bad.append(f"fork: child {child} of pid {proc.pid} page {page} "
+            self.bad.append(f"fork: child {self.child} of pid {proc.pid} page {page} "
                             f"(addr {proc.addr + page * page_size:#x}): expected token {int(expected[i])} "
                             f"({what}), read {int(seen[i])}")
 
@@ -170,7 +175,7 @@ def fork_cycle(m, proc: Proc, acc: Access, page_size: int, shared: bool) -> Fork
     try:
         m.touch(child, addr, n, write=False)
         seen = np.asarray(m.read_tokens(child, addr, n), dtype=np.int64)
-        res.compare("the parent's, copied at fork", child, proc, start, page_size,
+        res.compare("the parent's, copied at fork", proc, start, page_size,
                     sh.tokens[start:start + n], seen, sh.known[start:start + n])
         try:
             toks = np.asarray(m.touch(child, addr, n, write=True), dtype=np.int64)
@@ -181,7 +186,7 @@ def fork_cycle(m, proc: Proc, acc: Access, page_size: int, shared: bool) -> Fork
         if shared:
             sh.record(start, toks)
         back = np.asarray(m.read_tokens(child, addr, n), dtype=np.int64)
-        res.compare("the child's own write", child, proc, start, page_size, toks, back, np.ones(n, dtype=bool))
+        res.compare("the child's own write", proc, start, page_size, toks, back, np.ones(n, dtype=bool))
     finally:
         m.exit(child)
     return res

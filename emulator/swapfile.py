@@ -8,7 +8,8 @@ Rules:
   it, swap_free; again until a pass finds no swap pte. Finally, once no pte
   names a swap entry and no swap-cache page is locked (a migration under
   the swapcache policy unmaps into the page's swap entry), every page leaves
-  the swap cache and every slot is free. Should memory still run out midway (another task took it), the device
+  the swap cache and every slot is free. Should memory still run out midway
+  (another task took it), the device
   stays on with whatever is left on it, all of it intact, and ENOMEM.
 - The migration cache is not a swap device: its entries are left alone.
 """
@@ -63,13 +64,13 @@ def _cache_locked(k) -> bool:
     return any_locked(k, cp[cp >= 0])
 
 
+def _swap_ptes_of(ptes: np.ndarray) -> np.ndarray:
+    """Where ptes name a swap entry."""
+    return ((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_SWAP) & (ptes != 0)
+
+
 def _swap_ptes(k) -> bool:
-    for mm in k.mms.values():
-        for vma in mm.vmas:
-            p = vma.pte
-            if (((p & P.PRESENT) == 0) & (P.swp_type(p) == P.SWP_SWAP) & (p != 0)).any():
-                return True
-    return False
+    return any(_swap_ptes_of(vma.pte).any() for mm in k.mms.values() for vma in mm.vmas)
 
 
 def swapoff_end(k) -> bool:
@@ -115,7 +116,7 @@ async def _unuse_pass(k) -> bool:
     for mm in list(k.mms.values()):
         for vma in list(mm.vmas):
             ptes = vma.pte
-            idx = np.flatnonzero(((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_SWAP) & (ptes != 0))
+            idx = np.flatnonzero(_swap_ptes_of(ptes))
             if not len(idx):
                 continue
             found = True

@@ -23,6 +23,7 @@ import numpy as np
 
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload
+from .tlb import Shootdown
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
@@ -53,6 +54,9 @@ class Coordinator:
                 fr.data = RemoteRows(d["handle"], tuple(d["shape"]), np.dtype(d["dtype"]))
                 self.remote_nodes.append(i)
         self.lost: set[int] = set()
+        # the node actors' TLBs: every step that takes a cached mapping away flushes them
+        self.tlb = self.m.k.tlb = Shootdown([d["handle"] for d in nodes], [d["host"] for d in nodes],
+                                            self.m.k.page_shift)
         self.calls = collections.Counter()
         self.pages_touched = 0
         self.record = record
@@ -62,10 +66,12 @@ class Coordinator:
         self.t0 = time.time()
 
     # -- the syscall surface ---------------------------------------------------
-    def call(self, name: str, *args: Any, _caller: str = "", **kw: Any) -> tuple[bool, Any, int]:
+    def call(self, name: str, *args: Any, _caller: str = "", _fill: int = -1, **kw: Any) -> tuple[bool, Any, int]:
         """(True, result, steps) or (False, (exception class name, errno, message), steps):
         steps is how many emulated steps the call ran. ``_caller`` names the
-        thread that made the call (its calls happen one after another), for dumps."""
+        thread that made the call (its calls happen one after another), for dumps.
+        ``_fill``: a touch by node actor _fill's driver, whose result is then
+        (tokens, the ptes its TLB may cache: see cluster.tlb)."""
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
         with self.cond:
@@ -83,6 +89,10 @@ class Coordinator:
                 self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))
             if name in MUTATING:
                 self._log(seq, _caller, name, args, kw, "ok", out if name == "fork" else None)
+            if _fill >= 0 and name == "touch":
+                pid, addr, npages = args[:3]
+                mm = self.m._mm(pid)
+                out = out, self.tlb.fill(self.m.k, mm, self.m._range(mm, addr, npages), _fill, addr)
             return True, out, self.m.mine.steps
 
     def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
@@ -100,6 +110,17 @@ class Coordinator:
             ev["result"] = _plain(result)
         self.events.append(ev)
 
+    # -- the node actors' TLBs ----------------------------------------------------
+    def tlb_register(self, node: int, procs: list[tuple[int, int, int]]) -> None:
+        """Node ``node``'s driver caches the ptes of these (pid, addr, npages)."""
+        with self.cond:
+            for pid, addr, npages in procs:
+                self.tlb.register(node, pid, addr, npages)
+
+    def tlb_young(self, pid: int, vpns: np.ndarray) -> None:
+        with self.cond:
+            self.tlb.young(self.m.k, pid, vpns)
+
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:
         m = self.m
@@ -112,7 +133,7 @@ class Coordinator:
             m = self.m
             return {"node_info": m.node_info(), "vmstat": [m.vmstat(node=n) for n in range(m.nr_nodes)],
                     "vmstat_total": m.vmstat(), "swap_info": m.swap_info(), "calls": dict(self.calls),
-                    "steps": m.steps}
+                    "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls}
 
     def check(self) -> tuple[str, str, dict] | None:
         """The whole oracle: None, or the violation (invariant, where, seen).
@@ -121,6 +142,7 @@ class Coordinator:
         from emulator import InvariantViolation
         with self.cond:
             self.m._settled()          # no new frame looked at before its copy lands
+            self.tlb.harvest(self.m.k)  # the writes made through the TLBs, into the record
             try:
                 self.m.check()
             except InvariantViolation as exc:
@@ -130,6 +152,7 @@ class Coordinator:
     def keep_checkpoint(self) -> None:
         """This (quiescent, verified) state is where a later dump starts from."""
         with self.cond:
+            self.tlb.harvest(self.m.k)
             self.checkpoint = {"seq": self.seq, "snapshot": self.m.snapshot()}
 
     def dump(self, violations: list[str], scenario: str, until_exit: int | None = None) -> dict[str, Any]:
@@ -138,6 +161,7 @@ class Coordinator:
         and the state now. ``until_exit``: a pid whose exit ends the story;
         calls started after that exit started are left out."""
         with self.cond:
+            self.tlb.harvest(self.m.k)
             since = self.checkpoint["seq"] if self.checkpoint else 0
             until = next((e["seq"] for e in self.events if e["op"] == "exit" and e["args"][:1] == [until_exit]),
                          None) if until_exit else None
@@ -156,6 +180,7 @@ class Coordinator:
             self.lost.add(node)
             shape = (fr.nframes,) if self.m.payload == "token" else (fr.nframes, self.m.page_size)
             fr.data = np.zeros(shape, dtype=np.int64 if self.m.payload == "token" else np.uint8)
+            self.tlb.node_lost(self.m.k, node)
             out: dict[int, int] = {}
             for pid, mm in self.m.k.mms.items():
                 n = 0
@@ -221,6 +246,10 @@ class CoordMachine:
             raise AttributeError(name)
         return lambda *a, **kw: self._call(name, *a, **kw)
 
+    def touch_fill(self, pid: int, addr: int, npages: int, write: bool, node: int):
+        """touch() for node actor ``node``'s driver: (tokens, a TLB fill)."""
+        return self._call("touch", pid, addr, npages, write=write, _fill=node)
+
     def check(self) -> None:
         import ray
         from emulator import InvariantViolation
@@ -236,14 +265,14 @@ class FrozenMachine:
     def __init__(self, info: dict[str, Any], stats: dict[str, Any]):
         self.nr_nodes, self.page_size = info["nr_nodes"], info["page_size"]
         self.policy, self.payload = info["policy"], info["payload"]
-        self._stats = stats
+        self.stats = stats
 
     def vmstat(self, node: int | None = None) -> dict[str, int]:
-        return dict(self._stats["vmstat_total"] if node is None else self._stats["vmstat"][node])
+        return dict(self.stats["vmstat_total"] if node is None else self.stats["vmstat"][node])
 
     def node_info(self) -> list[dict[str, int]]:
-        return [dict(r) for r in self._stats["node_info"]]
+        return [dict(r) for r in self.stats["node_info"]]
 
     def swap_info(self) -> dict[str, Any]:
-        return dict(self._stats["swap_info"])
+        return dict(self.stats["swap_info"])
 

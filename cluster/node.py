@@ -4,10 +4,12 @@ the processes whose CPUs are on it.
 - It owns its frames' payload: a shared-memory array it creates, which the
   coordinator on the same host maps (one memcpy per migration), or reaches
   through :meth:`rows_get` / :meth:`rows_set` from another host.
-- Its workload driver is a thread that issues the processes' accesses as
-  fault batches to the coordinator and records every token written in the
-  shadow copy; several node actors drive at once, so faults on different
-  nodes interleave with each other and with migrations for real.
+- Its workload driver is a thread that runs the processes' accesses and
+  records every token written in the shadow copy. An access whose pages the
+  node's TLB holds runs here, on the payload (cluster/tlb.py); any other goes
+  to the coordinator as a fault batch, and its ptes come back to be cached.
+  Several node actors drive at once, so faults on different nodes interleave
+  with each other and with migrations for real.
 - The driver stops only between two operations: :meth:`pause` returns once
   it is idle, which is what lets the runner check the oracle at a quiescent
   point. The shadows stay here; :meth:`verify` reads the pages back through
@@ -23,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .dataplane import create_payload, payload_shape, shm_dir, unlink
+from .dataplane import attach_payload, create_payload, payload_shape, shm_dir, unlink
+from .tlb import YOUNG_EVERY, NodeTLB
 from .workload import AccessPattern, Proc, fork_cycle
 
 MAX_DETAILS = 20
@@ -39,6 +42,9 @@ class NodeActor:
         self.path = shm_dir() / f"numaemu-{run_id}-node{node}"
         self.data = create_payload(self.path, self.shape, self.dtype)
         self.page_size = page_size
+        self.payload_mode = payload
+        self.reach: dict[int, np.ndarray] = {node: self.data}   # payloads this node's CPUs access
+        self.tlb: NodeTLB | None = None
         # the workload drivers
         self.drivers: list[_Driver] = []
         self.run_flag = threading.Event()
@@ -73,6 +79,22 @@ class NodeActor:
         rows = ray.get(src.rows_get.remote(src_key, src_view))
         self.rows_set(key, rows, view)
 
+    def peers(self, descs: list[dict[str, Any]]) -> None:
+        """Map the payloads of the other nodes on this host, so that an access
+        to their pages through the TLB is a load or a store here too."""
+        for i, d in enumerate(descs):
+            if i != self.node and d["host"] == self.host:
+                self.reach[i] = attach_payload(d["path"], tuple(d["shape"]), np.dtype(d["dtype"]))
+
+    def tlb_flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.tlb is None:
+            z = np.zeros(len(vpns), dtype=bool)
+            return z, z
+        return self.tlb.flush(pid, np.asarray(vpns))
+
+    def tlb_harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return {} if self.tlb is None else self.tlb.harvest()
+
     def forget_path(self) -> None:
         """Once the coordinator has mapped the payload, its name can go: the
         mappings live on, and nothing is left in /dev/shm if a process dies."""
@@ -90,6 +112,7 @@ class NodeActor:
         and thread, each on its own slice of the mapping), round-robin within a
         thread. With ``pause_every``, each thread stops after every that many
         of its accesses until resumed (a checkpoint)."""
+        import ray
         from .coordinator import CoordMachine
 
         own: dict[int, Any] = {}
@@ -99,6 +122,10 @@ class NodeActor:
                 sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
                 own[id(sh)] = sh
         self.procs = procs
+        self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.payload_mode, self.reach)
+        for p in procs:
+            self.tlb.add(p.pid, p.addr, p.pages)
+        ray.get(coord.tlb_register.remote(self.node, [(p.pid, p.addr, p.pages) for p in procs]))
         patterns = {w: AccessPattern(spec) for w, spec in enumerate(specs)}
         groups: dict[int, list[Proc]] = {}
         for p in procs:
@@ -134,9 +161,9 @@ class NodeActor:
         return out
 
     def _forks(self) -> dict[str, Any]:
-        """Fork cycles so far, and the mismatches their children saw."""
+        """Fork cycles so far, and the mismatches their children saw; the TLB's counts."""
         return {"forks": self.forks, "fork_bad": self.fork_bad, "fork_details": list(self.fork_details),
-                "fork_child": self.fork_child}
+                "fork_child": self.fork_child, **(self.tlb.stats() if self.tlb else {})}
 
     def pause(self) -> int:
         """Stop every thread between two operations; returns once all are idle."""
@@ -203,7 +230,9 @@ class _Driver:
         self.thread: threading.Thread
 
     def run(self, m, patterns, rng) -> None:
-        node, procs, ps = self.node, self.procs, self.node.page_size
+        import ray
+        node, procs, ps, tlb = self.node, self.procs, self.node.page_size, self.node.tlb
+        young_refs: list = []
         try:
             for op in range(self.operations):
                 if self.pause_every and op and op % self.pause_every == 0:
@@ -218,20 +247,29 @@ class _Driver:
                 proc = procs[op % len(procs)]
                 acc = patterns[proc.workload].next(rng, proc.cursor, proc.pages)
                 proc.cursor = acc.start + acc.npages
+                addr = proc.addr + acc.start * ps
                 t0 = time.perf_counter()
                 done = False
-                try:
-                    toks = m.touch(proc.pid, proc.addr + acc.start * ps, acc.npages, write=acc.write)
-                except OSError as exc:
-                    node.errors[f"touch:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                toks: Any = tlb.access(proc.pid, addr, acc.npages, acc.write)   # a hit: no fault
+                if toks is None:        # a miss: the fault batch, through the coordinator
+                    try:
+                        toks, fill = m.touch_fill(proc.pid, addr, acc.npages, acc.write, node.node)
+                        tlb.install(proc.pid, fill)
+                    except OSError as exc:
+                        toks = exc
+                    node.latency_s.append(time.perf_counter() - t0)
+                    node.latency_steps.append(m.last_steps)
+                if isinstance(toks, OSError):
+                    node.errors[f"touch:{errno.errorcode.get(toks.errno or 0, toks.errno)}"] += 1
                     if acc.write:
                         proc.shadow.forget(acc.start, acc.npages)
                 else:
                     if acc.write:
                         proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
                     done = True
-                node.latency_s.append(time.perf_counter() - t0)
-                node.latency_steps.append(m.last_steps)
+                if tlb.hits_since_young >= YOUNG_EVERY:   # the accessed bits, for the LRU
+                    ray.get(young_refs)
+                    young_refs = [m.coord.tlb_young.remote(pid, vpns) for pid, vpns in tlb.take_young().items()]
                 spec = patterns[proc.workload].spec
                 if done and proc.fork_due(spec.fork_every):     # as the local backend
                     self.fork(m, proc, acc, spec.shared)

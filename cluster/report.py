@@ -90,6 +90,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if swap:
         console.print(f"swap: {swap.get('used', 0)}/{swap.get('slots', 0)} slots used, "
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
+    tlb = summary.get("tlb")
+    if tlb and tlb["hits"] + tlb["misses"]:
+        console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['misses']} misses (faulted through "
+                      f"the coordinator); {tlb['shootdowns']} TLB shootdowns")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):

@@ -107,7 +107,7 @@ class RayRun:
         self.hosts = hosts()
         self.placement = [self.hosts[i % len(self.hosts)] for i in range(self.nr_nodes)]
         Node = ray.remote(NodeActor)
-        self.nodes = [Node.options(num_cpus=0, max_concurrency=4, scheduling_strategy=_on(h),
+        self.nodes = [Node.options(num_cpus=0, max_concurrency=8, scheduling_strategy=_on(h),
                                    name=f"numaemu-{self.run_id}-node{i}").remote(i, frames[i], page_size,
                                                                                  payload, self.run_id)
                       for i, h in enumerate(self.placement)]
@@ -119,6 +119,8 @@ class RayRun:
                                    scheduling_strategy=_on(self.hosts[0]),
                                    name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress)
         self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
+        plain = [{k: v for k, v in d.items() if k != "handle"} for d in descs]
+        ray.get([n.peers.remote(plain) for n in self.nodes])    # and so has every node on the same host
         ray.get([n.forget_path.remote() for n in self.nodes])
         self.m = CoordMachine(self.coord, self.info, "runner")
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
@@ -238,6 +240,12 @@ class RayRun:
         summary["operations_done"] = done
         summary["reclaim_events"] = loc.reclaim_events
         summary["forks"] = int(sum(r["forks"] for r in results.values()))
+        # accesses the node actors ran on their own (TLB hits) against those that faulted
+        summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
+                          "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
+                          "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
+                          "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),
+                          "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())}}
         summary["swapoff_events"] = loc.swapoff_events
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]

@@ -47,6 +47,7 @@ from .page_alloc import alloc_for
 from .rmap import entry_dup, entry_free
 from .sched import call, wait
 from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_swap
+from .tlb import flush_tlb
 
 
 def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -346,6 +347,7 @@ def wp_step(k, vma: VMA, idx: np.ndarray, hold: bool = False) -> tuple[np.ndarra
         for onode, osel in split_nodes(osrc):
             src = k.nodes[onode]
             fr.data[pf[osel]] = src.data[osrc[osel] & P.PFN_MASK]
+    flush_tlb(k, vma, where)
     vma.pte[where] = (new << P.OFF_SHIFT) | (P.PRESENT | P.WRITE)
     for node, sel in split_nodes(old):
         fr = k.nodes[node]

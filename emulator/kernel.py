@@ -55,6 +55,7 @@ class Kernel:
         self.token_seq = 0
         self.inflight = 0
         self.deferred: list | None = None   # see copy_payload
+        self.tlb = None                     # CPUs caching ptes: see tlb.flush_tlb
         self.zonelists = [topo.fallback_order(n) for n in range(topo.nr_nodes)]
         # bytes mode keeps a 64-bit linear checksum per page as the writer's record
         rng = np.random.default_rng(0x6E756D61)

@@ -30,6 +30,7 @@ from .mm import MM, VMA, Mempolicy
 from .rmap import entry_dup, entry_free
 from .sched import call
 from .swap_state import delete_from_swap_cache, try_to_free_swap
+from .tlb import flush_tlb
 
 
 def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
@@ -42,7 +43,7 @@ def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
     return vma
 
 
-def hand_over(vma: VMA, lo: int, hi: int) -> None:
+def hand_over(k, vma: VMA, lo: int, hi: int) -> None:
     """A shared mapping's pages outlive one mapper (they belong to the shared object):
     a pte going away moves to a sibling mapping that has none for that page yet."""
     vpn = vma.start + lo + np.arange(hi - lo)
@@ -56,6 +57,7 @@ def hand_over(vma: VMA, lo: int, hi: int) -> None:
         j = vpn[i] - sib.start
         free = sib.pte[j] == 0
         i, j = i[free], j[free]
+        flush_tlb(k, vma, lo + i)
         sib.pte[j] = ptes[i]
         sib.mm.rss += len(i)
         vma.mm.rss -= len(i)
@@ -65,11 +67,12 @@ def hand_over(vma: VMA, lo: int, hi: int) -> None:
 def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
     """zap_pte_range() over pages [lo, hi) of vma."""
     if vma.shared:
-        hand_over(vma, lo, hi)
+        hand_over(k, vma, lo, hi)
     ptes = vma.pte[lo:hi]
     nz = ptes[ptes != 0]
     if not len(nz):
         return
+    flush_tlb(k, vma, slice(lo, hi))
     present = nz[(nz & P.PRESENT) != 0] >> P.OFF_SHIFT
     for node, sel in split_nodes(present):
         fr = k.nodes[node]
@@ -168,6 +171,7 @@ def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
     cv.forking = False
     ptes = pv.pte
     if not pv.shared:
+        flush_tlb(k, pv, slice(None))
         # COW: write-protect private present ptes, writable migration entries become readable
         ptes[(ptes & P.PRESENT) != 0] &= ~P.WRITE
         wm = ((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_MIGRATION_WRITE)

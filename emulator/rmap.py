@@ -26,6 +26,7 @@ from .frames import PG_swapcache
 from .mm import VMA, AnonVMA
 from .kernel import distinct, split_nodes as _split
 from .sched import call
+from .tlb import flush_tlb
 
 
 @dataclass
@@ -98,6 +99,7 @@ def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None
         if not hit.any():
             return
         s, i, cur, g = s[hit], i[hit], cur[hit], g[hit]
+    flush_tlb(k, vma, i)
     if entries is None:
         typ = np.where(cur & P.WRITE, P.SWP_MIGRATION_WRITE, P.SWP_MIGRATION_READ)
         vma.pte[i] = P.mk_swp(typ, g)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload
-from .tlb import Shootdown
+from .tlb import RayPort, Shootdown
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
@@ -55,7 +55,7 @@ class Coordinator:
                 self.remote_nodes.append(i)
         self.lost: set[int] = set()
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
-        self.tlb = self.m.k.tlb = Shootdown([d["handle"] for d in nodes], [d["host"] for d in nodes],
+        self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes],
                                             self.m.k.page_shift)
         self.calls = collections.Counter()
         self.pages_touched = 0

@@ -186,15 +186,42 @@ class NodeTLB:
                 "tlb_stale_fills": self.stale_fills}
 
 
+class NodeGone(Exception):
+    """A node whose TLB no longer answers (its actor died)."""
+
+
+class RayPort:
+    """A node actor's TLB, reached with actor calls."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._get(self.handle.tlb_flush.remote(pid, vpns))
+
+    def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        return self._get(self.handle.tlb_harvest.remote())
+
+    @staticmethod
+    def _get(ref):
+        import ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            raise NodeGone(str(exc)) from exc
+
+
 class Shootdown:
     """The coordinator's view of the node actors' TLBs (``k.tlb``)."""
 
-    def __init__(self, handles: list[Any], hosts: list[str], page_shift: int):
-        self.handles = handles
+    def __init__(self, ports: list[Any], hosts: list[str], page_shift: int):
+        """``ports[n]``: node n's TLB, with ``flush(pid, vpns)`` and
+        ``harvest()`` (a :class:`RayPort`, or a :class:`NodeTLB` in one process)."""
+        self.ports = ports
         self.near = [np.array([h == mine for h in hosts]) for mine in hosts]   # [node][node]: one host
         self.page_shift = page_shift
         self.procs: dict[int, tuple[int, int, np.ndarray]] = {}   # pid -> (node, lo, maybe)
-        self.epoch = [0] * len(handles)
+        self.epoch = [0] * len(ports)
         self.dead: set[int] = set()
         self.flush_calls = 0
 
@@ -246,12 +273,11 @@ class Shootdown:
             young = np.zeros(len(idx), dtype=bool)
             pte_bits_to_page(k, vma, idx, young, ~young)
             return
-        import ray
         self.epoch[node] += 1
         self.flush_calls += 1
         try:
-            young, dirty = ray.get(self.handles[node].tlb_flush.remote(vma.mm.pid, lo + pos))
-        except ray.exceptions.RayActorError:
+            young, dirty = self.ports[node].flush(vma.mm.pid, lo + pos)
+        except NodeGone:
             self.dead.add(node)
             young = np.zeros(len(idx), dtype=bool)
             young, dirty = young, ~young      # it may have written any of them
@@ -265,13 +291,10 @@ class Shootdown:
     def harvest(self, k) -> None:
         """Bring every node's accessed and dirty bits in (before the oracle
         reads the writer's record, or a snapshot is taken)."""
-        import ray
-        nodes = sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead)
-        refs = {n: self.handles[n].tlb_harvest.remote() for n in nodes}
-        for n, ref in refs.items():
+        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
             try:
-                got = ray.get(ref)
-            except ray.exceptions.RayActorError:
+                got = self.ports[n].harvest()
+            except NodeGone:
                 self.node_lost(k, n)
                 continue
             for pid, (vpns, young, dirty) in got.items():

@@ -1,0 +1,137 @@
+"""Node-local accesses (cluster/tlb.py) against the model, in one process.
+
+The node's TLB and the coordinator's shootdowns are the runtime's real
+classes; only the transport differs: the Shootdown calls the NodeTLB
+directly, where on Ray it makes an actor call. Every test writes through the
+TLB, lets the model change the mapping, and checks that the data survived
+and that the oracle (which reads the writer's record) still holds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cluster.tlb import NodeTLB, Shootdown
+from emulator import Machine
+from emulator.frames import PG_dirty
+
+
+class Rig:
+    """A machine whose node 0 CPU caches one process's ptes."""
+
+    def __init__(self, policy: str = "migcache", payload: str = "token", npages: int = 16,
+                 shared: bool = False, frames: int = 64):
+        self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
+        k = m.k
+        data = {i: fr.data for i, fr in enumerate(k.nodes)}
+        self.tlbs = [NodeTLB(n, k.page_shift, payload, data) for n in range(2)]
+        self.sd = k.tlb = Shootdown(self.tlbs, ["host", "host"], k.page_shift)
+        self.pid = m.spawn(node=0)
+        self.addr = m.mmap(self.pid, npages, shared=shared)
+        self.n = npages
+        self.tlbs[0].add(self.pid, self.addr, npages)
+        self.sd.register(0, self.pid, self.addr, npages)
+
+    def fault(self, write: bool = True):
+        """A miss: the access through the model, then the fill installed."""
+        m, k = self.m, self.m.k
+        toks = m.touch(self.pid, self.addr, self.n, write=write)
+        mm = m._mm(self.pid)
+        self.tlbs[0].install(self.pid, self.sd.fill(k, mm, m._range(mm, self.addr, self.n), 0, self.addr))
+        return toks
+
+    def local(self, write: bool = True):
+        return self.tlbs[0].access(self.pid, self.addr, self.n, write)
+
+    def addrs(self) -> list[int]:
+        return [self.addr + i * self.m.page_size for i in range(self.n)]
+
+    def tokens(self) -> np.ndarray:
+        return np.asarray(self.m.read_tokens(self.pid, self.addr, self.n))
+
+
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_a_write_that_hits_runs_on_the_payload_and_the_harvest_brings_the_record(payload):
+    r = Rig(payload=payload)
+    assert r.local() is None                        # nothing cached yet: a miss
+    r.fault()
+    toks = r.local()
+    assert toks is not None and len(toks) == r.n and r.tlbs[0].hits == 1
+    np.testing.assert_array_equal(r.tokens(), toks)  # on the frames, without the model
+    with pytest.raises(Exception, match="1 \\(data\\)"):
+        r.m.check()                                 # the writer's record has not seen it yet
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    assert r.local(write=False) is not None         # the entries stay after a harvest
+
+
+@pytest.mark.parametrize("policy", ["migcache", "swapcache", "migentry"])
+def test_migration_flushes_the_entries_and_moves_what_was_written(policy):
+    r = Rig(policy=policy)
+    r.fault()
+    toks = r.local()
+    status = r.m.move_pages(r.pid, r.addrs(), [1] * r.n)
+    assert list(status) == [1] * r.n
+    assert r.sd.flush_calls == 1                    # one shootdown for the batch
+    np.testing.assert_array_equal(r.tokens(), toks)
+    fr = r.m.k.nodes[1]
+    pf = (r.m.k.mms[r.pid].vmas[0].pte >> 8) & ((1 << 32) - 1)
+    assert ((fr.flags[pf] & PG_dirty) != 0).all()   # the dirty bit went with the page
+    assert r.local() is None                         # the old entries are gone: a miss
+    r.m.check()
+    r.fault()                                        # and the new ptes are cached again
+    assert r.local() is not None
+
+
+def test_a_fill_that_a_flush_overtook_is_not_installed():
+    r = Rig()
+    r.m.touch(r.pid, r.addr, r.n)
+    mm = r.m._mm(r.pid)
+    fill = r.sd.fill(r.m.k, mm, r.m._range(mm, r.addr, r.n), 0, r.addr)
+    r.m.move_pages(r.pid, r.addrs(), [1] * r.n)     # the flush comes before the driver installs
+    r.tlbs[0].install(r.pid, fill)
+    assert r.tlbs[0].stale_fills == 1
+    assert r.local() is None                         # it would have written the freed frames
+    r.m.check()
+
+
+def test_reclaim_writes_a_clean_swap_cache_page_the_cpu_dirtied():
+    """A shared page swapped in by a read is a clean swap-cache page mapped
+    writable. A write through the TLB leaves only the pte dirty; reclaim must
+    learn it when it unmaps the page, or it drops the page as clean and the
+    next swap-in reads the old copy."""
+    r = Rig(shared=True)
+    r.fault()
+    assert r.m.reclaim(0, r.n) == r.n
+    out0 = r.m.vmstat()["pswpout"]
+    r.fault(write=False)                             # swapped in, clean, in the swap cache
+    toks = r.local()
+    assert toks is not None
+    assert r.m.reclaim(0, r.n) == r.n
+    assert r.m.vmstat()["pswpout"] - out0 == r.n     # written again, not dropped
+    np.testing.assert_array_equal(r.tokens(), toks)
+    r.m.check()
+
+
+def test_fork_write_protects_the_cached_entries_and_copies_the_record():
+    r = Rig()
+    r.fault()
+    toks = r.local()
+    child = r.m.fork(r.pid)
+    r.m.check()                                      # the child's record has the TLB's writes
+    assert r.local() is None                         # write-protected: the write faults (COW)
+    assert r.local(write=False) is None              # and the entries were dropped
+    np.testing.assert_array_equal(np.asarray(r.m.read_tokens(child, r.addr, r.n)), toks)
+    r.m.exit(child)
+    r.m.check()
+
+
+def test_exit_and_a_dead_node_leave_no_entry_behind():
+    r = Rig()
+    r.fault()
+    toks = r.local()
+    r.sd.node_lost(r.m.k, 0)                         # its TLB went with it: take the frames as written
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    assert r.sd.fill(r.m.k, r.m._mm(r.pid), r.m._range(r.m._mm(r.pid), r.addr, r.n), 0, r.addr) is None
+    r.m.exit(r.pid)
+    r.m.check()

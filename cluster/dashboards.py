@@ -238,6 +238,9 @@ def overview() -> dict:
         timeseries("NUMA allocations", "Allocations on the intended node (numa_hit) or not (numa_miss), "
                    "per second, per node.",
                    [rate_node("numa_hit", "hit"), rate_node("numa_miss", "miss")], unit="ops"),
+        timeseries("Node-local accesses", "Batch accesses per second that a node actor ran on its own "
+                   "(every page in its TLB), per node; the others are fault batches to the coordinator.",
+                   [rate_node("tlb_hits", "TLB hits")], unit="ops"),
         row("Run"),
         stat("Progress", "Batch accesses done over those the scenario asks for.",
              [(f"sum by (run) (numaemu_run_operations_total{{{RUN}}}) / "

@@ -282,6 +282,7 @@ class NumaemuCollector(Collector):
                     "errors": dict(runner.errors),
                     "migrations": int(runner.migration_events),
                     "forks": int(runner.forks),
+                    "tlb_hits": dict(runner.tlb_hits),
                     "swapoffs": int(runner.swapoff_events),
                 }
             operations = st.operations
@@ -337,6 +338,11 @@ class NumaemuCollector(Collector):
 
         from emulator.vmstat import EVENTS, GAUGES
         nl = rl + ["node"]
+        c = _counter("tlb_hits", "Accesses a node actor ran on its own, every page present in its TLB "
+                     "(0 in-process, where every access is the model's)", nl)
+        for n in range(len(data["nodes"])):
+            c.add_metric(base + [str(n)], data["tlb_hits"].get(n, 0))
+        yield c
         for name in EVENTS:
             c = _counter(name, VMSTAT_HELP.get(name, name) + " (vmstat " + name + ")", nl)
             for n, vm in enumerate(data["nodes"]):

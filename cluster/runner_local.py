@@ -68,6 +68,7 @@ class LocalRun:
         self.migration_events = 0
         self.reclaim_events = 0
         self.forks = 0
+        self.tlb_hits: dict[int, int] = {}   # node -> accesses its node actor ran alone (Ray only)
         self.swapoff_events = 0
         self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this

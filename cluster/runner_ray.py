@@ -241,6 +241,7 @@ class RayRun:
         summary["reclaim_events"] = loc.reclaim_events
         summary["forks"] = int(sum(r["forks"] for r in results.values()))
         # accesses the node actors ran on their own (TLB hits) against those that faulted
+        loc.tlb_hits.update({h: int(r.get("tlb_hits", 0)) for h, r in results.items()})
         summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
@@ -287,6 +288,7 @@ class RayRun:
                 self._lost(i, f"actor died: {str(exc).splitlines()[0]}")
                 continue
             self.forks_seen[i] = out[i]["forks"]
+            self.local.tlb_hits[i] = out[i].get("tlb_hits", 0)
             if "latency" in out[i]:
                 self.lat_seen[i], secs, steps = out[i]["latency"]
                 for a, b in zip(secs, steps):

@@ -71,6 +71,8 @@ class NodeTLB:
         self.page_shift = page_shift
         self.payload = payload
         self.data = data
+        self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
+        self.near[list(data)] = True
         self.lock = threading.Lock()
         self.procs: dict[int, _Entries] = {}
         self.flushes = 0                  # flushes received: see the epoch rule
@@ -137,8 +139,11 @@ class NodeTLB:
             e = self.procs.get(pid)
             if e is None:
                 return
+            nodes = P.pte_node(ptes)
+            far = nodes >= len(self.near)
+            far[~far] = ~self.near[nodes[~far]]
             off = lo - e.lo
-            e.ent[off:off + len(ptes)] = ptes
+            e.ent[off:off + len(ptes)] = np.where(far, 0, ptes)
 
     def take_young(self) -> dict[int, np.ndarray]:
         """The vpns accessed since the last hand-over, per pid (cleared)."""

@@ -183,6 +183,10 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     assert summary["quiescent_checks"] >= 5
     assert summary["forks"] > 20 and summary["reclaim_events"] > 5 and summary["swapoff_events"] == 400 // 70
     assert "dump" not in summary
+    # accesses ran in the node actors (TLB hits) while the coordinator took their pages away (shootdowns)
+    tlb = summary["tlb"]
+    assert tlb["hits"] > 0 and tlb["shootdowns"] > 0, tlb
+    assert tlb["hits"] + tlb["misses"] == summary["operations_done"]
 
 
 def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_path):

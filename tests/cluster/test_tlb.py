@@ -19,12 +19,12 @@ class Rig:
     """A machine whose node 0 CPU caches one process's ptes."""
 
     def __init__(self, policy: str = "migcache", payload: str = "token", npages: int = 16,
-                 shared: bool = False, frames: int = 64):
+                 shared: bool = False, frames: int = 64, hosts: tuple[str, str] = ("host", "host")):
         self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
         k = m.k
-        data = {i: fr.data for i, fr in enumerate(k.nodes)}
-        self.tlbs = [NodeTLB(n, k.page_shift, payload, data) for n in range(2)]
-        self.sd = k.tlb = Shootdown(self.tlbs, ["host", "host"], k.page_shift)
+        data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
+        self.tlbs = [NodeTLB(0, k.page_shift, payload, data)]
+        self.sd = k.tlb = Shootdown(self.tlbs + [None], list(hosts), k.page_shift)
         self.pid = m.spawn(node=0)
         self.addr = m.mmap(self.pid, npages, shared=shared)
         self.n = npages
@@ -122,6 +122,19 @@ def test_fork_write_protects_the_cached_entries_and_copies_the_record():
     assert r.local(write=False) is None              # and the entries were dropped
     np.testing.assert_array_equal(np.asarray(r.m.read_tokens(child, r.addr, r.n)), toks)
     r.m.exit(child)
+    r.m.check()
+
+
+def test_pages_on_another_host_are_not_cached():
+    """Node 1 is on another host: its payload is not mapped on node 0's."""
+    r = Rig(hosts=("a", "b"), npages=8)
+    r.fault()
+    assert r.local(write=False) is not None
+    r.m.move_pages(r.pid, r.addrs()[:3], [1] * 3)
+    r.fault()
+    ent = r.tlbs[0].procs[r.pid].ent
+    assert (ent[:3] == 0).all() and (ent[3:] != 0).all()   # only the pages still on node 0
+    assert r.local(write=False) is None                    # so the access goes to the coordinator
     r.m.check()
 
 

@@ -7,8 +7,9 @@ Usage: python benchmarks/cluster.py [--quick]
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode) with 1, 2, 4 and 8 node
-  actors: operations/s and pages accessed/s, to show how throughput scales
-  (every fault batch goes through the one coordinator).
+  actors: operations/s and pages accessed/s, to show how throughput scales,
+  and the share of accesses the node actors ran on their own (TLB hits; every
+  other access is a fault batch through the one coordinator).
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def faults(rounds: int) -> tuple[float, float]:
     return first, swapin
 
 
-def scaling(nodes: int, operations: int) -> tuple[float, float, float]:
+def scaling(nodes: int, operations: int) -> tuple[float, float, float, float]:
     from cluster.runner_ray import RayRun
     from cluster.scenario import parse_scenario
     import tomllib
@@ -157,7 +158,8 @@ def scaling(nodes: int, operations: int) -> tuple[float, float, float]:
         run.close()
     assert s["violations"] == 0
     el = s["elapsed_s"]
-    return s["operations_done"] / el, s["operations_done"] * 256 / el, el
+    hits = s["tlb"]["hits"] / max(1, s["tlb"]["hits"] + s["tlb"]["misses"])
+    return s["operations_done"] / el, s["operations_done"] * 256 / el, el, hits
 
 
 def main() -> None:
@@ -178,10 +180,10 @@ def main() -> None:
           f"swap-in {swapin:,.0f} pages/s (target >= 200,000)")
     ops = 400 if args.quick else 2000
     print(f"scaling, {ops} operations of 256 pages per run, 2 processes per node actor:")
-    print(f"{'node actors':>12} {'ops/s':>10} {'pages/s':>14} {'elapsed s':>10}")
+    print(f"{'node actors':>12} {'ops/s':>10} {'pages/s':>14} {'elapsed s':>10} {'TLB hits':>9}")
     for n in (1, 2, 4, 8):
-        o, f, el = scaling(n, ops)
-        print(f"{n:>12} {o:>10,.0f} {f:>14,.0f} {el:>10.2f}")
+        o, f, el, hits = scaling(n, ops)
+        print(f"{n:>12} {o:>10,.0f} {f:>14,.0f} {el:>10.2f} {hits:>9.0%}")
     ray.shutdown()
 
 

@@ -42,7 +42,6 @@ class NodeActor:
         self.path = shm_dir() / f"numaemu-{run_id}-node{node}"
         self.data = create_payload(self.path, self.shape, self.dtype)
         self.page_size = page_size
-        self.payload_mode = payload
         self.reach: dict[int, np.ndarray] = {node: self.data}   # payloads this node's CPUs access
         self.tlb: NodeTLB | None = None
         # the workload drivers
@@ -122,7 +121,7 @@ class NodeActor:
                 sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
                 own[id(sh)] = sh
         self.procs = procs
-        self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.payload_mode, self.reach)
+        self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.reach)
         for p in procs:
             self.tlb.add(p.pid, p.addr, p.pages)
         ray.get(coord.tlb_register.remote(self.node, [(p.pid, p.addr, p.pages) for p in procs]))

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from emulator import pte as P
+from emulator.frames import store_tokens
 from emulator.kernel import split_nodes
 from emulator.tlb import pte_bits_to_page
 
@@ -65,11 +66,10 @@ class _Entries:
 class NodeTLB:
     """A node actor's TLB, shared by its workload threads."""
 
-    def __init__(self, node: int, page_shift: int, payload: str, data: dict[int, np.ndarray]):
+    def __init__(self, node: int, page_shift: int, data: dict[int, np.ndarray]):
         """``data``: the payload arrays of the nodes whose pages may be cached."""
         self.node = node
         self.page_shift = page_shift
-        self.payload = payload
         self.data = data
         self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
         self.near[list(data)] = True
@@ -115,12 +115,7 @@ class NodeTLB:
                 self.next_token += npages
                 gp = ent >> P.OFF_SHIFT
                 for node, sel in split_nodes(gp):
-                    pf = gp[sel] & P.PFN_MASK
-                    d = self.data[node]
-                    if self.payload == "token":
-                        d[pf] = toks[sel]
-                    else:
-                        d.view(np.int64)[pf, 0] = toks[sel]
+                    store_tokens(self.data[node], gp[sel] & P.PFN_MASK, toks[sel])
                 e.dirty[s] = True
             e.young[s] = True
             self.hits += 1

@@ -114,13 +114,19 @@ class Frames:
         return self.data.view(np.int64)[pfns, 0] if len(pfns) else np.zeros(0, np.int64)
 
     def set_tokens(self, pfns: np.ndarray, toks: np.ndarray) -> None:
-        if self.payload == "token":
-            self.data[pfns] = toks
-        else:
-            self.data.view(np.int64)[pfns, 0] = toks
+        store_tokens(self.data, pfns, toks)
 
     def used(self) -> int:
         return self.nframes - self.nr_free
+
+
+def store_tokens(data: np.ndarray, pfns: np.ndarray, toks: np.ndarray) -> None:
+    """A write of one token per page: the page itself (token mode) or its
+    first word (bytes mode), whoever holds the payload array."""
+    if data.ndim == 1:
+        data[pfns] = toks
+    else:
+        data.view(np.int64)[pfns, 0] = toks
 
 
 def _zero_rows(data: np.ndarray, rows: np.ndarray) -> None:

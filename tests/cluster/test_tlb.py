@@ -23,7 +23,7 @@ class Rig:
         self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
         k = m.k
         data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
-        self.tlbs = [NodeTLB(0, k.page_shift, payload, data)]
+        self.tlbs = [NodeTLB(0, k.page_shift, data)]
         self.sd = k.tlb = Shootdown(self.tlbs + [None], list(hosts), k.page_shift)
         self.pid = m.spawn(node=0)
         self.addr = m.mmap(self.pid, npages, shared=shared)

@@ -254,12 +254,15 @@ class Shootdown:
         maybe[off:off + len(ptes)] |= ok
         return self.epoch[node], vpn, ptes
 
-    def flush(self, k, vma, idx: np.ndarray) -> None:
-        """Called by the model's steps (emulator.tlb.flush_tlb), under the lock."""
+    def flush(self, k, vma, idx) -> None:
+        """Called by the model's steps (emulator.tlb.flush_tlb), under the lock,
+        for pages idx (an index array or a slice) of vma."""
         reg = self.procs.get(vma.mm.pid)
         if reg is None:
             return
         node, lo, maybe = reg
+        if isinstance(idx, slice):
+            idx = np.arange(vma.npages, dtype=np.int64)[idx]
         pos = vma.start + idx - lo
         inside = (pos >= 0) & (pos < len(maybe))
         if not inside.all():

@@ -31,7 +31,7 @@ from .mm import VMA
 def flush_tlb(k, vma: VMA, idx) -> None:
     """flush_tlb_page() for pages idx (an index array or a slice) of vma."""
     if k.tlb is not None:
-        k.tlb.flush(k, vma, np.arange(vma.npages, dtype=np.int64)[idx])
+        k.tlb.flush(k, vma, idx)
 
 
 def pte_bits_to_page(k, vma: VMA, idx: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:

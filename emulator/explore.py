@@ -114,7 +114,7 @@ def state_hash(k) -> bytes:
     for pid, mm in k.mms.items():
         ints += (pid, mm.rss, len(mm.vmas))
         for v in mm.vmas:
-            ints += (v.start, v.npages)
+            ints += (v.start, v.npages, v.handed)
             parts += (v.pte.tobytes(), v.shadow.tobytes())
     for av in k.anon_vmas.values():
         ints += (av.id, av.pins, len(av.vmas))

@@ -51,6 +51,7 @@ class VMA:
     shadow: np.ndarray
     policy: Mempolicy | None = None
     forking: bool = False   # linked on the anon_vma by fork, its ptes not copied yet
+    handed: int = 0         # hand-overs of an exiting sibling's ptes received (rmap walks look again)
 
     @property
     def end(self) -> int:

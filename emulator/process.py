@@ -17,7 +17,10 @@ Rules:
 - A shared mapping's exiting mapper hands its ptes over to siblings without
   one for the page, but not to a child linked by a fork still in progress
   (``forking``): its ptes are about to be copied from its parent, over
-  anything handed to it.
+  anything handed to it. A sibling that receives ptes counts it
+  (``handed``), so that an rmap walk that already passed it walks it again
+  (rmap.next_vma): a migration entry handed over behind a remap walk would
+  otherwise stay after the migration ends.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ def hand_over(k, vma: VMA, lo: int, hi: int) -> None:
         i, j = i[free], j[free]
         flush_tlb(k, vma, lo + i)
         sib.pte[j] = ptes[i]
+        sib.handed += 1
         sib.mm.rss += len(i)
         vma.mm.rss -= len(i)
         vma.pte[lo + i] = 0

@@ -6,7 +6,11 @@ Rules:
   one vma per step; between steps the list may change (fork appends, exit
   removes). The walk always continues after the last vma it visited, so a
   vma linked at the tail during the walk is visited and one linked at the
-  head is not: the root of R3.
+  head is not: the root of R3. A vma an exiting shared mapper handed its
+  ptes to after the walk passed it (process.hand_over) is walked again at
+  the end: the model's shared pages live in their mappers' ptes, which the
+  kernel's page cache does not need, and a migration entry handed over
+  behind a remap walk would stay after the migration.
 - unmap turns each present pte mapping a page into that page's migration
   pte: an upstream migration entry (READ or WRITE, keeping the pte's write
   permission) or the page's swap / migration-cache entry (+1 to its count per
@@ -48,22 +52,29 @@ class Batch:
         return len(self.pfns)
 
 
-def next_vma(av: AnonVMA, last: VMA | None, visited: set[int]) -> VMA | None:
+def next_vma(av: AnonVMA, last: VMA | None, visited: dict[int, int]) -> VMA | None:
+    """The vma after ``last`` on the list; at its end (or when ``last`` left
+    the list), one the walk has not seen, or one handed ptes since the walk
+    passed it (``visited``: id -> its ``handed`` count then)."""
+    def due(v: VMA) -> bool:      # not seen, or handed ptes since
+        return visited.get(id(v), -1) != v.handed
+
     if last is not None:
         for j, v in enumerate(av.vmas):
             if v is last:
-                return av.vmas[j + 1] if j + 1 < len(av.vmas) else None
-    for v in av.vmas:
-        if id(v) not in visited:
-            return v
-    return None
+                after = next((w for w in av.vmas[j + 1:] if due(w)), None)
+                if after is not None:
+                    return after
+                # at the end: not one linked before last since (R3), but one handed ptes
+                return next((w for w in av.vmas if id(w) in visited and due(w)), None)
+    return next((v for v in av.vmas if due(v)), None)
 
 
-def walk_step(k, av: AnonVMA, last: VMA | None, visited: set[int], fn, args) -> VMA | None:
+def walk_step(k, av: AnonVMA, last: VMA | None, visited: dict[int, int], fn, args) -> VMA | None:
     """One step of an rmap walk: the next vma on the list, and fn applied to it."""
     vma = next_vma(av, last, visited)
     if vma is not None:
-        visited.add(id(vma))
+        visited[id(vma)] = vma.handed
         fn(k, vma, *args)
     return vma
 
@@ -75,7 +86,7 @@ async def rmap_walk(k, avs: dict[int, AnonVMA], pages: Batch, fn, *args) -> None
         if not len(sel):
             continue
         sub = pages.take(sel)
-        last, visited = None, set()
+        last, visited = None, {}
         while True:
             last = await call("rmap", walk_step, k, av, last, visited, fn, (sub, sel) + args)
             if last is None:

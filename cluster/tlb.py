@@ -32,8 +32,10 @@ Rules these two classes keep (emulator/tlb.py has the model's side):
 - Only pages on nodes of the node actor's own host are cached: their payload
   is mapped here. A page on another host is always accessed through the
   coordinator.
-- A node actor that dies takes its TLB with it; the coordinator then takes
-  the contents of every page it may have cached as the writer's record.
+- A node actor that dies, or does not answer a flush within ``ANSWER_S``
+  (the runner gives up on a silent node as soon), is lost with its TLB; the
+  coordinator then takes the contents of every page it may have cached as
+  the writer's record, and never fills its TLB again.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ from emulator.kernel import split_nodes
 from emulator.tlb import pte_bits_to_page
 
 YOUNG_EVERY = 32          # hits between two hand-overs of the accessed bits
+ANSWER_S = 30.0           # a node that does not answer a flush this long is lost (so is a silent one)
 TOKEN_BASE = 1 << 44      # node n's tokens start at (n + 1) << 44: unique across writers
 
 
@@ -206,8 +209,8 @@ class RayPort:
     def _get(ref):
         import ray
         try:
-            return ray.get(ref)
-        except ray.exceptions.RayActorError as exc:
+            return ray.get(ref, timeout=ANSWER_S)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             raise NodeGone(str(exc)) from exc
 
 

@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from emulator.tlb import Shootdown
+
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload
-from .tlb import RayPort, Shootdown
+from .tlb import RayPort
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
@@ -55,8 +57,7 @@ class Coordinator:
                 self.remote_nodes.append(i)
         self.lost: set[int] = set()
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
-        self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes],
-                                            self.m.k.page_shift)
+        self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes])
         self.calls = collections.Counter()
         self.pages_touched = 0
         self.record = record
@@ -92,7 +93,7 @@ class Coordinator:
             if _fill >= 0 and name == "touch":
                 pid, addr, npages = args[:3]
                 mm = self.m._mm(pid)
-                out = out, self.tlb.fill(self.m.k, mm, self.m._range(mm, addr, npages), _fill, addr)
+                out = out, self.tlb.fill(mm, self.m._range(mm, addr, npages), _fill, addr >> self.m.k.page_shift)
             return True, out, self.m.mine.steps
 
     def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
@@ -115,7 +116,7 @@ class Coordinator:
         """Node ``node``'s driver caches the ptes of these (pid, addr, npages)."""
         with self.cond:
             for pid, addr, npages in procs:
-                self.tlb.register(node, pid, addr, npages)
+                self.tlb.register(node, pid, addr >> self.m.k.page_shift, npages)
 
     def tlb_young(self, pid: int, vpns: np.ndarray) -> None:
         with self.cond:

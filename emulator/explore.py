@@ -123,6 +123,17 @@ def state_hash(k) -> bytes:
     if k.pins:
         for g, c in sorted(k.pins.items()):
             ints += (g, c)
+    if k.tlb is not None:           # the TLBs, and what the kernel knows of them
+        sd = k.tlb
+        ints += sd.epoch
+        for pid, (n, lo, maybe) in sd.procs.items():
+            ints += (pid, n, lo, len(maybe))
+            parts.append(maybe.tobytes())
+        for port in sd.ports:
+            ints += (port.flushes, len(port.procs))
+            for pid, e in port.procs.items():
+                ints += (pid, e.lo, len(e.ent))
+                parts += (e.ent.tobytes(), e.young.tobytes(), e.dirty.tobytes())
     head = _HEADS.get(len(ints))
     if head is None:
         head = _HEADS[len(ints)] = struct.Struct("<%dq" % len(ints))

@@ -81,21 +81,26 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
         pf = gp[sel] & P.PFN_MASK
         fr.lru_tick[pf] = fr.tick
         if write:
-            t = tk[sel]
-            if k.payload == "token":
-                fr.data[pf] = t
-                vma.shadow[good[sel]] = t
-            elif t.ndim == 2:
-                fr.data[pf] = t
-                vma.shadow[good[sel]] = k.checksum(t)
-            else:
-                w0 = fr.data.view(np.int64)[pf, 0]
-                delta = (t.view(np.uint64) - w0.view(np.uint64)) * k.weights[0]
-                vma.shadow[good[sel]] = (vma.shadow[good[sel]].view(np.uint64) + delta).view(np.int64)
-                fr.data.view(np.int64)[pf, 0] = t
+            store_pages(k, vma, fr, pf, good[sel], tk[sel])
             fr.flags[pf] |= PG_dirty
         fr.tick += 1
     return fault
+
+
+def store_pages(k, vma: VMA, fr, pf: np.ndarray, idx: np.ndarray, t: np.ndarray) -> None:
+    """A write's stores into frames pf of fr, mapped at pages idx of vma, and
+    the writer's record of them (vma.shadow)."""
+    if k.payload == "token":
+        fr.data[pf] = t
+        vma.shadow[idx] = t
+    elif t.ndim == 2:
+        fr.data[pf] = t
+        vma.shadow[idx] = k.checksum(t)
+    else:
+        w0 = fr.data.view(np.int64)[pf, 0]
+        delta = (t.view(np.uint64) - w0.view(np.uint64)) * k.weights[0]
+        vma.shadow[idx] = (vma.shadow[idx].view(np.uint64) + delta).view(np.int64)
+        fr.data.view(np.int64)[pf, 0] = t
 
 
 async def touch(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> None:

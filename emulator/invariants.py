@@ -7,6 +7,10 @@ entry) and the values seen. Transient references of operations in flight are
 taken from k.pins; a migrator's from PG_isolated. When no operation is in
 flight (k.inflight == 0) it also checks quiescence: nothing locked or
 isolated, no migration entry, no migration-cache entry (invariant 8).
+With TLBs in the same process (emulator.tlb, as the explorer runs them) it
+also checks invariant 11, which KERNEL.md leaves to the hardware: every
+cached pte is the pte (same page, no wider permission), and the kernel
+knows it may be cached, so the next change of that pte flushes it.
 """
 from __future__ import annotations
 
@@ -107,6 +111,8 @@ def check(k) -> None:
             _fail("9 (pages conserved)", f"pid {pid}", ptes=rss, expected=mm.rss)
 
     _check_data(k)
+    if k.tlb is not None:
+        _check_tlbs(k)
 
     for n, fr in enumerate(k.nodes):
         free = (fr.flags & PG_buddy) != 0
@@ -203,6 +209,30 @@ def check(k) -> None:
 
     if k.inflight == 0:
         _check_quiescent(k)
+
+
+def _check_tlbs(k) -> None:
+    sd = k.tlb
+    for n, port in enumerate(sd.ports):
+        if n in sd.dead or not hasattr(port, "procs"):     # on Ray the node actors hold them
+            continue
+        for pid, e in port.procs.items():
+            cached = np.flatnonzero(e.ent != 0)
+            if not len(cached):
+                continue
+            mm = k.mms.get(pid)
+            reg = sd.procs.get(pid)
+            for i in cached.tolist():
+                vpn, ent = e.lo + i, int(e.ent[i])
+                vma = mm.find_vma(vpn) if mm is not None else None
+                pte = int(vma.pte[vpn - vma.start]) if vma is not None else 0
+                if not (pte & P.PRESENT) or (pte >> P.OFF_SHIFT) != (ent >> P.OFF_SHIFT) or \
+                        (ent & P.WRITE and not pte & P.WRITE):
+                    _fail("11 (TLB)", f"node {n} pid {pid} page {vpn:#x}", cached=P.describe(ent),
+                          pte=P.describe(pte))
+                if reg is None or reg[0] != n or not reg[2][vpn - reg[1]]:
+                    _fail("11 (TLB)", f"node {n} pid {pid} page {vpn:#x}", cached=P.describe(ent),
+                          why="the kernel does not know it may be cached: no flush would reach it")
 
 
 def _check_quiescent(k) -> None:

@@ -30,6 +30,7 @@ BUGS = {
     "r2-anon-vma-not-pinned": "migration does not pin the anon_vma before unmapping; remap looks it up through the page (R2)",
     "r3-fork-links-at-head": "fork links the child's vma at the head of the anon_vma list (R3)",
     "no-refcount-freeze": "migration moves the mapping without checking the expected reference count",
+    "tlb-no-epoch": "a node's TLB installs the ptes of a fault even when a flush came after they were read",
 }
 
 
@@ -233,4 +234,6 @@ def clone(k: Kernel) -> Kernel:
     for i, av in k.anon_vmas.items():
         avs[i].vmas = [vmap[id(v)] for v in av.vmas]
     new.anon_vmas = avs
+    if k.tlb is not None:           # the explorer's TLBs (emulator.tlb.tlbs_on)
+        new.tlb = k.tlb.clone([p.clone() for p in k.tlb.ports])
     return new

@@ -12,6 +12,10 @@ A scenario file holds:
 - ``[expect]``: ``may_fail = ["ENOMEM", ...]``, errors an operation may end
   with without that being a violation.
 Operations: ``fault {pid, mapping, page, npages=1, write=false}``,
+``access {pid, mapping, page, npages=1, write=false}`` (a CPU of the
+process's home node, through its TLB, as the Ray runtime's node actors
+access: a scenario with one gives every node a TLB of the processes it
+starts with, emulator.tlb),
 ``gup_write {pid, mapping, page}``, ``move_pages {pid, mapping, pages, node,
 move_all=true}``, ``migrate_pages {pid, from, to}``, ``reclaim {node,
 pages}``, ``fork {pid}``, ``exit {pid}``, ``swapoff {}``, ``swapon {if_off=false}``
@@ -31,13 +35,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import fault, move_pages, process, reclaim, swapfile
+from . import fault, move_pages, process, reclaim, swapfile, tlb
 from .kernel import clone
 from .machine import Machine
 from .sched import call
 
 OPS: dict[str, dict[str, type | tuple]] = {
     "fault": {"pid": int, "mapping": int, "page": int, "npages": int, "write": bool},
+    "access": {"pid": int, "mapping": int, "page": int, "npages": int, "write": bool},
     "gup_write": {"pid": int, "mapping": int, "page": int},
     "move_pages": {"pid": int, "mapping": int, "pages": list, "node": int, "move_all": bool},
     "migrate_pages": {"pid": int, "from": list, "to": list},
@@ -47,7 +52,7 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "swapoff": {},
     "swapon": {"if_off": bool},
 }
-REQUIRED = {"fault": ("pid", "page"), "gup_write": ("pid", "page"), "move_pages": ("pid", "pages", "node"),
+REQUIRED = {"fault": ("pid", "page"), "access": ("pid", "page"), "gup_write": ("pid", "page"), "move_pages": ("pid", "pages", "node"),
             "migrate_pages": ("pid", "from", "to"), "reclaim": ("node", "pages"), "fork": ("pid",),
             "exit": ("pid",), "swapoff": (), "swapon": ()}
 
@@ -106,6 +111,8 @@ class Scenario:
                 w.maps[pid].append(a)
                 if mp.get("touched", True):
                     m.touch(pid, a, mp["pages"])
+        if any(op.kind == "access" for op in self.setup + [o for t in self.tasks for o in t.ops]):
+            tlb.tlbs_on(m.k)
         for i, op in enumerate(self.setup):
             try:
                 m._run(w.start(op))
@@ -137,11 +144,12 @@ class World:
         """The operation's coroutine, over the model's own kernel paths."""
         k, a = self.m.k, op.args
         pid = self.alias.get(a["pid"], a["pid"]) if "pid" in a else 0
-        if op.kind == "fault":
+        if op.kind in ("fault", "access"):
             vma, i = self.vma_page(pid, a.get("mapping", 0), a["page"])
             n = a.get("npages", 1)
             write = a.get("write", False)
-            return fault.touch(k, vma, i, i + n, write, k.next_tokens(n) if write else None)
+            run = fault.touch if op.kind == "fault" else tlb.cpu_access
+            return run(k, vma, i, i + n, write, k.next_tokens(n) if write else None)
         if op.kind == "gup_write":
             vma, i = self.vma_page(pid, a.get("mapping", 0), a["page"])
             return fault.gup_write(k, vma, i, int(k.next_tokens(1)[0]))

@@ -1,33 +1,59 @@
-"""TLB shootdown: what a pte change owes the CPUs that may cache the old pte.
+"""TLBs: CPUs that cache ptes, and the shootdowns that keep them coherent.
 
-Rules this module keeps:
-- In-process there is no TLB. An access is access_step, which reads the pte
-  itself, so every pte change is seen at once and ``flush_tlb`` does nothing
-  (``k.tlb`` is None).
-- A driver whose CPUs access present pages without the pte's owner (the Ray
-  runtime's node actors, cluster/tlb.py) sets ``k.tlb``. Then every step that
-  clears a present pte, points it at another page or write-protects it calls
-  ``flush_tlb`` first, while the old pte is still in place, as
-  ptep_clear_flush() does. The CPUs drop those entries and report what they
-  did through them; ``pte_bits_to_page`` lands that on the page within the
-  same step, before the step goes on (try_to_unmap_one's folio_mark_dirty).
-- What the CPUs report is the pte's accessed and dirty bits: accessed moves
-  the page to the LRU's young end (the LRU tick), dirty sets PG_dirty (so
-  pageout writes the page rather than dropping a clean swap-cache copy) and
-  takes the page's contents as the writer's record (the oracle's shadow).
-- A pte that gains a mapping or a permission needs no flush: a CPU that still
-  caches the old one faults, and the fault finds the new pte.
+A CPU does not ask the kernel for every access: it caches ptes in its TLB.
+The Ray runtime's node actors do the same (cluster/tlb.py): an access whose
+pages are all present in the node's TLB (and writable, for a write) runs in
+the node actor, without the coordinator. The explorer runs the same
+protocol in-process (``access`` operations of race scenarios, ``cpu_access``
+below), so its races can be searched and replayed like any other.
+
+Rules these classes keep:
+- The page tables are the only truth; a TLB entry is a copy. Without TLBs
+  (``k.tlb`` None) an access is access_step, which reads the pte itself, and
+  ``flush_tlb`` does nothing.
+- The kernel side (``Shootdown``) knows which pages each node may cache
+  (``maybe``). Every step that clears a present pte, points it at another
+  page or write-protects it calls ``flush_tlb`` first, while the old pte is
+  still in place, as ptep_clear_flush() does: the TLBs drop those entries
+  inside the step and report the accessed and dirty bits they set, which
+  ``pte_bits_to_page`` lands on the page before the step goes on (accessed:
+  the LRU tick; dirty: PG_dirty, so pageout writes a page a CPU dirtied, and
+  the page's contents as the writer's record). No other step sees the pte
+  changed while a CPU can still write through the old one.
+- A pte that gains a mapping or a permission needs no flush: a CPU that
+  still caches the old one faults, and the fault finds the new pte.
+- A fill (the ptes a fault leaves, for the faulting node to cache) is read
+  under the kernel's lock and installed later, by the node; a flush may come
+  in between. A fill carries the number of flushes sent to that node when it
+  was read (``epoch``); the node installs it only if it has received exactly
+  that many, so it never installs a pte a flush already took away (the
+  ``tlb-no-epoch`` bug injection drops that check).
+- Dirty bits stay in the TLB until a flush or a ``harvest`` (before the
+  oracle reads the writer's record, or a snapshot). Accessed bits only order
+  the LRU; a node may hand them over early (``young``).
+- Only pages on nodes whose payload the node can reach are cached (its own
+  host's, on Ray). A node that no longer answers (``NodeGone``) is lost with
+  its TLB: every page it may have cached is taken as written, and it is
+  never filled again.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from . import pte as P
 from .frames import PG_dirty
 from .kernel import split_nodes
-from .mm import VMA
+from .mm import MM, VMA
+from .sched import call
 
 
+class NodeGone(Exception):
+    """A node whose TLB no longer answers (on Ray: its actor died or hung)."""
+
+
+# -- the kernel's side ----------------------------------------------------------
 def flush_tlb(k, vma: VMA, idx) -> None:
     """flush_tlb_page() for pages idx (an index array or a slice) of vma."""
     if k.tlb is not None:
@@ -53,3 +79,278 @@ def pte_bits_to_page(k, vma: VMA, idx: np.ndarray, young: np.ndarray, dirty: np.
             fr.flags[pf[d]] |= PG_dirty
     if dirty.any():
         vma.shadow[idx[dirty]] = k.content_of(gp[dirty])
+
+
+class Shootdown:
+    """Which pages each node's TLB may hold, and the flushes (``k.tlb``)."""
+
+    def __init__(self, ports: list[Any], hosts: list[str]):
+        """``ports[n]``: node n's TLB, with ``flush(pid, vpns)`` and
+        ``harvest()`` (a :class:`TLB` in one process; on Ray, actor calls).
+        ``hosts[n]``: where node n's payload is; a node caches only pages on
+        nodes of its own host."""
+        self.ports = ports
+        self.near = [np.array([h == mine for h in hosts]) for mine in hosts]   # [node][node]
+        self.procs: dict[int, tuple[int, int, np.ndarray]] = {}   # pid -> (node, lo vpn, maybe)
+        self.epoch = [0] * len(ports)
+        self.dead: set[int] = set()
+        self.flush_calls = 0
+
+    def clone(self, ports: list[Any]) -> "Shootdown":
+        new = object.__new__(Shootdown)
+        new.__dict__.update(self.__dict__)
+        new.ports = ports
+        new.procs = {pid: (n, lo, m.copy()) for pid, (n, lo, m) in self.procs.items()}
+        new.epoch, new.dead = list(self.epoch), set(self.dead)
+        return new
+
+    def register(self, node: int, pid: int, lo: int, npages: int) -> None:
+        """Node ``node`` caches pid's ptes of vpns [lo, lo + npages)."""
+        hi = lo + npages
+        old = self.procs.get(pid)
+        if old is not None:
+            lo, hi = min(lo, old[1]), max(hi, old[1] + len(old[2]))
+        self.procs[pid] = (node, lo, np.zeros(hi - lo, dtype=bool))
+
+    def fill(self, mm: MM, ranges, node: int, vpn: int) -> tuple[int, int, np.ndarray] | None:
+        """(epoch, vpn, ptes) a node may cache after its access of ``ranges``
+        (the Machine's (vma, lo, hi) list from vpn); 0 for a pte it may not."""
+        reg = self.procs.get(mm.pid)
+        if reg is None or reg[0] != node or node in self.dead:
+            return None
+        _, lo, maybe = reg
+        ptes = np.concatenate([vma.pte[a:b] for vma, a, b in ranges]) if len(ranges) > 1 \
+            else ranges[0][0].pte[ranges[0][1]:ranges[0][2]].copy()
+        off = vpn - lo
+        if off < 0 or off + len(ptes) > len(maybe):
+            return None
+        ok = (ptes & P.PRESENT) != 0
+        if not self.near[node].all() and ok.any():
+            on = np.flatnonzero(ok)
+            ok[on] = self.near[node][P.pte_node(ptes[on])]
+        ptes[~ok] = 0
+        maybe[off:off + len(ptes)] |= ok
+        return self.epoch[node], vpn, ptes
+
+    def flush(self, k, vma: VMA, idx) -> None:
+        """For the model's steps (flush_tlb), within the step."""
+        reg = self.procs.get(vma.mm.pid)
+        if reg is None:
+            return
+        node, lo, maybe = reg
+        if isinstance(idx, slice):
+            idx = np.arange(vma.npages, dtype=np.int64)[idx]
+        pos = vma.start + idx - lo
+        inside = (pos >= 0) & (pos < len(maybe))
+        if not inside.all():
+            idx, pos = idx[inside], pos[inside]
+        cached = maybe[pos]
+        if not cached.any():
+            return
+        idx, pos = idx[cached], pos[cached]
+        maybe[pos] = False
+        none = np.zeros(len(idx), dtype=bool)
+        if node in self.dead:
+            pte_bits_to_page(k, vma, idx, none, ~none)
+            return
+        self.epoch[node] += 1
+        self.flush_calls += 1
+        try:
+            young, dirty = self.ports[node].flush(vma.mm.pid, lo + pos)
+        except NodeGone:
+            self.dead.add(node)
+            young, dirty = none, ~none        # it may have written any of them
+        pte_bits_to_page(k, vma, idx, young, dirty)
+
+    def young(self, k, pid: int, vpns: np.ndarray) -> None:
+        """A node's accessed bits, handed over between flushes: the LRU only."""
+        none = np.zeros(len(vpns), dtype=bool)
+        self._apply(k, pid, vpns, ~none, none)
+
+    def harvest(self, k) -> None:
+        """Bring every node's accessed and dirty bits in."""
+        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
+            try:
+                got = self.ports[n].harvest()
+            except NodeGone:
+                self.node_lost(k, n)
+                continue
+            for pid, (vpns, young, dirty) in got.items():
+                self._apply(k, pid, vpns, young, dirty)
+
+    def node_lost(self, k, node: int) -> None:
+        """A lost node's TLB is gone, with whatever it wrote through it: take
+        the pages it may have cached as written."""
+        self.dead.add(node)
+        for pid, (n, lo, maybe) in self.procs.items():
+            if n == node and maybe.any():
+                vpns = lo + np.flatnonzero(maybe)
+                maybe[:] = False
+                none = np.zeros(len(vpns), dtype=bool)
+                self._apply(k, pid, vpns, none, ~none)
+
+    def _apply(self, k, pid: int, vpns: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:
+        mm = k.mms.get(pid)
+        if mm is None:
+            return
+        for vma in mm.vmas:
+            sel = (vpns >= vma.start) & (vpns < vma.end)
+            if sel.any():
+                pte_bits_to_page(k, vma, vpns[sel] - vma.start, young[sel], dirty[sel])
+
+
+# -- a node's side ---------------------------------------------------------------
+class _Entries:
+    """One process's cached ptes over vpns [lo, lo + n), and their bits."""
+
+    __slots__ = ("lo", "ent", "young", "dirty")
+
+    def __init__(self, lo: int, n: int):
+        self.lo = lo
+        self.ent = np.zeros(n, dtype=np.int64)
+        self.young = np.zeros(n, dtype=bool)
+        self.dirty = np.zeros(n, dtype=bool)
+
+
+class TLB:
+    """One node's TLB: the cached ptes of the processes homed there."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, _Entries] = {}
+        self.flushes = 0                  # flushes received: see the epoch rule
+        self.stale_fills = 0
+
+    def clone(self) -> "TLB":
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        procs = new.procs = {}
+        for pid, e in self.procs.items():
+            c = procs[pid] = _Entries(e.lo, 0)
+            c.ent, c.young, c.dirty = e.ent.copy(), e.young.copy(), e.dirty.copy()
+        return new
+
+    def add(self, pid: int, lo: int, npages: int) -> None:
+        hi = lo + npages
+        e = self.procs.get(pid)
+        if e is not None:
+            lo, hi = min(lo, e.lo), max(hi, e.lo + len(e.ent))
+        self.procs[pid] = _Entries(lo, hi - lo)
+
+    def lookup(self, pid: int, vpn: int, npages: int, write: bool) -> np.ndarray | None:
+        """The gpfns of pages [vpn, vpn + npages), marked accessed (and
+        dirty), if every one hits with the permission it needs; else None."""
+        e = self.procs.get(pid)
+        if e is None:
+            return None
+        off = vpn - e.lo
+        if off < 0 or off + npages > len(e.ent):
+            return None
+        ent = e.ent[off:off + npages]
+        need = P.PRESENT | P.WRITE if write else P.PRESENT
+        if ((ent & need) != need).any():
+            return None
+        e.young[off:off + npages] = True
+        if write:
+            e.dirty[off:off + npages] = True
+        return ent >> P.OFF_SHIFT
+
+    def install(self, pid: int, fill: tuple[int, int, np.ndarray] | None, check_epoch: bool = True) -> bool:
+        """Cache a fill, unless a flush came since it was read (then False)."""
+        if fill is None:
+            return False
+        epoch, vpn, ptes = fill
+        if check_epoch and epoch != self.flushes:
+            self.stale_fills += 1
+            return False
+        e = self.procs.get(pid)
+        if e is None:
+            return False
+        off = vpn - e.lo
+        e.ent[off:off + len(ptes)] = ptes
+        return True
+
+    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Drop the entries of vpns; their accessed and dirty bits, per vpn."""
+        self.flushes += 1
+        e = self.procs.get(pid)
+        if e is None:
+            z = np.zeros(len(vpns), dtype=bool)
+            return z, z
+        i = vpns - e.lo
+        young, dirty = e.young[i].copy(), e.dirty[i].copy()
+        e.ent[i] = 0
+        e.young[i] = False
+        e.dirty[i] = False
+        return young, dirty
+
+    def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every set accessed or dirty bit, per pid: (vpns, young, dirty),
+        cleared; the entries stay."""
+        out = {}
+        for pid, e in self.procs.items():
+            i = np.flatnonzero(e.young | e.dirty)
+            if len(i):
+                out[pid] = (e.lo + i, e.young[i].copy(), e.dirty[i].copy())
+                e.young[i] = False
+                e.dirty[i] = False
+        return out
+
+    def take_young(self) -> dict[int, np.ndarray]:
+        """The vpns accessed since the last hand-over, per pid (cleared)."""
+        out = {}
+        for pid, e in self.procs.items():
+            i = np.flatnonzero(e.young)
+            if len(i):
+                e.young[i] = False
+                out[pid] = e.lo + i
+        return out
+
+
+# -- the explorer's CPU: an access through the TLB, one process ------------------
+def tlbs_on(k) -> None:
+    """Give every node a TLB that caches the ptes of the processes homed on
+    it (their mappings now): what ``access`` operations run against."""
+    ports = [TLB() for _ in k.nodes]
+    k.tlb = Shootdown(ports, ["local"] * len(k.nodes))
+    for pid, mm in k.mms.items():
+        for vma in mm.vmas:
+            ports[mm.node].add(pid, vma.start, vma.npages)
+            k.tlb.register(mm.node, pid, vma.start, vma.npages)
+
+
+def tlb_access_step(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> bool:
+    """The CPU's access, if every page hits in its node's TLB: the store and
+    the writer's record as access_step's, the accessed and dirty bits in the
+    TLB (not on the page: a flush or a harvest brings them)."""
+    from .fault import store_pages
+    gp = k.tlb.ports[vma.mm.node].lookup(vma.mm.pid, vma.start + lo, hi - lo, write)
+    if gp is None:
+        return False
+    if write:
+        idx = np.arange(lo, hi, dtype=np.int64)
+        for node, sel in split_nodes(gp):
+            store_pages(k, vma, k.nodes[node], gp[sel] & P.PFN_MASK, idx[sel], toks[sel])
+    return True
+
+
+def fill_step(k, vma: VMA, lo: int, hi: int):
+    """The ptes the faulting node may cache, read under the kernel's lock."""
+    return k.tlb.fill(vma.mm, [(vma, lo, hi)], vma.mm.node, vma.start + lo)
+
+
+def install_step(k, mm: MM, fill) -> bool:
+    return k.tlb.ports[mm.node].install(mm.pid, fill, "tlb-no-epoch" not in k.bugs)
+
+
+async def cpu_access(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> None:
+    """An access by a CPU of the process's home node, as the Ray runtime's
+    node actor runs it: a TLB hit alone; else the fault (touch), then the
+    ptes it left are read and cached, with preemption points between."""
+    from .fault import touch
+    owner = k.node_owner(vma.mm.node)
+    if await call(owner, tlb_access_step, k, vma, lo, hi, write, toks):
+        return
+    await touch(k, vma, lo, hi, write, toks)
+    fill = await call("coord", fill_step, k, vma, lo, hi)
+    await call(owner, install_step, k, vma.mm, fill)
+

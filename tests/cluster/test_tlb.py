@@ -1,4 +1,4 @@
-"""Node-local accesses (cluster/tlb.py) against the model, in one process.
+"""Node-local accesses (cluster/tlb.py, emulator/tlb.py) against the model, in one process.
 
 The node's TLB and the coordinator's shootdowns are the runtime's real
 classes; only the transport differs: the Shootdown calls the NodeTLB
@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.tlb import NodeTLB, Shootdown
+from cluster.tlb import NodeTLB
 from emulator import Machine
 from emulator.frames import PG_dirty
+from emulator.tlb import Shootdown
 
 
 class Rig:
@@ -24,19 +25,20 @@ class Rig:
         k = m.k
         data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
         self.tlbs = [NodeTLB(0, k.page_shift, data)]
-        self.sd = k.tlb = Shootdown(self.tlbs + [None], list(hosts), k.page_shift)
+        self.sd = k.tlb = Shootdown(self.tlbs + [None], list(hosts))
         self.pid = m.spawn(node=0)
         self.addr = m.mmap(self.pid, npages, shared=shared)
         self.n = npages
+        self.vpn = self.addr >> k.page_shift
         self.tlbs[0].add(self.pid, self.addr, npages)
-        self.sd.register(0, self.pid, self.addr, npages)
+        self.sd.register(0, self.pid, self.addr >> k.page_shift, npages)
 
     def fault(self, write: bool = True):
         """A miss: the access through the model, then the fill installed."""
-        m, k = self.m, self.m.k
+        m = self.m
         toks = m.touch(self.pid, self.addr, self.n, write=write)
         mm = m._mm(self.pid)
-        self.tlbs[0].install(self.pid, self.sd.fill(k, mm, m._range(mm, self.addr, self.n), 0, self.addr))
+        self.tlbs[0].install(self.pid, self.sd.fill(mm, m._range(mm, self.addr, self.n), 0, self.vpn))
         return toks
 
     def local(self, write: bool = True):
@@ -86,10 +88,10 @@ def test_a_fill_that_a_flush_overtook_is_not_installed():
     r = Rig()
     r.m.touch(r.pid, r.addr, r.n)
     mm = r.m._mm(r.pid)
-    fill = r.sd.fill(r.m.k, mm, r.m._range(mm, r.addr, r.n), 0, r.addr)
+    fill = r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn)
     r.m.move_pages(r.pid, r.addrs(), [1] * r.n)     # the flush comes before the driver installs
     r.tlbs[0].install(r.pid, fill)
-    assert r.tlbs[0].stale_fills == 1
+    assert r.tlbs[0].tlb.stale_fills == 1
     assert r.local() is None                         # it would have written the freed frames
     r.m.check()
 
@@ -132,7 +134,7 @@ def test_pages_on_another_host_are_not_cached():
     assert r.local(write=False) is not None
     r.m.move_pages(r.pid, r.addrs()[:3], [1] * 3)
     r.fault()
-    ent = r.tlbs[0].procs[r.pid].ent
+    ent = r.tlbs[0].tlb.procs[r.pid].ent
     assert (ent[:3] == 0).all() and (ent[3:] != 0).all()   # only the pages still on node 0
     assert r.local(write=False) is None                    # so the access goes to the coordinator
     r.m.check()
@@ -145,6 +147,6 @@ def test_exit_and_a_dead_node_leave_no_entry_behind():
     r.sd.node_lost(r.m.k, 0)                         # its TLB went with it: take the frames as written
     r.m.check()
     np.testing.assert_array_equal(r.tokens(), toks)
-    assert r.sd.fill(r.m.k, r.m._mm(r.pid), r.m._range(r.m._mm(r.pid), r.addr, r.n), 0, r.addr) is None
+    assert r.sd.fill(r.m._mm(r.pid), r.m._range(r.m._mm(r.pid), r.addr, r.n), 0, r.vpn) is None
     r.m.exit(r.pid)
     r.m.check()

@@ -292,9 +292,10 @@ def content_of_ptes(k, ptes: np.ndarray) -> np.ndarray:
 
 def effective_ptes(vma, lo: int = 0, hi: int | None = None) -> np.ndarray:
     """The ptes through which a process sees its pages: in a shared mapping a page
-    not faulted in here yet is the one a sibling mapping holds (shmem's view)."""
+    not faulted in here yet is the one a sibling mapping holds (shmem's view),
+    and so is one under migration that a sibling maps already."""
     ptes = vma.pte[lo:hi]
-    if not vma.shared or (ptes != 0).all():
+    if not vma.shared or ((ptes & P.PRESENT) != 0).all():
         return ptes
     ptes = ptes.copy()
     vpn = vma.start + lo + np.arange(len(ptes))
@@ -306,6 +307,17 @@ def effective_ptes(vma, lo: int = 0, hi: int | None = None) -> np.ndarray:
             continue
         inr = none[(vpn[none] >= sib.start) & (vpn[none] < sib.end)]
         ptes[inr] = sib.pte[vpn[inr] - sib.start]
+    # a migration entry here while a sibling maps the page already: the migration
+    # moved the shared object's page, and the remap has reached the sibling
+    # first (a write through it is what this mapper will see once it is remapped)
+    mig = np.flatnonzero(P.is_migration(ptes) & (ptes != 0))
+    for sib in vma.anon_vma.vmas if len(mig) else ():
+        if sib is vma or not sib.shared:
+            continue
+        inr = mig[(vpn[mig] >= sib.start) & (vpn[mig] < sib.end)]
+        s = sib.pte[vpn[inr] - sib.start]
+        pres = (s & P.PRESENT) != 0
+        ptes[inr[pres]] = s[pres]
     return ptes
 
 

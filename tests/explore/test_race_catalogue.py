@@ -15,7 +15,7 @@ RACES = Path(__file__).resolve().parents[2] / "examples" / "races"
 # budgets for CI: the bug scenarios finish their whole search; the mixed ones
 # are cut (their full bound-2 search takes 10-20 s each here)
 BUDGET = {"mixed-swapcache": 1500, "mixed-migcache": 1500, "mixed-migentry": 1500, "swapoff-fault": 1500,
-          "tlb-mixed": 1500}
+          "tlb-mixed": 1500, "tlb-shared": 1500}
 
 
 def scenarios():

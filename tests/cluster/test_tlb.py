@@ -13,7 +13,7 @@ import pytest
 from cluster.tlb import NodeTLB
 from emulator import Machine
 from emulator.frames import PG_dirty
-from emulator.tlb import Shootdown
+from emulator.tlb import NodeGone, Shootdown
 
 
 class Rig:
@@ -150,3 +150,26 @@ def test_exit_and_a_dead_node_leave_no_entry_behind():
     assert r.sd.fill(r.m._mm(r.pid), r.m._range(r.m._mm(r.pid), r.addr, r.n), 0, r.vpn) is None
     r.m.exit(r.pid)
     r.m.check()
+
+
+class Silent:
+    """A node that no longer answers (on Ray: its actor died, or hung past ANSWER_S)."""
+
+    def flush(self, pid, vpns):
+        raise NodeGone("node 0 did not answer")
+
+    def harvest(self):
+        raise NodeGone("node 0 did not answer")
+
+
+def test_a_node_that_does_not_answer_a_flush_is_lost_and_its_pages_taken_as_written():
+    r = Rig()
+    r.fault()
+    toks = r.local()                                 # written through the TLB: the record has not seen it
+    r.sd.ports[0] = Silent()
+    status = r.m.move_pages(r.pid, r.addrs(), [1] * r.n)   # the flush fails: the migration goes on
+    assert list(status) == [1] * r.n and 0 in r.sd.dead
+    np.testing.assert_array_equal(r.tokens(), toks)
+    r.m.check()                                      # the contents were taken as the record
+    mm = r.m._mm(r.pid)
+    assert r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn) is None   # and it is never filled again

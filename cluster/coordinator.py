@@ -134,7 +134,8 @@ class Coordinator:
             m = self.m
             return {"node_info": m.node_info(), "vmstat": [m.vmstat(node=n) for n in range(m.nr_nodes)],
                     "vmstat_total": m.vmstat(), "swap_info": m.swap_info(), "calls": dict(self.calls),
-                    "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls}
+                    "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls,
+                    "tlb_shootdown_s": round(self.tlb.flush_s, 3)}
 
     def check(self) -> tuple[str, str, dict] | None:
         """The whole oracle: None, or the violation (invariant, where, seen).

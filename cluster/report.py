@@ -93,7 +93,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     tlb = summary.get("tlb")
     if tlb and tlb["hits"] + tlb["misses"]:
         console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['misses']} misses (faulted through "
-                      f"the coordinator); {tlb['shootdowns']} TLB shootdowns")
+                      f"the coordinator); {tlb['shootdowns']} TLB shootdowns, "
+                      f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):

@@ -246,6 +246,7 @@ class RayRun:
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
                           "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),
+                          "shootdown_s": float(frozen.stats.get("tlb_shootdown_s", 0.0)),
                           "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())}}
         summary["swapoff_events"] = loc.swapoff_events
         summary["verified_pages"] = int(self.verified["pages"])

@@ -38,6 +38,7 @@ Rules these classes keep:
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,7 @@ class Shootdown:
         self.epoch = [0] * len(ports)
         self.dead: set[int] = set()
         self.flush_calls = 0
+        self.flush_s = 0.0                # wall time waiting for the nodes' answers
 
     def clone(self, ports: list[Any]) -> "Shootdown":
         new = object.__new__(Shootdown)
@@ -155,11 +157,13 @@ class Shootdown:
             return
         self.epoch[node] += 1
         self.flush_calls += 1
+        t0 = time.perf_counter()
         try:
             young, dirty = self.ports[node].flush(vma.mm.pid, lo + pos)
         except NodeGone:
             self.dead.add(node)
             young, dirty = none, ~none        # it may have written any of them
+        self.flush_s += time.perf_counter() - t0
         pte_bits_to_page(k, vma, idx, young, dirty)
 
     def young(self, k, pid: int, vpns: np.ndarray) -> None:

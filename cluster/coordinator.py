@@ -25,7 +25,7 @@ from emulator.tlb import Shootdown
 
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload
-from .tlb import RayPort
+from .tlb import RayPort, ShmPort, regions
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
@@ -112,11 +112,14 @@ class Coordinator:
         self.events.append(ev)
 
     # -- the node actors' TLBs ----------------------------------------------------
-    def tlb_register(self, node: int, procs: list[tuple[int, int, int]]) -> None:
-        """Node ``node``'s driver caches the ptes of these (pid, addr, npages)."""
+    def tlb_register(self, node: int, procs: list[tuple[int, int, int]], shared: dict[str, Any]) -> None:
+        """Node ``node``'s driver caches the ptes of these (pid, addr, npages),
+        in the shared TLB ``shared`` (mapped here when the node is on this host)."""
         with self.cond:
-            for pid, addr, npages in procs:
-                self.tlb.register(node, pid, addr >> self.m.k.page_shift, npages)
+            for pid, (lo, n) in regions(procs, self.m.k.page_shift).items():
+                self.tlb.register(node, pid, lo, n)
+            if node not in self.remote_nodes:
+                self.tlb.ports[node] = ShmPort(shared)
 
     def tlb_young(self, pid: int, vpns: np.ndarray) -> None:
         with self.cond:

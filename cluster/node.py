@@ -102,6 +102,8 @@ class NodeActor:
     def close(self) -> None:
         self.stop()
         unlink(self.path)
+        if self.tlb is not None:
+            unlink(self.tlb.path)
 
     # -- the workload drivers --------------------------------------------------------
     def start(self, coord, info: dict, procs: list[Proc], specs: list, operations: int, seed: int,
@@ -121,10 +123,11 @@ class NodeActor:
                 sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
                 own[id(sh)] = sh
         self.procs = procs
-        self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.reach)
-        for p in procs:
-            self.tlb.add(p.pid, p.addr, p.pages)
-        ray.get(coord.tlb_register.remote(self.node, [(p.pid, p.addr, p.pages) for p in procs]))
+        slices = [(p.pid, p.addr, p.pages) for p in procs]
+        self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.reach, slices,
+                           self.path.with_name(self.path.name + "-tlb"))
+        ray.get(coord.tlb_register.remote(self.node, slices, self.tlb.shared()))
+        unlink(self.tlb.path)           # mapped by the coordinator if it is on this host: the name can go
         patterns = {w: AccessPattern(spec) for w, spec in enumerate(specs)}
         groups: dict[int, list[Proc]] = {}
         for p in procs:

@@ -9,17 +9,28 @@ this module adds is what only a real node actor has:
   tokens it writes: node n's start at (n + 1) << 44, unique across writers.
   The writer's record of a hit is the coordinator's to take, at the next
   flush or harvest (the node has no shadow of the model's).
-- ``RayPort``: the coordinator's handle on a node's TLB. A flush or a
-  harvest is an actor call made inside the step and waited for; a node that
-  does not answer within ``ANSWER_S`` (the runner gives up on a silent node
-  as soon) is lost (``NodeGone``).
+- The TLB itself lives in shared memory (``/dev/shm``), as a real TLB is
+  hardware the kernel reaches directly: a coordinator on the node's host
+  maps it (``ShmPort``) and flushes or harvests it in place, under a lock
+  both processes take (a thread lock in the node, then ``flock`` on the
+  file; the kernel drops a dead holder's), in microseconds instead of an
+  actor call. A node that holds that lock for ``ANSWER_S`` (hung) is lost
+  (``NodeGone``).
+- ``RayPort``: the coordinator's handle on the TLB of a node on another
+  host: a flush or a harvest is an actor call made inside the step and
+  waited for; a node that does not answer within ``ANSWER_S`` (the runner
+  gives up on a silent node as soon) is lost.
 - Accessed bits only order the LRU, so the driver hands them over every
   ``YOUNG_EVERY`` hits: late or misplaced, they cost reclaim some accuracy,
   never data.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,23 +45,104 @@ ANSWER_S = 30.0           # a node that does not answer a flush this long is los
 TOKEN_BASE = 1 << 44
 
 
-class NodeTLB:
-    """A node actor's TLB, shared by its workload threads."""
+def regions(procs: list[tuple[int, int, int]], page_shift: int) -> dict[int, tuple[int, int]]:
+    """pid -> (first vpn, pages): the span of each process's slices."""
+    out: dict[int, tuple[int, int]] = {}
+    for pid, addr, npages in procs:
+        lo, hi = addr >> page_shift, (addr >> page_shift) + npages
+        if pid in out:
+            lo, hi = min(lo, out[pid][0]), max(hi, out[pid][0] + out[pid][1])
+        out[pid] = (lo, hi - lo)
+    return out
 
-    def __init__(self, node: int, page_shift: int, data: dict[int, np.ndarray]):
-        """``data``: the payload arrays of the nodes whose pages may be cached."""
-        self.tlb = TLB()
+
+def _layout(regs: dict[int, tuple[int, int]]) -> tuple[int, dict[int, tuple[int, int, int]]]:
+    """The shared file's size and, per pid, (first vpn, pages, offset): the
+    two counters first, then each process's entries (int64), accessed and
+    dirty bits (a byte each), 8-byte aligned."""
+    off, out = 16, {}
+    for pid, (lo, n) in sorted(regs.items()):
+        out[pid] = (lo, n, off)
+        off += 8 * n + ((2 * n + 7) & ~7)
+    return off, out
+
+
+def _views(path: str, layout: dict[int, tuple[int, int, int]], size: int) -> tuple[TLB, np.memmap]:
+    buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
+    tlb = TLB(buf[:16].view(np.int64))
+    for pid, (lo, n, off) in layout.items():
+        tlb.adopt(pid, lo, buf[off:off + 8 * n].view(np.int64), buf[off + 8 * n:off + 9 * n].view(bool),
+                  buf[off + 9 * n:off + 10 * n].view(bool))
+    return tlb, buf
+
+
+class _FileLock:
+    """flock() on the TLB's file: excludes the other process, not other threads."""
+
+    def __init__(self, path: str):
+        self.fd = os.open(path, os.O_RDWR)
+
+    def acquire(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeGone(f"a node held its TLB for {timeout:.0f} s") from None
+                time.sleep(0)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class _NodeLock:
+    """The node's side of the TLB lock: its threads, then the coordinator."""
+
+    def __init__(self, path: str):
+        self.threads = threading.Lock()
+        self.file = _FileLock(path)
+
+    def __enter__(self):
+        self.threads.acquire()
+        self.file.acquire()
+
+    def __exit__(self, *exc):
+        self.file.release()
+        self.threads.release()
+
+
+class NodeTLB:
+    """A node actor's TLB, shared by its workload threads, in shared memory."""
+
+    def __init__(self, node: int, page_shift: int, data: dict[int, np.ndarray],
+                 procs: list[tuple[int, int, int]], path: Path):
+        """``data``: the payload arrays of the nodes whose pages may be cached;
+        ``procs``: (pid, addr, npages) of the slices the node's threads access."""
         self.page_shift = page_shift
+        self.size, self.layout = _layout(regions(procs, page_shift))
+        self.path = str(path)
+        with open(self.path, "xb") as fh:
+            fh.truncate(self.size)
+        self.tlb, self.buf = _views(self.path, self.layout, self.size)
+        self.lock = _NodeLock(self.path)
         self.data = data
         self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
         self.near[list(data)] = True
-        self.lock = threading.Lock()
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = 0
         self.hits_since_young = 0
 
-    def add(self, pid: int, addr: int, npages: int) -> None:
-        self.tlb.add(pid, addr >> self.page_shift, npages)
+    def shared(self) -> dict[str, Any]:
+        """What a coordinator on this host needs to map it (ShmPort)."""
+        return {"path": self.path, "size": self.size, "layout": self.layout}
 
     def access(self, pid: int, addr: int, npages: int, write: bool) -> np.ndarray | None:
         """The access, if every page hits with the permission it needs: the
@@ -98,6 +190,29 @@ class NodeTLB:
     def stats(self) -> dict[str, int]:
         return {"tlb_hits": self.hits, "tlb_misses": self.misses, "tlb_flushes": self.tlb.flushes,
                 "tlb_stale_fills": self.tlb.stale_fills}
+
+
+class ShmPort:
+    """The TLB of a node on the coordinator's host, flushed in place."""
+
+    def __init__(self, shared: dict[str, Any]):
+        layout = {int(pid): tuple(v) for pid, v in shared["layout"].items()}
+        self.tlb, self.buf = _views(shared["path"], layout, shared["size"])
+        self.lock = _FileLock(shared["path"])
+
+    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.lock.acquire(ANSWER_S)
+        try:
+            return self.tlb.flush(pid, vpns)
+        finally:
+            self.lock.release()
+
+    def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        self.lock.acquire(ANSWER_S)
+        try:
+            return self.tlb.harvest()
+        finally:
+            self.lock.release()
 
 
 class RayPort:

@@ -215,18 +215,40 @@ class _Entries:
         self.young = np.zeros(n, dtype=bool)
         self.dirty = np.zeros(n, dtype=bool)
 
+    @classmethod
+    def over(cls, lo: int, ent: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> "_Entries":
+        """Entries held in arrays of the caller's (shared memory, on Ray)."""
+        e = cls(lo, 0)
+        e.ent, e.young, e.dirty = ent, young, dirty
+        return e
+
 
 class TLB:
     """One node's TLB: the cached ptes of the processes homed there."""
 
-    def __init__(self) -> None:
+    def __init__(self, counts: np.ndarray | None = None) -> None:
+        """``counts``: where to count flushes received and fills dropped (two
+        int64s; shared memory on Ray, so that the kernel's side flushes in place)."""
         self.procs: dict[int, _Entries] = {}
-        self.flushes = 0                  # flushes received: see the epoch rule
-        self.stale_fills = 0
+        self.counts = np.zeros(2, dtype=np.int64) if counts is None else counts
+
+    @property
+    def flushes(self) -> int:
+        """Flushes received: see the epoch rule."""
+        return int(self.counts[0])
+
+    @property
+    def stale_fills(self) -> int:
+        return int(self.counts[1])
+
+    def adopt(self, pid: int, lo: int, ent: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:
+        """Cache pid's ptes of vpns [lo, lo + len(ent)) in the caller's arrays."""
+        self.procs[pid] = _Entries.over(lo, ent, young, dirty)
 
     def clone(self) -> "TLB":
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        new.counts = self.counts.copy()
         procs = new.procs = {}
         for pid, e in self.procs.items():
             c = procs[pid] = _Entries(e.lo, 0)
@@ -263,8 +285,8 @@ class TLB:
         if fill is None:
             return False
         epoch, vpn, ptes = fill
-        if check_epoch and epoch != self.flushes:
-            self.stale_fills += 1
+        if check_epoch and epoch != self.counts[0]:
+            self.counts[1] += 1
             return False
         e = self.procs.get(pid)
         if e is None:
@@ -275,7 +297,7 @@ class TLB:
 
     def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Drop the entries of vpns; their accessed and dirty bits, per vpn."""
-        self.flushes += 1
+        self.counts[0] += 1
         e = self.procs.get(pid)
         if e is None:
             z = np.zeros(len(vpns), dtype=bool)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.tlb import NodeTLB
+from cluster.tlb import NodeTLB, ShmPort
 from emulator import Machine
 from emulator.frames import PG_dirty
 from emulator.tlb import NodeGone, Shootdown
@@ -19,19 +19,19 @@ from emulator.tlb import NodeGone, Shootdown
 class Rig:
     """A machine whose node 0 CPU caches one process's ptes."""
 
-    def __init__(self, policy: str = "migcache", payload: str = "token", npages: int = 16,
+    def __init__(self, tmp, policy: str = "migcache", payload: str = "token", npages: int = 16,
                  shared: bool = False, frames: int = 64, hosts: tuple[str, str] = ("host", "host")):
         self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
         k = m.k
-        data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
-        self.tlbs = [NodeTLB(0, k.page_shift, data)]
-        self.sd = k.tlb = Shootdown(self.tlbs + [None], list(hosts))
         self.pid = m.spawn(node=0)
         self.addr = m.mmap(self.pid, npages, shared=shared)
         self.n = npages
         self.vpn = self.addr >> k.page_shift
-        self.tlbs[0].add(self.pid, self.addr, npages)
-        self.sd.register(0, self.pid, self.addr >> k.page_shift, npages)
+        data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
+        # the node's TLB in a shared file, and the kernel's side flushing it in place (ShmPort)
+        self.tlbs = [NodeTLB(0, k.page_shift, data, [(self.pid, self.addr, npages)], tmp / "node0-tlb")]
+        self.sd = k.tlb = Shootdown([ShmPort(self.tlbs[0].shared()), None], list(hosts))
+        self.sd.register(0, self.pid, self.vpn, npages)
 
     def fault(self, write: bool = True):
         """A miss: the access through the model, then the fill installed."""
@@ -52,8 +52,8 @@ class Rig:
 
 
 @pytest.mark.parametrize("payload", ["token", "bytes"])
-def test_a_write_that_hits_runs_on_the_payload_and_the_harvest_brings_the_record(payload):
-    r = Rig(payload=payload)
+def test_a_write_that_hits_runs_on_the_payload_and_the_harvest_brings_the_record(tmp_path, payload):
+    r = Rig(tmp_path, payload=payload)
     assert r.local() is None                        # nothing cached yet: a miss
     r.fault()
     toks = r.local()
@@ -67,8 +67,8 @@ def test_a_write_that_hits_runs_on_the_payload_and_the_harvest_brings_the_record
 
 
 @pytest.mark.parametrize("policy", ["migcache", "swapcache", "migentry"])
-def test_migration_flushes_the_entries_and_moves_what_was_written(policy):
-    r = Rig(policy=policy)
+def test_migration_flushes_the_entries_and_moves_what_was_written(tmp_path, policy):
+    r = Rig(tmp_path, policy=policy)
     r.fault()
     toks = r.local()
     status = r.m.move_pages(r.pid, r.addrs(), [1] * r.n)
@@ -84,8 +84,8 @@ def test_migration_flushes_the_entries_and_moves_what_was_written(policy):
     assert r.local() is not None
 
 
-def test_a_fill_that_a_flush_overtook_is_not_installed():
-    r = Rig()
+def test_a_fill_that_a_flush_overtook_is_not_installed(tmp_path):
+    r = Rig(tmp_path)
     r.m.touch(r.pid, r.addr, r.n)
     mm = r.m._mm(r.pid)
     fill = r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn)
@@ -96,12 +96,12 @@ def test_a_fill_that_a_flush_overtook_is_not_installed():
     r.m.check()
 
 
-def test_reclaim_writes_a_clean_swap_cache_page_the_cpu_dirtied():
+def test_reclaim_writes_a_clean_swap_cache_page_the_cpu_dirtied(tmp_path):
     """A shared page swapped in by a read is a clean swap-cache page mapped
     writable. A write through the TLB leaves only the pte dirty; reclaim must
     learn it when it unmaps the page, or it drops the page as clean and the
     next swap-in reads the old copy."""
-    r = Rig(shared=True)
+    r = Rig(tmp_path, shared=True)
     r.fault()
     assert r.m.reclaim(0, r.n) == r.n
     out0 = r.m.vmstat()["pswpout"]
@@ -114,8 +114,8 @@ def test_reclaim_writes_a_clean_swap_cache_page_the_cpu_dirtied():
     r.m.check()
 
 
-def test_fork_write_protects_the_cached_entries_and_copies_the_record():
-    r = Rig()
+def test_fork_write_protects_the_cached_entries_and_copies_the_record(tmp_path):
+    r = Rig(tmp_path)
     r.fault()
     toks = r.local()
     child = r.m.fork(r.pid)
@@ -127,9 +127,9 @@ def test_fork_write_protects_the_cached_entries_and_copies_the_record():
     r.m.check()
 
 
-def test_pages_on_another_host_are_not_cached():
+def test_pages_on_another_host_are_not_cached(tmp_path):
     """Node 1 is on another host: its payload is not mapped on node 0's."""
-    r = Rig(hosts=("a", "b"), npages=8)
+    r = Rig(tmp_path, hosts=("a", "b"), npages=8)
     r.fault()
     assert r.local(write=False) is not None
     r.m.move_pages(r.pid, r.addrs()[:3], [1] * 3)
@@ -140,8 +140,8 @@ def test_pages_on_another_host_are_not_cached():
     r.m.check()
 
 
-def test_exit_and_a_dead_node_leave_no_entry_behind():
-    r = Rig()
+def test_exit_and_a_dead_node_leave_no_entry_behind(tmp_path):
+    r = Rig(tmp_path)
     r.fault()
     toks = r.local()
     r.sd.node_lost(r.m.k, 0)                         # its TLB went with it: take the frames as written
@@ -162,8 +162,8 @@ class Silent:
         raise NodeGone("node 0 did not answer")
 
 
-def test_a_node_that_does_not_answer_a_flush_is_lost_and_its_pages_taken_as_written():
-    r = Rig()
+def test_a_node_that_does_not_answer_a_flush_is_lost_and_its_pages_taken_as_written(tmp_path):
+    r = Rig(tmp_path)
     r.fault()
     toks = r.local()                                 # written through the TLB: the record has not seen it
     r.sd.ports[0] = Silent()
@@ -173,3 +173,18 @@ def test_a_node_that_does_not_answer_a_flush_is_lost_and_its_pages_taken_as_writ
     r.m.check()                                      # the contents were taken as the record
     mm = r.m._mm(r.pid)
     assert r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn) is None   # and it is never filled again
+
+
+def test_a_node_that_holds_its_tlb_is_lost_not_waited_for_forever(tmp_path, monkeypatch):
+    """The coordinator flushes in place under the TLB's lock; a node that
+    holds it past ANSWER_S (hung in the middle of an access) is lost."""
+    import cluster.tlb as T
+    monkeypatch.setattr(T, "ANSWER_S", 0.2)
+    r = Rig(tmp_path)
+    r.fault()
+    toks = r.local()
+    with r.tlbs[0].lock:                             # the node, stuck inside an access
+        r.m.move_pages(r.pid, r.addrs(), [1] * r.n)
+    assert 0 in r.sd.dead
+    np.testing.assert_array_equal(r.tokens(), toks)
+    r.m.check()

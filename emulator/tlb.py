@@ -87,7 +87,8 @@ class Shootdown:
 
     def __init__(self, ports: list[Any], hosts: list[str]):
         """``ports[n]``: node n's TLB, with ``flush(pid, vpns)`` and
-        ``harvest()`` (a :class:`TLB` in one process; on Ray, actor calls).
+        ``harvest()`` (a :class:`TLB` in one process; on Ray, the node's TLB
+        in shared memory, or actor calls to a node on another host).
         ``hosts[n]``: where node n's payload is; a node caches only pages on
         nodes of its own host."""
         self.ports = ports

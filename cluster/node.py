@@ -85,11 +85,11 @@ class NodeActor:
             if i != self.node and d["host"] == self.host:
                 self.reach[i] = attach_payload(d["path"], tuple(d["shape"]), np.dtype(d["dtype"]))
 
-    def tlb_flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def tlb_flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if self.tlb is None:
             z = np.zeros(len(vpns), dtype=bool)
             return z, z
-        return self.tlb.flush(pid, np.asarray(vpns))
+        return self.tlb.flush(pid, np.asarray(vpns), wrprotect)
 
     def tlb_harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return {} if self.tlb is None else self.tlb.harvest()

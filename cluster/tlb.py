@@ -179,9 +179,9 @@ class NodeTLB:
             self.hits_since_young = 0
             return self.tlb.take_young()
 
-    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
         with self.lock:
-            return self.tlb.flush(pid, vpns)
+            return self.tlb.flush(pid, vpns, wrprotect)
 
     def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         with self.lock:
@@ -200,10 +200,10 @@ class ShmPort:
         self.tlb, self.buf = _views(shared["path"], layout, shared["size"])
         self.lock = _FileLock(shared["path"])
 
-    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
         self.lock.acquire(ANSWER_S)
         try:
-            return self.tlb.flush(pid, vpns)
+            return self.tlb.flush(pid, vpns, wrprotect)
         finally:
             self.lock.release()
 
@@ -221,8 +221,8 @@ class RayPort:
     def __init__(self, handle: Any):
         self.handle = handle
 
-    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._get(self.handle.tlb_flush.remote(pid, vpns))
+    def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        return self._get(self.handle.tlb_flush.remote(pid, vpns, wrprotect))
 
     def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return self._get(self.handle.tlb_harvest.remote())

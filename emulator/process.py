@@ -175,7 +175,7 @@ def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
     cv.forking = False
     ptes = pv.pte
     if not pv.shared:
-        flush_tlb(k, pv, slice(None))
+        flush_tlb(k, pv, slice(None), wrprotect=True)
         # COW: write-protect private present ptes, writable migration entries become readable
         ptes[(ptes & P.PRESENT) != 0] &= ~P.WRITE
         wm = ((ptes & P.PRESENT) == 0) & (P.swp_type(ptes) == P.SWP_MIGRATION_WRITE)

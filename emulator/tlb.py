@@ -19,7 +19,8 @@ Rules these classes keep:
   ``pte_bits_to_page`` lands on the page before the step goes on (accessed:
   the LRU tick; dirty: PG_dirty, so pageout writes a page a CPU dirtied, and
   the page's contents as the writer's record). No other step sees the pte
-  changed while a CPU can still write through the old one.
+  changed while a CPU can still write through the old one. A write-protect
+  (fork's COW) keeps the entries, read-only: a write faults, a read hits.
 - A pte that gains a mapping or a permission needs no flush: a CPU that
   still caches the old one faults, and the fault finds the new pte.
 - A fill (the ptes a fault leaves, for the faulting node to cache) is read
@@ -55,10 +56,12 @@ class NodeGone(Exception):
 
 
 # -- the kernel's side ----------------------------------------------------------
-def flush_tlb(k, vma: VMA, idx) -> None:
-    """flush_tlb_page() for pages idx (an index array or a slice) of vma."""
+def flush_tlb(k, vma: VMA, idx, wrprotect: bool = False) -> None:
+    """flush_tlb_page() for pages idx (an index array or a slice) of vma.
+    ``wrprotect``: the ptes stay, read-only (fork's COW): the TLBs keep them
+    read-only too, as a CPU's next read would walk the page table to."""
     if k.tlb is not None:
-        k.tlb.flush(k, vma, idx)
+        k.tlb.flush(k, vma, idx, wrprotect)
 
 
 def pte_bits_to_page(k, vma: VMA, idx: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:
@@ -135,7 +138,7 @@ class Shootdown:
         maybe[off:off + len(ptes)] |= ok
         return self.epoch[node], vpn, ptes
 
-    def flush(self, k, vma: VMA, idx) -> None:
+    def flush(self, k, vma: VMA, idx, wrprotect: bool = False) -> None:
         """For the model's steps (flush_tlb), within the step."""
         reg = self.procs.get(vma.mm.pid)
         if reg is None:
@@ -151,18 +154,21 @@ class Shootdown:
         if not cached.any():
             return
         idx, pos = idx[cached], pos[cached]
-        maybe[pos] = False
         none = np.zeros(len(idx), dtype=bool)
         if node in self.dead:
+            maybe[pos] = False
             pte_bits_to_page(k, vma, idx, none, ~none)
             return
         self.epoch[node] += 1
         self.flush_calls += 1
         t0 = time.perf_counter()
         try:
-            young, dirty = self.ports[node].flush(vma.mm.pid, lo + pos)
+            young, dirty = self.ports[node].flush(vma.mm.pid, lo + pos, wrprotect)
+            if not wrprotect:
+                maybe[pos] = False
         except NodeGone:
             self.dead.add(node)
+            maybe[pos] = False
             young, dirty = none, ~none        # it may have written any of them
         self.flush_s += time.perf_counter() - t0
         pte_bits_to_page(k, vma, idx, young, dirty)
@@ -296,8 +302,9 @@ class TLB:
         e.ent[off:off + len(ptes)] = ptes
         return True
 
-    def flush(self, pid: int, vpns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Drop the entries of vpns; their accessed and dirty bits, per vpn."""
+    def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Drop the entries of vpns (with wrprotect: keep them, read-only);
+        their accessed and dirty bits, per vpn."""
         self.counts[0] += 1
         e = self.procs.get(pid)
         if e is None:
@@ -305,7 +312,10 @@ class TLB:
             return z, z
         i = vpns - e.lo
         young, dirty = e.young[i].copy(), e.dirty[i].copy()
-        e.ent[i] = 0
+        if wrprotect:
+            e.ent[i] &= ~P.WRITE
+        else:
+            e.ent[i] = 0
         e.young[i] = False
         e.dirty[i] = False
         return young, dirty

@@ -59,7 +59,6 @@ class Coordinator:
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
         self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes])
         self.calls = collections.Counter()
-        self.pages_touched = 0
         self.record = record
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
@@ -86,8 +85,6 @@ class Coordinator:
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
             self.calls[name] += 1
-            if name == "touch":
-                self.pages_touched += int(args[2]) if len(args) > 2 else int(kw.get("npages", 0))
             if name in MUTATING:
                 self._log(seq, _caller, name, args, kw, "ok", out if name == "fork" else None)
             if _fill >= 0 and name == "touch":

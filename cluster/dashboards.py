@@ -239,8 +239,11 @@ def overview() -> dict:
                    "per second, per node.",
                    [rate_node("numa_hit", "hit"), rate_node("numa_miss", "miss")], unit="ops"),
         timeseries("Node-local accesses", "Batch accesses per second that a node actor ran on its own "
-                   "(every page in its TLB), per node; the others are fault batches to the coordinator.",
-                   [rate_node("tlb_hits", "TLB hits")], unit="ops"),
+                   "(every page in its TLB), and those that went to the coordinator as fault batches, "
+                   "per node.",
+                   [rate_node("tlb_hits", "TLB hits"),
+                    (f"sum by (run, node) (rate(numaemu_fault_latency_seconds_count{{{RUN_NODE}}}{RATE}))",
+                     "{{run}} node {{node}} fault batches")], unit="ops"),
         row("Run"),
         stat("Progress", "Batch accesses done over those the scenario asks for.",
              [(f"sum by (run) (numaemu_run_operations_total{{{RUN}}}) / "

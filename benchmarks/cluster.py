@@ -9,7 +9,9 @@ Usage: python benchmarks/cluster.py [--quick]
 - a workload run (quickstart-like, token mode) with 1, 2, 4 and 8 node
   actors: operations/s and pages accessed/s, to show how throughput scales,
   and the share of accesses the node actors ran on their own (TLB hits; every
-  other access is a fault batch through the one coordinator).
+  other access is a fault batch through the one coordinator);
+- a TLB shootdown of 256 pages: in place in shared memory (a node on the
+  coordinator's host) against an actor call (a node on another host).
 """
 from __future__ import annotations
 
@@ -162,6 +164,42 @@ def scaling(nodes: int, operations: int) -> tuple[float, float, float, float]:
     return s["operations_done"] / el, s["operations_done"] * 256 / el, el, hits
 
 
+def shootdown(rounds: int) -> tuple[float, float]:
+    """Median seconds of one flush of 256 cached pages: through the shared
+    TLB (ShmPort), and through an actor call to a node actor (RayPort)."""
+    import tempfile
+    import uuid
+
+    import ray
+
+    from cluster.node import NodeActor
+    from cluster.tlb import NodeTLB, RayPort, ShmPort
+
+    n, pid, vpns = 256, 1, np.arange(16, 16 + 256, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        node = NodeTLB(0, 12, {0: np.zeros(n, dtype=np.int64)}, [(pid, 16 << 12, n)], Path(tmp) / "tlb")
+        port = ShmPort(node.shared())
+        shm = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            port.flush(pid, vpns)
+            shm.append(time.perf_counter() - t0)
+    actor = ray.remote(NodeActor).options(num_cpus=0, max_concurrency=8).remote(0, 16, PAGE, "token",
+                                                                                uuid.uuid4().hex[:8])
+    try:
+        rp = RayPort(actor)
+        rp.flush(pid, vpns)
+        calls = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            rp.flush(pid, vpns)
+            calls.append(time.perf_counter() - t0)
+    finally:
+        ray.get(actor.close.remote())
+        ray.kill(actor)
+    return statistics.median(shm), statistics.median(calls)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
@@ -184,6 +222,9 @@ def main() -> None:
     for n in (1, 2, 4, 8):
         o, f, el, hits = scaling(n, ops)
         print(f"{n:>12} {o:>10,.0f} {f:>14,.0f} {el:>10.2f} {hits:>9.0%}")
+    shm, call = shootdown(50 if args.quick else 500)
+    print(f"TLB shootdown of 256 pages, median: {shm * 1e6:,.1f} us in shared memory, "
+          f"{call * 1e6:,.1f} us by an actor call (ratio {call / shm:,.0f})")
     ray.shutdown()
 
 

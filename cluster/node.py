@@ -103,7 +103,7 @@ class NodeActor:
         self.stop()
         unlink(self.path)
         if self.tlb is not None:
-            unlink(self.tlb.path)
+            self.tlb.close()
 
     # -- the workload drivers --------------------------------------------------------
     def start(self, coord, info: dict, procs: list[Proc], specs: list, operations: int, seed: int,

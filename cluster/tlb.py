@@ -40,6 +40,8 @@ from emulator.frames import store_tokens
 from emulator.kernel import split_nodes
 from emulator.tlb import TLB, NodeGone
 
+from .dataplane import unlink
+
 YOUNG_EVERY = 32          # hits between two hand-overs of the accessed bits
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
 TOKEN_BASE = 1 << 44
@@ -139,6 +141,10 @@ class NodeTLB:
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = 0
         self.hits_since_young = 0
+
+    def close(self) -> None:
+        unlink(self.path)
+        self.lock.file.close()
 
     def shared(self) -> dict[str, Any]:
         """What a coordinator on this host needs to map it (ShmPort)."""

@@ -60,12 +60,12 @@ def regions(procs: list[tuple[int, int, int]], page_shift: int) -> dict[int, tup
 
 def _layout(regs: dict[int, tuple[int, int]]) -> tuple[int, dict[int, tuple[int, int, int]]]:
     """The shared file's size and, per pid, (first vpn, pages, offset): the
-    two counters first, then each process's entries (int64), accessed and
-    dirty bits (a byte each), 8-byte aligned."""
+    two counters first, then for each process its flush count and entries
+    (int64s), and its accessed and dirty bits (a byte each), 8-byte aligned."""
     off, out = 16, {}
     for pid, (lo, n) in sorted(regs.items()):
         out[pid] = (lo, n, off)
-        off += 8 * n + ((2 * n + 7) & ~7)
+        off += 8 + 8 * n + ((2 * n + 7) & ~7)
     return off, out
 
 
@@ -73,8 +73,9 @@ def _views(path: str, layout: dict[int, tuple[int, int, int]], size: int) -> tup
     buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
     tlb = TLB(buf[:16].view(np.int64))
     for pid, (lo, n, off) in layout.items():
-        tlb.adopt(pid, lo, buf[off:off + 8 * n].view(np.int64), buf[off + 8 * n:off + 9 * n].view(bool),
-                  buf[off + 9 * n:off + 10 * n].view(bool))
+        ent = off + 8
+        tlb.adopt(pid, lo, buf[off:ent].view(np.int64), buf[ent:ent + 8 * n].view(np.int64),
+                  buf[ent + 8 * n:ent + 9 * n].view(bool), buf[ent + 9 * n:ent + 10 * n].view(bool))
     return tlb, buf
 
 

@@ -125,14 +125,13 @@ def state_hash(k) -> bytes:
             ints += (g, c)
     if k.tlb is not None:           # the TLBs, and what the kernel knows of them
         sd = k.tlb
-        ints += sd.epoch
         for pid, (n, lo, maybe) in sd.procs.items():
-            ints += (pid, n, lo, len(maybe))
+            ints += (pid, n, lo, len(maybe), sd.epoch.get(pid, 0))
             parts.append(maybe.tobytes())
         for port in sd.ports:
             ints += (port.flushes, len(port.procs))
             for pid, e in port.procs.items():
-                ints += (pid, e.lo, len(e.ent))
+                ints += (pid, e.lo, len(e.ent), int(e.gen[0]))
                 parts += (e.ent.tobytes(), e.young.tobytes(), e.dirty.tobytes())
     head = _HEADS.get(len(ints))
     if head is None:

@@ -25,10 +25,11 @@ Rules these classes keep:
   still caches the old one faults, and the fault finds the new pte.
 - A fill (the ptes a fault leaves, for the faulting node to cache) is read
   under the kernel's lock and installed later, by the node; a flush may come
-  in between. A fill carries the number of flushes sent to that node when it
-  was read (``epoch``); the node installs it only if it has received exactly
-  that many, so it never installs a pte a flush already took away (the
-  ``tlb-no-epoch`` bug injection drops that check).
+  in between. A fill carries the number of flushes of that process's
+  entries sent when it was read (``epoch``); the node installs it only if it
+  has received exactly that many, so it never installs a pte a flush already
+  took away (the ``tlb-no-epoch`` bug injection drops that check). Flushes
+  of other processes' entries do not make a fill stale.
 - Dirty bits stay in the TLB until a flush or a ``harvest`` (before the
   oracle reads the writer's record, or a snapshot). Accessed bits only order
   the LRU; a node may hand them over early (``young``).
@@ -97,7 +98,7 @@ class Shootdown:
         self.ports = ports
         self.near = [np.array([h == mine for h in hosts]) for mine in hosts]   # [node][node]
         self.procs: dict[int, tuple[int, int, np.ndarray]] = {}   # pid -> (node, lo vpn, maybe)
-        self.epoch = [0] * len(ports)
+        self.epoch: dict[int, int] = {}      # pid -> flushes of its entries sent
         self.dead: set[int] = set()
         self.flush_calls = 0
         self.flush_s = 0.0                # wall time waiting for the nodes' answers
@@ -107,7 +108,7 @@ class Shootdown:
         new.__dict__.update(self.__dict__)
         new.ports = ports
         new.procs = {pid: (n, lo, m.copy()) for pid, (n, lo, m) in self.procs.items()}
-        new.epoch, new.dead = list(self.epoch), set(self.dead)
+        new.epoch, new.dead = dict(self.epoch), set(self.dead)
         return new
 
     def register(self, node: int, pid: int, lo: int, npages: int) -> None:
@@ -136,7 +137,7 @@ class Shootdown:
             ok[on] = self.near[node][P.pte_node(ptes[on])]
         ptes[~ok] = 0
         maybe[off:off + len(ptes)] |= ok
-        return self.epoch[node], vpn, ptes
+        return self.epoch.get(mm.pid, 0), vpn, ptes
 
     def flush(self, k, vma: VMA, idx, wrprotect: bool = False) -> None:
         """For the model's steps (flush_tlb), within the step."""
@@ -159,7 +160,7 @@ class Shootdown:
             maybe[pos] = False
             pte_bits_to_page(k, vma, idx, none, ~none)
             return
-        self.epoch[node] += 1
+        self.epoch[vma.mm.pid] = self.epoch.get(vma.mm.pid, 0) + 1
         self.flush_calls += 1
         t0 = time.perf_counter()
         try:
@@ -214,19 +215,21 @@ class Shootdown:
 class _Entries:
     """One process's cached ptes over vpns [lo, lo + n), and their bits."""
 
-    __slots__ = ("lo", "ent", "young", "dirty")
+    __slots__ = ("lo", "gen", "ent", "young", "dirty")
 
     def __init__(self, lo: int, n: int):
         self.lo = lo
+        self.gen = np.zeros(1, dtype=np.int64)    # flushes of these entries received
         self.ent = np.zeros(n, dtype=np.int64)
         self.young = np.zeros(n, dtype=bool)
         self.dirty = np.zeros(n, dtype=bool)
 
     @classmethod
-    def over(cls, lo: int, ent: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> "_Entries":
+    def over(cls, lo: int, gen: np.ndarray, ent: np.ndarray, young: np.ndarray,
+             dirty: np.ndarray) -> "_Entries":
         """Entries held in arrays of the caller's (shared memory, on Ray)."""
         e = cls(lo, 0)
-        e.ent, e.young, e.dirty = ent, young, dirty
+        e.gen, e.ent, e.young, e.dirty = gen, ent, young, dirty
         return e
 
 
@@ -241,16 +244,17 @@ class TLB:
 
     @property
     def flushes(self) -> int:
-        """Flushes received: see the epoch rule."""
+        """Flushes received, of any process's entries."""
         return int(self.counts[0])
 
     @property
     def stale_fills(self) -> int:
         return int(self.counts[1])
 
-    def adopt(self, pid: int, lo: int, ent: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:
+    def adopt(self, pid: int, lo: int, gen: np.ndarray, ent: np.ndarray, young: np.ndarray,
+              dirty: np.ndarray) -> None:
         """Cache pid's ptes of vpns [lo, lo + len(ent)) in the caller's arrays."""
-        self.procs[pid] = _Entries.over(lo, ent, young, dirty)
+        self.procs[pid] = _Entries.over(lo, gen, ent, young, dirty)
 
     def clone(self) -> "TLB":
         new = object.__new__(type(self))
@@ -259,7 +263,7 @@ class TLB:
         procs = new.procs = {}
         for pid, e in self.procs.items():
             c = procs[pid] = _Entries(e.lo, 0)
-            c.ent, c.young, c.dirty = e.ent.copy(), e.young.copy(), e.dirty.copy()
+            c.gen, c.ent, c.young, c.dirty = e.gen.copy(), e.ent.copy(), e.young.copy(), e.dirty.copy()
         return new
 
     def add(self, pid: int, lo: int, npages: int) -> None:
@@ -292,11 +296,11 @@ class TLB:
         if fill is None:
             return False
         epoch, vpn, ptes = fill
-        if check_epoch and epoch != self.counts[0]:
-            self.counts[1] += 1
-            return False
         e = self.procs.get(pid)
         if e is None:
+            return False
+        if check_epoch and epoch != e.gen[0]:
+            self.counts[1] += 1
             return False
         off = vpn - e.lo
         e.ent[off:off + len(ptes)] = ptes
@@ -310,6 +314,7 @@ class TLB:
         if e is None:
             z = np.zeros(len(vpns), dtype=bool)
             return z, z
+        e.gen[0] += 1
         i = vpns - e.lo
         young, dirty = e.young[i].copy(), e.dirty[i].copy()
         if wrprotect:

@@ -44,6 +44,10 @@ def node_table(summary: dict[str, Any]) -> Table:
     totals = summary["totals"]
     for field, header in COLUMNS:
         table.add_row(header, *(_cell(entry.get(field)) for entry in summary["nodes"]), _cell(totals.get(field)))
+    tlb = summary.get("tlb")
+    if tlb:     # Ray: accesses each node actor ran on its own
+        table.add_row("TLB hits", *(_cell(tlb["hits_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
+                      _cell(tlb["hits"]))
     return table
 
 

@@ -149,6 +149,11 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     assert tlb["hits"] + tlb["misses"] == 300 and tlb["hits"] > 0
     assert summary["latency"]["fault_us"]["count"] == tlb["misses"]     # one per fault batch
     assert tlb["shootdowns"] > 0                                        # migrations took cached pages
+    from cluster.report import node_table
+    table = node_table(summary)                 # the text report's per-node table has them
+    row = list(table.columns[0]._cells).index("TLB hits")
+    assert [c._cells[row] for c in table.columns[1:]] == \
+        [str(tlb["hits_by_node"].get(str(n), 0)) for n in range(len(summary["nodes"]))] + [str(tlb["hits"])]
     assert summary["latency"]["migration_us"]["count"] == 300 // 20
     tl = summary["timeline"]
     assert tl[0]["operations"] == 0 and tl[-1]["operations"] == 300

@@ -38,7 +38,7 @@ import numpy as np
 from emulator import pte as P
 from emulator.frames import store_tokens
 from emulator.kernel import split_nodes
-from emulator.tlb import TLB, NodeGone
+from emulator.tlb import TLB, NodeGone, spans
 
 from .dataplane import unlink
 
@@ -48,14 +48,8 @@ TOKEN_BASE = 1 << 44
 
 
 def regions(procs: list[tuple[int, int, int]], page_shift: int) -> dict[int, tuple[int, int]]:
-    """pid -> (first vpn, pages): the span of each process's slices."""
-    out: dict[int, tuple[int, int]] = {}
-    for pid, addr, npages in procs:
-        lo, hi = addr >> page_shift, (addr >> page_shift) + npages
-        if pid in out:
-            lo, hi = min(lo, out[pid][0]), max(hi, out[pid][0] + out[pid][1])
-        out[pid] = (lo, hi - lo)
-    return out
+    """pid -> (first vpn, pages): the span of each process's slices (pid, addr, npages)."""
+    return spans((pid, addr >> page_shift, n) for pid, addr, n in procs)
 
 
 def _layout(regs: dict[int, tuple[int, int]]) -> tuple[int, dict[int, tuple[int, int, int]]]:

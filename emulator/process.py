@@ -60,6 +60,8 @@ def hand_over(k, vma: VMA, lo: int, hi: int) -> None:
         j = vpn[i] - sib.start
         free = sib.pte[j] == 0
         i, j = i[free], j[free]
+        if not len(i):
+            continue
         flush_tlb(k, vma, lo + i)
         sib.pte[j] = ptes[i]
         sib.handed += 1

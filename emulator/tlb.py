@@ -112,12 +112,8 @@ class Shootdown:
         return new
 
     def register(self, node: int, pid: int, lo: int, npages: int) -> None:
-        """Node ``node`` caches pid's ptes of vpns [lo, lo + npages)."""
-        hi = lo + npages
-        old = self.procs.get(pid)
-        if old is not None:
-            lo, hi = min(lo, old[1]), max(hi, old[1] + len(old[2]))
-        self.procs[pid] = (node, lo, np.zeros(hi - lo, dtype=bool))
+        """Node ``node`` caches pid's ptes of vpns [lo, lo + npages) (its span)."""
+        self.procs[pid] = (node, lo, np.zeros(npages, dtype=bool))
 
     def fill(self, mm: MM, ranges, node: int, vpn: int) -> tuple[int, int, np.ndarray] | None:
         """(epoch, vpn, ptes) a node may cache after its access of ``ranges``
@@ -267,11 +263,8 @@ class TLB:
         return new
 
     def add(self, pid: int, lo: int, npages: int) -> None:
-        hi = lo + npages
-        e = self.procs.get(pid)
-        if e is not None:
-            lo, hi = min(lo, e.lo), max(hi, e.lo + len(e.ent))
-        self.procs[pid] = _Entries(lo, hi - lo)
+        """Cache pid's ptes of vpns [lo, lo + npages) (its span)."""
+        self.procs[pid] = _Entries(lo, npages)
 
     def lookup(self, pid: int, vpn: int, npages: int, write: bool) -> np.ndarray | None:
         """The gpfns of pages [vpn, vpn + npages), marked accessed (and
@@ -349,15 +342,26 @@ class TLB:
 
 
 # -- the explorer's CPU: an access through the TLB, one process ------------------
+def spans(ranges) -> dict[int, tuple[int, int]]:
+    """pid -> (first vpn, pages) covering every (pid, first vpn, pages) given."""
+    out: dict[int, tuple[int, int]] = {}
+    for pid, lo, n in ranges:
+        hi = lo + n
+        if pid in out:
+            lo, hi = min(lo, out[pid][0]), max(hi, out[pid][0] + out[pid][1])
+        out[pid] = (lo, hi - lo)
+    return out
+
+
 def tlbs_on(k) -> None:
     """Give every node a TLB that caches the ptes of the processes homed on
     it (their mappings now): what ``access`` operations run against."""
     ports = [TLB() for _ in k.nodes]
     k.tlb = Shootdown(ports, ["local"] * len(k.nodes))
-    for pid, mm in k.mms.items():
-        for vma in mm.vmas:
-            ports[mm.node].add(pid, vma.start, vma.npages)
-            k.tlb.register(mm.node, pid, vma.start, vma.npages)
+    for pid, (lo, n) in spans((pid, v.start, v.npages) for pid, mm in k.mms.items() for v in mm.vmas).items():
+        node = k.mms[pid].node
+        ports[node].add(pid, lo, n)
+        k.tlb.register(node, pid, lo, n)
 
 
 def tlb_access_step(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> bool:

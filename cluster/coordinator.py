@@ -23,6 +23,7 @@ import numpy as np
 
 from emulator.tlb import Shootdown
 
+from . import channel
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload
 from .tlb import RayPort, ShmPort, regions
@@ -59,22 +60,29 @@ class Coordinator:
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
         self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes])
         self.calls = collections.Counter()
+        self.transport = collections.Counter()   # calls by how they came: "channel" or "actor"
         self.record = record
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0
         self.t0 = time.time()
+        # callers on this host skip Ray's per-call cost (cluster/channel.py)
+        self.channel = channel.Server(lambda *a, **kw: self.call(*a, _channel=True, **kw)) \
+            if channel.available() else None
 
     # -- the syscall surface ---------------------------------------------------
-    def call(self, name: str, *args: Any, _caller: str = "", _fill: int = -1, **kw: Any) -> tuple[bool, Any, int]:
+    def call(self, name: str, *args: Any, _caller: str = "", _fill: int = -1, _channel: bool = False,
+             **kw: Any) -> tuple[bool, Any, int]:
         """(True, result, steps) or (False, (exception class name, errno, message), steps):
         steps is how many emulated steps the call ran. ``_caller`` names the
         thread that made the call (its calls happen one after another), for dumps.
         ``_fill``: a touch by node actor _fill's driver, whose result is then
-        (tokens, the ptes its TLB may cache: see cluster.tlb)."""
+        (tokens, the ptes its TLB may cache: see cluster.tlb). ``_channel``: it
+        came through the same-host channel (cluster/channel.py), not Ray."""
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
         with self.cond:
+            self.transport["channel" if _channel else "actor"] += 1
             self.m.mine.steps = 0
             self.seq += 1
             seq = self.seq
@@ -126,7 +134,8 @@ class Coordinator:
     def info(self) -> dict[str, Any]:
         m = self.m
         return {"nr_nodes": m.nr_nodes, "page_size": m.page_size, "policy": m.policy,
-                "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes}
+                "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes,
+                "channel": self.channel.name if self.channel is not None else None}
 
     def stats(self) -> dict[str, Any]:
         """One consistent view: per-node info and vmstat, swap."""
@@ -135,7 +144,8 @@ class Coordinator:
             return {"node_info": m.node_info(), "vmstat": [m.vmstat(node=n) for n in range(m.nr_nodes)],
                     "vmstat_total": m.vmstat(), "swap_info": m.swap_info(), "calls": dict(self.calls),
                     "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls,
-                    "tlb_shootdown_s": round(self.tlb.flush_s, 3)}
+                    "tlb_shootdown_s": round(self.tlb.flush_s, 3),
+                    "transport": dict(self.transport)}
 
     def check(self) -> tuple[str, str, dict] | None:
         """The whole oracle: None, or the violation (invariant, where, seen).
@@ -224,6 +234,8 @@ class CoordMachine:
         self.coord = coord
         self.caller = caller
         info = info or ray.get(coord.info.remote())
+        here = ray.get_runtime_context().get_node_id()
+        self.channel = channel.Client(info["channel"]) if info.get("channel") and info["host"] == here else None
         self.nr_nodes = info["nr_nodes"]
         self.page_size = info["page_size"]
         self.policy = info["policy"]
@@ -234,7 +246,10 @@ class CoordMachine:
 
     def _call(self, name: str, *args: Any, **kw: Any) -> Any:
         import ray
-        ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, _caller=self.caller, **kw))
+        if self.channel is not None:
+            ok, out, self.last_steps = self.channel.call(name, *args, _caller=self.caller, **kw)
+        else:
+            ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, _caller=self.caller, **kw))
         self.steps += self.last_steps
         if ok:
             return out

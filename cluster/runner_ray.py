@@ -252,6 +252,9 @@ class RayRun:
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
+        # how calls reached the coordinator: the same-host channel, or Ray actor calls
+        via = frozen.stats.get("transport", {})
+        summary["coordinator_calls"] = {"channel": int(via.get("channel", 0)), "actor": int(via.get("actor", 0))}
         if self.bugs:
             summary["bugs"] = sorted(self.bugs)
         if self.stress:

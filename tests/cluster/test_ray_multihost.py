@@ -85,6 +85,8 @@ def test_node_actors_spread_over_hosts_and_migrate_across_them(cluster, tmp_path
     moved_remote = sum(s["nodes"][n]["migrations_in"] + s["nodes"][n]["migrations_out"]
                        for n in s["remote_nodes"])
     assert moved_remote > 0                          # and migrations crossed them
+    # callers on the coordinator's host (the runner) use the same-host channel, the others Ray
+    assert s["coordinator_calls"]["channel"] > 0 and s["coordinator_calls"]["actor"] > 0
     assert s["violations"] == 0, s["violation_details"]
     assert s["verified_pages"] > 0
     # forks, reclaim to the coordinator's swap device and swapoff back, all through remote payloads,

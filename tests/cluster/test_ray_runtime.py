@@ -166,6 +166,9 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     # all node actors on this one host: their payload is mapped, not called
     assert summary["remote_nodes"] == []
     assert len({h["host"] for h in summary["hosts"]}) == 1
+    # so every call to the coordinator came through the same-host channel, none as a Ray actor call
+    assert summary["coordinator_calls"]["actor"] == 0
+    assert summary["coordinator_calls"]["channel"] >= tlb["misses"] + summary["migration_events"]
     # the counters come from the same machine the node actors fed
     assert tot["vmstat"]["pgmigrate_success"] == tot["pgmigrate_success"]
 

@@ -14,6 +14,7 @@ arrays, slices and ``view``), so the model runs unchanged on either.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -104,12 +105,33 @@ class RemoteRows:
         return np.array(np.asarray(self))
 
 
+# A large copy between mapped payloads is split over this many threads
+# (numpy's memcpy drops the GIL), as the kernel's batched migration may copy
+# folios on several CPUs: one core does not saturate the memory bus here.
+COPY_THREADS = max(1, min(2, os.cpu_count() or 1))
+PARALLEL_MIN_BYTES = 4 << 20
+_copiers: ThreadPoolExecutor | None = None
+
+
 def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
     """A migration's copy (the data plane): one memcpy per run between mapped
-    payloads; between two remote node actors, one transfer from one to the
-    other (rather than through the coordinator, twice)."""
+    payloads, split over COPY_THREADS when large; between two remote node
+    actors, one transfer from one to the other (rather than through the
+    coordinator, twice)."""
+    global _copiers
     if isinstance(src, RemoteRows) and isinstance(dst, RemoteRows):
         if len(si):
             dst.pull(src, si, di)
         return
-    copy_rows(src, si, dst, di)
+    n = len(si)
+    if COPY_THREADS < 2 or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
+            or src.ndim != 2 or n * src.shape[1] * src.itemsize < PARALLEL_MIN_BYTES:
+        copy_rows(src, si, dst, di)
+        return
+    if _copiers is None:
+        _copiers = ThreadPoolExecutor(COPY_THREADS - 1, thread_name_prefix="migrate-copy")
+    cuts = [n * i // COPY_THREADS for i in range(COPY_THREADS + 1)]
+    helpers = [_copiers.submit(copy_rows, src, si[a:b], dst, di[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
+    copy_rows(src, si[:cuts[1]], dst, di[:cuts[1]])
+    for f in helpers:
+        f.result()

@@ -76,3 +76,25 @@ def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
             m.move_pages(pid, [addr + i * m.page_size for i in range(8)], [1] * 8)
         assert m.copying == 0
         m.read_tokens(pid, addr, 8)      # returns, without waiting WAIT_TIMEOUT
+
+
+@pytest.mark.parametrize("shape", ["runs", "scattered"])
+def test_a_large_migration_copy_split_over_threads_copies_every_row(shape):
+    """copy_batch splits a copy of PARALLEL_MIN_BYTES or more over COPY_THREADS:
+    every row lands where the gather/scatter would put it, none elsewhere."""
+    from cluster.dataplane import PARALLEL_MIN_BYTES, copy_batch
+    page = 4096
+    n = PARALLEL_MIN_BYTES // page + 300
+    rng = np.random.default_rng(7)
+    src = rng.integers(0, 256, (2 * n, page), dtype=np.uint8)
+    dst = np.zeros((2 * n + 10, page), dtype=np.uint8)
+    if shape == "runs":     # a few long runs on both sides, as migration's usual batches
+        si = np.concatenate((np.arange(5, 5 + n // 2), np.arange(n + 40, n + 40 + n - n // 2)))
+        di = np.concatenate((np.arange(n + 3, n + 3 + n - n // 3), np.arange(2, 2 + n // 3)))
+    else:
+        si = rng.permutation(2 * n)[:n]
+        di = rng.permutation(2 * n + 10)[:n]
+    want = np.zeros_like(dst)
+    want[di] = src[si]
+    copy_batch(src, si, dst, di)
+    np.testing.assert_array_equal(dst, want)

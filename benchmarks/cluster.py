@@ -2,8 +2,11 @@
 Usage: python benchmarks/cluster.py [--quick]
 
 - cross-node migration, 2 node actors, bytes mode, 4096-page batches, as a
-  ratio of a plain numpy copy of the same bytes in one process, same run
-  (target >= 0.50);
+  ratio of a plain numpy copy of the same bytes in one process (target >=
+  0.50): after a warm-up round trip, each round of migrations is followed by
+  one numpy copy, and the medians are compared, so both see the same
+  machine. The benchmark is the coordinator's caller on its host, so its
+  calls take the same-host channel (cluster/channel.py);
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode) with 1, 2, 4 and 8 node

@@ -223,6 +223,14 @@ def _plain(a: Any) -> Any:
     return repr(a)
 
 
+def _on_host(host: str) -> bool:
+    """Is this process on Ray node ``host``? A Ray Client driver is on none:
+    its runtime context speaks for a proxy on the cluster, not for this machine."""
+    import ray
+    from ray.util.client import ray as client
+    return not client.is_connected() and ray.get_runtime_context().get_node_id() == host
+
+
 class CoordMachine:
     """The Machine surface, forwarded to the coordinator actor: what a runner
     or a workload driver holds instead of a Machine."""
@@ -234,8 +242,7 @@ class CoordMachine:
         self.coord = coord
         self.caller = caller
         info = info or ray.get(coord.info.remote())
-        here = ray.get_runtime_context().get_node_id()
-        self.channel = channel.Client(info["channel"]) if info.get("channel") and info["host"] == here else None
+        self.channel = channel.Client(info["channel"]) if info.get("channel") and _on_host(info["host"]) else None
         self.nr_nodes = info["nr_nodes"]
         self.page_size = info["page_size"]
         self.policy = info["policy"]

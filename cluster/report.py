@@ -99,6 +99,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['misses']} misses (faulted through "
                       f"the coordinator); {tlb['shootdowns']} TLB shootdowns, "
                       f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
+    via = summary.get("coordinator_calls")
+    if via and via["channel"] + via["actor"]:
+        console.print(f"coordinator calls: {via['channel']} over the same-host channel, "
+                      f"{via['actor']} as Ray actor calls (callers on other hosts)")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):

@@ -241,3 +241,5 @@ def test_a_ray_client_driver_runs_a_scenario(head, tmp_path):
     assert "violations: 0" in out
     s = _check_summary(tmp_path, text)
     assert len({h["host"] for h in s["hosts"]}) == 1   # the head: a Ray Client driver is on no node
+    # so the driver's calls are Ray's; the node actors, beside the coordinator, take the channel
+    assert s["coordinator_calls"]["actor"] > 0 and s["coordinator_calls"]["channel"] > 0

@@ -169,6 +169,12 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     # so every call to the coordinator came through the same-host channel, none as a Ray actor call
     assert summary["coordinator_calls"]["actor"] == 0
     assert summary["coordinator_calls"]["channel"] >= tlb["misses"] + summary["migration_events"]
+    from rich.console import Console
+    from cluster.report import print_summary
+    con = Console(record=True, width=200)
+    print_summary(summary, con)
+    assert (f"coordinator calls: {summary['coordinator_calls']['channel']} over the same-host channel, "
+            "0 as Ray actor calls") in con.export_text()
     # the counters come from the same machine the node actors fed
     assert tot["vmstat"]["pgmigrate_success"] == tot["pgmigrate_success"]
 

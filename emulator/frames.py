@@ -102,8 +102,9 @@ class Frames:
         Callers pass distinct pages: one pte, one cache slot, one isolation each."""
         if len(pfns) == 0:
             return pfns
-        self.refcount[pfns] -= 1
-        dead = pfns[self.refcount[pfns] == 0]
+        rc = self.refcount[pfns] - 1
+        self.refcount[pfns] = rc
+        dead = pfns[rc == 0]
         self.free(dead)
         return dead
 

@@ -142,6 +142,15 @@ class Kernel:
         fr.put(pfns)
 
 
+def keep(mask: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(a[mask] for a in arrays); the arrays themselves when the mask keeps
+    every element, the usual batch, at the cost of one reduction instead of
+    a copy each. Callers treat the result as read only, as they may the arrays."""
+    if mask.all():
+        return arrays
+    return tuple(a[mask] for a in arrays)
+
+
 def distinct(a: np.ndarray) -> list[int]:
     """The distinct values of a (usually one: a batch from one node or one anon_vma)."""
     if not len(a):

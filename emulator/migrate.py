@@ -29,7 +29,7 @@ import numpy as np
 from . import pte as P
 from .fault import lock_step, unlock_pages
 from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache
-from .kernel import distinct
+from .kernel import distinct, keep
 from .page_alloc import alloc_on
 from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
 from .sched import call
@@ -112,12 +112,13 @@ def move_mapping_step(k, b: Batch, dst: int, new: np.ndarray) -> np.ndarray:
         ok = fr.mapcount[pf] == 0
     else:
         ok = (fr.refcount[pf] == 1 + cached) & (fr.mapcount[pf] == 0)
-    pf, npf, cached = pf[ok], new[ok], cached[ok]
+    pf, npf, cached = keep(ok, pf, new, cached)
+    moved_pf, moved_npf = pf, npf
     nf.anon_vma[npf] = fr.anon_vma[pf]
     nf.index[npf] = fr.index[pf]
     nf.flags[npf] |= fr.flags[pf] & PG_dirty
     if cached.any():
-        pf, npf = pf[cached], npf[cached]
+        pf, npf = keep(cached, pf, npf)
         e = fr.private[pf]
         ng = P.gpfn(dst, npf)
         nf.flags[npf] |= PG_swapcache
@@ -130,8 +131,7 @@ def move_mapping_step(k, b: Batch, dst: int, new: np.ndarray) -> np.ndarray:
         fr.flags[pf] &= ~PG_swapcache
         fr.private[pf] = 0
         fr.refcount[pf] -= 1
-        pf, npf = b.pfns[ok], new[ok]
-    k.copy_payload(fr.data, pf, nf.data, npf)
+    k.copy_payload(fr.data, moved_pf, nf.data, moved_npf)
     return ok
 
 
@@ -144,9 +144,10 @@ def _leave_cache(k, node: int, pfns: np.ndarray, entries: np.ndarray) -> None:
     # the remap may have released the ids already, and another migration may
     # hold them again by now (lowest free id first): only ids still naming
     # these pages are this migration's to release
-    ids = P.pte_offset(entries[~sw])
+    mc_entries, mc_pfns = keep(~sw, entries, pfns)
+    ids = P.pte_offset(mc_entries)
     mine = k.migcache.live(ids)
-    mine[mine] = k.migcache.page[ids[mine]] == P.gpfn(node, pfns[~sw][mine])
+    mine[mine] = k.migcache.page[ids[mine]] == P.gpfn(node, mc_pfns[mine])
     ids = ids[mine]
     migcache_release(k, ids[k.migcache.counter[ids] == 0])
 
@@ -155,7 +156,7 @@ def finish_step(k, b: Batch, entries, added, dst: int, new: np.ndarray) -> None:
     """Unlock both pages; the new one joins the LRU, the old one is freed. A cache
     entry this migration added goes; a swap-cache page stays in the swap cache."""
     if entries is not None:
-        _leave_cache(k, dst, new[added], entries[added])
+        _leave_cache(k, dst, *keep(added, new, entries))
     k.putback(dst, new)
     fr = k.nodes[b.node]
     fr.flags[b.pfns] &= ~(PG_locked | PG_isolated)

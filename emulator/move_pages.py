@@ -21,7 +21,7 @@ import errno
 import numpy as np
 
 from . import pte as P
-from .kernel import distinct
+from .kernel import distinct, keep
 from .migrate import MIGRATE_BATCH, isolate_step, migrate_batch
 from .mm import MM
 from .rmap import Batch
@@ -100,16 +100,16 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
         status[idx[dup]] = -errno.EBUSY
         idx, g = idx[~dup], g[~dup]
     for n in distinct(g >> P.NODE_SHIFT):
-        sel = (g >> P.NODE_SHIFT) == n
-        pos, pf = idx[sel], g[sel] & P.PFN_MASK
+        pos, pf = keep((g >> P.NODE_SHIFT) == n, idx, g)
+        pf = pf & P.PFN_MASK
         fr = k.nodes[n]
         if not flags & MPOL_MF_MOVE_ALL:
             shared = fr.mapcount[pf] > 1
             status[pos[shared]] = -errno.EACCES
-            pos, pf = pos[~shared], pf[~shared]
+            pos, pf = keep(~shared, pos, pf)
         ok = isolate_step(k, n, pf)
         status[pos[~ok]] = -errno.EBUSY
-        pos, pf = pos[ok], pf[ok]
+        pos, pf = keep(ok, pos, pf)
         if len(pf):
             batches.append((pos, Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
                                        fr.index[pf].astype(np.int64))))

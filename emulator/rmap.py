@@ -22,6 +22,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -35,17 +36,22 @@ from .tlb import flush_tlb
 
 @dataclass
 class Batch:
-    """Pages of one node that one operation works on, with their rmap."""
+    """Pages of one node that one operation works on, with their rmap.
+    Its arrays are never written in place, so a selection of every page is
+    the batch itself."""
     node: int
     pfns: np.ndarray
     av: np.ndarray       # anon_vma id per page
     index: np.ndarray    # vpn per page
 
-    @property
+    @cached_property
     def gpfn(self) -> np.ndarray:
         return P.gpfn(self.node, self.pfns)
 
     def take(self, sel) -> "Batch":
+        """The pages a mask, a slice or ascending positions select."""
+        if isinstance(sel, np.ndarray) and (sel.all() if sel.dtype == bool else len(sel) == len(self.pfns)):
+            return self
         return Batch(self.node, self.pfns[sel], self.av[sel], self.index[sel])
 
     def __len__(self) -> int:
@@ -86,6 +92,8 @@ async def rmap_walk(k, avs: dict[int, AnonVMA], pages: Batch, fn, *args) -> None
         if not len(sel):
             continue
         sub = pages.take(sel)
+        if sub is pages:
+            sel = None          # every page: positions are the identity
         last, visited = None, {}
         while True:
             last = await call("rmap", walk_step, k, av, last, visited, fn, (sub, sel) + args)
@@ -93,57 +101,78 @@ async def rmap_walk(k, avs: dict[int, AnonVMA], pages: Batch, fn, *args) -> None
                 break
 
 
-def _in_vma(vma: VMA, b: Batch) -> tuple[np.ndarray, np.ndarray]:
-    s = np.flatnonzero((b.index >= vma.start) & (b.index < vma.end))
-    return s, b.index[s] - vma.start
+# Positions within a batch are index arrays, or None for every page in order:
+# the usual batch (one anon_vma, one vma) then takes no gather at all.
+def _pick(a: np.ndarray, ix: np.ndarray | None) -> np.ndarray:
+    """a[ix]; a itself (read only, by the rules of Batch) for None."""
+    return a if ix is None else a[ix]
 
 
-def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None) -> None:
+def _in_vma(vma: VMA, b: Batch) -> tuple[np.ndarray | None, np.ndarray]:
+    idx = b.index
+    if len(idx) and idx.min() >= vma.start and idx.max() < vma.end:
+        return None, idx - vma.start
+    s = np.flatnonzero((idx >= vma.start) & (idx < vma.end))
+    return s, idx[s] - vma.start
+
+
+def _at(pos: np.ndarray | None, s: np.ndarray | None) -> np.ndarray | None:
+    """pos[s], for positions that may be None."""
+    if pos is None:
+        return s
+    return pos if s is None else pos[s]
+
+
+def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray | None) -> None:
     """try_to_unmap_one() for a batch: present ptes of b's pages -> migration ptes.
     entries (indexed by pos) holds each page's swap/migcache entry; None = upstream
     migration entries."""
     s, i = _in_vma(vma, b)
     cur = vma.pte[i]
-    g = b.gpfn[s]
+    g = _pick(b.gpfn, s)
     hit = ((cur & P.PRESENT) != 0) & ((cur >> P.OFF_SHIFT) == g)
     if not hit.all():       # a whole batch mapped here is the usual case: no narrowing then
         if not hit.any():
             return
-        s, i, cur, g = s[hit], i[hit], cur[hit], g[hit]
+        s = np.flatnonzero(hit) if s is None else s[hit]
+        i, cur, g = i[hit], cur[hit], g[hit]
     flush_tlb(k, vma, i)
     if entries is None:
         typ = np.where(cur & P.WRITE, P.SWP_MIGRATION_WRITE, P.SWP_MIGRATION_READ)
         vma.pte[i] = P.mk_swp(typ, g)
     else:
-        e = entries[pos[s]]
+        e = _pick(entries, _at(pos, s))
         vma.pte[i] = e
         entry_dup(k, e)
     fr = k.nodes[b.node]
-    pf = b.pfns[s]
+    pf = _pick(b.pfns, s)
     fr.mapcount[pf] -= 1
     fr.refcount[pf] -= 1
 
 
-def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray, entries: np.ndarray | None,
+def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray | None,
               new_node: int, new_pfns: np.ndarray) -> None:
     """remove_migration_ptes() for a batch: migration ptes of b's pages -> present
     ptes to new_pfns (indexed by pos) on new_node; entries as for unmap_vma."""
     s, i = _in_vma(vma, b)
     cur = vma.pte[i]
     if entries is None:
-        g = b.gpfn[s]
+        g = _pick(b.gpfn, s)
         hit = P.is_migration(cur) & ((cur >> P.OFF_SHIFT) == g)
         write = P.swp_type(cur) == P.SWP_MIGRATION_WRITE
     else:
-        e = entries[pos[s]]
+        e = _pick(entries, _at(pos, s))
         hit = cur == e
-        write = np.full(len(cur), vma.shared)
+        write = vma.shared
     if not hit.all():
         if not hit.any():
             return
-        s, i, write, cur = s[hit], i[hit], write[hit], cur[hit]
-    npf = new_pfns[pos[s]]
-    vma.pte[i] = P.mk_present(new_node, npf, write.astype(np.int64))
+        s = np.flatnonzero(hit) if s is None else s[hit]
+        i, cur = i[hit], cur[hit]
+        if not np.isscalar(write):
+            write = write[hit]
+    npf = _pick(new_pfns, _at(pos, s))
+    vma.pte[i] = P.mk_present(new_node, npf, write if np.isscalar(write) else write.astype(np.int64))
     fr = k.nodes[new_node]
     fr.mapcount[npf] += 1
     fr.refcount[npf] += 1

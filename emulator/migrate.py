@@ -281,9 +281,9 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
                 if (~ok).any():
                     # the page stays: a swap entry it got for the fallback stays with it
                     await _undo(k, avs, fsub.take(~ok), fent[~ok], fadd[~ok] & ~mc[~ok])
-            keep = np.arange(len(new))
-            todo, sub = todo[keep], sub.take(keep)
-            entries, added = part(keep)
+            stay = np.arange(len(new))
+            todo, sub = todo[stay], sub.take(stay)
+            entries, added = part(stay)
         if len(todo):
             moved = await call(dst_owner, move_mapping_step, k, sub, dst, new)
             if (~moved).any():
@@ -292,15 +292,16 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
                 await _undo(k, avs, sub.take(bad), *part(bad))
             if moved.any():
                 msub = sub.take(moved)
-                ment, madd = part(moved)
+                ment, madd = (entries, added) if entries is None or msub is sub else part(moved)
+                mtodo, mnew = keep(moved, todo, new)
                 ravs = avs
                 if "r2-anon-vma-not-pinned" in k.bugs:
                     ravs = await call("rmap", page_anon_vmas, k, msub)
-                await _remap(k, ravs, msub, ment, dst, new[moved])
-                await call(dst_owner, finish_step, k, msub, ment, madd, dst, new[moved])
-                result[todo[moved]] = 0
-                final[todo[moved]] = True
-                held[todo[moved]] = False
+                await _remap(k, ravs, msub, ment, dst, mnew)
+                await call(dst_owner, finish_step, k, msub, ment, madd, dst, mnew)
+                result[mtodo] = 0
+                final[mtodo] = True
+                held[mtodo] = False
         await call("rmap", unpin_anon_vmas, k, avs)
     await call(src, putback_step, k, b, held)
     ok = int((result == 0).sum())

@@ -81,12 +81,15 @@ def stat_step(k, mm: MM, vpns: np.ndarray) -> np.ndarray:
 def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
     """add_page_for_migration() over a batch: statuses, and the isolated pages by node."""
     ptes = lookup_ptes(mm, vpns)
-    status = page_status(ptes)
+    status = page_status(ptes)      # a present page's status is its node: there already, done
     pres = status >= 0
-    gp = np.where(pres, np.maximum(ptes, 0) >> P.OFF_SHIFT, -1)
-    node = np.where(pres, gp >> P.NODE_SHIFT, -1)
-    cand = pres & (node != target)
-    status[pres & (node == target)] = target
+    if pres.all():                  # every page mapped: the usual batch
+        gp, node = ptes >> P.OFF_SHIFT, status
+        cand = node != target
+    else:
+        gp = np.where(pres, np.maximum(ptes, 0) >> P.OFF_SHIFT, -1)
+        node = np.where(pres, gp >> P.NODE_SHIFT, -1)
+        cand = pres & (node != target)
     batches = []
     idx = np.flatnonzero(cand)
     if not len(idx):

@@ -31,6 +31,7 @@ from .frames import PG_swapcache
 from .mm import VMA, AnonVMA
 from .kernel import distinct, split_nodes as _split
 from .sched import call
+from .swap import add_at
 from .tlb import flush_tlb
 
 
@@ -188,17 +189,7 @@ def entry_dup(k, entries: np.ndarray) -> None:
     if sw.any():
         k.swap.duplicate(off[sw])
     if (~sw).any():
-        _add_at(k.migcache.counter, off[~sw], 1)
-
-
-def _add_at(a: np.ndarray, idx: np.ndarray, v: int) -> bool:
-    """a[idx] += v counting repeats; True when idx had none (the usual batch:
-    ascending, distinct), which takes one fancy-indexed add instead of ufunc.at."""
-    if len(idx) < 2 or (np.diff(idx) > 0).all():
-        a[idx] += v
-        return True
-    np.add.at(a, idx, v)
-    return False
+        add_at(k.migcache.counter, off[~sw], 1)
 
 
 def entry_free(k, entries: np.ndarray) -> None:
@@ -211,7 +202,7 @@ def entry_free(k, entries: np.ndarray) -> None:
         k.swap.free_entries(off[sw])
     mc = off[typ == P.SWP_MIGCACHE]
     if len(mc):
-        if not _add_at(k.migcache.counter, mc, -1):
+        if not add_at(k.migcache.counter, mc, -1):
             mc = np.array(distinct(mc), dtype=np.int64)
         migcache_release(k, mc[k.migcache.counter[mc] == 0])
 

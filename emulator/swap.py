@@ -19,6 +19,16 @@ HAS_CACHE = 1 << 30
 COUNT_MASK = HAS_CACHE - 1
 
 
+def add_at(a: np.ndarray, idx: np.ndarray, v: int) -> bool:
+    """a[idx] += v counting repeats; True when idx had none (the usual batch:
+    ascending, distinct), which takes one fancy-indexed add instead of ufunc.at."""
+    if len(idx) < 2 or (np.diff(idx) > 0).all():
+        a[idx] += v
+        return True
+    np.add.at(a, idx, v)
+    return False
+
+
 class SwapDevice:
     def __init__(self, nslots: int, page_size: int, payload: str):
         self.nslots = nslots
@@ -55,18 +65,19 @@ class SwapDevice:
     def _release(self, slots: np.ndarray) -> None:
         dead = slots[self.swap_map[slots] == 0]
         if len(dead):
-            dead = np.unique(dead)
+            if len(dead) > 1 and not (np.diff(dead) > 0).all():    # else ascending, distinct already
+                dead = np.unique(dead)
             top = self.nr_free
             self.free_stack[top:top + len(dead)] = dead[::-1]
             self.nr_free = top + len(dead)
 
     def duplicate(self, slots: np.ndarray) -> None:
         """swap_duplicate(): one more holder per occurrence."""
-        np.add.at(self.swap_map, slots, 1)
+        add_at(self.swap_map, slots, 1)
 
     def free_entries(self, slots: np.ndarray) -> None:
         """swap_free(): one holder fewer per occurrence; a slot with nothing left is free."""
-        np.subtract.at(self.swap_map, slots, 1)
+        add_at(self.swap_map, slots, -1)
         self._release(slots)
 
     def clear_cache(self, slots: np.ndarray) -> None:

@@ -46,6 +46,7 @@ from .mm import VMA
 from .page_alloc import alloc_for
 from .rmap import entry_dup, entry_free
 from .sched import call, wait
+from .swap import add_at
 from .swap_state import lookup_swap_cache, read_swap_cache_async, try_to_free_swap
 from .tlb import flush_tlb
 
@@ -357,7 +358,7 @@ def wp_step(k, vma: VMA, idx: np.ndarray, hold: bool = False) -> tuple[np.ndarra
     for node, sel in split_nodes(old):
         fr = k.nodes[node]
         pf = old[sel] & P.PFN_MASK
-        np.subtract.at(fr.mapcount, pf, 1)
+        add_at(fr.mapcount, pf, -1)
         fr.put(pf)
     return idx[~got], none, nreuse + int(got.sum())
 
@@ -447,7 +448,7 @@ def map_swap_step(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, gp: np.ndar
         return
     k.unpin(gp, put=False)                     # the lookup reference becomes the pte's
     for node, sel in split_nodes(gp):
-        np.add.at(k.nodes[node].mapcount, gp[sel] & P.PFN_MASK, 1)
+        add_at(k.nodes[node].mapcount, gp[sel] & P.PFN_MASK, 1)
     vma.pte[idx] = (gp << P.OFF_SHIFT) | P.PRESENT | (P.WRITE if vma.shared else 0)
     entry_free(k, entries)
     for node, sel in split_nodes(gp):

@@ -32,6 +32,7 @@ from .kernel import split_nodes
 from .mm import MM, VMA, Mempolicy
 from .rmap import entry_dup, entry_free
 from .sched import call
+from .swap import add_at, ascending_unique
 from .swap_state import delete_from_swap_cache, try_to_free_swap
 from .tlb import flush_tlb
 
@@ -83,7 +84,7 @@ def zap_step(k, vma: VMA, lo: int, hi: int) -> None:
     for node, sel in split_nodes(present):
         fr = k.nodes[node]
         pf = present[sel] & P.PFN_MASK
-        np.subtract.at(fr.mapcount, pf, 1)
+        add_at(fr.mapcount, pf, -1)
         # free_pages_and_swap_cache(): the last unmap drops an idle swap-cache copy
         idle = pf[(fr.mapcount[pf] == 0) & ((fr.flags[pf] & (PG_swapcache | PG_locked)) == PG_swapcache)]
         try_to_free_swap(k, node, idle)
@@ -101,7 +102,7 @@ def free_swap_cache(k, slots: np.ndarray) -> None:
     """free_swap_and_cache(): a slot no pte names drops its idle cache page."""
     if not len(slots):
         return
-    slots = np.unique(slots)
+    slots = ascending_unique(slots)
     gp = k.swap.cache_page[slots]
     idle = (gp >= 0) & (k.swap.count(slots) == 0)
     gp = gp[idle]
@@ -188,8 +189,8 @@ def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
     for node, sel in split_nodes(present):
         fr = k.nodes[node]
         pf = present[sel] & P.PFN_MASK
-        np.add.at(fr.mapcount, pf, 1)
-        np.add.at(fr.refcount, pf, 1)
+        add_at(fr.mapcount, pf, 1)
+        add_at(fr.refcount, pf, 1)
     swp = ptes[(ptes != 0) & ((ptes & P.PRESENT) == 0) & ~P.is_migration(ptes)]
     if len(swp):
         entry_dup(k, swp)

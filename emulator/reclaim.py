@@ -18,6 +18,7 @@ import numpy as np
 from . import pte as P
 from .frames import PG_isolated, PG_locked, PG_lru, PG_swapcache
 from .fault import lock_step
+from .kernel import distinct
 from .rmap import Batch, rmap_walk, unmap_vma
 from .sched import call
 from .swap_state import add_to_swap, delete_from_swap_cache, pageout
@@ -93,7 +94,7 @@ async def shrink_node(k, node: int, nr: int, kswapd: bool = False) -> int:
     if not len(b):
         return 0
     entries = k.nodes[node].private[b.pfns].copy()
-    avs = {a: k.anon_vmas[a] for a in np.unique(b.av).tolist() if a in k.anon_vmas}
+    avs = {a: k.anon_vmas[a] for a in distinct(b.av) if a in k.anon_vmas}
     await rmap_walk(k, avs, b, unmap_vma, entries)
     n = await call(owner, free_step, k, b)
     k.stat.add(node, "pgsteal_kswapd" if kswapd else "pgsteal_direct", n)

@@ -29,6 +29,13 @@ def add_at(a: np.ndarray, idx: np.ndarray, v: int) -> bool:
     return False
 
 
+def ascending_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique(a), without its sort when a is ascending and distinct already."""
+    if len(a) < 2 or (np.diff(a) > 0).all():
+        return a
+    return np.unique(a)
+
+
 class SwapDevice:
     def __init__(self, nslots: int, page_size: int, payload: str):
         self.nslots = nslots
@@ -65,8 +72,7 @@ class SwapDevice:
     def _release(self, slots: np.ndarray) -> None:
         dead = slots[self.swap_map[slots] == 0]
         if len(dead):
-            if len(dead) > 1 and not (np.diff(dead) > 0).all():    # else ascending, distinct already
-                dead = np.unique(dead)
+            dead = ascending_unique(dead)
             top = self.nr_free
             self.free_stack[top:top + len(dead)] = dead[::-1]
             self.nr_free = top + len(dead)

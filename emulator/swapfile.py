@@ -25,7 +25,7 @@ from .frames import PG_dirty, PG_locked
 from .kernel import split_nodes
 from .rmap import entry_free
 from .sched import call, wait
-from .swap import HAS_CACHE
+from .swap import HAS_CACHE, add_at
 from .swap_state import delete_from_swap_cache, read_swap_cache_async
 
 
@@ -49,7 +49,7 @@ def unuse_pte_step(k, vma, idx: np.ndarray, entries: np.ndarray, gp: np.ndarray)
         fr = k.nodes[node]
         pf = gp[sel] & P.PFN_MASK
         s = same[sel]
-        np.add.at(fr.mapcount, pf[s], 1)
+        add_at(fr.mapcount, pf[s], 1)
         fr.flags[pf] &= ~PG_locked
     vma.pte[idx[same]] = (gp[same] << P.OFF_SHIFT) | P.PRESENT | (P.WRITE if vma.shared else 0)
     entry_free(k, entries[same])

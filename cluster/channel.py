@@ -19,12 +19,16 @@ Rules:
   no pickle. Tuples arrive as lists, arrays read-only (as from Ray).
 - The socket lives in Linux's abstract namespace: no file to leak when a
   process dies. Elsewhere there is no channel, only actor calls.
+- Only processes of the coordinator's user may call (SO_PEERCRED): an
+  abstract socket has no file permissions, and Ray's own ports ask for its
+  token.
 - A failed channel (the coordinator gone, a bug in the call) raises
   :class:`CoordinatorGone` or RuntimeError, never OSError: OSError carries
   the emulated syscalls' errors.
 """
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -37,6 +41,7 @@ import msgpack
 import numpy as np
 
 _HEADER = struct.Struct("<Q")
+_CRED = struct.Struct("3i")          # struct ucred: pid, uid, gid
 _NDARRAY = 1
 
 
@@ -83,6 +88,11 @@ def _recv(sock: socket.socket) -> Any:
     return msgpack.unpackb(_recv_exact(sock, n), ext_hook=_ext, raw=False, strict_map_key=False)
 
 
+def _peer_uid(conn: socket.socket) -> int:
+    _pid, uid, _gid = _CRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return uid
+
+
 def available() -> bool:
     return sys.platform.startswith("linux")
 
@@ -104,6 +114,9 @@ class Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if _peer_uid(conn) != os.getuid():
+                conn.close()            # another user's process: no calls
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="channel-call", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

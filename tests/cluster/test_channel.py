@@ -3,6 +3,7 @@ what a call carries, how failures reach the caller, and that an interrupted
 call never hands its late reply to the next one."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -113,3 +114,17 @@ def test_a_coordinator_that_dies_is_coordinator_gone_not_an_oserror(tmp_path):
     assert not isinstance(exc.value, OSError)
     with pytest.raises(channel.CoordinatorGone):        # a new connection finds no one either
         c.call("ping")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_another_users_process_cannot_call(server):
+    code = ("import os, sys; sys.path.insert(0, %r)\n"
+            "from cluster import channel\n"
+            "os.setgid(65534); os.setuid(65534)       # after the imports: nobody cannot read /root\n"
+            "try:\n"
+            "    channel.Client(%r).call('swapoff')\n"
+            "except channel.CoordinatorGone as e:\n"
+            "    print('refused', e)\n") % (str(REPO), server.name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("refused"), out.stdout + out.stderr
+    assert channel.Client(server.name).call("mine")[0] == "mine"      # its own user's calls go on

@@ -58,6 +58,11 @@ class MigCache:
         self.nr_entries -= len(ids)
         free = self.free_ids
         if len(ids) > 16:
+            n = len(ids)
+            if not free and int(ids[0]) == self.next_id - n and int(ids[-1]) == self.next_id - 1 \
+                    and (np.diff(ids) > 0).all():
+                self.next_id -= n                         # the top run of ids: the usual batch
+                return
             if not free and (np.diff(ids) > 0).all():
                 arr = np.asarray(ids, dtype=np.int64)    # ascending and distinct already
             else:
@@ -77,6 +82,8 @@ class MigCache:
             self.next_id -= 1
 
     def live(self, ids):
+        if len(ids) and ids.min() > 0 and ids.max() < len(self.page):
+            return self.page[ids] >= 0
         ok = (ids > 0) & (ids < len(self.page))
         out = np.zeros(len(ids), dtype=bool)
         out[ok] = self.page[ids[ok]] >= 0

@@ -160,7 +160,8 @@ class Client:
             if sock is not None:
                 sock.close()
             if isinstance(exc, (OSError, EOFError)):
-                raise CoordinatorGone(f"coordinator channel: {type(exc).__name__}: {exc}") from None
+                raise CoordinatorGone(f"the coordinator is gone: its channel failed ({type(exc).__name__}: {exc})") \
+                    from None
             raise
         if status != "ok":
             raise RuntimeError(f"coordinator: {out}")

@@ -25,6 +25,7 @@ import uuid
 from typing import Any, Callable
 
 
+from .channel import CoordinatorGone
 from .coordinator import Coordinator, CoordMachine, FrozenMachine
 from .node import NodeActor
 from .runner_local import LocalRun
@@ -216,6 +217,8 @@ class RayRun:
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
             self.interrupted = True
+        except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _poll's
+            raise RunnerError(f"the coordinator died: {str(exc).splitlines()[0]}") from None
         results = self._stop(by_home)
         self._count_lost()
         for r in results.values():

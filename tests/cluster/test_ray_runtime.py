@@ -278,6 +278,25 @@ def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp
     assert summary["operations_done"] < 4000
 
 
+def test_a_coordinator_killed_mid_run_ends_it_with_an_error_naming_it(ray_session, tmp_path):
+    from cluster.runner_ray import RunnerError
+    ray = ray_session
+    holder = []
+
+    def progress(done):
+        if done >= 100 and not getattr(progress, "fired", False):
+            progress.fired = True
+            ray.kill(holder[0].coord, no_restart=True)
+
+    r = RayRun(load_scenario(scenario(tmp_path, operations=4000, every=25)))
+    holder.append(r)
+    try:
+        with pytest.raises(RunnerError, match="coordinator"):
+            r.run(progress)
+    finally:
+        r.close()
+
+
 # -- the command line ----------------------------------------------------------------
 
 def numaemu(*args, **kw):

@@ -14,8 +14,8 @@ arrays, slices and ``view``), so the model runs unchanged on either.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class RemoteRows:
 # folios on several CPUs: one core does not saturate the memory bus here.
 COPY_THREADS = max(1, min(2, os.cpu_count() or 1))
 PARALLEL_MIN_BYTES = 4 << 20
-_copiers: ThreadPoolExecutor | None = None
+_copiers = ThreadPoolExecutor(COPY_THREADS - 1, thread_name_prefix="migrate-copy") if COPY_THREADS > 1 else None
 
 
 def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
@@ -118,18 +118,15 @@ def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
     payloads, split over COPY_THREADS when large; between two remote node
     actors, one transfer from one to the other (rather than through the
     coordinator, twice)."""
-    global _copiers
     if isinstance(src, RemoteRows) and isinstance(dst, RemoteRows):
         if len(si):
             dst.pull(src, si, di)
         return
     n = len(si)
-    if COPY_THREADS < 2 or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
+    if _copiers is None or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
             or src.ndim != 2 or n * src.shape[1] * src.itemsize < PARALLEL_MIN_BYTES:
         copy_rows(src, si, dst, di)
         return
-    if _copiers is None:
-        _copiers = ThreadPoolExecutor(COPY_THREADS - 1, thread_name_prefix="migrate-copy")
     cuts = [n * i // COPY_THREADS for i in range(COPY_THREADS + 1)]
     helpers = [_copiers.submit(copy_rows, src, si[a:b], dst, di[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
     copy_rows(src, si[:cuts[1]], dst, di[:cuts[1]])

@@ -43,6 +43,23 @@ def create_payload(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
     return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
 
 
+def overcommitted(descs: list[dict[str, Any]]) -> list[str]:
+    """A warning per host whose node actors' payload files add up to more than
+    its shared memory had free: the files are sparse, so such a run works
+    until its workloads have written that much, and then a process touching
+    a new page dies of SIGBUS (the run reports the node actor lost)."""
+    hosts: dict[str, dict[str, Any]] = {}
+    for i, d in enumerate(descs):
+        h = hosts.setdefault(d["host"], {"nodes": [], "bytes": 0, "free": d["shm_free"]})
+        h["nodes"].append(i)
+        h["bytes"] += d["bytes"]
+        h["free"] = min(h["free"], d["shm_free"])
+    return [f"host {host[:12]}: the payloads of nodes {', '.join(map(str, h['nodes']))} take "
+            f"{h['bytes'] / 2**30:.1f} GiB, with {h['free'] / 2**30:.1f} GiB free in {shm_dir()}: "
+            "a run that writes more than that loses a node actor (SIGBUS)"
+            for host, h in hosts.items() if h["bytes"] > h["free"]]
+
+
 def attach_payload(path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
 

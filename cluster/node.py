@@ -18,6 +18,7 @@ the processes whose CPUs are on it.
 from __future__ import annotations
 
 import errno
+import shutil
 import threading
 import time
 from collections import Counter
@@ -61,7 +62,8 @@ class NodeActor:
     # -- the payload ---------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         return {"host": self.host, "path": str(self.path), "shape": list(self.shape),
-                "dtype": self.dtype.str, "handle": None}
+                "dtype": self.dtype.str, "handle": None,
+                "bytes": int(self.data.nbytes), "shm_free": shutil.disk_usage(self.path.parent).free}
 
     def rows_get(self, key, view=None) -> np.ndarray:
         a = self.data if view is None else self.data.view(view)

@@ -89,6 +89,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"{summary['scenario']}: policy {summary['policy']}, payload {summary['payload']}, "
                   f"{summary['operations']} operations, {summary['processes']} processes, "
                   f"{summary['migration_events']} migrations, {summary['elapsed_s']:.2f}s", markup=False, soft_wrap=True)
+    for line in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)
     console.print(node_table(summary))
     swap = summary.get("swap", {})
     if swap:

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from .channel import CoordinatorGone
 from .coordinator import Coordinator, CoordMachine, FrozenMachine
+from .dataplane import overcommitted
 from .node import NodeActor
 from .runner_local import LocalRun
 from .scenario import Scenario
@@ -113,6 +114,7 @@ class RayRun:
                                                                                  payload, self.run_id)
                       for i, h in enumerate(self.placement)]
         descs = ray.get([n.payload.remote() for n in self.nodes])
+        self.warnings = overcommitted(descs)
         for d, h in zip(descs, self.nodes):
             d["handle"] = h
         Coord = ray.remote(Coordinator)
@@ -255,6 +257,7 @@ class RayRun:
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
+        summary["warnings"] = list(self.warnings)
         # how calls reached the coordinator: the same-host channel, or Ray actor calls
         via = frozen.stats.get("transport", {})
         summary["coordinator_calls"] = {"channel": int(via.get("channel", 0)), "actor": int(via.get("actor", 0))}

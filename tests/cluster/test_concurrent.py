@@ -98,3 +98,14 @@ def test_a_large_migration_copy_split_over_threads_copies_every_row(shape):
     want[di] = src[si]
     copy_batch(src, si, dst, di)
     np.testing.assert_array_equal(dst, want)
+
+
+def test_payloads_larger_than_the_hosts_free_shared_memory_are_named():
+    from cluster.dataplane import overcommitted
+    gib = 1 << 30
+    descs = [{"host": "a" * 40, "bytes": 6 * gib, "shm_free": 10 * gib},
+             {"host": "b" * 40, "bytes": 6 * gib, "shm_free": 20 * gib},
+             {"host": "a" * 40, "bytes": 6 * gib, "shm_free": 9 * gib}]     # host a: 12 GiB in 9 GiB
+    (warning,) = overcommitted(descs)
+    assert warning.startswith("host aaaaaaaaaaaa: the payloads of nodes 0, 2 take 12.0 GiB, with 9.0 GiB free")
+    assert overcommitted(descs[1:2]) == []

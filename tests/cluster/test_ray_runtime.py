@@ -168,6 +168,7 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     assert len({h["host"] for h in summary["hosts"]}) == 1
     # so every call to the coordinator came through the same-host channel, none as a Ray actor call
     assert summary["coordinator_calls"]["actor"] == 0
+    assert summary["warnings"] == []            # a few MB of payload: no shared-memory warning
     assert summary["coordinator_calls"]["channel"] >= tlb["misses"] + summary["migration_events"]
     from rich.console import Console
     from cluster.report import print_summary

@@ -15,7 +15,9 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
 - A migration's payload copy, which the model's step asks for with
   Kernel.copy_payload, runs right after that step with the lock dropped:
   both pages are locked and frozen, so other operations step meanwhile and
-  the memcpy overlaps them, as folio_copy() does on another CPU. Steps wait
+  the memcpy overlaps them, as folio_copy() does on another CPU (split over
+  two threads when no other operation is in flight to want the other core:
+  cluster.dataplane.copy_batch). Steps wait
   on the locked pages as the kernel's do; a look at contents that does not
   fault (read_tokens, read's look after its faults) waits until no copy is
   in flight (``copying``), or it could see the new page before its data.
@@ -68,8 +70,9 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
             cond.release()          # the preemption point
             try:
                 if copies:          # the data plane: memcpy (without the GIL) while others step
+                    alone = m.k.inflight <= 1
                     for args in copies:
-                        copy_batch(*args)
+                        copy_batch(*args, alone=alone)
                 else:
                     yield_cpu()
             finally:                # a copy that fails (a remote payload gone) must not leave readers waiting

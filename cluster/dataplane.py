@@ -130,17 +130,18 @@ PARALLEL_MIN_BYTES = 4 << 20
 _copiers = ThreadPoolExecutor(COPY_THREADS - 1, thread_name_prefix="migrate-copy") if COPY_THREADS > 1 else None
 
 
-def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
+def copy_batch(src, si: np.ndarray, dst, di: np.ndarray, alone: bool = True) -> None:
     """A migration's copy (the data plane): one memcpy per run between mapped
-    payloads, split over COPY_THREADS when large; between two remote node
-    actors, one transfer from one to the other (rather than through the
-    coordinator, twice)."""
+    payloads, split over COPY_THREADS when large and ``alone`` (no other
+    operation in flight, whose steps would want the other core); between two
+    remote node actors, one transfer from one to the other (rather than
+    through the coordinator, twice)."""
     if isinstance(src, RemoteRows) and isinstance(dst, RemoteRows):
         if len(si):
             dst.pull(src, si, di)
         return
     n = len(si)
-    if _copiers is None or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
+    if _copiers is None or not alone or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
             or src.ndim != 2 or n * src.shape[1] * src.itemsize < PARALLEL_MIN_BYTES:
         copy_rows(src, si, dst, di)
         return

@@ -26,10 +26,10 @@ def test_a_read_that_does_not_fault_waits_for_a_migration_copy_in_flight(monkeyp
     in_copy, go = threading.Event(), threading.Event()
     real = C.copy_batch
 
-    def held_copy(*args):
+    def held_copy(*args, **kw):
         in_copy.set()
         assert go.wait(30), "the copy was never let go"
-        real(*args)
+        real(*args, **kw)
 
     monkeypatch.setattr(C, "copy_batch", held_copy)
     out: dict[str, object] = {}
@@ -67,7 +67,7 @@ def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
         addr = m.mmap(pid, 8)
         m.touch(pid, addr, 8)
 
-    def gone(*args):
+    def gone(*args, **kw):
         raise ConnectionError("the node actor holding the payload died")
 
     monkeypatch.setattr(C, "copy_batch", gone)

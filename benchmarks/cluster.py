@@ -222,7 +222,7 @@ def main() -> None:
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    rounds = 6 if args.quick else 20
+    rounds = 6 if args.quick else 40
     print(f"cross-node migration, bytes, {BATCH}-page batches, against a numpy copy (target >= 0.50):")
     print(f"{'policy':>10} {'callers':>8} {'pages/s':>12} {'numpy copy':>12} {'ratio':>6}")
     for policy, streams in (("migentry", 1), ("migentry", 2), ("migcache", 1), ("swapcache", 1)):

@@ -126,10 +126,6 @@ class Coordinator:
             if node not in self.remote_nodes:
                 self.tlb.ports[node] = ShmPort(shared)
 
-    def tlb_young(self, pid: int, vpns: np.ndarray) -> None:
-        with self.cond:
-            self.tlb.young(self.m.k, pid, vpns)
-
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:
         m = self.m

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .dataplane import attach_payload, create_payload, payload_shape, shm_dir, unlink
-from .tlb import YOUNG_EVERY, NodeTLB
+from .tlb import NodeTLB
 from .workload import AccessPattern, Proc, fork_cycle
 
 MAX_DETAILS = 20
@@ -95,6 +95,9 @@ class NodeActor:
 
     def tlb_harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return {} if self.tlb is None else self.tlb.harvest()
+
+    def tlb_take_young(self) -> dict[int, np.ndarray]:
+        return {} if self.tlb is None else self.tlb.take_young()
 
     def forget_path(self) -> None:
         """Once the coordinator has mapped the payload, its name can go: the
@@ -234,9 +237,7 @@ class _Driver:
         self.thread: threading.Thread
 
     def run(self, m, patterns, rng) -> None:
-        import ray
         node, procs, ps, tlb = self.node, self.procs, self.node.page_size, self.node.tlb
-        young_refs: list = []
         try:
             for op in range(self.operations):
                 if self.pause_every and op and op % self.pause_every == 0:
@@ -271,9 +272,6 @@ class _Driver:
                     if acc.write:
                         proc.shadow.record(acc.start, np.asarray(toks, dtype=np.int64))
                     done = True
-                if tlb.hits_since_young >= YOUNG_EVERY:   # the accessed bits, for the LRU
-                    ray.get(young_refs)
-                    young_refs = [m.coord.tlb_young.remote(pid, vpns) for pid, vpns in tlb.take_young().items()]
                 spec = patterns[proc.workload].spec
                 if done and proc.fork_due(spec.fork_every):     # as the local backend
                     self.fork(m, proc, acc, spec.shared)

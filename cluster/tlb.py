@@ -17,12 +17,11 @@ this module adds is what only a real node actor has:
   actor call. A node that holds that lock for ``ANSWER_S`` (hung) is lost
   (``NodeGone``).
 - ``RayPort``: the coordinator's handle on the TLB of a node on another
-  host: a flush or a harvest is an actor call made inside the step and
+  host: a flush, a harvest or a look at the accessed bits is an actor call made inside the step and
   waited for; a node that does not answer within ``ANSWER_S`` (the runner
   gives up on a silent node as soon) is lost.
-- Accessed bits only order the LRU, so the driver hands them over every
-  ``YOUNG_EVERY`` hits: late or misplaced, they cost reclaim some accuracy,
-  never data.
+- Accessed bits only order the LRU: the coordinator takes them when it
+  scans it (reclaim, hot pages), as it takes the dirty bits at a flush.
 """
 from __future__ import annotations
 
@@ -42,7 +41,6 @@ from emulator.tlb import TLB, NodeGone, spans
 
 from .dataplane import unlink
 
-YOUNG_EVERY = 32          # hits between two hand-overs of the accessed bits
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
 TOKEN_BASE = 1 << 44
 
@@ -135,7 +133,6 @@ class NodeTLB:
         self.near[list(data)] = True
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = 0
-        self.hits_since_young = 0
 
     def close(self) -> None:
         unlink(self.path)
@@ -160,7 +157,6 @@ class NodeTLB:
                 for node, sel in split_nodes(gp):
                     store_tokens(self.data[node], gp[sel] & P.PFN_MASK, toks[sel])
             self.hits += 1
-            self.hits_since_young += 1
         return toks
 
     def install(self, pid: int, fill: tuple[int, int, np.ndarray] | None) -> None:
@@ -177,7 +173,6 @@ class NodeTLB:
 
     def take_young(self) -> dict[int, np.ndarray]:
         with self.lock:
-            self.hits_since_young = 0
             return self.tlb.take_young()
 
     def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -215,6 +210,13 @@ class ShmPort:
         finally:
             self.lock.release()
 
+    def take_young(self) -> dict[int, np.ndarray]:
+        self.lock.acquire(ANSWER_S)
+        try:
+            return self.tlb.take_young()
+        finally:
+            self.lock.release()
+
 
 class RayPort:
     """A node actor's TLB, reached with actor calls."""
@@ -227,6 +229,9 @@ class RayPort:
 
     def harvest(self) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return self._get(self.handle.tlb_harvest.remote())
+
+    def take_young(self) -> dict[int, np.ndarray]:
+        return self._get(self.handle.tlb_take_young.remote())
 
     @staticmethod
     def _get(ref):

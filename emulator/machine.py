@@ -160,6 +160,8 @@ class Machine:
         (latest LRU tick first), leaving out pages already on exclude_node:
         what a NUMA-balancing policy would promote."""
         mm = self._mm(pid)
+        if self.k.tlb is not None:
+            self.k.tlb.referenced(self.k)      # accesses through the CPUs' TLBs count
         addrs, ticks = [], []
         for vma in mm.vmas:
             p = vma.pte

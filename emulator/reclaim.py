@@ -28,6 +28,8 @@ SWAP_CLUSTER_MAX = 32
 
 
 def isolate_lru(k, node: int, nr: int, kswapd: bool) -> Batch:
+    if k.tlb is not None:
+        k.tlb.referenced(k)         # the accessed bits the CPUs set through their TLBs
     fr = k.nodes[node]
     fl = fr.flags
     cand = np.flatnonzero((fl & (PG_lru | PG_locked | PG_isolated)) == PG_lru)

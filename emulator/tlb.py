@@ -32,7 +32,8 @@ Rules these classes keep:
   of other processes' entries do not make a fill stale.
 - Dirty bits stay in the TLB until a flush or a ``harvest`` (before the
   oracle reads the writer's record, or a snapshot). Accessed bits only order
-  the LRU; a node may hand them over early (``young``).
+  the LRU: a scan of it (reclaim, hot pages) takes them first
+  (``referenced``), as page_referenced() reads the ptes' accessed bits.
 - Only pages on nodes whose payload the node can reach are cached (its own
   host's, on Ray). A node that no longer answers (``NodeGone``) is lost with
   its TLB: every page it may have cached is taken as written, and it is
@@ -170,10 +171,19 @@ class Shootdown:
         self.flush_s += time.perf_counter() - t0
         pte_bits_to_page(k, vma, idx, young, dirty)
 
-    def young(self, k, pid: int, vpns: np.ndarray) -> None:
-        """A node's accessed bits, handed over between flushes: the LRU only."""
-        none = np.zeros(len(vpns), dtype=bool)
-        self._apply(k, pid, vpns, ~none, none)
+    def referenced(self, k) -> None:
+        """page_referenced() for a scan of the LRU (reclaim, hot pages): every
+        node's accessed bits, into the pages' LRU ticks, cleared in the TLBs
+        (as ptep_clear_flush_young() on x86, without a flush); dirty bits stay."""
+        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
+            try:
+                got = self.ports[n].take_young()
+            except NodeGone:
+                self.node_lost(k, n)
+                continue
+            for pid, vpns in got.items():
+                none = np.zeros(len(vpns), dtype=bool)
+                self._apply(k, pid, vpns, ~none, none)
 
     def harvest(self, k) -> None:
         """Bring every node's accessed and dirty bits in."""
@@ -331,7 +341,7 @@ class TLB:
         return out
 
     def take_young(self) -> dict[int, np.ndarray]:
-        """The vpns accessed since the last hand-over, per pid (cleared)."""
+        """The vpns accessed since the last look, per pid (cleared)."""
         out = {}
         for pid, e in self.procs.items():
             i = np.flatnonzero(e.young)

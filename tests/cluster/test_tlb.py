@@ -188,3 +188,31 @@ def test_a_node_that_holds_its_tlb_is_lost_not_waited_for_forever(tmp_path, monk
     assert 0 in r.sd.dead
     np.testing.assert_array_equal(r.tokens(), toks)
     r.m.check()
+
+
+def test_reclaim_reads_the_accessed_bits_a_node_set_through_its_tlb(tmp_path):
+    """page_referenced(): pages a node accessed only through its TLB are young
+    for reclaim, which takes another process's older-looking pages instead."""
+    r = Rig(tmp_path, frames=64)
+    m = r.m
+    r.fault()                                       # r's pages: the oldest LRU ticks, cached
+    other = m.spawn(node=0)
+    oaddr = m.mmap(other, r.n)
+    m.touch(other, oaddr, r.n)                      # newer, as far as the model has seen
+    assert r.local(write=False) is not None         # r's pages accessed again, in the TLB only
+    assert m.reclaim(0, r.n) == r.n
+    mine = m.k.mms[r.pid].vmas[0].pte
+    theirs = m.k.mms[other].vmas[0].pte
+    assert (mine & 1).all()                         # still present: they were referenced
+    assert not (theirs & 1).any()                   # the other process's went to swap
+    m.check()
+
+
+def test_hot_pages_count_the_accesses_a_node_made_through_its_tlb(tmp_path):
+    r = Rig(tmp_path)
+    m = r.m
+    r.fault()
+    half = r.n // 2
+    m.touch(r.pid, r.addr + half * m.page_size, half)               # the second half, through the model
+    assert r.tlbs[0].access(r.pid, r.addr, half, False) is not None  # then the first, through the TLB
+    assert sorted(m.hot_pages(r.pid, half)) == r.addrs()[:half]

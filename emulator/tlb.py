@@ -91,8 +91,8 @@ class Shootdown:
     """Which pages each node's TLB may hold, and the flushes (``k.tlb``)."""
 
     def __init__(self, ports: list[Any], hosts: list[str]):
-        """``ports[n]``: node n's TLB, with ``flush(pid, vpns)`` and
-        ``harvest()`` (a :class:`TLB` in one process; on Ray, the node's TLB
+        """``ports[n]``: node n's TLB, with ``flush(pid, vpns)``, ``harvest()``
+        and ``take_young()`` (a :class:`TLB` in one process; on Ray, the node's TLB
         in shared memory, or actor calls to a node on another host).
         ``hosts[n]``: where node n's payload is; a node caches only pages on
         nodes of its own host."""

@@ -17,9 +17,9 @@ this module adds is what only a real node actor has:
   actor call. A node that holds that lock for ``ANSWER_S`` (hung) is lost
   (``NodeGone``).
 - ``RayPort``: the coordinator's handle on the TLB of a node on another
-  host: a flush, a harvest or a look at the accessed bits is an actor call made inside the step and
-  waited for; a node that does not answer within ``ANSWER_S`` (the runner
-  gives up on a silent node as soon) is lost.
+  host: a flush, a harvest or a look at the accessed bits is an actor call
+  made inside the step and waited for; a node that does not answer within
+  ``ANSWER_S`` (the runner gives up on a silent node as soon) is lost.
 - Accessed bits only order the LRU: the coordinator takes them when it
   scans it (reclaim, hot pages), as it takes the dirty bits at a flush.
 """

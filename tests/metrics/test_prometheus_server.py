@@ -35,7 +35,7 @@ EXPLORE_LABEL = "e2e-explore"
 # Prometheus (2.42) applies discovered targets every 5 s: a new endpoint is
 # first scraped about 6 s after its target file appears. The run and the
 # exploration last longer than that, so that they are scraped while they move.
-OPERATIONS = 4000       # on the Ray backend (the default): about 6 s after Ray starts
+OPERATIONS = 12000      # on the Ray backend (the default): about 3-4 s after Ray starts, several scrapes
 EXPLORE_SECONDS = "9"
 HOLD = "120"            # ended early with SIGTERM by the last test
 DEADLINE = 90.0

@@ -175,26 +175,25 @@ class Shootdown:
         """page_referenced() for a scan of the LRU (reclaim, hot pages): every
         node's accessed bits, into the pages' LRU ticks, cleared in the TLBs
         (as ptep_clear_flush_young() on x86, without a flush); dirty bits stay."""
-        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
-            try:
-                got = self.ports[n].take_young()
-            except NodeGone:
-                self.node_lost(k, n)
-                continue
+        for got in self._ask(k, "take_young"):
             for pid, vpns in got.items():
                 none = np.zeros(len(vpns), dtype=bool)
                 self._apply(k, pid, vpns, ~none, none)
 
     def harvest(self, k) -> None:
         """Bring every node's accessed and dirty bits in."""
-        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
-            try:
-                got = self.ports[n].harvest()
-            except NodeGone:
-                self.node_lost(k, n)
-                continue
+        for got in self._ask(k, "harvest"):
             for pid, (vpns, young, dirty) in got.items():
                 self._apply(k, pid, vpns, young, dirty)
+
+    def _ask(self, k, what: str):
+        """What each live node that may cache a pte answers to port method
+        ``what``; a node that no longer answers is lost."""
+        for n in sorted({reg[0] for reg in self.procs.values() if reg[2].any()} - self.dead):
+            try:
+                yield getattr(self.ports[n], what)()
+            except NodeGone:
+                self.node_lost(k, n)
 
     def node_lost(self, k, node: int) -> None:
         """A lost node's TLB is gone, with whatever it wrote through it: take

@@ -251,19 +251,19 @@ def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_pa
         restored.check()
 
 
-def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp_path):
-    ray = ray_session
-    holder = []
-
+def kill_after(ray, ops: int, actor):
+    """A progress callback that kills actor() once, when ops operations are done."""
     def progress(done):
-        if done >= 100 and not getattr(progress, "fired", False):
+        if done >= ops and not getattr(progress, "fired", False):
             progress.fired = True
-            ray.kill(holder[0].nodes[1], no_restart=True)
+            ray.kill(actor(), no_restart=True)
+    return progress
 
+
+def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp_path):
     r = RayRun(load_scenario(scenario(tmp_path, operations=4000, every=25)))
-    holder.append(r)
     try:
-        summary = r.run(progress)
+        summary = r.run(kill_after(ray_session, 100, lambda: r.nodes[1]))
     finally:
         r.close()
     lost = summary["lost"]
@@ -281,19 +281,10 @@ def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp
 
 def test_a_coordinator_killed_mid_run_ends_it_with_an_error_naming_it(ray_session, tmp_path):
     from cluster.runner_ray import RunnerError
-    ray = ray_session
-    holder = []
-
-    def progress(done):
-        if done >= 100 and not getattr(progress, "fired", False):
-            progress.fired = True
-            ray.kill(holder[0].coord, no_restart=True)
-
     r = RayRun(load_scenario(scenario(tmp_path, operations=4000, every=25)))
-    holder.append(r)
     try:
         with pytest.raises(RunnerError, match="coordinator"):
-            r.run(progress)
+            r.run(kill_after(ray_session, 100, lambda: r.coord))
     finally:
         r.close()
 

@@ -5,8 +5,8 @@ trip and close to 1 ms of the coordinator's CPU, whatever it carries; a
 fault batch or a move_pages batch is often cheaper than that. A caller on
 the coordinator's host (the node actors' workload drivers, the runner, a
 benchmark) sends the same request over a Unix socket instead: about 0.02 ms
-for a small call, 0.13-0.2 ms for a move_pages of 4096 pages (two arrays
-in, a list of 4096 statuses out), measured between two processes here.
+for a small call, 0.13-0.2 ms for a move_pages of 4096 pages (three
+arrays: the addresses and nodes in, the statuses out), measured between two processes here.
 
 Rules:
 - Only a caller on the coordinator's Ray node uses the channel; any other

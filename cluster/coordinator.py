@@ -34,6 +34,8 @@ CALLS = frozenset({
     "touch", "read_tokens", "read", "write", "move_pages", "migrate_pages",
     "reclaim", "swapoff", "swapon", "vmstat", "node_info", "swap_info", "processes", "hot_pages",
 })
+# calls answered with an array, which travels as one buffer; the proxy hands its caller a list
+AS_ARRAY = {"move_pages": "move_pages_status"}
 MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
 EVENT_LOG = 10_000
 
@@ -87,7 +89,7 @@ class Coordinator:
             self.seq += 1
             seq = self.seq
             try:
-                out = getattr(self.m, name)(*args, **kw)
+                out = getattr(self.m, AS_ARRAY.get(name, name))(*args, **kw)
             except (OSError, ValueError, KeyError) as exc:
                 self._log(seq, _caller, name, args, kw, f"{type(exc).__name__}: {exc}")
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -204,7 +206,7 @@ class Coordinator:
         """Node of each page, or a negative errno (move_pages' query)."""
         ps = self.m.page_size
         with self.cond:
-            return np.asarray(self.m.move_pages(pid, [addr + i * ps for i in range(npages)], None))
+            return self.m.move_pages_status(pid, addr + np.arange(npages, dtype=np.int64) * ps, None)
 
 def _plain(a: Any) -> Any:
     """Arguments and values as msgpack-able plain data."""
@@ -255,7 +257,7 @@ class CoordMachine:
             ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, _caller=self.caller, **kw))
         self.steps += self.last_steps
         if ok:
-            return out
+            return out.tolist() if name in AS_ARRAY else out
         cls, err, msg = out
         if cls in ("OSError", "FileNotFoundError", "PermissionError") or err is not None:
             raise OSError(err, msg)

@@ -276,6 +276,12 @@ class Machine:
     # -- migration ------------------------------------------------------------
     def move_pages(self, pid: int, pages, nodes=None, flags: int = 0, *, privileged: bool = True,
                    caller: int | None = None) -> list[int]:
+        return self.move_pages_status(pid, pages, nodes, flags, privileged=privileged, caller=caller).tolist()
+
+    def move_pages_status(self, pid: int, pages, nodes=None, flags: int = 0, *, privileged: bool = True,
+                          caller: int | None = None) -> np.ndarray:
+        """move_pages() with its status list as an int64 array: what a
+        transport sends as one buffer instead of thousands of ints."""
         if len(pages) > MOVE_PAGES_MAX:
             raise OSError(errno.E2BIG, f"move_pages: {len(pages)} pages, more than {MOVE_PAGES_MAX}")
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
@@ -290,12 +296,12 @@ class Machine:
             raise OSError(errno.EINVAL, "move_pages: pages must be a flat list of addresses")
         vpns = np.where(addrs >= 0, addrs >> self.k.page_shift, -1)
         if nodes is None:
-            return stat_step(self.k, mm, vpns).tolist()
+            return stat_step(self.k, mm, vpns)
         if len(nodes) != len(pages):
             raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
         tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
         try:
-            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags)).tolist()
+            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags))
         except MovePagesENODEV as e:
             raise OSError(errno.ENODEV, f"move_pages: node {e.node} is not online "
                                         f"(0..{self.nr_nodes - 1}); {len(e.done)} pages before it were processed") from None

@@ -65,6 +65,7 @@ def stop(actors, coord) -> None:
     ray.get([a.close.remote() for a in actors])
     for a in actors:
         ray.kill(a)
+    ray.get(coord.forget_paths.remote())
     ray.kill(coord)
 
 

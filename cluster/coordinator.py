@@ -16,7 +16,9 @@ re-raise them with their errno intact; anything else is a bug and propagates.
 from __future__ import annotations
 
 import collections
+import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -25,8 +27,8 @@ from emulator.tlb import Shootdown
 
 from . import channel
 from .concurrent import ConcurrentMachine
-from .dataplane import RemoteRows, attach_payload
-from .tlb import RayPort, ShmPort, regions
+from .dataplane import RemoteRows, attach_payload, shm_dir, unlink
+from .tlb import RayPort, ShmPort, StepsLock, regions
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
@@ -49,7 +51,9 @@ class Coordinator:
 
         self.host = ray.get_runtime_context().get_node_id()
         self.m = ConcurrentMachine.from_config(config, bugs=bugs)
-        self.cond = self.m.cond
+        # the node actors on this host walk page tables only while no thread of ours is in the model
+        self.steps = StepsLock(str(shm_dir() / f"numaemu-steps-{uuid.uuid4().hex}"))
+        self.cond = self.m.cond = threading.Condition(self.steps)
         self.remote_nodes: list[int] = []
         for i, d in enumerate(nodes):
             fr = self.m.k.nodes[i]
@@ -123,17 +127,27 @@ class Coordinator:
         """Node ``node``'s driver caches the ptes of these (pid, addr, npages),
         in the shared TLB ``shared`` (mapped here when the node is on this host)."""
         with self.cond:
+            port = None if node in self.remote_nodes else ShmPort(shared)
             for pid, (lo, n) in regions(procs, self.m.k.page_shift).items():
-                self.tlb.register(node, pid, lo, n)
-            if node not in self.remote_nodes:
-                self.tlb.ports[node] = ShmPort(shared)
+                if port is None:
+                    self.tlb.register(node, pid, lo, n)
+                else:   # its page tables move into the node's memory, where it walks them
+                    self.tlb.register(node, pid, lo, n, port.tables[pid][1])
+                    port.adopt(self.m._mm(pid))
+            if port is not None:
+                self.tlb.ports[node] = port
 
     # -- observation -----------------------------------------------------------
     def info(self) -> dict[str, Any]:
         m = self.m
         return {"nr_nodes": m.nr_nodes, "page_size": m.page_size, "policy": m.policy,
                 "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes,
-                "channel": self.channel.name if self.channel is not None else None}
+                "channel": self.channel.name if self.channel is not None else None,
+                "steps": self.steps.path}
+
+    def forget_paths(self) -> None:
+        """The steps lock's file name goes, once the node actors have opened it."""
+        unlink(self.steps.path)
 
     def stats(self) -> dict[str, Any]:
         """One consistent view: per-node info and vmstat, swap."""

@@ -283,6 +283,7 @@ class NumaemuCollector(Collector):
                     "migrations": int(runner.migration_events),
                     "forks": int(runner.forks),
                     "tlb_hits": dict(runner.tlb_hits),
+                    "tlb_walks": dict(runner.tlb_walks),
                     "swapoffs": int(runner.swapoff_events),
                 }
             operations = st.operations
@@ -342,6 +343,11 @@ class NumaemuCollector(Collector):
                      "(0 in-process, where every access is the model's)", nl)
         for n in range(len(data["nodes"])):
             c.add_metric(base + [str(n)], data["tlb_hits"].get(n, 0))
+        yield c
+        c = _counter("tlb_walks", "Accesses a node actor ran on its own after a TLB miss, its page walk "
+                     "finding every pte present (0 in-process)", nl)
+        for n in range(len(data["nodes"])):
+            c.add_metric(base + [str(n)], data["tlb_walks"].get(n, 0))
         yield c
         for name in EVENTS:
             c = _counter(name, VMSTAT_HELP.get(name, name) + " (vmstat " + name + ")", nl)

@@ -48,6 +48,8 @@ def node_table(summary: dict[str, Any]) -> Table:
     if tlb:     # Ray: accesses each node actor ran on its own
         table.add_row("TLB hits", *(_cell(tlb["hits_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
                       _cell(tlb["hits"]))
+        table.add_row("page walks", *(_cell(tlb["walks_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
+                      _cell(tlb["walks"]))
     return table
 
 
@@ -97,8 +99,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"swap: {swap.get('used', 0)}/{swap.get('slots', 0)} slots used, "
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
     tlb = summary.get("tlb")
-    if tlb and tlb["hits"] + tlb["misses"]:
-        console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['misses']} misses (faulted through "
+    if tlb and tlb["hits"] + tlb["walks"] + tlb["misses"]:
+        console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['walks']} page walks; "
+                      f"{tlb['misses']} misses (faulted through "
                       f"the coordinator); {tlb['shootdowns']} TLB shootdowns, "
                       f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
     via = summary.get("coordinator_calls")

@@ -69,6 +69,7 @@ class LocalRun:
         self.reclaim_events = 0
         self.forks = 0
         self.tlb_hits: dict[int, int] = {}   # node -> accesses its node actor ran alone (Ray only)
+        self.tlb_walks: dict[int, int] = {}  # node -> of those, the ones its page walk resolved
         self.swapoff_events = 0
         self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this

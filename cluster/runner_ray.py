@@ -170,6 +170,7 @@ class RayRun:
             # a checkpoint every check_every operations in all: each driver stops after its share
             pause = max(1, self.check_every * share[h] // ops) if checkpoints else 0
             ray.get(self.nodes[h].start.remote(self.coord, self.info, ps, specs, share[h], sc.run.seed, pause))
+        ray.get(self.coord.forget_paths.remote())     # every node actor on its host has opened them
         every = sc.migration.every
         next_mig = every if every else None
         reclaim_every = sc.reclaim.every
@@ -245,14 +246,17 @@ class RayRun:
         summary["operations_done"] = done
         summary["reclaim_events"] = loc.reclaim_events
         summary["forks"] = int(sum(r["forks"] for r in results.values()))
-        # accesses the node actors ran on their own (TLB hits) against those that faulted
+        # accesses the node actors ran on their own (TLB hits, page walks) against those that faulted
         loc.tlb_hits.update({h: int(r.get("tlb_hits", 0)) for h, r in results.items()})
+        loc.tlb_walks.update({h: int(r.get("tlb_walks", 0)) for h, r in results.items()})
         summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
+                          "walks": int(sum(r.get("tlb_walks", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
                           "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),
                           "shootdown_s": float(frozen.stats.get("tlb_shootdown_s", 0.0)),
-                          "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())}}
+                          "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())},
+                          "walks_by_node": {str(h): int(r.get("tlb_walks", 0)) for h, r in sorted(results.items())}}
         summary["swapoff_events"] = loc.swapoff_events
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
@@ -299,6 +303,7 @@ class RayRun:
                 continue
             self.forks_seen[i] = out[i]["forks"]
             self.local.tlb_hits[i] = out[i].get("tlb_hits", 0)
+            self.local.tlb_walks[i] = out[i].get("tlb_walks", 0)
             if "latency" in out[i]:
                 self.lat_seen[i], secs, steps = out[i]["latency"]
                 for a, b in zip(secs, steps):
@@ -401,6 +406,10 @@ class RayRun:
                 except Exception:  # noqa: BLE001 - best effort: the actor may be gone
                     pass
             ray.kill(n)
+        try:
+            ray.get(self.coord.forget_paths.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: the coordinator may be gone
+            pass
         ray.kill(self.coord)
         from .dataplane import shm_dir, unlink
         for i in range(self.nr_nodes):

@@ -16,6 +16,12 @@ this module adds is what only a real node actor has:
   file; the kernel drops a dead holder's), in microseconds instead of an
   actor call. A node that holds that lock for ``ANSWER_S`` (hung) is lost
   (``NodeGone``).
+- The page tables of the processes a node runs live in the same file, the
+  node's memory: the coordinator's model reads and writes them there
+  (``ShmPort.adopt``), and the node walks them on a TLB miss, as an MMU
+  does, only while no coordinator thread is inside the model (``StepsLock``).
+  A miss the walk resolves costs the coordinator nothing; the rest fault.
+  A node on another host neither walks nor holds page tables.
 - ``RayPort``: the coordinator's handle on the TLB of a node on another
   host: a flush, a harvest or a look at the accessed bits is an actor call
   made inside the step and waited for; a node that does not answer within
@@ -37,6 +43,7 @@ import numpy as np
 from emulator import pte as P
 from emulator.frames import store_tokens
 from emulator.kernel import split_nodes
+from emulator.mm import MM
 from emulator.tlb import TLB, NodeGone, spans
 
 from .dataplane import unlink
@@ -52,23 +59,48 @@ def regions(procs: list[tuple[int, int, int]], page_shift: int) -> dict[int, tup
 
 def _layout(regs: dict[int, tuple[int, int]]) -> tuple[int, dict[int, tuple[int, int, int]]]:
     """The shared file's size and, per pid, (first vpn, pages, offset): the
-    two counters first, then for each process its flush count and entries
-    (int64s), and its accessed and dirty bits (a byte each), 8-byte aligned."""
+    two counters first, then for each process its flush count, entries and
+    page table (int64s), and its accessed, dirty and maybe bits (a byte
+    each), 8-byte aligned."""
     off, out = 16, {}
     for pid, (lo, n) in sorted(regs.items()):
         out[pid] = (lo, n, off)
-        off += 8 + 8 * n + ((2 * n + 7) & ~7)
+        off += 8 + 16 * n + ((3 * n + 7) & ~7)
     return off, out
 
 
-def _views(path: str, layout: dict[int, tuple[int, int, int]], size: int) -> tuple[TLB, np.memmap]:
+def _views(path: str, layout: dict[int, tuple[int, int, int]], size: int) \
+        -> tuple[TLB, np.memmap, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The TLB over the file, the file, and per pid its page table and maybe bits."""
     buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
     tlb = TLB(buf[:16].view(np.int64))
+    tables = {}
     for pid, (lo, n, off) in layout.items():
         ent = off + 8
-        tlb.adopt(pid, lo, buf[off:ent].view(np.int64), buf[ent:ent + 8 * n].view(np.int64),
-                  buf[ent + 8 * n:ent + 9 * n].view(bool), buf[ent + 9 * n:ent + 10 * n].view(bool))
-    return tlb, buf
+        pt = ent + 8 * n
+        bits = pt + 8 * n
+        tlb.adopt(pid, lo, buf[off:ent].view(np.int64), buf[ent:pt].view(np.int64),
+                  buf[bits:bits + n].view(bool), buf[bits + n:bits + 2 * n].view(bool))
+        tables[pid] = (buf[pt:bits].view(np.int64), buf[bits + 2 * n:bits + 3 * n].view(bool))
+    return tlb, buf, tables
+
+
+def _flock_within(fd: int, op: int, timeout: float, who: str) -> None:
+    """flock(fd, op), giving up after ``timeout`` seconds (NodeGone)."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0)
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise NodeGone(f"{who} for {timeout:.0f} s") from None
 
 
 class _FileLock:
@@ -80,16 +112,8 @@ class _FileLock:
     def acquire(self, timeout: float | None = None) -> None:
         if timeout is None:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
-            return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise NodeGone(f"a node held its TLB for {timeout:.0f} s") from None
-                time.sleep(0)
+        else:
+            _flock_within(self.fd, fcntl.LOCK_EX, timeout, "a node held its TLB")
 
     def release(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -114,29 +138,98 @@ class _NodeLock:
         self.threads.release()
 
 
+class StepsLock:
+    """The coordinator's machine lock, seen from the node actors on its host.
+
+    A coordinator thread holds it whenever it is inside the model (in a step,
+    or anything else under ``machine.cond``): a threading lock for its
+    threads, then ``flock(LOCK_EX)`` on a shared file. A node's page walk
+    takes ``LOCK_SH`` without waiting, so it reads the page tables only
+    between steps, as a fill does; when a step is running it does not walk,
+    and the access faults as before. A walk holds it for microseconds and
+    never waits while holding it; a node that holds it for ``ANSWER_S``
+    (hung) ends the run with an error rather than a hang. Usable as the lock
+    of a ``threading.Condition``.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.lock = threading.Lock()
+        self.owner: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self.lock.acquire(blocking, timeout):
+            return False
+        try:
+            _flock_within(self.fd, fcntl.LOCK_EX, ANSWER_S, "a node actor held the page-walk lock")
+        except BaseException:
+            self.lock.release()
+            raise
+        self.owner = threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        self.owner = None
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.lock.release()
+
+    def _is_owned(self) -> bool:
+        return self.owner == threading.get_ident()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class NodeTLB:
-    """A node actor's TLB, shared by its workload threads, in shared memory."""
+    """A node actor's TLB, shared by its workload threads, in shared memory,
+    with the page tables of the processes it runs (the coordinator's model
+    keeps them there when it is on this host: see ShmPort.adopt)."""
 
     def __init__(self, node: int, page_shift: int, data: dict[int, np.ndarray],
-                 procs: list[tuple[int, int, int]], path: Path):
+                 procs: list[tuple[int, int, int]], path: Path, steps: str | None = None):
         """``data``: the payload arrays of the nodes whose pages may be cached;
-        ``procs``: (pid, addr, npages) of the slices the node's threads access."""
+        ``procs``: (pid, addr, npages) of the slices the node's threads access;
+        ``steps``: the coordinator's StepsLock file, when it is on this host
+        (without it, no page walks: every miss faults)."""
         self.page_shift = page_shift
         self.size, self.layout = _layout(regions(procs, page_shift))
         self.path = str(path)
         with open(self.path, "xb") as fh:
             fh.truncate(self.size)
-        self.tlb, self.buf = _views(self.path, self.layout, self.size)
+        self.tlb, self.buf, self.tables = _views(self.path, self.layout, self.size)
         self.lock = _NodeLock(self.path)
+        self.steps = os.open(steps, os.O_RDONLY) if steps else None
         self.data = data
         self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
         self.near[list(data)] = True
         self.next_token = (node + 1) * TOKEN_BASE
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.walks = 0
 
     def close(self) -> None:
         unlink(self.path)
         self.lock.file.close()
+        if self.steps is not None:
+            os.close(self.steps)
+
+    def _walk(self, pid: int, vpn: int, npages: int, write: bool) -> bool:
+        """The page walk on a miss, if no coordinator thread is inside the
+        model right now (else False: the access faults, as without walks)."""
+        table = self.tables.get(pid)
+        if self.steps is None or table is None:
+            return False
+        try:
+            fcntl.flock(self.steps, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            lo = self.tlb.procs[pid].lo
+            pt, maybe = table
+            return self.tlb.walk(pid, vpn, pt[vpn - lo:vpn - lo + npages], maybe, write, self.near)
+        finally:
+            fcntl.flock(self.steps, fcntl.LOCK_UN)
 
     def shared(self) -> dict[str, Any]:
         """What a coordinator on this host needs to map it (ShmPort)."""
@@ -145,18 +238,23 @@ class NodeTLB:
     def access(self, pid: int, addr: int, npages: int, write: bool) -> np.ndarray | None:
         """The access, if every page hits with the permission it needs: the
         tokens written (empty for a read). None: a miss, for the coordinator."""
+        vpn = addr >> self.page_shift
         with self.lock:
-            gp = self.tlb.lookup(pid, addr >> self.page_shift, npages, write)
+            gp = self.tlb.lookup(pid, vpn, npages, write)
             if gp is None:
-                self.misses += 1
-                return None
+                if not self._walk(pid, vpn, npages, write):
+                    self.misses += 1
+                    return None
+                gp = self.tlb.lookup(pid, vpn, npages, write)
+                self.walks += 1
+            else:
+                self.hits += 1
             toks = np.zeros(0, dtype=np.int64)
             if write:
                 toks = np.arange(self.next_token, self.next_token + npages, dtype=np.int64)
                 self.next_token += npages
                 for node, sel in split_nodes(gp):
                     store_tokens(self.data[node], gp[sel] & P.PFN_MASK, toks[sel])
-            self.hits += 1
         return toks
 
     def install(self, pid: int, fill: tuple[int, int, np.ndarray] | None) -> None:
@@ -184,7 +282,8 @@ class NodeTLB:
             return self.tlb.harvest()
 
     def stats(self) -> dict[str, int]:
-        return {"tlb_hits": self.hits, "tlb_misses": self.misses, "tlb_flushes": self.tlb.flushes,
+        return {"tlb_hits": self.hits, "tlb_walks": self.walks, "tlb_misses": self.misses,
+                "tlb_flushes": self.tlb.flushes,
                 "tlb_stale_fills": self.tlb.stale_fills}
 
 
@@ -193,8 +292,25 @@ class ShmPort:
 
     def __init__(self, shared: dict[str, Any]):
         layout = {int(pid): tuple(v) for pid, v in shared["layout"].items()}
-        self.tlb, self.buf = _views(shared["path"], layout, shared["size"])
+        self.tlb, self.buf, self.tables = _views(shared["path"], layout, shared["size"])
         self.lock = _FileLock(shared["path"])
+
+    def adopt(self, mm: MM) -> int:
+        """Move the page tables of mm's vmas inside its span into the node's
+        shared memory, where its page walks read them; the model goes on
+        writing them there (vma.pte is a view). Returns the pages moved."""
+        table = self.tables.get(mm.pid)
+        if table is None:
+            return 0
+        lo, pt = self.tlb.procs[mm.pid].lo, table[0]
+        moved = 0
+        for vma in mm.vmas:
+            a, b = vma.start - lo, vma.end - lo
+            if a >= 0 and b <= len(pt):
+                pt[a:b] = vma.pte
+                vma.pte = pt[a:b]
+                moved += vma.npages
+        return moved
 
     def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
         self.lock.acquire(ANSWER_S)

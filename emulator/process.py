@@ -121,12 +121,15 @@ def unlink_vma(k, vma: VMA) -> None:
 
 
 def split_vma(k, vma: VMA, at: int) -> VMA:
-    """Cut vma at page `at`; returns the upper part, linked after it."""
+    """Cut vma at page `at`; returns the upper part, linked after it. Both
+    parts keep their ptes where they were (views), as the kernel's page
+    table does not move when a vma splits: a node that walks it (on Ray,
+    in its shared memory) goes on reading the live ptes."""
     upper = VMA(vma.mm, vma.start + at, vma.npages - at, vma.shared, vma.anon_vma,
-                vma.pte[at:].copy(), vma.shadow[at:] if vma.shared else vma.shadow[at:].copy(),
+                vma.pte[at:], vma.shadow[at:] if vma.shared else vma.shadow[at:].copy(),
                 vma.policy)
     vma.npages = at
-    vma.pte = vma.pte[:at].copy()
+    vma.pte = vma.pte[:at]
     vma.shadow = vma.shadow[:at] if vma.shared else vma.shadow[:at].copy()
     lst = vma.anon_vma.vmas
     lst.insert(next(i for i, v in enumerate(lst) if v is vma) + 1, upper)

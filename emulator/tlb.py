@@ -23,6 +23,14 @@ Rules these classes keep:
   (fork's COW) keeps the entries, read-only: a write faults, a read hits.
 - A pte that gains a mapping or a permission needs no flush: a CPU that
   still caches the old one faults, and the fault finds the new pte.
+- A miss walks the page table first, as the MMU does: when every pte allows
+  the access (present, and writable for a write), the walk caches them and
+  the access runs on, with no fault and no kernel step. Only what the walk
+  cannot resolve faults. A walk reads the ptes between steps, never inside
+  one: in-process it is part of the CPU's access step; on Ray the node
+  actor walks the page table in shared memory only while no coordinator
+  thread is inside the model (cluster/tlb.py: the steps lock). It marks the
+  pages it caches in ``maybe``, so every later flush reaches it.
 - A fill (the ptes a fault leaves, for the faulting node to cache) is read
   under the kernel's lock and installed later, by the node; a flush may come
   in between. A fill carries the number of flushes of that process's
@@ -112,9 +120,16 @@ class Shootdown:
         new.epoch, new.dead = dict(self.epoch), set(self.dead)
         return new
 
-    def register(self, node: int, pid: int, lo: int, npages: int) -> None:
-        """Node ``node`` caches pid's ptes of vpns [lo, lo + npages) (its span)."""
-        self.procs[pid] = (node, lo, np.zeros(npages, dtype=bool))
+    def register(self, node: int, pid: int, lo: int, npages: int, maybe: np.ndarray | None = None) -> None:
+        """Node ``node`` caches pid's ptes of vpns [lo, lo + npages) (its span).
+        ``maybe``: where to keep which of them it may cache (shared memory on
+        Ray, where the node's page walks mark them)."""
+        self.procs[pid] = (node, lo, np.zeros(npages, dtype=bool) if maybe is None else maybe)
+
+    def maybe_of(self, pid: int) -> tuple[int, np.ndarray] | None:
+        """(first vpn, maybe) of pid's span: what its node's page walks mark."""
+        reg = self.procs.get(pid)
+        return None if reg is None else (reg[1], reg[2])
 
     def fill(self, mm: MM, ranges, node: int, vpn: int) -> tuple[int, int, np.ndarray] | None:
         """(epoch, vpn, ptes) a node may cache after its access of ``ranges``
@@ -293,6 +308,31 @@ class TLB:
             e.dirty[off:off + npages] = True
         return ent >> P.OFF_SHIFT
 
+    def walk(self, pid: int, vpn: int, ptes: np.ndarray, maybe: np.ndarray, write: bool,
+             near: np.ndarray | None = None) -> bool:
+        """The MMU's page walk on a miss over [vpn, vpn + len(ptes)): ``ptes``
+        is the page table there, read between steps; ``maybe``, the kernel's
+        marks over pid's whole span (Shootdown's). Caches the ptes if every
+        one allows the access (and, with ``near``, is on a node whose payload
+        is mapped here); False otherwise, for a fault."""
+        e = self.procs.get(pid)
+        n = len(ptes)
+        if e is None or n == 0 or len(maybe) != len(e.ent):
+            return False
+        off = vpn - e.lo
+        if off < 0 or off + n > len(e.ent):
+            return False
+        need = P.PRESENT | P.WRITE if write else P.PRESENT
+        if ((ptes & need) != need).any():
+            return False
+        if near is not None:
+            nodes = P.pte_node(ptes)
+            if (nodes >= len(near)).any() or not near[nodes].all():
+                return False
+        maybe[off:off + n] = True       # a later flush of these pages reaches this TLB
+        e.ent[off:off + n] = ptes
+        return True
+
     def install(self, pid: int, fill: tuple[int, int, np.ndarray] | None, check_epoch: bool = True) -> bool:
         """Cache a fill, unless a flush came since it was read (then False)."""
         if fill is None:
@@ -374,13 +414,18 @@ def tlbs_on(k) -> None:
 
 
 def tlb_access_step(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> bool:
-    """The CPU's access, if every page hits in its node's TLB: the store and
-    the writer's record as access_step's, the accessed and dirty bits in the
-    TLB (not on the page: a flush or a harvest brings them)."""
+    """The CPU's access, if every page hits in its node's TLB or the page
+    walk caches it: the store and the writer's record as access_step's, the
+    accessed and dirty bits in the TLB (not on the page: a flush or a
+    harvest brings them)."""
     from .fault import store_pages
-    gp = k.tlb.ports[vma.mm.node].lookup(vma.mm.pid, vma.start + lo, hi - lo, write)
+    tlb, pid, vpn = k.tlb.ports[vma.mm.node], vma.mm.pid, vma.start + lo
+    gp = tlb.lookup(pid, vpn, hi - lo, write)
     if gp is None:
-        return False
+        reg = k.tlb.maybe_of(pid)
+        if reg is None or reg[0] != tlb.procs[pid].lo or not tlb.walk(pid, vpn, vma.pte[lo:hi], reg[1], write):
+            return False
+        gp = tlb.lookup(pid, vpn, hi - lo, write)
     if write:
         idx = np.arange(lo, hi, dtype=np.int64)
         for node, sel in split_nodes(gp):
@@ -399,8 +444,9 @@ def install_step(k, mm: MM, fill) -> bool:
 
 async def cpu_access(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | None) -> None:
     """An access by a CPU of the process's home node, as the Ray runtime's
-    node actor runs it: a TLB hit alone; else the fault (touch), then the
-    ptes it left are read and cached, with preemption points between."""
+    node actor runs it: a TLB hit or a page walk alone; else the fault
+    (touch), then the ptes it left are read and cached, with preemption
+    points between."""
     from .fault import touch
     owner = k.node_owner(vma.mm.node)
     if await call(owner, tlb_access_step, k, vma, lo, hi, write, toks):

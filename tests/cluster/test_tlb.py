@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.tlb import NodeTLB, ShmPort
+from cluster.tlb import NodeTLB, ShmPort, StepsLock
 from emulator import Machine
+from emulator import pte as P
 from emulator.frames import PG_dirty
+from emulator.move_pages import MPOL_MF_MOVE
 from emulator.tlb import NodeGone, Shootdown
 
 
@@ -20,7 +22,10 @@ class Rig:
     """A machine whose node 0 CPU caches one process's ptes."""
 
     def __init__(self, tmp, policy: str = "migcache", payload: str = "token", npages: int = 16,
-                 shared: bool = False, frames: int = 64, hosts: tuple[str, str] = ("host", "host")):
+                 shared: bool = False, frames: int = 64, hosts: tuple[str, str] = ("host", "host"),
+                 walks: bool = False):
+        """``walks``: the node walks the page tables, which live in its shared
+        memory; ``self.steps`` is the lock the coordinator holds in the model."""
         self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
         k = m.k
         self.pid = m.spawn(node=0)
@@ -28,10 +33,17 @@ class Rig:
         self.n = npages
         self.vpn = self.addr >> k.page_shift
         data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
+        self.steps = StepsLock(str(tmp / "steps")) if walks else None
         # the node's TLB in a shared file, and the kernel's side flushing it in place (ShmPort)
-        self.tlbs = [NodeTLB(0, k.page_shift, data, [(self.pid, self.addr, npages)], tmp / "node0-tlb")]
-        self.sd = k.tlb = Shootdown([ShmPort(self.tlbs[0].shared()), None], list(hosts))
-        self.sd.register(0, self.pid, self.vpn, npages)
+        self.tlbs = [NodeTLB(0, k.page_shift, data, [(self.pid, self.addr, npages)], tmp / "node0-tlb",
+                             self.steps.path if walks else None)]
+        self.port = ShmPort(self.tlbs[0].shared())
+        self.sd = k.tlb = Shootdown([self.port, None], list(hosts))
+        if walks:
+            self.sd.register(0, self.pid, self.vpn, npages, self.port.tables[self.pid][1])
+            assert self.port.adopt(m._mm(self.pid)) == npages
+        else:
+            self.sd.register(0, self.pid, self.vpn, npages)
 
     def fault(self, write: bool = True):
         """A miss: the access through the model, then the fill installed."""
@@ -216,3 +228,88 @@ def test_hot_pages_count_the_accesses_a_node_made_through_its_tlb(tmp_path):
     m.touch(r.pid, r.addr + half * m.page_size, half)               # the second half, through the model
     assert r.tlbs[0].access(r.pid, r.addr, half, False) is not None  # then the first, through the TLB
     assert sorted(m.hot_pages(r.pid, half)) == r.addrs()[:half]
+
+
+# -- page walks: the page tables in the node's memory --------------------------------
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_a_miss_on_present_ptes_is_walked_on_the_node_without_the_kernel(tmp_path, payload):
+    r = Rig(tmp_path, payload=payload, walks=True)
+    node = r.tlbs[0]
+    assert r.local() is None and node.misses == 1    # nothing mapped: the walk faults
+    r.m.touch(r.pid, r.addr, r.n)                    # the kernel maps them (no fill)
+    faults = r.m.vmstat()["pgfault"]
+    toks = r.local()
+    assert toks is not None and node.walks == 1 and node.hits == 0
+    np.testing.assert_array_equal(r.tokens(), toks)
+    assert r.local() is not None and node.hits == 1  # cached by the walk
+    assert r.m.vmstat()["pgfault"] == faults         # a walk is no fault
+    r.sd.harvest(r.m.k)
+    r.m.check()
+
+
+def test_no_walk_while_a_coordinator_thread_is_inside_the_model(tmp_path):
+    r = Rig(tmp_path, walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    with r.steps:                                    # a step runs: the page tables may be mid-change
+        assert r.local() is None
+    assert r.tlbs[0].misses == 1 and r.tlbs[0].walks == 0
+    assert r.local() is not None and r.tlbs[0].walks == 1
+
+
+@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+def test_walked_entries_are_flushed_when_the_pages_move(tmp_path, policy):
+    """The walk marks what it caches for the kernel: without the mark the
+    migration would not flush the node, which would go on writing the old,
+    freed frames."""
+    r = Rig(tmp_path, policy=policy, walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    toks = r.local()
+    assert r.tlbs[0].walks == 1
+    with r.steps:
+        assert r.m.move_pages(r.pid, r.addrs(), [1] * r.n) == [1] * r.n
+    assert r.sd.flush_calls == 1
+    assert (r.tlbs[0].tlb.procs[r.pid].ent == 0).all()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    again = r.local()
+    if policy == "migentry":                         # the ptes are present again: walked
+        assert again is not None and r.tlbs[0].walks == 2
+        np.testing.assert_array_equal(r.tokens(), again)
+    else:                                            # cache entries in the ptes: a fault
+        assert again is None
+    r.sd.harvest(r.m.k)
+    r.m.check()
+
+
+def test_a_walk_caches_and_marks_exactly_the_pages_of_the_access(tmp_path):
+    r = Rig(tmp_path, policy="migentry", walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    q = r.n // 4
+    sub = r.addr + q * r.m.page_size
+    toks = r.tlbs[0].access(r.pid, sub, q, True)        # pages [q, 2q) only
+    assert toks is not None and r.tlbs[0].walks == 1
+    maybe = r.sd.procs[r.pid][2]
+    assert list(np.flatnonzero(maybe)) == list(range(q, 2 * q))
+    assert list(np.flatnonzero(r.tlbs[0].tlb.procs[r.pid].ent)) == list(range(q, 2 * q))
+    assert r.m.move_pages(r.pid, r.addrs()[q:2 * q], [1] * q) == [1] * q
+    assert r.sd.flush_calls == 1 and not maybe.any()
+    assert not r.tlbs[0].tlb.procs[r.pid].ent.any()
+    r.sd.harvest(r.m.k)
+    np.testing.assert_array_equal(r.tokens()[q:2 * q], toks)
+    r.m.check()
+
+
+def test_a_split_vma_keeps_its_page_table_in_the_nodes_memory(tmp_path):
+    """mbind on part of a mapping splits its vma; both parts go on writing
+    the page table the node walks, so it sees the pages move."""
+    r = Rig(tmp_path, policy="migentry", walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    half = r.n // 2
+    r.m.mbind(r.pid, r.addr + half * r.m.page_size, half, "bind", [1], flags=MPOL_MF_MOVE)
+    pt = r.port.tables[r.pid][0]
+    vmas = r.m.k.mms[r.pid].vmas
+    assert len(vmas) == 2 and all(np.shares_memory(v.pte, pt) for v in vmas)
+    assert r.m.move_pages(r.pid, r.addrs(), None) == [0] * half + [1] * half
+    assert r.local(write=False) is not None and r.tlbs[0].walks == 1
+    got = r.tlbs[0].tlb.procs[r.pid].ent
+    assert list(P.pte_node(got)) == [0] * half + [1] * half
+    r.m.check()

@@ -11,11 +11,14 @@ Usage: python benchmarks/cluster.py [--quick]
   calls take the same-host channel (cluster/channel.py);
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
-- a workload run (quickstart-like, token mode) with 1, 2, 4 and 8 node
-  actors: operations/s and pages accessed/s in the steady part of the run
-  and over the whole run, to show how throughput scales,
-  and the share of accesses the node actors ran on their own (TLB hits; every
-  other access is a fault batch through the one coordinator);
+- a workload run (quickstart-like, token mode, a move_pages every 50
+  operations) with 1, 2, 4 and 8 node actors, under the migration cache and
+  upstream migration entries: operations/s and pages accessed/s in the
+  steady part of the run and over the whole run, to show how throughput
+  scales, and the share of accesses the node actors ran on their own (TLB
+  hits, and page walks: a migrated page's pte is present again under
+  migration entries, a cache entry that faults under the migration cache;
+  every other access is a fault batch through the one coordinator);
 - a TLB shootdown of 256 pages: in place in shared memory (a node on the
   coordinator's host) against an actor call (a node on another host).
 """
@@ -145,7 +148,7 @@ def faults(rounds: int) -> tuple[float, float]:
     return first, swapin
 
 
-def scaling(nodes: int, operations: int) -> tuple[float, float, float, float]:
+def scaling(nodes: int, operations: int, policy: str) -> tuple[float, float, float, float, float]:
     from cluster.runner_ray import RayRun
     from cluster.scenario import parse_scenario
     import tomllib
@@ -155,7 +158,7 @@ def scaling(nodes: int, operations: int) -> tuple[float, float, float, float]:
         nodes = {nodes}
         frames_per_node = 8192
         swap_pages = 0
-        policy = "migcache"
+        policy = "{policy}"
         payload = "token"
         [migration]
         every = 50
@@ -177,8 +180,9 @@ def scaling(nodes: int, operations: int) -> tuple[float, float, float, float]:
         run.close()
     assert s["violations"] == 0
     el = s["elapsed_s"]
-    hits = s["tlb"]["hits"] / max(1, s["tlb"]["hits"] + s["tlb"]["misses"])
-    return steady_rate(s["timeline"], s["operations_done"]), s["operations_done"] / el, el, hits
+    t = s["tlb"]
+    n = max(1, t["hits"] + t["walks"] + t["misses"])
+    return steady_rate(s["timeline"], s["operations_done"]), s["operations_done"] / el, el, t["hits"] / n, t["walks"] / n
 
 
 def steady_rate(timeline: list[dict], operations: int) -> float:
@@ -245,11 +249,13 @@ def main() -> None:
     ops = 800 if args.quick else 8000
     print(f"scaling, {ops} operations of 256 pages per run, 2 processes per node actor "
           "(steady: between 10% and 90% of the operations; run: start to summary):")
-    print(f"{'node actors':>12} {'ops/s steady':>13} {'pages/s':>12} {'ops/s run':>10} {'elapsed s':>10} "
-          f"{'TLB hits':>9}")
-    for n in (1, 2, 4, 8):
-        steady, whole, el, hits = scaling(n, ops)
-        print(f"{n:>12} {steady:>13,.0f} {steady * 256:>12,.0f} {whole:>10,.0f} {el:>10.2f} {hits:>9.0%}")
+    print(f"{'policy':>10} {'node actors':>12} {'ops/s steady':>13} {'pages/s':>12} {'ops/s run':>10} "
+          f"{'elapsed s':>10} {'TLB hits':>9} {'walks':>6}")
+    for policy in ("migcache", "migentry"):
+        for n in (1, 2, 4, 8):
+            steady, whole, el, hits, walks = scaling(n, ops, policy)
+            print(f"{policy:>10} {n:>12} {steady:>13,.0f} {steady * 256:>12,.0f} {whole:>10,.0f} {el:>10.2f} "
+                  f"{hits:>9.0%} {walks:>6.0%}")
     shm, call = shootdown(50 if args.quick else 500)
     print(f"TLB shootdown of 256 pages, median: {shm * 1e6:,.1f} us in shared memory, "
           f"{call * 1e6:,.1f} us by an actor call (ratio {call / shm:,.0f})")

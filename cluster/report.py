@@ -101,8 +101,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     tlb = summary.get("tlb")
     if tlb and tlb["hits"] + tlb["walks"] + tlb["misses"]:
         console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['walks']} page walks; "
-                      f"{tlb['misses']} misses (faulted through "
-                      f"the coordinator); {tlb['shootdowns']} TLB shootdowns, "
+                      f"{tlb['misses']} misses (faulted through the coordinator; "
+                      f"{tlb.get('walks_refused', 0)} of them not walked because it was busy "
+                      f"in the model); {tlb['shootdowns']} TLB shootdowns, "
                       f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
     via = summary.get("coordinator_calls")
     if via and via["channel"] + via["actor"]:

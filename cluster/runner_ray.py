@@ -251,6 +251,8 @@ class RayRun:
         loc.tlb_walks.update({h: int(r.get("tlb_walks", 0)) for h, r in results.items()})
         summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
                           "walks": int(sum(r.get("tlb_walks", 0) for r in results.values())),
+                          # misses not walked because a coordinator thread was inside the model
+                          "walks_refused": int(sum(r.get("tlb_walks_refused", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
                           "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),

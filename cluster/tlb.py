@@ -49,6 +49,8 @@ from emulator.tlb import TLB, NodeGone, spans
 from .dataplane import unlink
 
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
+WALK_TRIES = 4            # a miss tries to walk this many times while the coordinator is in the model,
+WALK_WAIT_S = 50e-6       # this long apart, before it faults instead
 TOKEN_BASE = 1 << 44
 
 
@@ -145,8 +147,9 @@ class StepsLock:
     or anything else under ``machine.cond``): a threading lock for its
     threads, then ``flock(LOCK_EX)`` on a shared file. A node's page walk
     takes ``LOCK_SH`` without waiting, so it reads the page tables only
-    between steps, as a fill does; when a step is running it does not walk,
-    and the access faults as before. A walk holds it for microseconds and
+    between steps, as a fill does; while a step runs it lets go of the TLB
+    and tries again (``WALK_TRIES`` times, ``WALK_WAIT_S`` apart), then
+    faults as without walks. A walk holds it for microseconds and
     never waits while holding it; a node that holds it for ``ANSWER_S``
     (hung) ends the run with an error rather than a hang. Usable as the lock
     of a ``threading.Condition``.
@@ -207,6 +210,7 @@ class NodeTLB:
         self.near[list(data)] = True
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = self.walks = 0
+        self.refused = 0    # misses not walked: a coordinator thread stayed inside the model
 
     def close(self) -> None:
         unlink(self.path)
@@ -214,16 +218,17 @@ class NodeTLB:
         if self.steps is not None:
             os.close(self.steps)
 
-    def _walk(self, pid: int, vpn: int, npages: int, write: bool) -> bool:
-        """The page walk on a miss, if no coordinator thread is inside the
-        model right now (else False: the access faults, as without walks)."""
+    def _walk(self, pid: int, vpn: int, npages: int, write: bool) -> bool | None:
+        """The page walk on a miss: True if it cached every page, False if a
+        pte does not allow the access (a fault), None if a coordinator thread
+        is inside the model right now (try again)."""
         table = self.tables.get(pid)
         if self.steps is None or table is None:
             return False
         try:
             fcntl.flock(self.steps, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return False
+            return None
         try:
             lo = self.tlb.procs[pid].lo
             pt, maybe = table
@@ -239,22 +244,33 @@ class NodeTLB:
         """The access, if every page hits with the permission it needs: the
         tokens written (empty for a read). None: a miss, for the coordinator."""
         vpn = addr >> self.page_shift
-        with self.lock:
-            gp = self.tlb.lookup(pid, vpn, npages, write)
-            if gp is None:
-                if not self._walk(pid, vpn, npages, write):
-                    self.misses += 1
-                    return None
+        for attempt in range(WALK_TRIES):
+            if attempt:     # the coordinator was inside the model: let it step out, the TLB not held
+                time.sleep(WALK_WAIT_S)
+            with self.lock:
                 gp = self.tlb.lookup(pid, vpn, npages, write)
-                self.walks += 1
-            else:
-                self.hits += 1
-            toks = np.zeros(0, dtype=np.int64)
-            if write:
-                toks = np.arange(self.next_token, self.next_token + npages, dtype=np.int64)
-                self.next_token += npages
-                for node, sel in split_nodes(gp):
-                    store_tokens(self.data[node], gp[sel] & P.PFN_MASK, toks[sel])
+                if gp is not None:
+                    self.hits += 1
+                    return self._store(gp, npages, write)
+                walked = self._walk(pid, vpn, npages, write)
+                if walked:
+                    self.walks += 1
+                    return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
+                if walked is False:
+                    break
+        else:
+            self.refused += 1
+        self.misses += 1
+        return None
+
+    def _store(self, gp: np.ndarray, npages: int, write: bool) -> np.ndarray:
+        """A hit's stores, under the TLB's lock: the tokens written (none for a read)."""
+        toks = np.zeros(0, dtype=np.int64)
+        if write:
+            toks = np.arange(self.next_token, self.next_token + npages, dtype=np.int64)
+            self.next_token += npages
+            for node, sel in split_nodes(gp):
+                store_tokens(self.data[node], gp[sel] & P.PFN_MASK, toks[sel])
         return toks
 
     def install(self, pid: int, fill: tuple[int, int, np.ndarray] | None) -> None:
@@ -283,6 +299,7 @@ class NodeTLB:
 
     def stats(self) -> dict[str, int]:
         return {"tlb_hits": self.hits, "tlb_walks": self.walks, "tlb_misses": self.misses,
+                "tlb_walks_refused": self.refused,
                 "tlb_flushes": self.tlb.flushes,
                 "tlb_stale_fills": self.tlb.stale_fills}
 

@@ -4,8 +4,10 @@ Rules: the page is locked by the caller. A real swap slot is allocated (none:
 the page stays in the migration cache and the caller backs off); every
 migration-cache pte naming the entry is rewritten into a swap pte for the
 slot (the swap count takes each pte; the idr counter loses each); the page
-moves from the idr to the swap cache, keeping its one cache reference; the
-idr entry, now at 0, is removed. One step: the whole rewrite happens under
+moves from the idr to the swap cache, keeping its one cache reference, and
+is marked dirty, as add_to_swap() marks it: the new slot holds nothing of
+it yet, so even a clean page must be written before it is freed; the idr
+entry, now at 0, is removed. One step: the whole rewrite happens under
 the page lock and the ptes' locks, and a fault that read the old pte without
 its lock must notice (R1).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pte as P
+from .frames import PG_dirty
 from .swap import HAS_CACHE
 
 
@@ -38,6 +41,7 @@ def migration_move_to_swap(k, node: int, pfns: np.ndarray) -> np.ndarray:
         k.swap.swap_map[slot] = HAS_CACHE | n
         k.swap.cache_page[slot] = P.gpfn(node, pf)
         fr.private[pf] = new
+        fr.flags[pf] |= PG_dirty
         k.migcache.page[mid] = -1          # the cache reference moves with the page
         k.migcache.remove(np.array([mid]))
         k.stat.add(node, "migcache_move_to_swap")

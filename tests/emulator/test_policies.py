@@ -298,3 +298,37 @@ def test_check_passes_after_a_mixed_workload(policy):
     assert [n["free"] for n in m.node_info()] == [24, 24, 24]
     assert m.swap_info()["used"] == 0
     m.check()
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_clean_page_that_falls_back_to_swap_is_written_out(payload, monkeypatch):
+    """migration_move_to_swap() takes its slot through add_to_swap(), which
+    marks the page dirty: the slot holds nothing of it yet. A clean page in
+    the migration cache (here a shared mapping's page that was only read)
+    must be written out when the migration falls back to swap, or the next
+    swap-in reads whatever the slot held before."""
+    import emulator.reclaim
+
+    async def nothing_to_reclaim(k, node, nr, kswapd=False):
+        return 0        # every page on the target busy: reclaim there frees nothing
+    m = make(policy="migcache", payload=payload, nodes=2, frames=16, swap=8)
+    # stale contents in every swap slot: another process's pages, written out, then gone
+    junk = m.spawn(node=0)
+    j = m.mmap(junk, 8)
+    fill(m, junk, j, 8, base=0x7000)
+    assert m.reclaim(0, 8) == 8 and m.vmstat()["pswpout"] == 8
+    m.exit(junk)
+    assert m.swap_info()["used"] == 0
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3, shared=True)
+    m.touch(pid, a, 3, write=False)                  # zero pages, never written: clean
+    fill_node(m, 1, 16)
+    monkeypatch.setattr(emulator.reclaim, "shrink_node", nothing_to_reclaim)
+    before = m.vmstat()
+    assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [-ENOMEM] * 3
+    after = m.vmstat()
+    assert after["pgmigrate_fallback_swap"] - before["pgmigrate_fallback_swap"] == 3
+    assert after["pswpout"] - before["pswpout"] == 3  # written, though clean
+    m.check()
+    assert list(m.read_tokens(pid, a, 3)) == [0, 0, 0]
+    m.check()

@@ -87,6 +87,15 @@ def test_quickstart_example_is_valid():
     assert s.run.operations == 2000
 
 
+def test_the_pressure_example_maps_more_than_the_machine_has():
+    s = load_scenario(REPO / "examples" / "pressure.toml")
+    frames = sum(fr.nframes for fr in s.take_machine().k.nodes)
+    mapped = sum(w.pages * w.processes for w in s.workload if not w.shared) + \
+        sum(w.pages for w in s.workload if w.shared)
+    assert mapped > frames
+    assert s.run.stress and s.migration.mode == "migrate_pages" and s.reclaim.every and s.swapoff.every
+
+
 # -- errors: <file>: <dotted key>: <problem> -------------------------------------
 
 def test_bad_policy_names_file_key_and_choices(tmp_path):

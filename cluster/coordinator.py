@@ -7,7 +7,10 @@ and runs every operation coroutine of the model, many at once on its threads
 drivers, migrations and reclaim from the runner. Steps are atomic and
 interleave at the model's preemption points. The frames' payload is the node
 actors': mapped from shared memory when the node actor is on this host,
-reached with actor calls (Ray objects) when it is not.
+reached with actor calls (Ray objects) when it is not. So are the page
+tables of the processes a node actor on this host runs: they live in its
+shared memory, where the node walks them on a TLB miss while no thread here
+is inside the model (the machine's lock is a ``StepsLock``: cluster/tlb.py).
 
 Calls go through :meth:`call` by name. Errors the syscall surface raises
 (OSError with an errno, ValueError) come back as values, so the caller can

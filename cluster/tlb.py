@@ -241,8 +241,10 @@ class NodeTLB:
         return {"path": self.path, "size": self.size, "layout": self.layout}
 
     def access(self, pid: int, addr: int, npages: int, write: bool) -> np.ndarray | None:
-        """The access, if every page hits with the permission it needs: the
-        tokens written (empty for a read). None: a miss, for the coordinator."""
+        """The access, if every page hits with the permission it needs, or
+        the page walk finds every pte allowing it: the tokens written (empty
+        for a read). None: a miss the walk could not resolve, for the
+        coordinator."""
         vpn = addr >> self.page_shift
         for attempt in range(WALK_TRIES):
             if attempt:     # the coordinator was inside the model: let it step out, the TLB not held

@@ -331,6 +331,20 @@ class ShmPort:
                 moved += vma.npages
         return moved
 
+    def revoke(self, k) -> None:
+        """The node is lost: its page tables come back to the coordinator's
+        memory, and its copy and its TLB entries are cleared, so a node that
+        was only hung finds nothing to hit or walk when it wakes and faults
+        instead (no walk is in progress: the coordinator holds the steps
+        lock; an access it was in the middle of ends as it began)."""
+        for pid, (pt, _) in self.tables.items():
+            mm = k.mms.get(pid)
+            for vma in mm.vmas if mm is not None else ():
+                if np.shares_memory(vma.pte, pt):
+                    vma.pte = vma.pte.copy()
+            pt[:] = 0
+            self.tlb.procs[pid].ent[:] = 0
+
     def flush(self, pid: int, vpns: np.ndarray, wrprotect: bool = False) -> tuple[np.ndarray, np.ndarray]:
         self.lock.acquire(ANSWER_S)
         try:
@@ -367,6 +381,9 @@ class RayPort:
 
     def take_young(self) -> dict[int, np.ndarray]:
         return self._get(self.handle.tlb_take_young.remote())
+
+    def revoke(self, k) -> None:
+        """A node on another host never walks: nothing to take back."""
 
     @staticmethod
     def _get(ref):

@@ -180,7 +180,7 @@ class Shootdown:
             if not wrprotect:
                 maybe[pos] = False
         except NodeGone:
-            self.dead.add(node)
+            self._lose(k, node)
             maybe[pos] = False
             young, dirty = none, ~none        # it may have written any of them
         self.flush_s += time.perf_counter() - t0
@@ -213,13 +213,20 @@ class Shootdown:
     def node_lost(self, k, node: int) -> None:
         """A lost node's TLB is gone, with whatever it wrote through it: take
         the pages it may have cached as written."""
-        self.dead.add(node)
+        self._lose(k, node)
         for pid, (n, lo, maybe) in self.procs.items():
             if n == node and maybe.any():
                 vpns = lo + np.flatnonzero(maybe)
                 maybe[:] = False
                 none = np.zeros(len(vpns), dtype=bool)
                 self._apply(k, pid, vpns, none, ~none)
+
+    def _lose(self, k, node: int) -> None:
+        """Never fill or flush the node again, and take back the page tables
+        it walks (on Ray: a hung node that wakes up must find none)."""
+        if node not in self.dead:
+            self.dead.add(node)
+            self.ports[node].revoke(k)
 
     def _apply(self, k, pid: int, vpns: np.ndarray, young: np.ndarray, dirty: np.ndarray) -> None:
         mm = k.mms.get(pid)
@@ -378,6 +385,9 @@ class TLB:
                 e.young[i] = False
                 e.dirty[i] = False
         return out
+
+    def revoke(self, k) -> None:
+        """The node is lost: in-process its walks read the model's page tables, nothing to take back."""
 
     def take_young(self) -> dict[int, np.ndarray]:
         """The vpns accessed since the last look, per pid (cleared)."""

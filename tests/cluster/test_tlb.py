@@ -173,6 +173,9 @@ class Silent:
     def harvest(self):
         raise NodeGone("node 0 did not answer")
 
+    def revoke(self, k):
+        pass
+
 
 def test_a_node_that_does_not_answer_a_flush_is_lost_and_its_pages_taken_as_written(tmp_path):
     r = Rig(tmp_path)
@@ -312,4 +315,25 @@ def test_a_split_vma_keeps_its_page_table_in_the_nodes_memory(tmp_path):
     assert r.local(write=False) is not None and r.tlbs[0].walks == 1
     got = r.tlbs[0].tlb.procs[r.pid].ent
     assert list(P.pte_node(got)) == [0] * half + [1] * half
+    r.m.check()
+
+
+def test_a_lost_node_gets_its_page_tables_taken_back(tmp_path, monkeypatch):
+    """A node that held its TLB past ANSWER_S is lost; if it was only hung,
+    it must not go on writing through entries no flush reaches any more,
+    nor walk a page table the coordinator goes on changing."""
+    import cluster.tlb as T
+    monkeypatch.setattr(T, "ANSWER_S", 0.2)
+    r = Rig(tmp_path, policy="migentry", walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    toks = r.local()
+    assert r.tlbs[0].walks == 1
+    with r.tlbs[0].lock:                             # hung inside an access
+        r.m.move_pages(r.pid, r.addrs(), [1] * r.n)
+    assert 0 in r.sd.dead
+    vma = r.m.k.mms[r.pid].vmas[0]
+    assert not np.shares_memory(vma.pte, r.port.tables[r.pid][0])
+    assert (P.pte_node(vma.pte) == 1).all() and (vma.pte & P.PRESENT).all()   # the model's, intact
+    assert r.local() is None and r.tlbs[0].walks == 1  # it wakes: no entry, nothing to walk
+    np.testing.assert_array_equal(r.tokens(), toks)
     r.m.check()

@@ -274,13 +274,15 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
                     ok[mc] = await call("coord", to_swap_step, k, fsub.take(mc))
                     # the ptes are swap ptes now: undo with the swap entries
                     fent = np.where(mc & ok, k.nodes[b.node].private[fsub.pfns], fent)
+                to_swap = mc & ok
                 if ok.any():
                     went = await call(src, swap_out_step, k, fsub.take(ok))
                     held[todo[fb[np.flatnonzero(ok)[went]]]] = False
                     ok[np.flatnonzero(ok)[~went]] = False
                 if (~ok).any():
-                    # the page stays: a swap entry it got for the fallback stays with it
-                    await _undo(k, avs, fsub.take(~ok), fent[~ok], fadd[~ok] & ~mc[~ok])
+                    # the page stays: a swap entry it got for the fallback stays with it; one
+                    # still in the migration cache (no slot) leaves it, as any failed migration's
+                    await _undo(k, avs, fsub.take(~ok), fent[~ok], fadd[~ok] & ~to_swap[~ok])
             stay = np.arange(len(new))
             todo, sub = todo[stay], sub.take(stay)
             entries, added = part(stay)

@@ -15,7 +15,12 @@ Rules:
   pte: an upstream migration entry (READ or WRITE, keeping the pte's write
   permission) or the page's swap / migration-cache entry (+1 to its count per
   pte, swap_duplicate). remap is the reverse, to a target page (the new page,
-  or the old one when undoing), and swap_free()s each entry it consumes.
+  or the old one when undoing), and swap_free()s each entry it consumes. A
+  migration-cache id is freed as soon as the remap restores its last pte, and
+  another migration may take it at once (lowest free id first) and write it
+  into a sibling's pte at the same address: remap takes only ptes whose id
+  still names its migration's page, as the RFC compares with the page's
+  private, which the release clears.
 - Every pte changed moves the page's mapcount and refcount with it, inside
   the same step: the pte lock and the page's counts never disagree.
 """
@@ -164,6 +169,17 @@ def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray
     else:
         e = _pick(entries, _at(pos, s))
         hit = cur == e
+        mc = P.swp_type(e) == P.SWP_MIGCACHE
+        if mc.any():
+            # a migration-cache id is freed as soon as its last pte is restored, and a
+            # migration of another page may take it (lowest free id first) and put it in
+            # a sibling's pte at the same address: only an id still naming this
+            # migration's page (the old one, or the new one once the cache moved) is ours
+            ids = P.pte_offset(e[mc])
+            at = k.migcache.page[np.where(k.migcache.live(ids), ids, 0)]
+            ours = k.migcache.live(ids) & ((at == _pick(b.gpfn, s)[mc]) |
+                                           (at == P.gpfn(new_node, _pick(new_pfns, _at(pos, s))[mc])))
+            hit[np.flatnonzero(mc)[~ours]] = False
         write = vma.shared
     if not hit.all():
         if not hit.any():

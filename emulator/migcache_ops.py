@@ -1,6 +1,7 @@
 """migration_move_to_swap() (V8): a migration-cache page becomes a swap-cache page.
 
-Rules: the page is locked by the caller. A real swap slot is allocated (none:
+Rules: the page is locked by the caller and still in the migration cache
+(else nothing happens: the caller backs off). A real swap slot is allocated (none:
 the page stays in the migration cache and the caller backs off); every
 migration-cache pte naming the entry is rewritten into a swap pte for the
 slot (the swap count takes each pte; the idr counter loses each); the page
@@ -16,17 +17,21 @@ from __future__ import annotations
 import numpy as np
 
 from . import pte as P
-from .frames import PG_dirty
+from .frames import PG_dirty, PG_swapcache
 from .swap import HAS_CACHE
 
 
 def migration_move_to_swap(k, node: int, pfns: np.ndarray) -> np.ndarray:
-    """Returns the mask of pages moved to the swap cache."""
+    """Returns the mask of pages moved to the swap cache. A page no longer in
+    the migration cache (its entry was released when the last pte naming it
+    went) is not moved: the RFC's page_is_migration() check."""
     fr = k.nodes[node]
-    slots = k.swap.get_slots(len(pfns))
+    inmc = np.flatnonzero(((fr.flags[pfns] & PG_swapcache) != 0) &
+                          (P.swp_type(fr.private[pfns]) == P.SWP_MIGCACHE))
+    slots = k.swap.get_slots(len(inmc))
     ok = np.zeros(len(pfns), dtype=bool)
-    ok[:len(slots)] = True
-    for pf, slot in zip(pfns[:len(slots)].tolist(), slots.tolist()):
+    ok[inmc[:len(slots)]] = True
+    for pf, slot in zip(pfns[inmc[:len(slots)]].tolist(), slots.tolist()):
         old = int(fr.private[pf])
         new = P.mk_swp(P.SWP_SWAP, slot)
         av = k.anon_vmas.get(int(fr.anon_vma[pf]))

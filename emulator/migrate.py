@@ -10,13 +10,17 @@ in passes (up to MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
 3. pin each anon_vma (R2), then unmap every pte to the migration pte;
 4. allocate the targets on the destination node; short, reclaim there and
    retry; still short, fall back: `swapcache`/`migcache` write the page to
-   swap (migcache first moves it to the swap cache), `migentry` remaps it
-   where it was. Either way the page's status is -ENOMEM;
+   swap (migcache first moves it to the swap cache, if it is still in the
+   migration cache and a slot is free), `migentry` remaps it where it was.
+   A page that cannot go is remapped where it was and leaves the migration
+   cache; one that moved to the swap cache stays there. Either way the
+   page's status is -ENOMEM;
 5. move the mapping: the old page's refcount must be exactly isolation +
    cache (the freeze), else undo and -EAGAIN for a later pass; the cache slot
    now names the new page; copy data and flags (the data plane);
 6. remap every migration pte to the new page (the walk continues after the
-   last vma it visited: R3), swap_free()ing cache entries;
+   last vma it visited: R3), swap_free()ing cache entries; a migration-cache
+   id counts only while it names this migration's page (rmap.remap_vma);
 7. unlock both; the new page goes on the LRU; the old one is freed.
 Undo (a failed freeze) is step 6 towards the old page, then out of the cache.
 """

@@ -134,10 +134,12 @@ class Kernel:
 
     # -- LRU ---------------------------------------------------------------
     def putback(self, node: int, pfns: np.ndarray) -> None:
-        """putback_lru_page(): an isolated page goes back on the LRU, unlocked,
-        and the isolation reference is dropped (the last one frees it)."""
+        """putback_lru_page(): an isolated page goes back on the LRU and the
+        isolation reference is dropped (the last one frees it). Its lock is
+        its holder's to drop: a page the isolator failed to lock is held by
+        another operation (shrink_page_list's keep path)."""
         fr = self.nodes[node]
-        fr.flags[pfns] = (fr.flags[pfns] & ~(PG_isolated | PG_locked)) | PG_lru
+        fr.flags[pfns] = (fr.flags[pfns] & ~PG_isolated) | PG_lru
         fr.lru_tick[pfns] = fr.tick
         fr.put(pfns)
 

@@ -161,6 +161,7 @@ def finish_step(k, b: Batch, entries, added, dst: int, new: np.ndarray) -> None:
     entry this migration added goes; a swap-cache page stays in the swap cache."""
     if entries is not None:
         _leave_cache(k, dst, *keep(added, new, entries))
+    k.nodes[dst].flags[new] &= ~PG_locked
     k.putback(dst, new)
     fr = k.nodes[b.node]
     fr.flags[b.pfns] &= ~(PG_locked | PG_isolated)

@@ -63,6 +63,7 @@ def prepare_swap_step(k, b: Batch, locked: np.ndarray) -> np.ndarray:
         e = add_to_swap(k, b.take(need))
         ready[np.flatnonzero(need)[e == 0]] = False
     back = ~ready
+    fr.flags[b.pfns[back & locked]] &= ~PG_locked     # ours; a page we did not lock is another's
     k.putback(b.node, b.pfns[back])
     return ready
 
@@ -79,6 +80,7 @@ def free_step(k, b: Batch) -> int:
     fr.flags[gone] &= ~(PG_isolated | PG_locked)
     delete_from_swap_cache(k, b.node, gone)
     fr.put(gone)
+    fr.flags[pf[~free]] &= ~PG_locked
     k.putback(b.node, pf[~free])
     return len(gone)
 

@@ -416,3 +416,49 @@ def test_enomem_from_a_batched_touch_leaves_a_consistent_machine(policy, swap):
     assert m.swap_info()["used"] == 0
     assert [n["free"] for n in m.node_info()] == [16, 16]
     m.check()
+
+
+def _step_through(coro, after_first=None):
+    """Run an operation coroutine to completion, one step at a time (the
+    explorer's way); ``after_first`` runs between its first and second step,
+    as another operation would."""
+    from emulator.sched import Call
+    value, first = None, True
+    while True:
+        try:
+            req = coro.send(value)
+        except StopIteration as stop:
+            return stop.value
+        assert isinstance(req, Call), f"unexpected wait: {req!r}"
+        value = req.fn(*req.args)
+        if first and after_first is not None:
+            after_first()
+        first = False
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_reclaim_leaves_the_lock_of_a_page_it_could_not_lock(policy):
+    """shrink_page_list: a page isolated but locked by someone else before
+    reclaim's trylock goes back on the LRU still locked. Unlocking it would
+    take the lock from under its holder (a fault in lock_page, swapoff, a
+    migration), and a Ray stress run saw swapoff wait forever for a page
+    lock after such a theft."""
+    from emulator.frames import PG_isolated, PG_locked, PG_lru
+    from emulator.reclaim import shrink_node
+    m, pid, a, data = setup(policy, npages=4)
+    k = m.k
+    fr = k.nodes[0]
+    held = []
+
+    def lock_one():     # another operation takes the lock of the first isolated page
+        iso = np.flatnonzero(fr.flags & PG_isolated)
+        held.append(int(iso[0]))
+        fr.flags[iso[0]] |= PG_locked
+    got = _step_through(shrink_node(k, 0, 4), lock_one)
+    assert got == 3
+    p = held[0]
+    assert fr.flags[p] & PG_locked                   # still its holder's
+    assert fr.flags[p] & PG_lru and not fr.flags[p] & PG_isolated
+    fr.flags[p] &= ~PG_locked                        # the holder unlocks
+    m.check()
+    assert m.read(pid, a, 4 * m.page_size) == b"".join(data)

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from . import pte as P
-from .frames import Frames, PG_isolated, PG_lru, PG_locked, copy_rows
+from .frames import Frames, PG_isolated, PG_lru, copy_rows
 from .migcache import MigCache
 from .mm import MM, AnonVMA
 from .swap import SwapDevice

@@ -132,10 +132,8 @@ class Coordinator:
         with self.cond:
             port = None if node in self.remote_nodes else ShmPort(shared)
             for pid, (lo, n) in regions(procs, self.m.k.page_shift).items():
-                if port is None:
-                    self.tlb.register(node, pid, lo, n)
-                else:   # its page tables move into the node's memory, where it walks them
-                    self.tlb.register(node, pid, lo, n, port.tables[pid][1])
+                self.tlb.register(node, pid, lo, n, None if port is None else port.tables[pid][1])
+                if port is not None:    # its page tables move into the node's memory, where it walks them
                     port.adopt(self.m._mm(pid))
             if port is not None:
                 self.tlb.ports[node] = port

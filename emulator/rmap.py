@@ -176,9 +176,10 @@ def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray
             # a sibling's pte at the same address: only an id still naming this
             # migration's page (the old one, or the new one once the cache moved) is ours
             ids = P.pte_offset(e[mc])
-            at = k.migcache.page[np.where(k.migcache.live(ids), ids, 0)]
-            ours = k.migcache.live(ids) & ((at == _pick(b.gpfn, s)[mc]) |
-                                           (at == P.gpfn(new_node, _pick(new_pfns, _at(pos, s))[mc])))
+            live = k.migcache.live(ids)
+            at = k.migcache.page[np.where(live, ids, 0)]
+            ours = live & ((at == _pick(b.gpfn, s)[mc]) |
+                           (at == P.gpfn(new_node, _pick(new_pfns, _at(pos, s))[mc])))
             hit[np.flatnonzero(mc)[~ours]] = False
         write = vma.shared
     if not hit.all():

@@ -12,7 +12,12 @@ the processes whose CPUs are on it.
   with each other and with migrations for real.
 - The driver stops only between two operations: :meth:`pause` returns once
   it is idle, which is what lets the runner check the oracle at a quiescent
-  point. The shadows stay here; :meth:`verify` reads the pages back through
+  point.
+- The runner's schedule (migrate every K operations, reclaim, swapoff) is
+  kept by a gate: the drivers may run at most one period past the next
+  event the runner has not fired yet (:meth:`progress`'s ``allowed``), and
+  wait there. So an event fires within a period of its operation however
+  slow the runner is, and it still races with the accesses after it. The shadows stay here; :meth:`verify` reads the pages back through
   the coordinator and compares.
 """
 from __future__ import annotations
@@ -47,9 +52,12 @@ class NodeActor:
         self.tlb: NodeTLB | None = None
         # the workload drivers
         self.drivers: list[_Driver] = []
-        self.run_flag = threading.Event()
-        self.run_flag.set()
+        self.cv = threading.Condition()     # drivers park on it: paused, at a checkpoint, at the gate
+        self.paused = False
         self.stopping = False
+        self.allowed: int | None = None     # the gate: ops the drivers may do before the runner's next event
+        self.wake: int | None = None        # progress() answers at once from this many ops on
+        self.woken = threading.Event()      # a driver parked, finished or passed ``wake``
         self.errors: Counter[str] = Counter()
         self.latency_s: list[float] = []    # per fault batch: wall seconds, through the coordinator
         self.latency_steps: list[int] = []  # and emulated steps
@@ -112,12 +120,13 @@ class NodeActor:
 
     # -- the workload drivers --------------------------------------------------------
     def start(self, coord, info: dict, procs: list[Proc], specs: list, operations: int, seed: int,
-              pause_every: int = 0) -> None:
+              pause_every: int = 0, allowed: int | None = None) -> None:
         """Drive ``procs`` for ``operations`` accesses in all: one thread per
         thread index of the workloads (``procs`` holds one entry per process
         and thread, each on its own slice of the mapping), round-robin within a
         thread. With ``pause_every``, each thread stops after every that many
-        of its accesses until resumed (a checkpoint)."""
+        of its accesses until resumed (a checkpoint); ``allowed`` is the
+        first gate (see :meth:`progress`)."""
         import ray
         from .coordinator import CoordMachine
 
@@ -128,6 +137,7 @@ class NodeActor:
                 sh.tokens, sh.known = sh.tokens.copy(), sh.known.copy()
                 own[id(sh)] = sh
         self.procs = procs
+        self.allowed = allowed
         slices = [(p.pid, p.addr, p.pages) for p in procs]
         self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.reach, slices,
                            self.path.with_name(self.path.name + "-tlb"),
@@ -155,18 +165,40 @@ class NodeActor:
     def ops_done(self) -> int:
         return sum(d.ops for d in self.drivers)
 
-    def progress(self, since: int = -1) -> dict[str, Any]:
-        """Ops done; with ``since`` >= 0, the fault latencies recorded after that many."""
+    def progress(self, since: int = -1, allowed: int | None = None, wake: int | None = None,
+                 wait_s: float = 0.0) -> dict[str, Any]:
+        """Ops done; with ``since`` >= 0, the fault latencies recorded after that many.
+
+        ``allowed`` moves the gate; then, for up to ``wait_s``, the answer
+        waits for something the runner acts on: ``wake`` ops done (its next
+        event is due), a driver parked or finished, a fork's mismatch."""
+        if allowed is not None:
+            self.allow(allowed)
+        self.woken.clear()
+        self.wake = wake
+        if wait_s and not self._due():
+            self.woken.wait(wait_s)
         running = [d for d in self.drivers if d.thread.is_alive()]
-        # the checkpoint first: a driver parked there has counted its last fork cycle already
-        checkpoint = bool(running) and all(d.at_checkpoint and d.idle.is_set() for d in running)
+        # parked first: a driver parked at its checkpoint has counted its last fork cycle already
+        parked = bool(running) and all(d.parked for d in running)
         out = {"ops": self.ops_done, "running": bool(running), **self._forks(),
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
-               "checkpoint": checkpoint}
+               "parked": parked, "checkpoint": parked and any(d.at_checkpoint for d in running)}
         if since >= 0:
             n = len(self.latency_s)
             out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
         return out
+
+    def _due(self) -> bool:
+        """Whether the runner has something to act on now (see progress)."""
+        return (self.wake is not None and self.ops_done >= self.wake) or bool(self.fork_bad) or \
+            all(d.parked for d in self.drivers if d.thread.is_alive())
+
+    def allow(self, allowed: int) -> None:
+        """Move the gate on (never back: a late call may carry an older one)."""
+        with self.cv:
+            self.allowed = allowed if self.allowed is None else max(self.allowed, allowed)
+            self.cv.notify_all()
 
     def _forks(self) -> dict[str, Any]:
         """Fork cycles so far, and the mismatches their children saw; the TLB's counts."""
@@ -175,20 +207,23 @@ class NodeActor:
 
     def pause(self) -> int:
         """Stop every thread between two operations; returns once all are idle."""
-        self.run_flag.clear()
+        self.paused = True
         for d in self.drivers:
             while d.thread.is_alive() and not d.idle.wait(0.05):
                 pass
         return self.ops_done
 
     def resume(self) -> None:
-        for d in self.drivers:
-            d.at_checkpoint = False
-        self.run_flag.set()
+        with self.cv:
+            for d in self.drivers:
+                d.at_checkpoint = False
+            self.paused = False
+            self.cv.notify_all()
 
     def stop(self) -> None:
-        self.stopping = True
-        self.run_flag.set()
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
 
     def join(self, timeout: float | None = None) -> dict[str, Any]:
         for d in self.drivers:
@@ -233,6 +268,7 @@ class _Driver:
         self.ops = 0
         self.failure: str | None = None
         self.at_checkpoint = False
+        self.parked = False     # waiting: paused, at a checkpoint or at the gate
         self.idle = threading.Event()
         self.idle.set()
         self.thread: threading.Thread
@@ -243,10 +279,14 @@ class _Driver:
             for op in range(self.operations):
                 if self.pause_every and op and op % self.pause_every == 0:
                     self.at_checkpoint = True        # until the runner resumes every driver
-                if not node.run_flag.is_set() or self.at_checkpoint:
+                if self._must_wait():
                     self.idle.set()
-                    while not node.stopping and (self.at_checkpoint or not node.run_flag.is_set()):
-                        node.run_flag.wait(0.05)
+                    with node.cv:
+                        self.parked = True
+                        node.woken.set()
+                        while not node.stopping and self._must_wait():
+                            node.cv.wait(1.0)
+                        self.parked = False
                 if node.stopping:
                     break
                 self.idle.clear()
@@ -277,10 +317,17 @@ class _Driver:
                 if done and proc.fork_due(spec.fork_every):     # as the local backend
                     self.fork(m, proc, acc, spec.shared)
                 self.ops += 1
+                if node.wake is not None and node.ops_done >= node.wake:
+                    node.woken.set()
         except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
             self.failure = f"{type(exc).__name__}: {exc}"
         finally:
             self.idle.set()
+            node.woken.set()
+
+    def _must_wait(self) -> bool:
+        node = self.node
+        return self.at_checkpoint or node.paused or (node.allowed is not None and node.ops_done >= node.allowed)
 
     def fork(self, m, proc: Proc, acc, shared: bool) -> None:
         node = self.node
@@ -297,4 +344,5 @@ class _Driver:
         if not node.fork_bad:
             node.fork_child = res.child
         node.fork_bad += len(res.bad)
+        node.woken.set()
 

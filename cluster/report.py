@@ -109,6 +109,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if via and via["channel"] + via["actor"]:
         console.print(f"coordinator calls: {via['channel']} over the same-host channel, "
                       f"{via['actor']} as Ray actor calls (callers on other hosts)")
+    if summary.get("schedule_late_ops"):
+        console.print(f"schedule: events fired up to {summary['schedule_late_ops']} operations after theirs "
+                      "(the drivers run on while the runner catches up, one period at most)")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):

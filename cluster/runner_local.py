@@ -330,6 +330,7 @@ class LocalRun:
         summary["reclaim_events"] = self.reclaim_events
         summary["forks"] = self.forks
         summary["swapoff_events"] = self.swapoff_events
+        summary["schedule_late_ops"] = 0      # every event runs at its operation here
         if stress:
             summary["quiescent_checks"] = checks
         return summary

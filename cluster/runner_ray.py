@@ -10,9 +10,11 @@
    backend creates them (same workload order, same seed); each node actor
    then drives the processes homed on it, concurrently with the others.
 4. The runner thread migrates every ``[migration] every`` operations (the
-   local backend's choice of pages and targets), watches the node actors'
-   health and, in stress mode, pauses every driver at quiescent points to run
-   the whole oracle and compare every page with the shadows.
+   local backend's choice of pages and targets), reclaims and runs swapoff
+   on their schedules, watches the node actors' health and, in stress mode,
+   pauses every driver at quiescent points to run the whole oracle and
+   compare every page with the shadows. The drivers wait at a gate (class
+   Gate) rather than run more than one period past an event not yet fired.
 5. At the end (or on Ctrl-C, or when a node actor dies): stop the drivers,
    verify, and summarise as the local backend does, plus what was lost.
 """
@@ -87,6 +89,30 @@ def _on(host: str):
     return NodeAffinitySchedulingStrategy(node_id=host, soft=False)
 
 
+class Gate:
+    """The schedule's gate (cluster/node.py). With the next event due at
+    operation ``nxt`` of the run's ``ops``, node actor h may do its share of
+    ``nxt`` plus one period (``allowed[h]``), and answers a poll at once
+    from its share of ``nxt`` on (``wake[h]``). When every node is at its
+    gate or done, the event is due: the run never waits on itself."""
+
+    def __init__(self, share: dict[int, int], ops: int, periods: list[int]):
+        self.share, self.ops = share, ops
+        self.slack = min((p for p in periods if p), default=0)
+        self.allowed: dict[int, int] = dict(share)
+        self.wake: dict[int, int | None] = dict.fromkeys(share)
+
+    def move(self, nexts: list[int | None]) -> None:
+        """To the first of the events not fired yet (None: none is left)."""
+        nxt = min((n for n in nexts if n is not None and n <= self.ops), default=None)
+        for h, n in self.share.items():
+            if nxt is None:
+                self.allowed[h], self.wake[h] = n, None
+            else:
+                self.allowed[h] = min(n, -(-(nxt + self.slack) * n // self.ops))
+                self.wake[h] = min(n, -(-nxt * n // self.ops))
+
+
 class RayRun:
     """One run of a scenario on Ray actors."""
 
@@ -130,6 +156,8 @@ class RayRun:
         self.metrics = metrics
         self.lat_seen = [0] * self.nr_nodes
         self.forks_seen = [0] * self.nr_nodes    # fork cycles per node actor, as last polled
+        self.ops_seen = [0] * self.nr_nodes      # and operations
+        self.late = 0      # the most operations done past an event's when it fired
         self.silent = [0] * self.nr_nodes
         if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
             self.local.metrics, self.local.steps = metrics, self.m
@@ -166,22 +194,30 @@ class RayRun:
             share[h] += 1
         specs = list(sc.workload)
         checkpoints = self.stress and self.check_every and ops
-        for h, ps in by_home.items():
-            # a checkpoint every check_every operations in all: each driver stops after its share
-            pause = max(1, self.check_every * share[h] // ops) if checkpoints else 0
-            ray.get(self.nodes[h].start.remote(self.coord, self.info, ps, specs, share[h], sc.run.seed, pause))
-        ray.get(self.coord.forget_paths.remote())     # every node actor on its host has opened them
         every = sc.migration.every
         next_mig = every if every else None
         reclaim_every = sc.reclaim.every
         next_reclaim = reclaim_every if reclaim_every else None
         swapoff_every = sc.swapoff.every
         next_swapoff = swapoff_every if swapoff_every else None
+        gate = Gate(share, ops, [every, reclaim_every, swapoff_every])
+        gate.move([next_mig, next_reclaim, next_swapoff])
+        for h, ps in by_home.items():
+            # a checkpoint every check_every operations in all: each driver stops after its share
+            pause = max(1, self.check_every * share[h] // ops) if checkpoints else 0
+            ray.get(self.nodes[h].start.remote(self.coord, self.info, ps, specs, share[h], sc.run.seed, pause,
+                                               gate.allowed[h]))
+        ray.get(self.coord.forget_paths.remote())     # every node actor on its host has opened them
         deadline = t0 + sc.run.seconds if sc.run.seconds else None
         done = 0
+        due: list[Callable[[], Any]] = []    # events to fire: while the poll that moved the gate is out
         try:
             while True:
-                states = self._poll()
+                asked = self._ask(gate)
+                for event in due:           # they race the accesses the moved gate lets through
+                    event()
+                due = []
+                states = self._answers(asked)
                 if not self.dead and len(states) < len(self.nodes):
                     continue                  # a node actor is slow to answer: decide nothing yet
                 done = sum(s["ops"] for s in states.values())
@@ -197,30 +233,34 @@ class RayRun:
                     self._fork_violation(by_home, [d for s in bad for d in s["fork_details"]], bad[0]["fork_child"])
                     break
                 while next_mig is not None and done >= next_mig and next_mig <= ops:
-                    loc.migrate()
+                    due.append(loc.migrate)
+                    self.late = max(self.late, done - next_mig)
                     next_mig += every
                 while next_reclaim is not None and done >= next_reclaim and next_reclaim <= ops:
-                    loc.reclaim()
+                    due.append(loc.reclaim)
+                    self.late = max(self.late, done - next_reclaim)
                     next_reclaim += reclaim_every
                 while next_swapoff is not None and done >= next_swapoff and next_swapoff <= ops:
-                    loc.swapoff_cycle()           # its unuse walk races the drivers' faults
+                    due.append(loc.swapoff_cycle)     # its unuse walk races the drivers' faults
+                    self.late = max(self.late, done - next_swapoff)
                     next_swapoff += swapoff_every
-                if deadline is not None and time.perf_counter() >= deadline:
+                gate.move([next_mig, next_reclaim, next_swapoff])
+                if not any(s["running"] for s in states.values()) or \
+                        (deadline is not None and time.perf_counter() >= deadline):
+                    for event in due:
+                        event()
                     break
                 if checkpoints and any(s["checkpoint"] for s in states.values()) and \
-                        all(s["checkpoint"] or not s["running"] for s in states.values()):
-                    self._quiescent_check(by_home)     # every driver stopped at its checkpoint
+                        all(s["parked"] or not s["running"] for s in states.values()):
+                    self._quiescent_check(by_home)     # every driver stopped: one at its checkpoint
                     if self.violations:
                         break
                 if done >= next_sample and done < ops:
                     timeline.sample(self._frozen(), done)
                     next_sample = (done // timeline.every + 1) * timeline.every
-                if not any(s["running"] for s in states.values()):
-                    break
-                time.sleep(POLL_S)
         except KeyboardInterrupt:
             self.interrupted = True
-        except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _poll's
+        except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _answers'
             raise RunnerError(f"the coordinator died: {str(exc).splitlines()[0]}") from None
         results = self._stop(by_home)
         self._count_lost()
@@ -260,6 +300,7 @@ class RayRun:
                           "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())},
                           "walks_by_node": {str(h): int(r.get("tlb_walks", 0)) for h, r in sorted(results.items())}}
         summary["swapoff_events"] = loc.swapoff_events
+        summary["schedule_late_ops"] = self.late
         summary["verified_pages"] = int(self.verified["pages"])
         summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
@@ -285,10 +326,18 @@ class RayRun:
     def _frozen(self) -> FrozenMachine:
         return FrozenMachine(self.info, self.ray.get(self.coord.stats.remote()))
 
-    def _poll(self) -> dict[int, dict[str, Any]]:
-        ray = self.ray
+    def _ask(self, gate: Gate) -> dict[int, Any]:
+        """Ask every live node actor for its state, moving its gate: each
+        answers within POLL_S, or at once when the runner has something to
+        do (see NodeActor.progress)."""
         since = (lambda i: self.lat_seen[i]) if self.metrics is not None else (lambda i: -1)
-        refs = {i: n.progress.remote(since(i)) for i, n in enumerate(self.nodes) if i not in self.dead}
+        # a node already past its wake has said so: it answers at once again only when parked or done
+        wake = {i: w if w is not None and self.ops_seen[i] < w else None for i, w in gate.wake.items()}
+        return {i: n.progress.remote(since(i), gate.allowed.get(i), wake.get(i), POLL_S)
+                for i, n in enumerate(self.nodes) if i not in self.dead}
+
+    def _answers(self, refs: dict[int, Any]) -> dict[int, dict[str, Any]]:
+        ray = self.ray
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=PING_TIMEOUT_S)
         out = {}
         for i, ref in refs.items():
@@ -304,6 +353,7 @@ class RayRun:
                 self._lost(i, f"actor died: {str(exc).splitlines()[0]}")
                 continue
             self.forks_seen[i] = out[i]["forks"]
+            self.ops_seen[i] = out[i]["ops"]
             self.local.tlb_hits[i] = out[i].get("tlb_hits", 0)
             self.local.tlb_walks[i] = out[i].get("tlb_walks", 0)
             if "latency" in out[i]:

@@ -150,7 +150,9 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     tlb = summary["tlb"]   # every access ran in its node actor (a hit, or a page walk) or faulted through the coordinator
     assert tlb["hits"] + tlb["walks"] + tlb["misses"] == 300 and tlb["hits"] > 0
     if policy == "migentry":   # migrated pages come back present: their next miss is walked, not faulted
-        assert tlb["walks"] > 0
+        assert tlb["walks"] > 0, tlb
+    assert summary["migration_events"] == 15
+    assert 0 <= summary["schedule_late_ops"] <= 20 + 2     # one period, and a share's rounding per node
     assert summary["latency"]["fault_us"]["count"] == tlb["misses"]     # one per fault batch
     assert tlb["shootdowns"] > 0                                        # migrations took cached pages
     from cluster.report import node_table
@@ -184,6 +186,17 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
             "0 as Ray actor calls") in con.export_text()
     # the counters come from the same machine the node actors fed
     assert tot["vmstat"]["pgmigrate_success"] == tot["pgmigrate_success"]
+
+
+def test_migrations_keep_their_schedule_however_fast_the_drivers_run(ray_session, tmp_path):
+    """A migration every 2 operations: the drivers run many operations per
+    poll of the runner, so without the gate most migrations would fire after
+    the last access instead of between them."""
+    summary, _ = run(scenario(tmp_path, every=2, operations=200, policy="migentry"))
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["operations_done"] == 200 and summary["migration_events"] == 100
+    assert 0 <= summary["schedule_late_ops"] <= 2 + 2
+    assert summary["tlb"]["walks"] > 0, summary["tlb"]     # the migrations interleaved with the accesses
 
 
 def test_shared_mappings_under_concurrent_faults(ray_session, tmp_path):

@@ -49,10 +49,11 @@ class Frames:
         self.anon_vma = np.full(nframes, -1, dtype=np.int32)
         self.index = np.zeros(nframes, dtype=np.int32)
         self.lru_tick = np.zeros(nframes, dtype=np.uint32)
-        self.tick = 0
+        # nr_free and tick: in an array like every other field, so that the
+        # whole table can live in memory another process maps (cluster/frames_shm.py)
+        self.counters = np.array([nframes, 0], dtype=np.int64)
         # free stack: the top is at nr_free-1; pops come out in ascending pfn order
         self.free_stack = np.arange(nframes - 1, -1, -1, dtype=np.int32)
-        self.nr_free = nframes
         if payload == "token":
             self.data = np.zeros(nframes, dtype=np.int64)
         else:
@@ -60,6 +61,23 @@ class Frames:
         self.wmark_min = nframes // 128
         self.wmark_low = nframes // 64
         self.wmark_high = (nframes * 3) // 128
+
+    @property
+    def nr_free(self) -> int:
+        return int(self.counters[0])
+
+    @nr_free.setter
+    def nr_free(self, n: int) -> None:
+        self.counters[0] = n
+
+    @property
+    def tick(self) -> int:
+        """The LRU clock: an access stamps its pages' lru_tick with it."""
+        return int(self.counters[1])
+
+    @tick.setter
+    def tick(self, t: int) -> None:
+        self.counters[1] = t
 
     # -- allocation -------------------------------------------------------
     def alloc(self, n: int, floor: int = 0, zero: bool = True) -> np.ndarray:

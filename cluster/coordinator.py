@@ -11,6 +11,10 @@ reached with actor calls (Ray objects) when it is not. So are the page
 tables of the processes a node actor on this host runs: they live in its
 shared memory, where the node walks them on a TLB miss while no thread here
 is inside the model (the machine's lock is a ``StepsLock``: cluster/tlb.py).
+The frame tables and vmstat counters live in shared memory too
+(cluster/frames_shm.py), so that such a node faults untouched pages in
+itself (cluster/local_fault.py); this actor accounts for those faults the
+next time it takes the lock, before any step.
 
 Calls go through :meth:`call` by name. Errors the syscall surface raises
 (OSError with an errno, ValueError) come back as values, so the caller can
@@ -28,9 +32,10 @@ import numpy as np
 
 from emulator.tlb import Shootdown
 
-from . import channel
+from . import channel, frames_shm
 from .concurrent import ConcurrentMachine
 from .dataplane import RemoteRows, attach_payload, shm_dir, unlink
+from .local_fault import account
 from .tlb import RayPort, ShmPort, StepsLock, regions
 
 # What callers may ask of the machine through call().
@@ -42,6 +47,8 @@ CALLS = frozenset({
 # calls answered with an array, which travels as one buffer; the proxy hands its caller a list
 AS_ARRAY = {"move_pages": "move_pages_status"}
 MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
+# calls that change a process's mappings or policy: where its node may fault locally is published again
+RESHAPE = frozenset({"mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind"})
 EVENT_LOG = 10_000
 
 
@@ -55,8 +62,13 @@ class Coordinator:
         self.host = ray.get_runtime_context().get_node_id()
         self.m = ConcurrentMachine.from_config(config, bugs=bugs)
         # the node actors on this host walk page tables only while no thread of ours is in the model
-        self.steps = StepsLock(str(shm_dir() / f"numaemu-steps-{uuid.uuid4().hex}"))
+        run = uuid.uuid4().hex
+        self.steps = StepsLock(str(shm_dir() / f"numaemu-steps-{run}"))
+        self.steps.drain = self._local_faults
         self.cond = self.m.cond = threading.Condition(self.steps)
+        # the frame tables and counters, where the node actors on this host fault locally
+        self.frames = frames_shm.share(self.m.k, str(shm_dir() / f"numaemu-frames-{run}"))
+        self.local_faults = collections.Counter()   # by node
         self.remote_nodes: list[int] = []
         for i, d in enumerate(nodes):
             fr = self.m.k.nodes[i]
@@ -104,6 +116,8 @@ class Coordinator:
             self.calls[name] += 1
             if name in MUTATING:
                 self._log(seq, _caller, name, args, kw, "ok", out if name == "fork" else None)
+            if name in RESHAPE and args:
+                self._publish(int(args[0]))
             if _fill >= 0 and name == "touch":
                 pid, addr, npages = args[:3]
                 mm = self.m._mm(pid)
@@ -125,6 +139,26 @@ class Coordinator:
             ev["result"] = _plain(result)
         self.events.append(ev)
 
+    def _local_faults(self, rows: np.ndarray) -> None:
+        """The node actors' local faults since this actor last held the steps
+        lock (cluster/local_fault.py): into their processes' rss, and into
+        the log as the touches they stand for."""
+        for node, pid, addr, npages, write in account(self.m.k, rows):
+            self.local_faults[node] += 1
+            self.seq += 1
+            self._log(self.seq, f"node{node}", "touch", (pid, addr, npages), {"write": write}, "ok")
+
+    def _publish(self, pid: int) -> None:
+        """Where pid's node actor may fault locally, after its mappings or
+        policy changed (its page tables, in the node's file, are views)."""
+        mm = self.m.k.mms.get(pid)
+        for node, port in enumerate(self.tlb.ports):
+            if isinstance(port, ShmPort) and pid in port.tables and node not in self.tlb.dead:
+                if mm is None:
+                    port.tables[pid].ids[:] = -1
+                else:
+                    port.adopt(mm, node)
+
     # -- the node actors' TLBs ----------------------------------------------------
     def tlb_register(self, node: int, procs: list[tuple[int, int, int]], shared: dict[str, Any]) -> None:
         """Node ``node``'s driver caches the ptes of these (pid, addr, npages),
@@ -132,9 +166,9 @@ class Coordinator:
         with self.cond:
             port = None if node in self.remote_nodes else ShmPort(shared)
             for pid, (lo, n) in regions(procs, self.m.k.page_shift).items():
-                self.tlb.register(node, pid, lo, n, None if port is None else port.tables[pid][1])
+                self.tlb.register(node, pid, lo, n, None if port is None else port.tables[pid].maybe)
                 if port is not None:    # its page tables move into the node's memory, where it walks them
-                    port.adopt(self.m._mm(pid))
+                    port.adopt(self.m._mm(pid), node)
             if port is not None:
                 self.tlb.ports[node] = port
 
@@ -144,11 +178,12 @@ class Coordinator:
         return {"nr_nodes": m.nr_nodes, "page_size": m.page_size, "policy": m.policy,
                 "payload": m.payload, "host": self.host, "remote_nodes": self.remote_nodes,
                 "channel": self.channel.name if self.channel is not None else None,
-                "steps": self.steps.path}
+                "steps": self.steps.path, "frames": self.frames}
 
     def forget_paths(self) -> None:
-        """The steps lock's file name goes, once the node actors have opened it."""
+        """The shared files' names go, once the node actors have opened them."""
         unlink(self.steps.path)
+        unlink(self.frames["path"])
 
     def stats(self) -> dict[str, Any]:
         """One consistent view: per-node info and vmstat, swap."""
@@ -158,6 +193,7 @@ class Coordinator:
                     "vmstat_total": m.vmstat(), "swap_info": m.swap_info(), "calls": dict(self.calls),
                     "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls,
                     "tlb_shootdown_s": round(self.tlb.flush_s, 3),
+                    "local_faults": {str(n): c for n, c in sorted(self.local_faults.items())},
                     "transport": dict(self.transport)}
 
     def check(self) -> tuple[str, str, dict] | None:

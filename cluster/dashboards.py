@@ -239,9 +239,10 @@ def overview() -> dict:
                    "per second, per node.",
                    [rate_node("numa_hit", "hit"), rate_node("numa_miss", "miss")], unit="ops"),
         timeseries("Node-local accesses", "Batch accesses per second that a node actor ran on its own "
-                   "(every page in its TLB, or found present by its page walk), and those that went to "
-                   "the coordinator as fault batches, per node.",
+                   "(every page in its TLB, found present by its page walk, or faulted in by the node "
+                   "itself), and those that went to the coordinator as fault batches, per node.",
                    [rate_node("tlb_hits", "TLB hits"), rate_node("tlb_walks", "page walks"),
+                    rate_node("local_faults", "local faults"),
                     (f"sum by (run, node) (rate(numaemu_fault_latency_seconds_count{{{RUN_NODE}}}{RATE}))",
                      "{{run}} node {{node}} fault batches")], unit="ops"),
         row("Run"),

@@ -284,6 +284,7 @@ class NumaemuCollector(Collector):
                     "forks": int(runner.forks),
                     "tlb_hits": dict(runner.tlb_hits),
                     "tlb_walks": dict(runner.tlb_walks),
+                    "local_faults": dict(runner.local_faults),
                     "swapoffs": int(runner.swapoff_events),
                 }
             operations = st.operations
@@ -345,9 +346,14 @@ class NumaemuCollector(Collector):
             c.add_metric(base + [str(n)], data["tlb_hits"].get(n, 0))
         yield c
         c = _counter("tlb_walks", "Accesses a node actor ran on its own after a TLB miss, its page walk "
-                     "finding every pte present (0 in-process)", nl)
+                     "finding every pte present, or every page untouched under a read (0 in-process)", nl)
         for n in range(len(data["nodes"])):
             c.add_metric(base + [str(n)], data["tlb_walks"].get(n, 0))
+        yield c
+        c = _counter("local_faults", "Accesses a node actor ran on its own after a TLB miss, faulting its "
+                     "untouched pages in itself with the model's do_anonymous_page (0 in-process)", nl)
+        for n in range(len(data["nodes"])):
+            c.add_metric(base + [str(n)], data["local_faults"].get(n, 0))
         yield c
         for name in EVENTS:
             c = _counter(name, VMSTAT_HELP.get(name, name) + " (vmstat " + name + ")", nl)

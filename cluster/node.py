@@ -141,7 +141,7 @@ class NodeActor:
         slices = [(p.pid, p.addr, p.pages) for p in procs]
         self.tlb = NodeTLB(self.node, self.page_size.bit_length() - 1, self.reach, slices,
                            self.path.with_name(self.path.name + "-tlb"),
-                           info.get("steps") if info.get("host") == self.host else None)
+                           *((info.get("steps"), info.get("frames")) if info.get("host") == self.host else ()))
         ray.get(coord.tlb_register.remote(self.node, slices, self.tlb.shared()))
         unlink(self.tlb.path)           # mapped by the coordinator if it is on this host: the name can go
         patterns = {w: AccessPattern(spec) for w, spec in enumerate(specs)}

@@ -50,6 +50,8 @@ def node_table(summary: dict[str, Any]) -> Table:
                       _cell(tlb["hits"]))
         table.add_row("page walks", *(_cell(tlb["walks_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
                       _cell(tlb["walks"]))
+        table.add_row("local faults", *(_cell(tlb.get("local_faults_by_node", {}).get(str(e["node"]), 0))
+                                        for e in summary["nodes"]), _cell(tlb.get("local_faults", 0)))
     return table
 
 
@@ -99,8 +101,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"swap: {swap.get('used', 0)}/{swap.get('slots', 0)} slots used, "
                       f"{'on' if swap.get('on') else 'off'}, {swap.get('swapcached', 0)} in swap cache")
     tlb = summary.get("tlb")
-    if tlb and tlb["hits"] + tlb["walks"] + tlb["misses"]:
-        console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['walks']} page walks; "
+    if tlb and tlb["hits"] + tlb["walks"] + tlb.get("local_faults", 0) + tlb["misses"]:
+        console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['walks']} page walks, "
+                      f"{tlb.get('local_faults', 0)} local faults; "
                       f"{tlb['misses']} misses (faulted through the coordinator; "
                       f"{tlb.get('walks_refused', 0)} of them not walked because it was busy "
                       f"in the model); {tlb['shootdowns']} TLB shootdowns, "

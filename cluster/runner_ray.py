@@ -289,16 +289,21 @@ class RayRun:
         # accesses the node actors ran on their own (TLB hits, page walks) against those that faulted
         loc.tlb_hits.update({h: int(r.get("tlb_hits", 0)) for h, r in results.items()})
         loc.tlb_walks.update({h: int(r.get("tlb_walks", 0)) for h, r in results.items()})
+        loc.local_faults.update({h: int(r.get("local_faults", 0)) for h, r in results.items()})
         summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
                           "walks": int(sum(r.get("tlb_walks", 0) for r in results.values())),
                           # misses not walked because a coordinator thread was inside the model
                           "walks_refused": int(sum(r.get("tlb_walks_refused", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
+                          # first writes to untouched pages the node actors faulted in themselves
+                          "local_faults": int(sum(r.get("local_faults", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
                           "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),
                           "shootdown_s": float(frozen.stats.get("tlb_shootdown_s", 0.0)),
                           "hits_by_node": {str(h): int(r.get("tlb_hits", 0)) for h, r in sorted(results.items())},
-                          "walks_by_node": {str(h): int(r.get("tlb_walks", 0)) for h, r in sorted(results.items())}}
+                          "walks_by_node": {str(h): int(r.get("tlb_walks", 0)) for h, r in sorted(results.items())},
+                          "local_faults_by_node": {str(h): int(r.get("local_faults", 0))
+                                                   for h, r in sorted(results.items())}}
         summary["swapoff_events"] = loc.swapoff_events
         summary["schedule_late_ops"] = self.late
         summary["verified_pages"] = int(self.verified["pages"])
@@ -356,6 +361,7 @@ class RayRun:
             self.ops_seen[i] = out[i]["ops"]
             self.local.tlb_hits[i] = out[i].get("tlb_hits", 0)
             self.local.tlb_walks[i] = out[i].get("tlb_walks", 0)
+            self.local.local_faults[i] = out[i].get("local_faults", 0)
             if "latency" in out[i]:
                 self.lat_seen[i], secs, steps = out[i]["latency"]
                 for a, b in zip(secs, steps):

@@ -20,8 +20,10 @@ this module adds is what only a real node actor has:
   node's memory: the coordinator's model reads and writes them there
   (``ShmPort.adopt``), and the node walks them on a TLB miss, as an MMU
   does, only while no coordinator thread is inside the model (``StepsLock``).
-  A miss the walk resolves costs the coordinator nothing; the rest fault.
-  A node on another host neither walks nor holds page tables.
+  A miss the walk resolves costs the coordinator nothing; so does a first
+  write to untouched pages, which the node faults in itself
+  (cluster/local_fault.py); the rest fault through the coordinator. A node
+  on another host neither walks nor holds page tables.
 - ``RayPort``: the coordinator's handle on the TLB of a node on another
   host: a flush, a harvest or a look at the accessed bits is an actor call
   made inside the step and waited for; a node that does not answer within
@@ -36,17 +38,19 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from emulator import pte as P
+from emulator.fault import reads_zero_page
 from emulator.frames import store_tokens
 from emulator.kernel import split_nodes
 from emulator.mm import MM
 from emulator.tlb import TLB, NodeGone, spans
 
 from .dataplane import unlink
+from .local_fault import FaultRing, eligible, fault_in
 
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
 WALK_TRIES = 4            # a miss tries to walk this many times while the coordinator is in the model,
@@ -62,28 +66,39 @@ def regions(procs: list[tuple[int, int, int]], page_shift: int) -> dict[int, tup
 def _layout(regs: dict[int, tuple[int, int]]) -> tuple[int, dict[int, tuple[int, int, int]]]:
     """The shared file's size and, per pid, (first vpn, pages, offset): the
     two counters first, then for each process its flush count, entries and
-    page table (int64s), and its accessed, dirty and maybe bits (a byte
-    each), 8-byte aligned."""
+    page table (int64s), the ids that say where it may fault locally
+    (int32s: local_fault.eligible), and its accessed, dirty and maybe bits
+    (a byte each), 8-byte aligned."""
     off, out = 16, {}
     for pid, (lo, n) in sorted(regs.items()):
         out[pid] = (lo, n, off)
-        off += 8 + 16 * n + ((3 * n + 7) & ~7)
+        off += 8 + 16 * n + ((7 * n + 7) & ~7)
     return off, out
 
 
+class Table(NamedTuple):
+    """A process's page table in a node's file, its maybe bits (the kernel's
+    record of what the node's TLB may hold) and its local-fault ids."""
+    pt: np.ndarray
+    maybe: np.ndarray
+    ids: np.ndarray
+
+
 def _views(path: str, layout: dict[int, tuple[int, int, int]], size: int) \
-        -> tuple[TLB, np.memmap, dict[int, tuple[np.ndarray, np.ndarray]]]:
-    """The TLB over the file, the file, and per pid its page table and maybe bits."""
+        -> tuple[TLB, np.memmap, dict[int, Table]]:
+    """The TLB over the file, the file, and per pid its Table."""
     buf = np.memmap(path, dtype=np.uint8, mode="r+", shape=(size,))
     tlb = TLB(buf[:16].view(np.int64))
     tables = {}
     for pid, (lo, n, off) in layout.items():
         ent = off + 8
         pt = ent + 8 * n
-        bits = pt + 8 * n
+        ids = pt + 8 * n
+        bits = ids + 4 * n
         tlb.adopt(pid, lo, buf[off:ent].view(np.int64), buf[ent:pt].view(np.int64),
                   buf[bits:bits + n].view(bool), buf[bits + n:bits + 2 * n].view(bool))
-        tables[pid] = (buf[pt:bits].view(np.int64), buf[bits + 2 * n:bits + 3 * n].view(bool))
+        tables[pid] = Table(buf[pt:ids].view(np.int64), buf[bits + 2 * n:bits + 3 * n].view(bool),
+                            buf[ids:bits].view(np.int32))
     return tlb, buf, tables
 
 
@@ -151,8 +166,11 @@ class StepsLock:
     and tries again (``WALK_TRIES`` times, ``WALK_WAIT_S`` apart), then
     faults as without walks. A walk holds it for microseconds and
     never waits while holding it; a node that holds it for ``ANSWER_S``
-    (hung) ends the run with an error rather than a hang. Usable as the lock
-    of a ``threading.Condition``.
+    (hung) ends the run with an error rather than a hang. A node's local
+    fault (cluster/local_fault.py) takes it exclusively, as a step would.
+    ``drain`` runs each time a coordinator thread has taken it: the
+    accounting of the local faults since (their ring is in the same file).
+    Usable as the lock of a ``threading.Condition``.
     """
 
     def __init__(self, path: str):
@@ -160,6 +178,8 @@ class StepsLock:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.lock = threading.Lock()
         self.owner: int | None = None
+        self.ring = FaultRing(path)
+        self.drain: Callable[[np.ndarray], None] | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if not self.lock.acquire(blocking, timeout):
@@ -170,6 +190,12 @@ class StepsLock:
             self.lock.release()
             raise
         self.owner = threading.get_ident()
+        if self.drain is not None and self.ring.count[0]:
+            try:
+                self.drain(self.ring.take())
+            except BaseException:
+                self.release()
+                raise
         return True
 
     def release(self) -> None:
@@ -192,11 +218,16 @@ class NodeTLB:
     keeps them there when it is on this host: see ShmPort.adopt)."""
 
     def __init__(self, node: int, page_shift: int, data: dict[int, np.ndarray],
-                 procs: list[tuple[int, int, int]], path: Path, steps: str | None = None):
+                 procs: list[tuple[int, int, int]], path: Path, steps: str | None = None,
+                 frames: dict[str, Any] | None = None):
         """``data``: the payload arrays of the nodes whose pages may be cached;
         ``procs``: (pid, addr, npages) of the slices the node's threads access;
-        ``steps``: the coordinator's StepsLock file, when it is on this host
-        (without it, no page walks: every miss faults)."""
+        ``steps``: the coordinator's StepsLock file, and ``frames``: its
+        shared frame tables (cluster/frames_shm.py), when it is on this host
+        (without them, no page walks and no local faults: every miss faults
+        through the coordinator)."""
+        from .frames_shm import SharedKernel
+        self.node = node
         self.page_shift = page_shift
         self.size, self.layout = _layout(regions(procs, page_shift))
         self.path = str(path)
@@ -205,23 +236,28 @@ class NodeTLB:
         self.tlb, self.buf, self.tables = _views(self.path, self.layout, self.size)
         self.lock = _NodeLock(self.path)
         self.steps = os.open(steps, os.O_RDONLY) if steps else None
+        self.ring = FaultRing(steps) if steps and frames else None
+        self.kern = SharedKernel(frames, data) if steps and frames else None
         self.data = data
         self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
         self.near[list(data)] = True
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = self.walks = 0
         self.refused = 0    # misses not walked: a coordinator thread stayed inside the model
+        self.local_faults = 0   # misses the node faulted in itself (cluster/local_fault.py)
 
     def close(self) -> None:
         unlink(self.path)
         self.lock.file.close()
         if self.steps is not None:
             os.close(self.steps)
+        self.ring = self.kern = None     # their mappings go with the last view of them
 
     def _walk(self, pid: int, vpn: int, npages: int, write: bool) -> bool | None:
-        """The page walk on a miss: True if it cached every page, False if a
-        pte does not allow the access (a fault), None if a coordinator thread
-        is inside the model right now (try again)."""
+        """The page walk on a miss: True if it cached every page (or a read
+        finds them all untouched: the zero page), False if a pte does not
+        allow the access (a fault), None if a coordinator thread is inside
+        the model right now (try again)."""
         table = self.tables.get(pid)
         if self.steps is None or table is None:
             return False
@@ -231,8 +267,31 @@ class NodeTLB:
             return None
         try:
             lo = self.tlb.procs[pid].lo
-            pt, maybe = table
-            return self.tlb.walk(pid, vpn, pt[vpn - lo:vpn - lo + npages], maybe, write, self.near)
+            ptes = table.pt[vpn - lo:vpn - lo + npages]
+            if not write and (table.ids[vpn - lo:vpn - lo + npages] >= 0).all() and \
+                    reads_zero_page(ptes, write, False).all():
+                return True     # untouched pages of a private mapping: the zero page, nothing to cache
+            return self.tlb.walk(pid, vpn, ptes, table.maybe, write, self.near)
+        finally:
+            fcntl.flock(self.steps, fcntl.LOCK_UN)
+
+    def _fault(self, pid: int, vpn: int, npages: int) -> bool:
+        """A write the walk could not resolve: fault its untouched pages in
+        here if cluster/local_fault.py's rules allow, and cache the access's
+        ptes as the walk would. False: the coordinator's to fault."""
+        if self.kern is None:
+            return False
+        try:
+            fcntl.flock(self.steps, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        try:
+            table, lo = self.tables[pid], self.tlb.procs[pid].lo
+            if not fault_in(self.kern, self.ring, self.node, pid, lo, table.pt, table.ids, vpn, npages,
+                            self.page_shift):
+                return False
+            self.local_faults += 1
+            return self.tlb.walk(pid, vpn, table.pt[vpn - lo:vpn - lo + npages], table.maybe, True, self.near)
         finally:
             fcntl.flock(self.steps, fcntl.LOCK_UN)
 
@@ -259,6 +318,8 @@ class NodeTLB:
                     self.walks += 1
                     return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                 if walked is False:
+                    if write and self._fault(pid, vpn, npages):
+                        return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                     break
         else:
             self.refused += 1
@@ -301,7 +362,7 @@ class NodeTLB:
 
     def stats(self) -> dict[str, int]:
         return {"tlb_hits": self.hits, "tlb_walks": self.walks, "tlb_misses": self.misses,
-                "tlb_walks_refused": self.refused,
+                "tlb_walks_refused": self.refused, "local_faults": self.local_faults,
                 "tlb_flushes": self.tlb.flushes,
                 "tlb_stale_fills": self.tlb.stale_fills}
 
@@ -314,14 +375,17 @@ class ShmPort:
         self.tlb, self.buf, self.tables = _views(shared["path"], layout, shared["size"])
         self.lock = _FileLock(shared["path"])
 
-    def adopt(self, mm: MM) -> int:
+    def adopt(self, mm: MM, node: int) -> int:
         """Move the page tables of mm's vmas inside its span into the node's
         shared memory, where its page walks read them; the model goes on
-        writing them there (vma.pte is a view). Returns the pages moved."""
+        writing them there (vma.pte is a view). Publishes where node
+        ``node`` may fault locally (again after a change of mappings or
+        policy: local_fault.eligible). Returns the pages moved."""
         table = self.tables.get(mm.pid)
         if table is None:
             return 0
-        lo, pt = self.tlb.procs[mm.pid].lo, table[0]
+        lo, pt = self.tlb.procs[mm.pid].lo, table.pt
+        table.ids[:] = eligible(mm, node, lo, len(pt))
         moved = 0
         for vma in mm.vmas:
             a, b = vma.start - lo, vma.end - lo
@@ -337,11 +401,12 @@ class ShmPort:
         was only hung finds nothing to hit or walk when it wakes and faults
         instead (no walk is in progress: the coordinator holds the steps
         lock; an access it was in the middle of ends as it began)."""
-        for pid, (pt, _) in self.tables.items():
+        for pid, (pt, _, ids) in self.tables.items():
             mm = k.mms.get(pid)
             for vma in mm.vmas if mm is not None else ():
                 if np.shares_memory(vma.pte, pt):
                     vma.pte = vma.pte.copy()
+            ids[:] = -1
             pt[:] = 0
             self.tlb.procs[pid].ent[:] = 0
 

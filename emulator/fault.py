@@ -59,6 +59,15 @@ def _isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # -- the access itself ----------------------------------------------------
+def reads_zero_page(ptes: np.ndarray, write: bool, shared: bool) -> np.ndarray:
+    """The pages an access reads as the zero page: untouched (pte none) pages
+    of a private mapping, read. Nothing to fault, nothing to map (a shared
+    mapping's page may exist in a sibling: that is a fault)."""
+    if write or shared:
+        return np.zeros(len(ptes), dtype=bool)
+    return ptes == 0
+
+
 def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | None) -> np.ndarray:
     """Access pages idx of vma; returns the ones whose pte does not allow it. A write
     stores toks: per page a token (token mode; the first word in bytes mode) or, in
@@ -67,8 +76,9 @@ def access_step(k, vma: VMA, idx: np.ndarray, write: bool, toks: np.ndarray | No
     need = P.PRESENT | P.WRITE if write else P.PRESENT
     ok = (ptes & need) == need
     if not write and not vma.shared:
-        ok |= ptes == 0          # a read of an untouched page maps the zero page: nothing to do
-        ptes = np.where(ptes == 0, -1, ptes)
+        zero = reads_zero_page(ptes, write, vma.shared)
+        ok |= zero
+        ptes = np.where(zero, -1, ptes)
     if ok.all():
         good, gp, fault = idx, ptes >> P.OFF_SHIFT, idx[:0]
         tk = toks

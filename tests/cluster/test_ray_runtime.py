@@ -137,18 +137,24 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     from cluster.dataplane import shm_dir
     r = RayRun(load_scenario(scenario(tmp_path, policy=policy, payload=payload, mode=mode)))
     names = []
-    steps = r.info["steps"]        # the coordinator's lock the node actors walk under
+    # the coordinator's lock the node actors walk under, and its frame tables they fault in
+    mine = [Path(r.info["steps"]), Path(r.info["frames"]["path"])]
     try:   # the payload is mapped, its name already gone: a crash leaves nothing in /dev/shm
         summary = r.run(lambda done: names.extend(list(shm_dir().glob(f"numaemu-{r.run_id}-*")) +
-                                                  [p for p in [Path(steps)] if p.exists()]))
+                                                  [p for p in mine if p.exists()]))
+        accounted = ray_session.get(r.coord.stats.remote())["local_faults"]
     finally:
         r.close()
     assert names == []
+    # the coordinator accounted every fault a node actor ran itself
+    assert accounted == {n: c for n, c in summary["tlb"]["local_faults_by_node"].items() if c}
     assert summary["backend"] == "ray"
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["operations_done"] == 300
-    tlb = summary["tlb"]   # every access ran in its node actor (a hit, or a page walk) or faulted through the coordinator
-    assert tlb["hits"] + tlb["walks"] + tlb["misses"] == 300 and tlb["hits"] > 0
+    # every access ran in its node actor (a hit, a page walk, a local fault) or faulted through the coordinator
+    tlb = summary["tlb"]
+    assert tlb["hits"] + tlb["walks"] + tlb["local_faults"] + tlb["misses"] == 300 and tlb["hits"] > 0
+    assert tlb["local_faults"] > 0      # first writes to untouched pages, under the default policy
     if policy == "migentry":   # migrated pages come back present: their next miss is walked, not faulted
         assert tlb["walks"] > 0, tlb
     assert summary["migration_events"] == 15
@@ -188,6 +194,33 @@ def test_a_run_on_ray_verifies_every_page_and_the_oracle(ray_session, tmp_path, 
     assert tot["vmstat"]["pgmigrate_success"] == tot["pgmigrate_success"]
 
 
+def test_the_coordinator_publishes_where_a_node_may_fault_locally(ray_session, tmp_path):
+    """After every call that changes a process's policy or mappings, in the
+    node's shared file (here mapped by the test, as by a node actor)."""
+    from cluster.tlb import NodeTLB
+    from emulator.mm import MPOL_INTERLEAVE
+    r = RayRun(load_scenario(scenario(tmp_path)))
+    try:
+        r.local.setup()
+        p = next(p for p in r.local.procs if p.home == 0)
+        slices = [(p.pid, p.addr, p.pages)]
+        node = NodeTLB(0, 12, {0: np.zeros(1, dtype=np.int64)}, slices, tmp_path / "tlb", r.info["steps"], r.info["frames"])
+        ray_session.get(r.coord.tlb_register.remote(0, slices, node.shared()))
+        ids = node.tables[p.pid].ids
+        assert (ids >= 0).all()                       # private, default policy, homed on node 0
+        r.m.set_mempolicy(p.pid, MPOL_INTERLEAVE, [0, 1])
+        assert (ids == -1).all()
+        r.m.set_mempolicy(p.pid, "default")
+        assert (ids >= 0).all()
+        r.m.mbind(p.pid, p.addr, 2, MPOL_INTERLEAVE, [0, 1])
+        assert (ids[:2] == -1).all() and (ids[2:] >= 0).all()
+        r.m.exit(p.pid)
+        assert (ids == -1).all()
+        node.close()
+    finally:
+        r.close()
+
+
 def test_migrations_keep_their_schedule_however_fast_the_drivers_run(ray_session, tmp_path):
     """A migration every 2 operations: the drivers run many operations per
     poll of the runner, so without the gate most migrations would fire after
@@ -220,7 +253,7 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     # accesses ran in the node actors (TLB hits) while the coordinator took their pages away (shootdowns)
     tlb = summary["tlb"]
     assert tlb["hits"] > 0 and tlb["shootdowns"] > 0, tlb
-    assert tlb["hits"] + tlb["walks"] + tlb["misses"] == summary["operations_done"]
+    assert tlb["hits"] + tlb["walks"] + tlb["local_faults"] + tlb["misses"] == summary["operations_done"]
 
 
 def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_path):

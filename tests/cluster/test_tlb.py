@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cluster.frames_shm import share
+from cluster.local_fault import RING, account
 from cluster.tlb import NodeTLB, ShmPort, StepsLock
 from emulator import Machine
 from emulator import pte as P
@@ -23,9 +25,13 @@ class Rig:
 
     def __init__(self, tmp, policy: str = "migcache", payload: str = "token", npages: int = 16,
                  shared: bool = False, frames: int = 64, hosts: tuple[str, str] = ("host", "host"),
-                 walks: bool = False):
+                 walks: bool = False, local: bool = False):
         """``walks``: the node walks the page tables, which live in its shared
-        memory; ``self.steps`` is the lock the coordinator holds in the model."""
+        memory; ``self.steps`` is the lock the coordinator holds in the model.
+        ``local``: and it faults untouched pages in itself, on the frame
+        tables the model keeps in shared memory (cluster/local_fault.py)."""
+        walks |= local
+        tmp.mkdir(parents=True, exist_ok=True)
         self.m = m = Machine(nodes=2, frames_per_node=frames, swap_pages=64, policy=policy, payload=payload)
         k = m.k
         self.pid = m.spawn(node=0)
@@ -34,14 +40,18 @@ class Rig:
         self.vpn = self.addr >> k.page_shift
         data = {i: fr.data for i, fr in enumerate(k.nodes) if hosts[i] == hosts[0]}
         self.steps = StepsLock(str(tmp / "steps")) if walks else None
+        frames = None
+        if local:   # as the coordinator: the tables shared, the local faults accounted when it takes the lock
+            frames = share(k, str(tmp / "frames"))
+            self.steps.drain = lambda rows: account(k, rows)
         # the node's TLB in a shared file, and the kernel's side flushing it in place (ShmPort)
         self.tlbs = [NodeTLB(0, k.page_shift, data, [(self.pid, self.addr, npages)], tmp / "node0-tlb",
-                             self.steps.path if walks else None)]
+                             self.steps.path if walks else None, frames)]
         self.port = ShmPort(self.tlbs[0].shared())
         self.sd = k.tlb = Shootdown([self.port, None], list(hosts))
         if walks:
-            self.sd.register(0, self.pid, self.vpn, npages, self.port.tables[self.pid][1])
-            assert self.port.adopt(m._mm(self.pid)) == npages
+            self.sd.register(0, self.pid, self.vpn, npages, self.port.tables[self.pid].maybe)
+            assert self.port.adopt(m._mm(self.pid), 0) == npages
         else:
             self.sd.register(0, self.pid, self.vpn, npages)
 
@@ -337,3 +347,112 @@ def test_a_lost_node_gets_its_page_tables_taken_back(tmp_path, monkeypatch):
     assert r.local() is None and r.tlbs[0].walks == 1  # it wakes: no entry, nothing to walk
     np.testing.assert_array_equal(r.tokens(), toks)
     r.m.check()
+
+
+# -- local faults (cluster/local_fault.py) ------------------------------------
+
+STRUCT_PAGE = ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick", "free_stack", "counters")
+
+
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_a_first_write_to_untouched_pages_is_faulted_in_on_the_node_as_the_model_would(tmp_path, payload):
+    """The node runs the model's own fault steps: after the write and the
+    harvest of what it wrote, every struct page field and counter is what the
+    model's own fault and access leave."""
+    r = Rig(tmp_path / "a", payload=payload, local=True)
+    toks = r.local()
+    assert toks is not None and len(toks) == r.n
+    assert r.tlbs[0].local_faults == 1 and r.tlbs[0].walks == 0 and r.tlbs[0].misses == 0
+    mm = r.m._mm(r.pid)
+    assert mm.rss == 0                       # accounted when the coordinator next takes the lock
+    with r.steps:
+        assert mm.rss == r.n
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    assert (P.pte_node(mm.vmas[0].pte) == 0).all()
+    assert r.local() is not None and r.tlbs[0].hits == 1     # cached: the next write hits
+    model = Rig(tmp_path / "b", payload=payload)
+    model.fault()
+    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
+        for name in STRUCT_PAGE:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
+    np.testing.assert_array_equal(mm.vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+
+
+def test_a_local_fault_maps_only_the_untouched_pages_of_the_access(tmp_path):
+    r = Rig(tmp_path, local=True)
+    half = r.n // 2
+    r.m.touch(r.pid, r.addr, half)                    # present and writable: the walk's
+    assert r.local() is not None and r.tlbs[0].local_faults == 1
+    with r.steps:
+        pass
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    assert r.m.vmstat()["pgfault"] == r.n             # half by the model, half here
+
+
+def _denied(r: Rig, write: bool = True) -> None:
+    used = [fr.used() for fr in r.m.k.nodes]
+    assert r.local(write=write) is None               # the coordinator's to fault
+    assert r.tlbs[0].local_faults == 0 and [fr.used() for fr in r.m.k.nodes] == used
+
+
+def test_a_read_of_untouched_pages_reads_the_zero_page_on_the_node(tmp_path):
+    r = Rig(tmp_path / "private", local=True)
+    used = [fr.used() for fr in r.m.k.nodes]
+    assert r.local(write=False) is not None          # nothing to fault, as the model's access_step
+    assert r.tlbs[0].walks == 1 and r.tlbs[0].local_faults == 0 and r.tlbs[0].misses == 0
+    assert [fr.used() for fr in r.m.k.nodes] == used and r.m.vmstat()["pgfault"] == 0
+    r.m.check()
+    _denied(Rig(tmp_path / "shared", shared=True, local=True), write=False)   # the sibling's page may exist
+
+
+def test_no_local_fault_for_a_shared_mapping_or_another_policy(tmp_path):
+    from emulator.mm import MPOL_INTERLEAVE
+    _denied(Rig(tmp_path / "shared", shared=True, local=True))  # shmem: the sibling's page may exist
+    r = Rig(tmp_path / "policy", local=True)
+    r.m.set_mempolicy(r.pid, MPOL_INTERLEAVE, [0, 1])
+    r.port.adopt(r.m._mm(r.pid), 0)                   # published again, as after the call on Ray
+    _denied(r)
+    r = Rig(tmp_path / "mbind", local=True)
+    r.m.mbind(r.pid, r.addr, 1, MPOL_INTERLEAVE, [0, 1])
+    r.port.adopt(r.m._mm(r.pid), 0)
+    assert r.local(write=True) is None                # the access spans the bound page
+    assert r.tlbs[0].access(r.pid, r.addr + r.m.page_size, r.n - 1, True) is not None   # not the rest
+    with r.steps:
+        pass
+    r.sd.harvest(r.m.k)
+    r.m.check()
+
+
+def test_no_local_fault_below_the_low_watermark_or_over_a_cow_page(tmp_path):
+    r = Rig(tmp_path / "low", local=True, frames=128, npages=127)
+    fr = r.m.k.nodes[0]
+    assert fr.nr_free - r.n < fr.wmark_low < fr.nr_free
+    _denied(r)                                        # kswapd's to wake, and the allocation may fall back
+    r = Rig(tmp_path / "cow", local=True)
+    r.m.touch(r.pid, r.addr, 1)
+    child = r.m.fork(r.pid)                           # page 0 is read-only now: do_wp_page's
+    _denied(r)
+    r.m.exit(child)
+
+
+def test_no_local_fault_while_a_coordinator_thread_is_inside_the_model(tmp_path):
+    r = Rig(tmp_path, local=True)
+    with r.steps:
+        _denied(r)
+    assert r.local() is not None and r.tlbs[0].local_faults == 1
+
+
+def test_local_faults_wait_for_the_coordinator_once_their_ring_is_full(tmp_path):
+    r = Rig(tmp_path, local=True, npages=RING + 1, frames=4 * RING)
+    node = r.tlbs[0]
+    for i in range(RING):
+        assert node.access(r.pid, r.addr + i * r.m.page_size, 1, True) is not None
+    last = r.addr + RING * r.m.page_size
+    assert node.access(r.pid, last, 1, True) is None and node.local_faults == RING
+    with r.steps:                                     # read and accounted: room again
+        assert r.m._mm(r.pid).rss == RING
+    assert node.access(r.pid, last, 1, True) is not None

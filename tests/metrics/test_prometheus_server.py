@@ -144,14 +144,17 @@ def test_scraped_counters_equal_the_json_summary(stack):
     assert float(r["value"][1]) == summary["swap"]["used"] == summary["totals"]["vmstat"]["nr_swap_used"]
     (r,) = promql_query(prom, f"numaemu_run_operations_total{{{sel}}}")
     assert float(r["value"][1]) == summary["operations"] == OPERATIONS
-    # every access ran in its node actor (a TLB hit or a page walk) or was a fault batch to the coordinator
+    # every access ran in its node actor (a TLB hit, a page walk, a local fault) or was a fault batch to the coordinator
     (r,) = promql_query(prom, f"sum(numaemu_fault_latency_seconds_count{{{sel}}})")
     assert float(r["value"][1]) == summary["tlb"]["misses"]
     (r,) = promql_query(prom, f"sum(numaemu_tlb_hits_total{{{sel}}})")
     assert float(r["value"][1]) == summary["tlb"]["hits"]
     (r,) = promql_query(prom, f"sum(numaemu_tlb_walks_total{{{sel}}})")
     assert float(r["value"][1]) == summary["tlb"]["walks"]
-    assert summary["tlb"]["hits"] + summary["tlb"]["walks"] + summary["tlb"]["misses"] == OPERATIONS
+    (r,) = promql_query(prom, f"sum(numaemu_local_faults_total{{{sel}}})")
+    assert float(r["value"][1]) == summary["tlb"]["local_faults"]
+    assert summary["tlb"]["hits"] + summary["tlb"]["walks"] + summary["tlb"]["local_faults"] + \
+        summary["tlb"]["misses"] == OPERATIONS
     (r,) = promql_query(prom, f"sum(numaemu_migration_latency_steps_count{{{sel}}})")
     assert float(r["value"][1]) == summary["migration_events"]
     # every series carries the policy

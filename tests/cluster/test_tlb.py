@@ -440,9 +440,17 @@ def test_no_local_fault_below_the_low_watermark_or_over_a_cow_page(tmp_path):
 
 
 def test_no_local_fault_while_a_coordinator_thread_is_inside_the_model(tmp_path):
+    import fcntl
+    import os
     r = Rig(tmp_path, local=True)
     with r.steps:
         _denied(r)
+    fd = os.open(r.steps.path, os.O_RDONLY)    # another node's page walk: it reads, so no step may run
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _denied(r)
+    finally:
+        os.close(fd)
     assert r.local() is not None and r.tlbs[0].local_faults == 1
 
 

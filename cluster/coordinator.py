@@ -69,6 +69,7 @@ class Coordinator:
         # the frame tables and counters, where the node actors on this host fault locally
         self.frames = frames_shm.share(self.m.k, str(shm_dir() / f"numaemu-frames-{run}"))
         self.local_faults = collections.Counter()   # by node
+        self.reshaping: collections.Counter = collections.Counter()   # pid -> its RESHAPE calls in flight
         self.remote_nodes: list[int] = []
         for i, d in enumerate(nodes):
             fr = self.m.k.nodes[i]
@@ -107,17 +108,25 @@ class Coordinator:
             self.m.mine.steps = 0
             self.seq += 1
             seq = self.seq
+            # no local fault of the process while its mappings or policy change: the call drops
+            # this lock between its steps (as faults wait on mmap_lock held for write)
+            reshaping = args[0] if name in RESHAPE and args and isinstance(args[0], int) else None
+            if reshaping is not None:
+                self.reshaping[reshaping] += 1
+                self._publish(reshaping)
             try:
                 out = getattr(self.m, AS_ARRAY.get(name, name))(*args, **kw)
             except (OSError, ValueError, KeyError) as exc:
                 self._log(seq, _caller, name, args, kw, f"{type(exc).__name__}: {exc}")
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
+            finally:
+                if reshaping is not None:
+                    self.reshaping[reshaping] -= 1
+                    self._publish(reshaping)
             self.calls[name] += 1
             if name in MUTATING:
                 self._log(seq, _caller, name, args, kw, "ok", out if name == "fork" else None)
-            if name in RESHAPE and args:
-                self._publish(int(args[0]))
             if _fill >= 0 and name == "touch":
                 pid, addr, npages = args[:3]
                 mm = self.m._mm(pid)
@@ -149,12 +158,13 @@ class Coordinator:
             self._log(self.seq, f"node{node}", "touch", (pid, addr, npages), {"write": write}, "ok")
 
     def _publish(self, pid: int) -> None:
-        """Where pid's node actor may fault locally, after its mappings or
-        policy changed (its page tables, in the node's file, are views)."""
+        """Where pid's node actor may fault locally: nowhere while a call
+        changes its mappings or policy, and again once none does (its page
+        tables, in the node's file, are views)."""
         mm = self.m.k.mms.get(pid)
         for node, port in enumerate(self.tlb.ports):
             if isinstance(port, ShmPort) and pid in port.tables and node not in self.tlb.dead:
-                if mm is None:
+                if mm is None or self.reshaping[pid]:
                     port.tables[pid].ids[:] = -1
                 else:
                     port.adopt(mm, node)

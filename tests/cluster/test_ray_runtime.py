@@ -221,6 +221,47 @@ def test_the_coordinator_publishes_where_a_node_may_fault_locally(ray_session, t
         r.close()
 
 
+def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, monkeypatch):
+    """A fork drops the coordinator's lock between its steps; meanwhile its
+    parent may not fault locally (the kernel's faults wait on mmap_lock),
+    and once it is done it may again. The coordinator here runs in-process,
+    so that a step of the fork can look at what the node sees."""
+    import emulator.process as proc
+    from cluster.coordinator import Coordinator
+    from cluster.dataplane import attach_payload, create_payload, payload_shape
+    from cluster.tlb import NodeTLB
+    host = ray_session.get_runtime_context().get_node_id()
+    shape, dtype = payload_shape(64, 4096, "token")
+    descs = []
+    for i in range(2):
+        create_payload(tmp_path / f"node{i}", shape, dtype)
+        descs.append({"host": host, "path": str(tmp_path / f"node{i}"), "shape": list(shape),
+                      "dtype": dtype.str, "handle": None})
+    sc = load_scenario(scenario(tmp_path, frames=64, swap=64))
+    c = Coordinator(sc.machine.config(), descs)
+    try:
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, 16)[1]
+        node = NodeTLB(0, 12, {0: attach_payload(descs[0]["path"], shape, dtype)}, [(pid, addr, 16)],
+                       tmp_path / "tlb", c.steps.path, c.frames)
+        c.tlb_register(0, [(pid, addr, 16)], node.shared())
+        ids = node.tables[pid].ids
+        assert (ids >= 0).all()
+        seen = []
+        step = proc.copy_page_range_step
+        monkeypatch.setattr(proc, "copy_page_range_step",
+                            lambda k, pv, cv: (seen.append(ids.copy()), step(k, pv, cv)))
+        ok, child, _ = c.call("fork", pid)
+        assert ok and seen and all((s == -1).all() for s in seen)
+        assert (ids >= 0).all()
+        assert node.access(pid, addr, 4, True) is not None and node.local_faults == 1
+        assert c.call("exit", child)[0] and c.call("touch", pid, addr + 4 * 4096, 4)[0]
+        assert c.m.k.mms[pid].rss == 8 and c.local_faults == {0: 1}
+        assert c.check() is None
+    finally:
+        c.forget_paths()
+
+
 def test_migrations_keep_their_schedule_however_fast_the_drivers_run(ray_session, tmp_path):
     """A migration every 2 operations: the drivers run many operations per
     poll of the runner, so without the gate most migrations would fire after

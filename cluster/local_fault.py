@@ -16,9 +16,11 @@ and fall back):
   or in another node. A local fault is one step, as map_anon_step is.
 - Only pages whose pte is none, in a private mapping under the default
   policy of a process homed on this node: the coordinator publishes, per
-  page, the anon_vma id of such a mapping and -1 elsewhere (``eligible``),
-  and publishes again after every call that changes a process's mappings
-  or policy (Coordinator.call). The access's other pages must allow it
+  page, the anon_vma id of such a mapping and -1 elsewhere (``eligible``).
+  A call that changes a process's mappings or policy drops the lock between
+  its steps, so the coordinator clears the ids when such a call starts and
+  publishes them again once none is in flight (Coordinator.call), as the
+  kernel's faults wait on mmap_lock held for write. The access's other pages must allow it
   already (present and writable): the fault is then exactly
   do_anonymous_page on the none pages, and the access follows at once.
 - Only a write: a read of a none pte maps nothing (the zero page).

@@ -1,10 +1,13 @@
-"""A node actor's own page faults: do_anonymous_page, run where the CPU is.
+"""A node actor's own page faults: do_anonymous_page and do_wp_page's reuse,
+run where the CPU is.
 
 A first write to pages no pte maps yet is the most node-local step there is:
 the kernel allocates on the faulting CPU's node and sets the pte under the
-pte lock, nothing else involved. A node actor on the coordinator's host runs
-it itself, with the model's own steps (read_ptes, map_anon_step, and through
-them alloc_for and Frames.alloc) on the model's own memory: the frame tables
+pte lock, nothing else involved. So is a write to a read-only pte whose page
+this pte alone maps and holds (wp_page_reuse: the pte becomes writable). A
+node actor on the coordinator's host runs them itself, with the model's own
+steps (read_ptes, map_anon_step, wp_step, and through them alloc_for and
+Frames.alloc) on the model's own memory: the frame tables
 and counters the coordinator shares (cluster/frames_shm.py) and the page
 tables in the node's file (ShmPort.adopt). Principle 1 holds: one
 implementation, driven from two places.
@@ -20,10 +23,14 @@ and fall back):
   A call that changes a process's mappings or policy drops the lock between
   its steps, so the coordinator clears the ids when such a call starts and
   publishes them again once none is in flight (Coordinator.call), as the
-  kernel's faults wait on mmap_lock held for write. The access's other pages must allow it
-  already (present and writable): the fault is then exactly
-  do_anonymous_page on the none pages, and the access follows at once.
-- Only a write: a read of a none pte maps nothing (the zero page).
+  kernel's faults wait on mmap_lock held for write. Every page of the
+  access is in one such mapping.
+- Only a write, to pages that are none, present and writable, or present
+  read-only with a page that pte alone maps and references (mapcount and
+  refcount 1), neither in the swap cache nor locked: the fault is then
+  exactly handle_mm_fault's do_anonymous_page on the none pages and
+  do_wp_page's reuse on the read-only ones, and the access follows at once.
+  (A read of none ptes maps nothing, the zero page: the walk's.)
 - Only while every node stays at or above its low watermark after the
   allocation: the model's allocation then comes from this node, and the
   kswapd wake-up after the access would do nothing.
@@ -41,7 +48,9 @@ import os
 import numpy as np
 
 from emulator import pte as P
-from emulator.fault import map_anon_step, read_ptes
+from emulator.fault import map_anon_step, read_ptes, wp_step
+from emulator.frames import PG_locked
+from emulator.kernel import split_nodes
 from emulator.mm import MM, MPOL_DEFAULT, VMA, AnonVMA, Mempolicy
 
 RING = 1024                     # local faults the coordinator has not read yet, at most
@@ -109,30 +118,36 @@ def account(k, rows: np.ndarray) -> list[tuple[int, int, int, int, bool]]:
 def fault_in(kern, ring: FaultRing, node: int, pid: int, lo: int, pt: np.ndarray, ids: np.ndarray,
              vpn: int, npages: int, page_shift: int) -> int:
     """A write to [vpn, vpn + npages) of pid, whose page table for [lo, ...)
-    is ``pt`` and whose eligible ids are ``ids``: fault the none pages in
-    here if the rules allow (the caller holds the steps lock exclusively).
-    Returns the pages mapped, 0 if it did nothing."""
+    is ``pt`` and whose eligible ids are ``ids``: fault its pages in here if
+    the rules allow (the caller holds the steps lock exclusively). Returns
+    the pages faulted, 0 if it did nothing."""
     i0 = vpn - lo
     seg = pt[i0:i0 + npages]
     none = seg == 0
-    ok = (seg & (P.PRESENT | P.WRITE)) == (P.PRESENT | P.WRITE)
-    if not none.any() or not (none | ok).all():
+    present = (seg & P.PRESENT) != 0
+    ro = present & ((seg & P.WRITE) == 0)
+    if not (none | ro).any() or not (none | present).all():
         return 0
-    av = ids[i0:i0 + npages][none]
+    av = ids[i0:i0 + npages]
     if av[0] < 0 or (av != av[0]).any():
         return 0
+    gp = seg[ro] >> P.OFF_SHIFT
+    for n_, sel in split_nodes(gp):     # wp_page_reuse's pages only: no copy, no flush
+        fr, pf = kern.nodes[n_], gp[sel] & P.PFN_MASK
+        # (a swap-cache page has the cache's reference too: refcount 1 rules it out)
+        if not ((fr.mapcount[pf] == 1) & (fr.refcount[pf] == 1) & ((fr.flags[pf] & PG_locked) == 0)).all():
+            return 0
     n = int(none.sum())
     here = kern.nodes[node]
-    if here.nr_free - n < here.wmark_low or any(fr.nr_free < fr.wmark_low for fr in kern.nodes):
+    if n and (here.nr_free - n < here.wmark_low or any(fr.nr_free < fr.wmark_low for fr in kern.nodes)):
         return 0
     if int(ring.count[0]) == RING:
         return 0
     mm = MM(pid, node, policy=Mempolicy())
     vma = VMA(mm, lo, len(pt), False, AnonVMA(int(av[0])), pt, pt[:0])
-    idx = i0 + np.flatnonzero(none)
-    read_ptes(kern, vma, idx)
-    left, _ = map_anon_step(kern, vma, idx)
-    mapped = n - len(left)          # all of them: the watermarks said so
-    if mapped:
-        ring.append((pid, vpn << page_shift, npages, 1, mapped, node))
-    return mapped
+    read_ptes(kern, vma, i0 + np.flatnonzero(none | ro))        # handle_mm_fault, as the model's
+    left = map_anon_step(kern, vma, i0 + np.flatnonzero(none))[0] if n else none[:0]
+    if ro.any():
+        wp_step(kern, vma, i0 + np.flatnonzero(ro))
+    ring.append((pid, vpn << page_shift, npages, 1, n - len(left), node))   # all mapped: the watermarks said so
+    return int(ro.sum()) + n - len(left)

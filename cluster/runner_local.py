@@ -70,7 +70,7 @@ class LocalRun:
         self.forks = 0
         self.tlb_hits: dict[int, int] = {}   # node -> accesses its node actor ran alone (Ray only)
         self.tlb_walks: dict[int, int] = {}  # node -> of those, the ones its page walk resolved
-        self.local_faults: dict[int, int] = {}   # node -> first writes its node actor faulted in itself
+        self.local_faults: dict[int, int] = {}   # node -> writes its node actor faulted in itself
         self.swapoff_events = 0
         self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this

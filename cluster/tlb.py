@@ -268,10 +268,13 @@ class NodeTLB:
         try:
             lo = self.tlb.procs[pid].lo
             ptes = table.pt[vpn - lo:vpn - lo + npages]
-            if not write and (table.ids[vpn - lo:vpn - lo + npages] >= 0).all() and \
-                    reads_zero_page(ptes, write, False).all():
-                return True     # untouched pages of a private mapping: the zero page, nothing to cache
-            return self.tlb.walk(pid, vpn, ptes, table.maybe, write, self.near)
+            if write or not (table.ids[vpn - lo:vpn - lo + npages] >= 0).all():
+                return self.tlb.walk(pid, vpn, ptes, table.maybe, write, self.near)
+            # a read in a private mapping: untouched pages read the zero page, the others are walked
+            zero = reads_zero_page(ptes, write, False)
+            edges = np.flatnonzero(np.diff(np.concatenate(([True], zero, [True])).astype(np.int8)))
+            return all(self.tlb.walk(pid, vpn + a, ptes[a:b], table.maybe, write, self.near)
+                       for a, b in zip(edges[::2], edges[1::2]))
         finally:
             fcntl.flock(self.steps, fcntl.LOCK_UN)
 

@@ -381,6 +381,44 @@ def test_a_first_write_to_untouched_pages_is_faulted_in_on_the_node_as_the_model
     np.testing.assert_array_equal(mm.vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
 
 
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_a_write_to_pages_only_this_pte_holds_makes_them_writable_on_the_node_as_the_model_would(
+        tmp_path, payload):
+    """do_wp_page's reuse: after a fork whose child exited, the parent's
+    pages are read-only and its own again; a write reuses them."""
+    rigs = []
+    for name, local in (("a", True), ("b", False)):
+        r = Rig(tmp_path / name, payload=payload, local=local)
+        r.m.touch(r.pid, r.addr, r.n // 2)            # half present, half untouched
+        r.m.exit(r.m.fork(r.pid))
+        assert not (r.m._mm(r.pid).vmas[0].pte[: r.n // 2] & P.WRITE).any()
+        rigs.append(r)
+    r, model = rigs
+    toks = r.local()
+    assert toks is not None and r.tlbs[0].local_faults == 1 and r.tlbs[0].misses == 0
+    with r.steps:
+        pass
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    model.fault()
+    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
+        for name in STRUCT_PAGE:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
+    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    assert r.m._mm(r.pid).rss == model.m._mm(model.pid).rss == r.n
+
+
+def test_no_local_reuse_of_a_page_in_the_swap_cache(tmp_path):
+    r = Rig(tmp_path, local=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    assert r.m.reclaim(0, r.n) == r.n
+    r.m.touch(r.pid, r.addr, r.n, write=False)        # swapped in by a read: read-only, in the swap cache
+    assert not (r.m._mm(r.pid).vmas[0].pte & P.WRITE).any()
+    _denied(r)                                        # try_to_free_swap's: the swap device is the coordinator's
+
+
 def test_a_local_fault_maps_only_the_untouched_pages_of_the_access(tmp_path):
     r = Rig(tmp_path, local=True)
     half = r.n // 2
@@ -407,6 +445,11 @@ def test_a_read_of_untouched_pages_reads_the_zero_page_on_the_node(tmp_path):
     assert [fr.used() for fr in r.m.k.nodes] == used and r.m.vmstat()["pgfault"] == 0
     r.m.check()
     _denied(Rig(tmp_path / "shared", shared=True, local=True), write=False)   # the sibling's page may exist
+    r = Rig(tmp_path / "mixed", local=True)
+    r.m.touch(r.pid, r.addr + 2 * r.m.page_size, 3)  # pages 2-4 present: walked, the rest read as zero
+    assert r.local(write=False) is not None and r.tlbs[0].walks == 1
+    assert r.tlbs[0].tlb.lookup(r.pid, r.vpn + 2, 3, False) is not None
+    assert r.tlbs[0].tlb.lookup(r.pid, r.vpn + 1, 2, False) is None
 
 
 def test_no_local_fault_for_a_shared_mapping_or_another_policy(tmp_path):

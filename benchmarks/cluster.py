@@ -16,8 +16,9 @@ Usage: python benchmarks/cluster.py [--quick]
   upstream migration entries: operations/s and pages accessed/s in the
   steady part of the run and over the whole run, to show how throughput
   scales, and the share of accesses the node actors ran on their own (TLB
-  hits, and page walks: a migrated page's pte is present again under
+  hits; page walks: a migrated page's pte is present again under
   migration entries, a cache entry that faults under the migration cache;
+  local faults: first touches and copy-on-write reuse, cluster/local_fault.py);
   every other access is a fault batch through the one coordinator);
 - a TLB shootdown of 256 pages: in place in shared memory (a node on the
   coordinator's host) against an actor call (a node on another host).
@@ -148,7 +149,7 @@ def faults(rounds: int) -> tuple[float, float]:
     return first, swapin
 
 
-def scaling(nodes: int, operations: int, policy: str) -> tuple[float, float, float, float, float]:
+def scaling(nodes: int, operations: int, policy: str) -> tuple[float, float, float, float, float, float]:
     from cluster.runner_ray import RayRun
     from cluster.scenario import parse_scenario
     import tomllib
@@ -181,8 +182,9 @@ def scaling(nodes: int, operations: int, policy: str) -> tuple[float, float, flo
     assert s["violations"] == 0
     el = s["elapsed_s"]
     t = s["tlb"]
-    n = max(1, t["hits"] + t["walks"] + t["misses"])
-    return steady_rate(s["timeline"], s["operations_done"]), s["operations_done"] / el, el, t["hits"] / n, t["walks"] / n
+    n = max(1, t["hits"] + t["walks"] + t["local_faults"] + t["misses"])
+    return (steady_rate(s["timeline"], s["operations_done"]), s["operations_done"] / el, el, t["hits"] / n,
+            t["walks"] / n, t["local_faults"] / n)
 
 
 def steady_rate(timeline: list[dict], operations: int) -> float:
@@ -250,12 +252,12 @@ def main() -> None:
     print(f"scaling, {ops} operations of 256 pages per run, 2 processes per node actor "
           "(steady: between 10% and 90% of the operations; run: start to summary):")
     print(f"{'policy':>10} {'node actors':>12} {'ops/s steady':>13} {'pages/s':>12} {'ops/s run':>10} "
-          f"{'elapsed s':>10} {'TLB hits':>9} {'walks':>6}")
+          f"{'elapsed s':>10} {'TLB hits':>9} {'walks':>6} {'local faults':>13}")
     for policy in ("migcache", "migentry"):
         for n in (1, 2, 4, 8):
-            steady, whole, el, hits, walks = scaling(n, ops, policy)
+            steady, whole, el, hits, walks, local = scaling(n, ops, policy)
             print(f"{policy:>10} {n:>12} {steady:>13,.0f} {steady * 256:>12,.0f} {whole:>10,.0f} {el:>10.2f} "
-                  f"{hits:>9.0%} {walks:>6.0%}")
+                  f"{hits:>9.0%} {walks:>6.0%} {local:>13.0%}")
     shm, call = shootdown(50 if args.quick else 500)
     print(f"TLB shootdown of 256 pages, median: {shm * 1e6:,.1f} us in shared memory, "
           f"{call * 1e6:,.1f} us by an actor call (ratio {call / shm:,.0f})")

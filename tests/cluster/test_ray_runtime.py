@@ -362,8 +362,11 @@ def test_a_node_actor_killed_mid_run_ends_it_with_what_was_lost(ray_session, tmp
     lost = summary["lost"]
     assert list(lost["nodes"]) == ["1"]
     # lost: every page mapped on node 1 when the run stopped (private pages: one pte each);
-    # the process homed on node 1 had faulted its pages there
-    assert lost["pages"] == summary["nodes"][1]["vmstat"]["nr_anon_pages"] > 0
+    # the process homed on node 1 had faulted its pages there. A node killed in the middle of
+    # its own fault (cluster/local_fault.py) leaves that fault's frames taken but not mapped:
+    # at most one access's pages (batch 32)
+    mapped = summary["nodes"][1]["vmstat"]["nr_anon_pages"]
+    assert 0 < lost["pages"] <= mapped <= lost["pages"] + 32
     assert sum(lost["pages_by_pid"].values()) == lost["pages"]
     # the processes homed on node 0 were read back, except what was on node 1
     assert lost["verified_intact"]["processes"] == 2

@@ -53,8 +53,9 @@ from .dataplane import unlink
 from .local_fault import FaultRing, eligible, fault_in
 
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
-WALK_TRIES = 4            # a miss tries to walk this many times while the coordinator is in the model,
-WALK_WAIT_S = 50e-6       # this long apart, before it faults instead
+WALK_TRIES = 8            # a miss tries to walk this many times while the coordinator is in the model,
+WALK_WAIT_S = 50e-6       # first this long apart, then twice as long each time (6.35 ms in all), then
+                          # faults: a fault would wait for the same lock, in the coordinator's time
 TOKEN_BASE = 1 << 44
 
 
@@ -163,8 +164,8 @@ class StepsLock:
     threads, then ``flock(LOCK_EX)`` on a shared file. A node's page walk
     takes ``LOCK_SH`` without waiting, so it reads the page tables only
     between steps, as a fill does; while a step runs it lets go of the TLB
-    and tries again (``WALK_TRIES`` times, ``WALK_WAIT_S`` apart), then
-    faults as without walks. A walk holds it for microseconds and
+    and tries again (``WALK_TRIES`` times, ``WALK_WAIT_S`` apart and
+    doubling), then faults as without walks. A walk holds it for microseconds and
     never waits while holding it; a node that holds it for ``ANSWER_S``
     (hung) ends the run with an error rather than a hang. A node's local
     fault (cluster/local_fault.py) takes it exclusively, as a step would.
@@ -310,7 +311,7 @@ class NodeTLB:
         vpn = addr >> self.page_shift
         for attempt in range(WALK_TRIES):
             if attempt:     # the coordinator was inside the model: let it step out, the TLB not held
-                time.sleep(WALK_WAIT_S)
+                time.sleep(WALK_WAIT_S * (1 << (attempt - 1)))
             with self.lock:
                 gp = self.tlb.lookup(pid, vpn, npages, write)
                 if gp is not None:

@@ -12,13 +12,13 @@ the processes whose CPUs are on it.
   with each other and with migrations for real.
 - The driver stops only between two operations: :meth:`pause` returns once
   it is idle, which is what lets the runner check the oracle at a quiescent
-  point.
+  point. The shadows stay here; :meth:`verify` reads the pages back through
+  the coordinator and compares.
 - The runner's schedule (migrate every K operations, reclaim, swapoff) is
   kept by a gate: the drivers may run at most one period past the next
   event the runner has not fired yet (:meth:`progress`'s ``allowed``), and
   wait there. So an event fires within a period of its operation however
-  slow the runner is, and it still races with the accesses after it. The shadows stay here; :meth:`verify` reads the pages back through
-  the coordinator and compares.
+  slow the runner is, and it still races with the accesses after it.
 """
 from __future__ import annotations
 

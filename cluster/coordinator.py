@@ -152,10 +152,10 @@ class Coordinator:
         """The node actors' local faults since this actor last held the steps
         lock (cluster/local_fault.py): into their processes' rss, and into
         the log as the touches they stand for."""
-        for node, pid, addr, npages, write in account(self.m.k, rows):
+        for node, thread, pid, addr, npages, write in account(self.m.k, rows):
             self.local_faults[node] += 1
             self.seq += 1
-            self._log(self.seq, f"node{node}", "touch", (pid, addr, npages), {"write": write}, "ok")
+            self._log(self.seq, f"node{node}-t{thread}", "touch", (pid, addr, npages), {"write": write}, "ok")
 
     def _publish(self, pid: int) -> None:
         """Where pid's node actor may fault locally: nowhere while a call

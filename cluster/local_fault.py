@@ -37,7 +37,8 @@ and fall back):
 - Each local fault is appended to a ring in the steps file (``FaultRing``).
   The coordinator reads the ring whenever it takes the steps lock, before
   any step: it adds the pages to the process's rss and logs the fault as the
-  touch it stands for (so a dump replays it). No step of the model ever sees
+  touch it stands for, made by the workload thread that made it (so a dump
+  replays it in that thread's order). No step of the model ever sees
   a local fault half accounted.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ from emulator.kernel import split_nodes
 from emulator.mm import MM, MPOL_DEFAULT, VMA, AnonVMA, Mempolicy
 
 RING = 1024                     # local faults the coordinator has not read yet, at most
-ROW = 6                         # pid, addr, npages, write, pages mapped, node
+ROW = 7                         # pid, addr, npages, write, pages mapped, node, workload thread
 RING_BYTES = 8 * (1 + RING * ROW)
 
 
@@ -107,16 +108,16 @@ class FaultRing:
 def account(k, rows: np.ndarray) -> list[tuple[int, int, int, int, bool]]:
     """The coordinator's side of the local faults in ``rows`` (FaultRing.take),
     under the steps lock before any step: their pages into their processes'
-    rss. Returns them as (node, pid, addr, npages, write), for the log."""
+    rss. Returns them as (node, thread, pid, addr, npages, write), for the log."""
     out = []
-    for pid, addr, npages, write, mapped, node in rows.tolist():
+    for pid, addr, npages, write, mapped, node, thread in rows.tolist():
         k.mms[pid].rss += mapped
-        out.append((node, pid, addr, npages, bool(write)))
+        out.append((node, thread, pid, addr, npages, bool(write)))
     return out
 
 
-def fault_in(kern, ring: FaultRing, node: int, pid: int, lo: int, pt: np.ndarray, ids: np.ndarray,
-             vpn: int, npages: int, page_shift: int) -> int:
+def fault_in(kern, ring: FaultRing, node: int, thread: int, pid: int, lo: int, pt: np.ndarray,
+             ids: np.ndarray, vpn: int, npages: int, page_shift: int) -> int:
     """A write to [vpn, vpn + npages) of pid, whose page table for [lo, ...)
     is ``pt`` and whose eligible ids are ``ids``: fault its pages in here if
     the rules allow (the caller holds the steps lock exclusively). Returns
@@ -149,5 +150,5 @@ def fault_in(kern, ring: FaultRing, node: int, pid: int, lo: int, pt: np.ndarray
     left = map_anon_step(kern, vma, i0 + np.flatnonzero(none))[0] if n else none[:0]
     if ro.any():
         wp_step(kern, vma, i0 + np.flatnonzero(ro))
-    ring.append((pid, vpn << page_shift, npages, 1, n - len(left), node))   # all mapped: the watermarks said so
+    ring.append((pid, vpn << page_shift, npages, 1, n - len(left), node, thread))   # all mapped: the watermarks said so
     return int(ro.sum()) + n - len(left)

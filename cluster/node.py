@@ -296,7 +296,7 @@ class _Driver:
                 addr = proc.addr + acc.start * ps
                 t0 = time.perf_counter()
                 done = False
-                toks: Any = tlb.access(proc.pid, addr, acc.npages, acc.write)   # a hit: no fault
+                toks: Any = tlb.access(proc.pid, addr, acc.npages, acc.write, self.index)   # a hit: no fault
                 if toks is None:        # a miss: the fault batch, through the coordinator
                     try:
                         toks, fill = m.touch_fill(proc.pid, addr, acc.npages, acc.write, node.node)

@@ -279,7 +279,7 @@ class NodeTLB:
         finally:
             fcntl.flock(self.steps, fcntl.LOCK_UN)
 
-    def _fault(self, pid: int, vpn: int, npages: int) -> bool:
+    def _fault(self, pid: int, vpn: int, npages: int, thread: int) -> bool:
         """A write the walk could not resolve: fault its untouched pages in
         here if cluster/local_fault.py's rules allow, and cache the access's
         ptes as the walk would. False: the coordinator's to fault."""
@@ -291,7 +291,7 @@ class NodeTLB:
             return False
         try:
             table, lo = self.tables[pid], self.tlb.procs[pid].lo
-            if not fault_in(self.kern, self.ring, self.node, pid, lo, table.pt, table.ids, vpn, npages,
+            if not fault_in(self.kern, self.ring, self.node, thread, pid, lo, table.pt, table.ids, vpn, npages,
                             self.page_shift):
                 return False
             self.local_faults += 1
@@ -303,11 +303,12 @@ class NodeTLB:
         """What a coordinator on this host needs to map it (ShmPort)."""
         return {"path": self.path, "size": self.size, "layout": self.layout}
 
-    def access(self, pid: int, addr: int, npages: int, write: bool) -> np.ndarray | None:
+    def access(self, pid: int, addr: int, npages: int, write: bool, thread: int = 0) -> np.ndarray | None:
         """The access, if every page hits with the permission it needs, or
-        the page walk finds every pte allowing it: the tokens written (empty
-        for a read). None: a miss the walk could not resolve, for the
-        coordinator."""
+        the page walk finds every pte allowing it, or the node faults it in
+        itself: the tokens written (empty for a read). None: a miss for the
+        coordinator. ``thread``: the workload thread's index, which a local
+        fault's log names."""
         vpn = addr >> self.page_shift
         for attempt in range(WALK_TRIES):
             if attempt:     # the coordinator was inside the model: let it step out, the TLB not held
@@ -322,7 +323,7 @@ class NodeTLB:
                     self.walks += 1
                     return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                 if walked is False:
-                    if write and self._fault(pid, vpn, npages):
+                    if write and self._fault(pid, vpn, npages, thread):
                         return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                     break
         else:

@@ -238,7 +238,7 @@ def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, 
         descs.append({"host": host, "path": str(tmp_path / f"node{i}"), "shape": list(shape),
                       "dtype": dtype.str, "handle": None})
     sc = load_scenario(scenario(tmp_path, frames=64, swap=64))
-    c = Coordinator(sc.machine.config(), descs)
+    c = Coordinator(sc.machine.config(), descs, record=True)
     try:
         pid = c.call("spawn", 0)[1]
         addr = c.call("mmap", pid, 16)[1]
@@ -254,9 +254,13 @@ def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, 
         ok, child, _ = c.call("fork", pid)
         assert ok and seen and all((s == -1).all() for s in seen)
         assert (ids >= 0).all()
-        assert node.access(pid, addr, 4, True) is not None and node.local_faults == 1
+        assert node.access(pid, addr, 4, True, thread=1) is not None and node.local_faults == 1
         assert c.call("exit", child)[0] and c.call("touch", pid, addr + 4 * 4096, 4)[0]
         assert c.m.k.mms[pid].rss == 8 and c.local_faults == {0: 1}
+        # logged, before the calls after it, as the touch of the thread that made it (a dump replays it)
+        ev = [(e["caller"], e["op"], e["args"], e["kw"]) for e in c.events]
+        assert ev[-3:] == [("node0-t1", "touch", [pid, addr, 4], {"write": True}),
+                           ("", "exit", [child], {}), ("", "touch", [pid, addr + 4 * 4096, 4], {})]
         assert c.check() is None
     finally:
         c.forget_paths()

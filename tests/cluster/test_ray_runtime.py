@@ -301,6 +301,31 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     assert tlb["hits"] + tlb["walks"] + tlb["local_faults"] + tlb["misses"] == summary["operations_done"]
 
 
+def test_checkpoints_and_the_schedules_gate_never_wait_on_each_other(ray_session, tmp_path):
+    """A migration every 3 operations, reclaim every 5 and a checkpoint every
+    7: a node's drivers can stop at their checkpoint while another's wait at
+    the gate for a migration that needs the first node's operations. The
+    check runs once every driver is parked, whatever it waits for, and the
+    run ends (timing decides whether that case comes up in a given run)."""
+    import threading
+    path = scenario(tmp_path, operations=210, every=3)
+    path.write_text(path.read_text() + "\n[reclaim]\nevery = 5\npages = 16\n")
+    r = RayRun(load_scenario(path), stress=True, check_every=7, dump_dir=str(tmp_path))
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(r.run()), daemon=True)
+    try:
+        t.start()
+        t.join(120)
+        assert not t.is_alive(), "the run hung"
+    finally:
+        r.close()
+    summary = out[0]
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["migration_events"] == 70 and summary["reclaim_events"] == 42
+    assert summary["quiescent_checks"] >= 210 // 7 - 2
+    assert 0 <= summary["schedule_late_ops"] <= 3 + 2
+
+
 def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_path):
     """Not a test that cannot fail: frames overwritten in the node's shared
     memory (a stray DMA) are caught at the next quiescent point, the run stops

@@ -7,9 +7,9 @@ pte lock, nothing else involved. So is a write to a read-only pte whose page
 this pte alone maps and holds (wp_page_reuse: the pte becomes writable). A
 node actor on the coordinator's host runs them itself, with the model's own
 steps (read_ptes, map_anon_step, wp_step, and through them alloc_for and
-Frames.alloc) on the model's own memory: the frame tables
-and counters the coordinator shares (cluster/frames_shm.py) and the page
-tables in the node's file (ShmPort.adopt). Principle 1 holds: one
+Frames.alloc) on the model's own memory: the frame tables and counters
+the coordinator shares (cluster/frames_shm.py) and the page tables in the
+node's file (ShmPort.adopt). Principle 1 holds: one
 implementation, driven from two places.
 
 Rules (anything else faults through the coordinator, which can wait, reclaim
@@ -17,8 +17,8 @@ and fall back):
 - The node holds the coordinator's steps lock exclusively (``flock(LOCK_EX)``,
   not waited for): no step of the model runs meanwhile, in the coordinator
   or in another node. A local fault is one step, as map_anon_step is.
-- Only pages whose pte is none, in a private mapping under the default
-  policy of a process homed on this node: the coordinator publishes, per
+- Only pages of a private mapping under the default policy, of a process
+  homed on this node: the coordinator publishes, per
   page, the anon_vma id of such a mapping and -1 elsewhere (``eligible``).
   A call that changes a process's mappings or policy drops the lock between
   its steps, so the coordinator clears the ids when such a call starts and

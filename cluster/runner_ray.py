@@ -472,6 +472,10 @@ class RayRun:
         from .dataplane import shm_dir, unlink
         for i in range(self.nr_nodes):
             unlink(shm_dir() / f"numaemu-{self.run_id}-node{i}")
+        # the coordinator's own files (it is on this host), should it have died before forget_paths
+        for path in (self.info.get("steps"), (self.info.get("frames") or {}).get("path")):
+            if path:
+                unlink(path)
 
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,

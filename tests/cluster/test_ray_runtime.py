@@ -414,6 +414,15 @@ def test_a_coordinator_killed_mid_run_ends_it_with_an_error_naming_it(ray_sessio
         r.close()
 
 
+def test_a_coordinator_dead_before_the_run_leaves_nothing_in_dev_shm(ray_session, tmp_path):
+    r = RayRun(load_scenario(scenario(tmp_path)))
+    mine = [Path(r.info["steps"]), Path(r.info["frames"]["path"])]
+    assert all(p.exists() for p in mine)
+    ray_session.kill(r.coord)       # before the node actors opened them: their names are still there
+    r.close()
+    assert not any(p.exists() for p in mine)
+
+
 # -- the command line ----------------------------------------------------------------
 
 def numaemu(*args, **kw):

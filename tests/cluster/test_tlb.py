@@ -28,7 +28,7 @@ class Rig:
                  walks: bool = False, local: bool = False):
         """``walks``: the node walks the page tables, which live in its shared
         memory; ``self.steps`` is the lock the coordinator holds in the model.
-        ``local``: and it faults untouched pages in itself, on the frame
+        ``local``: and it faults pages in itself (first touch, reuse), on the frame
         tables the model keeps in shared memory (cluster/local_fault.py)."""
         walks |= local
         tmp.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,13 @@ this module adds is what only a real node actor has:
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -254,6 +255,20 @@ class NodeTLB:
             os.close(self.steps)
         self.ring = self.kern = None     # their mappings go with the last view of them
 
+    @contextlib.contextmanager
+    def _holding(self, op: int) -> Iterator[bool]:
+        """The steps lock, taken without waiting (``LOCK_SH`` for a walk,
+        ``LOCK_EX`` for a local fault): whether it was."""
+        try:
+            fcntl.flock(self.steps, op | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self.steps, fcntl.LOCK_UN)
+
     def _walk(self, pid: int, vpn: int, npages: int, write: bool) -> bool | None:
         """The page walk on a miss: True if it cached every page (or a read
         finds them all untouched: the zero page), False if a pte does not
@@ -262,42 +277,34 @@ class NodeTLB:
         table = self.tables.get(pid)
         if self.steps is None or table is None:
             return False
-        try:
-            fcntl.flock(self.steps, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
-        try:
+        with self._holding(fcntl.LOCK_SH) as held:
+            if not held:
+                return None
             lo = self.tlb.procs[pid].lo
             ptes = table.pt[vpn - lo:vpn - lo + npages]
-            if write or not (table.ids[vpn - lo:vpn - lo + npages] >= 0).all():
+            zero = reads_zero_page(ptes, write, False)
+            if not zero.any() or not (table.ids[vpn - lo:vpn - lo + npages] >= 0).all():
                 return self.tlb.walk(pid, vpn, ptes, table.maybe, write, self.near)
             # a read in a private mapping: untouched pages read the zero page, the others are walked
-            zero = reads_zero_page(ptes, write, False)
             edges = np.flatnonzero(np.diff(np.concatenate(([True], zero, [True])).astype(np.int8)))
             return all(self.tlb.walk(pid, vpn + a, ptes[a:b], table.maybe, write, self.near)
                        for a, b in zip(edges[::2], edges[1::2]))
-        finally:
-            fcntl.flock(self.steps, fcntl.LOCK_UN)
 
     def _fault(self, pid: int, vpn: int, npages: int, thread: int) -> bool:
-        """A write the walk could not resolve: fault its untouched pages in
-        here if cluster/local_fault.py's rules allow, and cache the access's
-        ptes as the walk would. False: the coordinator's to fault."""
+        """A write the walk could not resolve: fault its pages in here if
+        cluster/local_fault.py's rules allow, and cache the access's ptes as
+        the walk would. False: the coordinator's to fault."""
         if self.kern is None:
             return False
-        try:
-            fcntl.flock(self.steps, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        try:
+        with self._holding(fcntl.LOCK_EX) as held:
+            if not held:
+                return False
             table, lo = self.tables[pid], self.tlb.procs[pid].lo
             if not fault_in(self.kern, self.ring, self.node, thread, pid, lo, table.pt, table.ids, vpn, npages,
                             self.page_shift):
                 return False
             self.local_faults += 1
             return self.tlb.walk(pid, vpn, table.pt[vpn - lo:vpn - lo + npages], table.maybe, True, self.near)
-        finally:
-            fcntl.flock(self.steps, fcntl.LOCK_UN)
 
     def shared(self) -> dict[str, Any]:
         """What a coordinator on this host needs to map it (ShmPort)."""

@@ -1,15 +1,19 @@
-"""A node actor's own page faults: do_anonymous_page and do_wp_page's reuse,
-run where the CPU is.
+"""A node actor's own page faults: do_anonymous_page and do_wp_page, run
+where the CPU is.
 
 A first write to pages no pte maps yet is the most node-local step there is:
 the kernel allocates on the faulting CPU's node and sets the pte under the
-pte lock, nothing else involved. So is a write to a read-only pte whose page
-this pte alone maps and holds (wp_page_reuse: the pte becomes writable). A
-node actor on the coordinator's host runs them itself, with the model's own
-steps (read_ptes, map_anon_step, wp_step, and through them alloc_for and
-Frames.alloc) on the model's own memory: the frame tables and counters
-the coordinator shares (cluster/frames_shm.py) and the page tables in the
-node's file (ShmPort.adopt). Principle 1 holds: one
+pte lock, nothing else involved. So is a write to a read-only pte: do_wp_page
+makes it writable if this pte alone maps and holds its page
+(wp_page_reuse), else copies the page into a new one on this node and points
+the pte there (wp_page_copy), flushing the entries of the old pte from the
+TLBs that may hold them: only this node's, which alone caches the process's
+ptes (Shootdown.register). A node actor on the coordinator's host runs
+them itself, with the model's own steps (read_ptes, map_anon_step, wp_step,
+and through them alloc_for, Frames.alloc, flush_tlb and pte_bits_to_page) on
+the model's own memory: the frame tables and counters the coordinator shares
+(cluster/frames_shm.py), the page tables in the node's file (ShmPort.adopt),
+and the node's TLB (``OwnShootdown``). Principle 1 holds: one
 implementation, driven from two places.
 
 Rules (anything else faults through the coordinator, which can wait, reclaim
@@ -26,20 +30,26 @@ and fall back):
   kernel's faults wait on mmap_lock held for write. Every page of the
   access is in one such mapping.
 - Only a write, to pages that are none, present and writable, or present
-  read-only with a page that pte alone maps and references (mapcount and
-  refcount 1), neither in the swap cache nor locked: the fault is then
-  exactly handle_mm_fault's do_anonymous_page on the none pages and
-  do_wp_page's reuse on the read-only ones, and the access follows at once.
+  read-only with a page that is neither in the swap cache (try_to_free_swap
+  would need the swap device, the coordinator's) nor locked, on a node whose
+  payload this node maps (a copy reads it), and whose TLB entry here has no
+  dirty bit (none can: a read-only pte's entry is read-only since the flush
+  that write-protected it; the writer's record is the coordinator's). The
+  fault is then exactly handle_mm_fault's do_anonymous_page on the none
+  pages and do_wp_page on the read-only ones, and the access follows at once.
   (A read of none ptes maps nothing, the zero page: the walk's.)
-- Only while every node stays at or above its low watermark after the
-  allocation: the model's allocation then comes from this node, and the
-  kswapd wake-up after the access would do nothing.
+- Only while every node stays at or above its low watermark after
+  allocating a page for every none and read-only page: the model's
+  allocations then come from this node, and the kswapd wake-up after the
+  access would do nothing.
 - Each local fault is appended to a ring in the steps file (``FaultRing``).
   The coordinator reads the ring whenever it takes the steps lock, before
-  any step: it adds the pages to the process's rss and logs the fault as the
-  touch it stands for, made by the workload thread that made it (so a dump
-  replays it in that thread's order). No step of the model ever sees
-  a local fault half accounted.
+  any step: it adds the pages to the process's rss, counts the flushes the
+  node made of the process's entries as its own (``Shootdown.epoch``: a fill
+  read before them is then stale, as after any flush, and one read after
+  them is not), and logs the fault as the touch it stands for, made by the
+  workload thread that made it (so a dump replays it in that thread's
+  order). No step of the model ever sees a local fault half accounted.
 """
 from __future__ import annotations
 
@@ -50,12 +60,13 @@ import numpy as np
 
 from emulator import pte as P
 from emulator.fault import map_anon_step, read_ptes, wp_step
-from emulator.frames import PG_locked
+from emulator.frames import PG_locked, PG_swapcache
 from emulator.kernel import split_nodes
 from emulator.mm import MM, MPOL_DEFAULT, VMA, AnonVMA, Mempolicy
+from emulator.tlb import TLB, pte_bits_to_page
 
 RING = 1024                     # local faults the coordinator has not read yet, at most
-ROW = 7                         # pid, addr, npages, write, pages mapped, node, workload thread
+ROW = 8                         # pid, addr, npages, write, pages mapped, node, workload thread, flushes
 RING_BYTES = 8 * (1 + RING * ROW)
 
 
@@ -108,20 +119,50 @@ class FaultRing:
 def account(k, rows: np.ndarray) -> list[tuple[int, int, int, int, bool]]:
     """The coordinator's side of the local faults in ``rows`` (FaultRing.take),
     under the steps lock before any step: their pages into their processes'
-    rss. Returns them as (node, thread, pid, addr, npages, write), for the log."""
+    rss, their flushes into the shootdowns sent (``k.tlb``). Returns them as
+    (node, thread, pid, addr, npages, write), for the log."""
     out = []
-    for pid, addr, npages, write, mapped, node, thread in rows.tolist():
+    for pid, addr, npages, write, mapped, node, thread, flushes in rows.tolist():
         k.mms[pid].rss += mapped
+        if flushes:
+            k.tlb.epoch[pid] = k.tlb.epoch.get(pid, 0) + flushes
+            k.tlb.flush_calls += flushes
         out.append((node, thread, pid, addr, npages, bool(write)))
     return out
 
 
-def fault_in(kern, ring: FaultRing, node: int, thread: int, pid: int, lo: int, pt: np.ndarray,
-             ids: np.ndarray, vpn: int, npages: int, page_shift: int) -> int:
-    """A write to [vpn, vpn + npages) of pid, whose page table for [lo, ...)
-    is ``pt`` and whose eligible ids are ``ids``: fault its pages in here if
-    the rules allow (the caller holds the steps lock exclusively). Returns
+class OwnShootdown:
+    """``k.tlb`` of a node's local fault: flush_tlb() reaches this node's own
+    TLB, the only one that caches the process's ptes, in place (the caller
+    holds it), as Shootdown.flush would with the node's port."""
+
+    def __init__(self, tlb: TLB, tables: dict):
+        self.tlb, self.tables = tlb, tables
+        self.flushes = 0        # of the current fault's process's entries
+
+    def flush(self, k, vma: VMA, idx: np.ndarray, wrprotect: bool = False) -> None:
+        pid = vma.mm.pid
+        maybe = self.tables[pid].maybe
+        pos = vma.start - self.tlb.procs[pid].lo + idx
+        cached = maybe[pos]
+        if not cached.any():
+            return
+        idx, pos = idx[cached], pos[cached]
+        young, dirty = self.tlb.flush(pid, vma.start + idx, wrprotect)
+        if not wrprotect:
+            maybe[pos] = False
+        self.flushes += 1
+        pte_bits_to_page(k, vma, idx, young, dirty)
+
+
+def fault_in(kern, ring: FaultRing, node: int, thread: int, pid: int, lo: int, table,
+             vpn: int, npages: int, page_shift: int) -> int:
+    """A write to [vpn, vpn + npages) of pid, whose page table, maybe bits
+    and eligible ids for [lo, ...) are ``table``'s (cluster.tlb.Table):
+    fault its pages in here if the rules allow (the caller holds the steps
+    lock exclusively, and the node's TLB, which is ``kern.tlb``'s). Returns
     the pages faulted, 0 if it did nothing."""
+    pt, ids = table.pt, table.ids
     i0 = vpn - lo
     seg = pt[i0:i0 + npages]
     none = seg == 0
@@ -133,22 +174,29 @@ def fault_in(kern, ring: FaultRing, node: int, thread: int, pid: int, lo: int, p
     if av[0] < 0 or (av != av[0]).any():
         return 0
     gp = seg[ro] >> P.OFF_SHIFT
-    for n_, sel in split_nodes(gp):     # wp_page_reuse's pages only: no copy, no flush
+    copies = 0
+    for n_, sel in split_nodes(gp):     # the pages do_wp_page reuses or copies
         fr, pf = kern.nodes[n_], gp[sel] & P.PFN_MASK
-        # (a swap-cache page has the cache's reference too: refcount 1 rules it out)
-        if not ((fr.mapcount[pf] == 1) & (fr.refcount[pf] == 1) & ((fr.flags[pf] & PG_locked) == 0)).all():
+        if fr.data is None or ((fr.flags[pf] & (PG_locked | PG_swapcache)) != 0).any():
             return 0
+        copies += int(((fr.mapcount[pf] != 1) | (fr.refcount[pf] != 1)).sum())
+    own = kern.tlb
+    if copies and own.tlb.procs[pid].dirty[i0 + np.flatnonzero(ro)].any():
+        return 0
     n = int(none.sum())
     here = kern.nodes[node]
-    if n and (here.nr_free - n < here.wmark_low or any(fr.nr_free < fr.wmark_low for fr in kern.nodes)):
+    if n + copies and (here.nr_free - n - copies < here.wmark_low
+                       or any(fr.nr_free < fr.wmark_low for fr in kern.nodes)):
         return 0
     if int(ring.count[0]) == RING:
         return 0
     mm = MM(pid, node, policy=Mempolicy())
     vma = VMA(mm, lo, len(pt), False, AnonVMA(int(av[0])), pt, pt[:0])
+    own.flushes = 0
     read_ptes(kern, vma, i0 + np.flatnonzero(none | ro))        # handle_mm_fault, as the model's
     left = map_anon_step(kern, vma, i0 + np.flatnonzero(none))[0] if n else none[:0]
     if ro.any():
         wp_step(kern, vma, i0 + np.flatnonzero(ro))
-    ring.append((pid, vpn << page_shift, npages, 1, n - len(left), node, thread))   # all mapped: the watermarks said so
+    # all mapped and copied: the watermarks said so
+    ring.append((pid, vpn << page_shift, npages, 1, n - len(left), node, thread, own.flushes))
     return int(ro.sum()) + n - len(left)

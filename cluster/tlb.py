@@ -51,7 +51,7 @@ from emulator.mm import MM
 from emulator.tlb import TLB, NodeGone, spans
 
 from .dataplane import unlink
-from .local_fault import FaultRing, eligible, fault_in
+from .local_fault import FaultRing, OwnShootdown, eligible, fault_in
 
 ANSWER_S = 30.0           # a node that does not answer a flush this long is lost
 WALK_TRIES = 8            # a miss tries to walk this many times while the coordinator is in the model,
@@ -240,6 +240,8 @@ class NodeTLB:
         self.steps = os.open(steps, os.O_RDONLY) if steps else None
         self.ring = FaultRing(steps) if steps and frames else None
         self.kern = SharedKernel(frames, data) if steps and frames else None
+        if self.kern is not None:
+            self.kern.tlb = OwnShootdown(self.tlb, self.tables)
         self.data = data
         self.near = np.zeros(max(data) + 1, dtype=bool)    # [node]: its payload is mapped here
         self.near[list(data)] = True
@@ -300,8 +302,7 @@ class NodeTLB:
             if not held:
                 return False
             table, lo = self.tables[pid], self.tlb.procs[pid].lo
-            if not fault_in(self.kern, self.ring, self.node, thread, pid, lo, table.pt, table.ids, vpn, npages,
-                            self.page_shift):
+            if not fault_in(self.kern, self.ring, self.node, thread, pid, lo, table, vpn, npages, self.page_shift):
                 return False
             self.local_faults += 1
             return self.tlb.walk(pid, vpn, table.pt[vpn - lo:vpn - lo + npages], table.maybe, True, self.near)

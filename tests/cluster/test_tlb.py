@@ -470,16 +470,90 @@ def test_no_local_fault_for_a_shared_mapping_or_another_policy(tmp_path):
     r.m.check()
 
 
-def test_no_local_fault_below_the_low_watermark_or_over_a_cow_page(tmp_path):
+def test_no_local_fault_below_the_low_watermark(tmp_path):
     r = Rig(tmp_path / "low", local=True, frames=128, npages=127)
     fr = r.m.k.nodes[0]
     assert fr.nr_free - r.n < fr.wmark_low < fr.nr_free
     _denied(r)                                        # kswapd's to wake, and the allocation may fall back
-    r = Rig(tmp_path / "cow", local=True)
-    r.m.touch(r.pid, r.addr, 1)
-    child = r.m.fork(r.pid)                           # page 0 is read-only now: do_wp_page's
+    r = Rig(tmp_path / "copies", local=True, frames=128, npages=64)
+    r.m.touch(r.pid, r.addr, r.n)
+    r.m.fork(r.pid)                                   # every page shared: each write copies one
+    fr = r.m.k.nodes[0]
+    assert fr.nr_free - r.n < fr.wmark_low <= fr.nr_free - r.n + 2
     _denied(r)
-    r.m.exit(child)
+    assert r.tlbs[0].access(r.pid, r.addr, r.n - 2, True) is not None   # room for that many copies
+
+
+@pytest.mark.parametrize("payload", ["token", "bytes"])
+def test_a_write_to_a_page_a_child_shares_is_copied_on_the_node_as_the_model_would(tmp_path, payload):
+    """do_wp_page's copy (wp_page_copy): the parent's write gets a new page on
+    its node with the old contents, then its own; the child keeps the old one."""
+    rigs = []
+    for name, local in (("a", True), ("b", False)):
+        r = Rig(tmp_path / name, payload=payload, local=local)
+        before = np.asarray(r.m.touch(r.pid, r.addr, r.n))
+        r.child = r.m.fork(r.pid)
+        r.m.move_pages(r.pid, r.addrs()[:4], [1] * 4)   # four of the old pages on the other node
+        rigs.append(r)
+    r, model = rigs
+    toks = r.local()
+    assert toks is not None and r.tlbs[0].local_faults == 1 and r.tlbs[0].misses == 0
+    with r.steps:
+        pass
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    np.testing.assert_array_equal(r.m.read_tokens(r.child, r.addr, r.n), before)
+    assert (P.pte_node(r.m._mm(r.pid).vmas[0].pte) == 0).all()     # the copies: on the faulting node
+    model.fault()
+    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
+        for name in STRUCT_PAGE:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
+    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    assert r.m._mm(r.pid).rss == model.m._mm(model.pid).rss == r.n
+
+
+def test_a_local_copy_flushes_the_nodes_entries_and_counts_as_a_shootdown(tmp_path):
+    """The old read-only entries the node cached go, and the coordinator counts
+    the flush: a fill it read before is stale, one read after is not."""
+    r = Rig(tmp_path, local=True)
+    before = np.asarray(r.m.touch(r.pid, r.addr, r.n))
+    child = r.m.fork(r.pid)
+    assert r.local(write=False) is not None and r.tlbs[0].walks == 1    # the old pages, cached read-only
+    mm = r.m._mm(r.pid)
+    stale = r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn)
+    flushes = r.tlbs[0].tlb.flushes
+    toks = r.local()
+    assert toks is not None and r.tlbs[0].local_faults == 1
+    assert r.tlbs[0].tlb.flushes == flushes + 1
+    with r.steps:                                      # the ring read: the flush is the kernel's too
+        assert r.sd.epoch[r.pid] == r.tlbs[0].tlb.procs[r.pid].gen[0]
+    assert not r.tlbs[0].tlb.install(r.pid, stale)     # it names the old pages
+    np.testing.assert_array_equal(r.tlbs[0].access(r.pid, r.addr, r.n, False), [])
+    assert r.tlbs[0].tlb.install(r.pid, r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn))
+    assert r.tlbs[0].tlb.lookup(r.pid, r.vpn, r.n, True) is not None
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    np.testing.assert_array_equal(r.m.read_tokens(child, r.addr, r.n), before)
+
+
+def test_no_local_copy_of_a_locked_page_or_one_this_node_cannot_read(tmp_path):
+    from emulator.fault import lock_step, unlock_pages
+    r = Rig(tmp_path / "locked", local=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    r.m.fork(r.pid)
+    gp = r.m._mm(r.pid).vmas[0].pte[3:4] >> P.OFF_SHIFT
+    assert lock_step(r.m.k, gp).all()                 # as a migration or reclaim holds it
+    _denied(r)
+    unlock_pages(r.m.k, gp)
+    assert r.local() is not None
+    r = Rig(tmp_path / "far", local=True, hosts=("host", "other"))
+    r.m.touch(r.pid, r.addr, r.n)
+    r.m.move_pages(r.pid, r.addrs()[:1], [1])         # its payload is on another host
+    r.m.fork(r.pid)
+    _denied(r)
 
 
 def test_no_local_fault_while_a_coordinator_thread_is_inside_the_model(tmp_path):

@@ -143,15 +143,12 @@ class OwnShootdown:
     def flush(self, k, vma: VMA, idx: np.ndarray, wrprotect: bool = False) -> None:
         pid = vma.mm.pid
         maybe = self.tables[pid].maybe
-        pos = vma.start - self.tlb.procs[pid].lo + idx
-        cached = maybe[pos]
+        cached = maybe[vma.start - self.tlb.procs[pid].lo + idx]
         if not cached.any():
             return
-        idx, pos = idx[cached], pos[cached]
+        idx = idx[cached]
         young, dirty = self.tlb.flush(pid, vma.start + idx, wrprotect)
-        if not wrprotect:
-            maybe[pos] = False
-        self.flushes += 1
+        self.flushes += 1       # (the maybe bits stay: the access after the fault caches these pages again)
         pte_bits_to_page(k, vma, idx, young, dirty)
 
 

@@ -524,9 +524,12 @@ def test_a_local_copy_flushes_the_nodes_entries_and_counts_as_a_shootdown(tmp_pa
     mm = r.m._mm(r.pid)
     stale = r.sd.fill(mm, r.m._range(mm, r.addr, r.n), 0, r.vpn)
     flushes = r.tlbs[0].tlb.flushes
+    old = mm.vmas[0].pte >> P.OFF_SHIFT & P.PFN_MASK
+    ticks = r.m.k.nodes[0].lru_tick[old].copy()
     toks = r.local()
     assert toks is not None and r.tlbs[0].local_faults == 1
     assert r.tlbs[0].tlb.flushes == flushes + 1
+    assert (r.m.k.nodes[0].lru_tick[old] > ticks).all()     # the flush's accessed bits: the read
     with r.steps:                                      # the ring read: the flush is the kernel's too
         assert r.sd.epoch[r.pid] == r.tlbs[0].tlb.procs[r.pid].gen[0]
     assert not r.tlbs[0].tlb.install(r.pid, stale)     # it names the old pages

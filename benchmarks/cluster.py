@@ -18,7 +18,7 @@ Usage: python benchmarks/cluster.py [--quick]
   scales, and the share of accesses the node actors ran on their own (TLB
   hits; page walks: a migrated page's pte is present again under
   migration entries, a cache entry that faults under the migration cache;
-  local faults: first touches and copy-on-write reuse, cluster/local_fault.py);
+  local faults: first touches and copies on write, cluster/local_fault.py);
   every other access is a fault batch through the one coordinator). The
   runner keeps the schedule (the drivers wait rather than run more than
   one period past a migration not fired yet), so every 50 operations the

@@ -351,7 +351,7 @@ class NumaemuCollector(Collector):
             c.add_metric(base + [str(n)], data["tlb_walks"].get(n, 0))
         yield c
         c = _counter("local_faults", "Accesses a node actor ran on its own after a TLB miss, faulting its "
-                     "pages in itself with the model's do_anonymous_page or do_wp_page's reuse (0 in-process)", nl)
+                     "pages in itself with the model's do_anonymous_page or do_wp_page (0 in-process)", nl)
         for n in range(len(data["nodes"])):
             c.add_metric(base + [str(n)], data["local_faults"].get(n, 0))
         yield c

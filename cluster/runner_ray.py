@@ -295,7 +295,7 @@ class RayRun:
                           # misses not walked because a coordinator thread was inside the model
                           "walks_refused": int(sum(r.get("tlb_walks_refused", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
-                          # writes the node actors faulted in themselves (do_anonymous_page, do_wp_page reuse)
+                          # writes the node actors faulted in themselves (do_anonymous_page, do_wp_page)
                           "local_faults": int(sum(r.get("local_faults", 0) for r in results.values())),
                           "stale_fills": int(sum(r.get("tlb_stale_fills", 0) for r in results.values())),
                           "shootdowns": int(frozen.stats.get("tlb_shootdowns", 0)),

@@ -221,12 +221,9 @@ def test_the_coordinator_publishes_where_a_node_may_fault_locally(ray_session, t
         r.close()
 
 
-def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, monkeypatch):
-    """A fork drops the coordinator's lock between its steps; meanwhile its
-    parent may not fault locally (the kernel's faults wait on mmap_lock),
-    and once it is done it may again. The coordinator here runs in-process,
-    so that a step of the fork can look at what the node sees."""
-    import emulator.process as proc
+def _coordinator_here(ray_session, tmp_path):
+    """A Coordinator in this process, with node 0's TLB, which caches one
+    process's 16 pages: (coordinator, node, pid, addr)."""
     from cluster.coordinator import Coordinator
     from cluster.dataplane import attach_payload, create_payload, payload_shape
     from cluster.tlb import NodeTLB
@@ -245,6 +242,20 @@ def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, 
         node = NodeTLB(0, 12, {0: attach_payload(descs[0]["path"], shape, dtype)}, [(pid, addr, 16)],
                        tmp_path / "tlb", c.steps.path, c.frames)
         c.tlb_register(0, [(pid, addr, 16)], node.shared())
+    except BaseException:
+        c.forget_paths()
+        raise
+    return c, node, pid, addr
+
+
+def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, monkeypatch):
+    """A fork drops the coordinator's lock between its steps; meanwhile its
+    parent may not fault locally (the kernel's faults wait on mmap_lock),
+    and once it is done it may again. The coordinator here runs in-process,
+    so that a step of the fork can look at what the node sees."""
+    import emulator.process as proc
+    c, node, pid, addr = _coordinator_here(ray_session, tmp_path)
+    try:
         ids = node.tables[pid].ids
         assert (ids >= 0).all()
         seen = []
@@ -261,6 +272,31 @@ def test_no_local_fault_while_a_call_changes_the_process(ray_session, tmp_path, 
         ev = [(e["caller"], e["op"], e["args"], e["kw"]) for e in c.events]
         assert ev[-3:] == [("node0-t1", "touch", [pid, addr, 4], {"write": True}),
                            ("", "exit", [child], {}), ("", "touch", [pid, addr + 4 * 4096, 4], {})]
+        assert c.check() is None
+    finally:
+        c.forget_paths()
+
+
+def test_the_coordinator_counts_a_local_copys_flush_as_its_own_shootdown(ray_session, tmp_path):
+    """A write to pages a child shares, copied on the node, flushes the old
+    entries from the node's TLB; the coordinator counts that flush when it
+    reads the ring, so the fills it hands out afterwards are installed (one
+    read before would not be), and the child still reads what was there."""
+    c, node, pid, addr = _coordinator_here(ray_session, tmp_path)
+    try:
+        ok, (before, fill), _ = c.call("touch", pid, addr, 16, write=True, _fill=0)
+        node.install(pid, fill)
+        ok, child, _ = c.call("fork", pid)
+        assert ok and node.access(pid, addr, 16, False) is not None     # read-only entries, hit
+        stale = c.tlb.fill(c.m.k.mms[pid], c.m._range(c.m.k.mms[pid], addr, 16), 0, addr >> 12)
+        wrote = node.access(pid, addr, 16, True, thread=1)
+        assert wrote is not None and node.local_faults == 1 and node.misses == 0
+        ok, (_, fill), _ = c.call("touch", pid, addr, 16, write=False, _fill=0)
+        assert ok and c.tlb.epoch[pid] == node.tlb.procs[pid].gen[0] == stale[0] + 1
+        assert not node.tlb.install(pid, stale) and node.tlb.install(pid, fill)
+        assert c.local_faults == {0: 1}
+        np.testing.assert_array_equal(c.call("read_tokens", child, addr, 16)[1], before)
+        np.testing.assert_array_equal(c.call("read_tokens", pid, addr, 16)[1], wrote)
         assert c.check() is None
     finally:
         c.forget_paths()

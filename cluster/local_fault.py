@@ -19,8 +19,10 @@ implementation, driven from two places.
 Rules (anything else faults through the coordinator, which can wait, reclaim
 and fall back):
 - The node holds the coordinator's steps lock exclusively (``flock(LOCK_EX)``,
-  not waited for): no step of the model runs meanwhile, in the coordinator
-  or in another node. A local fault is one step, as map_anon_step is.
+  not waited for: while another holds it, the node lets go of its TLB and
+  tries again, as a page walk does): no step of the model runs meanwhile, in
+  the coordinator or in another node. A local fault is one step, as
+  map_anon_step is.
 - Only pages of a private mapping under the default policy, of a process
   homed on this node: the coordinator publishes, per
   page, the anon_vma id of such a mapping and -1 elsewhere (``eligible``).

@@ -105,7 +105,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print(f"node-local accesses: {tlb['hits']} TLB hits, {tlb['walks']} page walks, "
                       f"{tlb.get('local_faults', 0)} local faults; "
                       f"{tlb['misses']} misses (faulted through the coordinator; "
-                      f"{tlb.get('walks_refused', 0)} of them not walked because it was busy "
+                      f"{tlb.get('walks_refused', 0)} of them neither walked nor faulted on the node because it was busy "
                       f"in the model); {tlb['shootdowns']} TLB shootdowns, "
                       f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
     via = summary.get("coordinator_calls")

@@ -292,7 +292,7 @@ class RayRun:
         loc.local_faults.update({h: int(r.get("local_faults", 0)) for h, r in results.items()})
         summary["tlb"] = {"hits": int(sum(r.get("tlb_hits", 0) for r in results.values())),
                           "walks": int(sum(r.get("tlb_walks", 0) for r in results.values())),
-                          # misses not walked because a coordinator thread was inside the model
+                          # misses neither walked nor faulted on the node: a coordinator thread stayed inside the model
                           "walks_refused": int(sum(r.get("tlb_walks_refused", 0) for r in results.values())),
                           "misses": int(sum(r.get("tlb_misses", 0) for r in results.values())),
                           # writes the node actors faulted in themselves (do_anonymous_page, do_wp_page)

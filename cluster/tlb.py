@@ -169,7 +169,8 @@ class StepsLock:
     doubling), then faults as without walks. A walk holds it for microseconds and
     never waits while holding it; a node that holds it for ``ANSWER_S``
     (hung) ends the run with an error rather than a hang. A node's local
-    fault (cluster/local_fault.py) takes it exclusively, as a step would.
+    fault (cluster/local_fault.py) takes it exclusively, as a step would,
+    without waiting either: it lets go of the TLB and tries again as a walk does.
     ``drain`` runs each time a coordinator thread has taken it: the
     accounting of the local faults since (their ring is in the same file).
     Usable as the lock of a ``threading.Condition``.
@@ -247,7 +248,7 @@ class NodeTLB:
         self.near[list(data)] = True
         self.next_token = (node + 1) * TOKEN_BASE
         self.hits = self.misses = self.walks = 0
-        self.refused = 0    # misses not walked: a coordinator thread stayed inside the model
+        self.refused = 0    # misses neither walked nor faulted here: a coordinator thread stayed inside the model
         self.local_faults = 0   # misses the node faulted in itself (cluster/local_fault.py)
 
     def close(self) -> None:
@@ -292,15 +293,16 @@ class NodeTLB:
             return all(self.tlb.walk(pid, vpn + a, ptes[a:b], table.maybe, write, self.near)
                        for a, b in zip(edges[::2], edges[1::2]))
 
-    def _fault(self, pid: int, vpn: int, npages: int, thread: int) -> bool:
+    def _fault(self, pid: int, vpn: int, npages: int, thread: int) -> bool | None:
         """A write the walk could not resolve: fault its pages in here if
         cluster/local_fault.py's rules allow, and cache the access's ptes as
-        the walk would. False: the coordinator's to fault."""
+        the walk would. False: the coordinator's to fault; None: a
+        coordinator thread is inside the model right now (try again)."""
         if self.kern is None:
             return False
         with self._holding(fcntl.LOCK_EX) as held:
             if not held:
-                return False
+                return None
             table, lo = self.tables[pid], self.tlb.procs[pid].lo
             if not fault_in(self.kern, self.ring, self.node, thread, pid, lo, table, vpn, npages, self.page_shift):
                 return False
@@ -331,9 +333,11 @@ class NodeTLB:
                     self.walks += 1
                     return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                 if walked is False:
-                    if write and self._fault(pid, vpn, npages, thread):
+                    faulted = self._fault(pid, vpn, npages, thread) if write else False
+                    if faulted:
                         return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
-                    break
+                    if faulted is False:
+                        break
         else:
             self.refused += 1
         self.misses += 1

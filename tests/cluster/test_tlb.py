@@ -574,6 +574,31 @@ def test_no_local_fault_while_a_coordinator_thread_is_inside_the_model(tmp_path)
     assert r.local() is not None and r.tlbs[0].local_faults == 1
 
 
+def test_a_local_fault_that_finds_the_lock_taken_tries_again_as_a_walk_does(tmp_path, monkeypatch):
+    """Another node's walk holds the steps lock shared: no step may run, so
+    the fault lets go of the TLB, waits and tries again (the wait here is
+    where that walk ends) rather than faulting through the coordinator."""
+    import fcntl
+    import os
+
+    import cluster.tlb as ctlb
+    r = Rig(tmp_path, local=True)
+    fd = os.open(r.steps.path, os.O_RDONLY)
+    waits = []
+
+    def walk_ends(s):
+        waits.append(s)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    monkeypatch.setattr(ctlb.time, "sleep", walk_ends)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        assert r.local() is not None
+    finally:
+        os.close(fd)
+    assert waits == [ctlb.WALK_WAIT_S]
+    assert r.tlbs[0].local_faults == 1 and r.tlbs[0].misses == 0 and r.tlbs[0].refused == 0
+
+
 def test_local_faults_wait_for_the_coordinator_once_their_ring_is_full(tmp_path):
     r = Rig(tmp_path, local=True, npages=RING + 1, frames=4 * RING)
     node = r.tlbs[0]

@@ -11,7 +11,11 @@ pte allows it; fault on the rest; try again. Faults:
   check), then retry.
 - a swap or migration-cache entry -> do_swap_page, with KERNEL.md's rechecks:
   the cache page must still hold private == entry after lock_page (R1b), and
-  the pte must still be the entry under the pte lock (R1).
+  the pte must still be the entry under the pte lock (R1). A batch locks
+  its pages in ascending order and sleeps only on the first it cannot take
+  (lock_pages): the kernel's fault locks one page, and two batches that each
+  held a page the other sleeps on would never wake (a parent and its child
+  faulting the same swapped pages: ABBA).
 A batch stands for a CPU touching its pages one at a time, each access right
 after its own fault (the kernel's do_anonymous_page, do_swap_page and
 do_wp_page see one page each). So a batch must never need more memory at once
@@ -417,15 +421,28 @@ def unlock_pages(k, gp: np.ndarray) -> None:
         k.nodes[node].flags[gp[sel] & P.PFN_MASK] &= ~PG_locked
 
 
+def lock_run_step(k, gp: np.ndarray) -> int:
+    """trylock_page() on ascending pages up to the first one another holds:
+    how many it locked (that leading run)."""
+    busy = np.zeros(len(gp), dtype=bool)
+    for node, sel in split_nodes(gp):
+        busy[sel] = (k.nodes[node].flags[gp[sel] & P.PFN_MASK] & PG_locked) != 0
+    n = int(np.argmax(busy)) if busy.any() else len(gp)
+    for node, sel in split_nodes(gp[:n]):
+        k.nodes[node].flags[gp[:n][sel] & P.PFN_MASK] |= PG_locked
+    return n
+
+
 async def lock_pages(k, gp: np.ndarray) -> None:
-    """lock_page() on every page: sleeps while another holds the lock."""
-    left = gp
+    """lock_page() on every page (distinct): in ascending order, sleeping on the
+    first page another holds while holding only pages below it, so that no two
+    batches ever wait for each other (see the rules)."""
+    left = np.sort(gp)
     while len(left):
-        got = await call(k.node_owner(int(left[0] >> P.NODE_SHIFT)), lock_step, k, left)
-        left = left[~got]
+        left = left[await call(k.node_owner(int(left[0] >> P.NODE_SHIFT)), lock_run_step, k, left):]
         if len(left):
             await wait(k.node_owner(int(left[0] >> P.NODE_SHIFT)),
-                       lambda left=left: not any_locked(k, left), "lock_page")
+                       lambda first=left[:1]: not any_locked(k, first), "lock_page")
 
 
 def recheck_cache_step(k, gp: np.ndarray, entries: np.ndarray) -> np.ndarray:

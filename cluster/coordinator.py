@@ -18,7 +18,10 @@ next time it takes the lock, before any step.
 
 Calls go through :meth:`call` by name. Errors the syscall surface raises
 (OSError with an errno, ValueError) come back as values, so the caller can
-re-raise them with their errno intact; anything else is a bug and propagates.
+re-raise them with their errno intact; so does a deadlock of the model (an
+operation that waited WAIT_TIMEOUT for a page lock or a copy that never came:
+a bug of the model, which a stress run reports as a violation, with a dump);
+anything else is a bug and propagates.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from emulator.sched import Deadlock
 from emulator.tlb import Shootdown
 
 from . import channel, frames_shm
@@ -120,6 +124,9 @@ class Coordinator:
                 self._log(seq, _caller, name, args, kw, f"{type(exc).__name__}: {exc}")
                 msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 return False, (type(exc).__name__, getattr(exc, "errno", None), msg), self.m.mine.steps
+            except Deadlock as exc:
+                self._log(seq, _caller, name, args, kw, f"Deadlock: {exc}")
+                return False, ("Deadlock", None, str(exc)), self.m.mine.steps
             finally:
                 if reshaping is not None:
                     self.reshaping[reshaping] -= 1
@@ -320,6 +327,8 @@ class CoordMachine:
         if ok:
             return out.tolist() if name in AS_ARRAY else out
         cls, err, msg = out
+        if cls == "Deadlock":
+            raise Deadlock(msg)
         if cls in ("OSError", "FileNotFoundError", "PermissionError") or err is not None:
             raise OSError(err, msg)
         raise (KeyError if cls == "KeyError" else ValueError)(msg)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from emulator.sched import Deadlock
+
 from .dataplane import attach_payload, create_payload, payload_shape, shm_dir, unlink
 from .tlb import NodeTLB
 from .workload import AccessPattern, Proc, fork_cycle
@@ -183,6 +185,7 @@ class NodeActor:
         parked = bool(running) and all(d.parked for d in running)
         out = {"ops": self.ops_done, "running": bool(running), **self._forks(),
                "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
+               "deadlocks": [d.deadlock for d in self.drivers if d.deadlock],
                "parked": parked, "checkpoint": parked and any(d.at_checkpoint for d in running)}
         if since >= 0:
             n = len(self.latency_s)
@@ -192,7 +195,7 @@ class NodeActor:
     def _due(self) -> bool:
         """Whether the runner has something to act on now (see progress)."""
         return (self.wake is not None and self.ops_done >= self.wake) or bool(self.fork_bad) or \
-            all(d.parked for d in self.drivers if d.thread.is_alive())
+            all(d.parked for d in self.drivers if d.thread.is_alive()) or any(d.deadlock for d in self.drivers)
 
     def allow(self, allowed: int) -> None:
         """Move the gate on (never back: a late call may carry an older one)."""
@@ -230,6 +233,7 @@ class NodeActor:
             d.thread.join(timeout)
         return {"ops": self.ops_done, "errors": dict(self.errors), **self._forks(),
                 "failure": "; ".join(d.failure for d in self.drivers if d.failure) or None,
+                "deadlocks": [d.deadlock for d in self.drivers if d.deadlock],
                 "running": any(d.thread.is_alive() for d in self.drivers),
                 "latency_s": np.asarray(self.latency_s, dtype=np.float64),
                 "latency_steps": np.asarray(self.latency_steps, dtype=np.int64)}
@@ -267,6 +271,7 @@ class _Driver:
         self.operations, self.pause_every = operations, pause_every
         self.ops = 0
         self.failure: str | None = None
+        self.deadlock: str | None = None    # a call the model deadlocked in: a violation, not a failure
         self.at_checkpoint = False
         self.parked = False     # waiting: paused, at a checkpoint or at the gate
         self.idle = threading.Event()
@@ -319,6 +324,8 @@ class _Driver:
                 self.ops += 1
                 if node.wake is not None and node.ops_done >= node.wake:
                     node.woken.set()
+        except Deadlock as exc:
+            self.deadlock = f"node {node.node} thread {self.index}: {exc}"
         except Exception as exc:  # the coordinator died, or a bug: say so, don't hang
             self.failure = f"{type(exc).__name__}: {exc}"
         finally:

@@ -27,6 +27,8 @@ import uuid
 from typing import Any, Callable
 
 
+from emulator.sched import Deadlock
+
 from .channel import CoordinatorGone
 from .coordinator import Coordinator, CoordMachine, FrozenMachine
 from .dataplane import overcommitted
@@ -166,6 +168,7 @@ class RayRun:
         self.lost_pages: dict[int, int] = {}
         self.checks = 0
         self.violations = 0
+        self.deadlocked = False
         self.details: list[str] = []
         self.interrupted = False
         self.verified = {"pages": 0, "processes": 0}
@@ -225,6 +228,10 @@ class RayRun:
                     progress(min(done, ops))
                 if self.dead:
                     break
+                deadlocks = [d for s in states.values() for d in s.get("deadlocks", ())]
+                if deadlocks:
+                    self._deadlock(by_home, deadlocks)
+                    break
                 failures = [f"node {n}: {s['failure']}" for n, s in states.items() if s.get("failure")]
                 if failures:
                     raise RunnerError("a workload driver failed: " + "; ".join(failures))
@@ -260,6 +267,8 @@ class RayRun:
                     next_sample = (done // timeline.every + 1) * timeline.every
         except KeyboardInterrupt:
             self.interrupted = True
+        except Deadlock as exc:         # an event of the runner's (a migration, reclaim, swapoff)
+            self._deadlock(by_home, [f"runner: {exc}"])
         except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _answers'
             raise RunnerError(f"the coordinator died: {str(exc).splitlines()[0]}") from None
         results = self._stop(by_home)
@@ -269,9 +278,10 @@ class RayRun:
                 loc.errors[k] += v
             self.violations += r["fork_bad"]
             self.details.extend(d for d in r["fork_details"] if d not in self.details)
+            self.details.extend(f"deadlock: {d}" for d in r.get("deadlocks", ()) if f"deadlock: {d}" not in self.details)
         del self.details[20:]
-        if not self.violations or not self.stress:
-            self._verify(by_home)
+        if not self.deadlocked and (not self.violations or not self.stress):
+            self._verify(by_home)       # (after a deadlock, pages may stay locked or migrating for good)
         for h, r in results.items():
             loc.latency.extend("fault", r["latency_s"], r["latency_steps"], node=h)
         done = int(sum(r["ops"] for r in results.values()))
@@ -406,6 +416,20 @@ class RayRun:
         ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
         self.details.extend(details[:20])
         self._dump(until_exit=child)
+
+    def _deadlock(self, by_home, what: list[str]) -> None:
+        """An operation of the model waited for what never came (the
+        coordinator gives up after concurrent.WAIT_TIMEOUT): a bug of the
+        model, a violation as it is for the explorer. Every driver stops
+        between two operations (one blocked in the same deadlock once its
+        own call gives up) and, in stress mode, the calls since the last
+        checkpoint are dumped, for ``numaemu explore`` to search."""
+        self.deadlocked = True
+        self.violations += 1
+        self.details.extend(f"deadlock: {w}" for w in what[: max(0, 20 - len(self.details))])
+        if self.stress:
+            self.ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
+            self._dump()
 
     def _verify(self, by_home, final: bool = True) -> None:
         ray = self.ray

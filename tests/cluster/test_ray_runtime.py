@@ -409,6 +409,53 @@ def test_stress_mode_catches_memory_changed_behind_the_model(ray_session, tmp_pa
         restored.check()
 
 
+def test_a_deadlock_of_the_model_comes_back_to_its_caller_as_one(ray_session, tmp_path, monkeypatch):
+    """The coordinator gives up on an operation that waited too long (a
+    bug of the model): the caller gets emulator.sched.Deadlock, not an
+    error of the coordinator, and the call is logged with that outcome."""
+    from cluster.coordinator import CoordMachine
+    from emulator.sched import Deadlock
+    c, node, pid, addr = _coordinator_here(ray_session, tmp_path)
+    try:
+        def blocked(*a, **kw):
+            raise Deadlock("operation blocked on node0:wait(lock_page) for 60 s")
+        monkeypatch.setattr(c.m, "swapoff", blocked)
+        m = CoordMachine(None, c.info(), caller="runner")
+        with pytest.raises(Deadlock, match="lock_page"):
+            m.swapoff()
+        assert c.events[-1]["op"] == "swapoff" and c.events[-1]["outcome"].startswith("Deadlock: ")
+        assert m.touch(pid, addr, 4) is not None      # the coordinator goes on answering
+    finally:
+        c.forget_paths()
+
+
+def test_a_deadlock_ends_a_stress_run_as_a_violation_with_a_dump(ray_session, tmp_path, monkeypatch):
+    """An event of the runner's that the model deadlocks in (here its fifth
+    migration, made to raise as the coordinator does after its timeout)
+    stops the run: a violation, described, with a dump of the calls since
+    the last checkpoint that numaemu explore loads."""
+    from cluster.runner_local import LocalRun
+    from emulator.races import load
+    from emulator.sched import Deadlock
+    migrate, calls = LocalRun.migrate, []
+
+    def deadlocks(self):
+        calls.append(1)
+        if len(calls) == 5:
+            raise Deadlock("operation blocked on node1:wait(lock_page) for 60 s")
+        migrate(self)
+    monkeypatch.setattr(LocalRun, "migrate", deadlocks)
+    summary, _ = run(scenario(tmp_path, operations=2000, every=20, fork_every=4), stress=True, check_every=40,
+                     dump_dir=str(tmp_path))
+    assert summary["violations"] == 1 and len(calls) == 5
+    assert summary["violation_details"] == ["deadlock: runner: operation blocked on node1:wait(lock_page) for 60 s"]
+    assert summary["operations_done"] < 2000 and summary["migration_events"] == 4
+    dump = msgpack.unpackb(Path(summary["dump"]).read_bytes(), raw=False)
+    assert dump["violations"] == summary["violation_details"]
+    assert all(e["seq"] > dump["checkpoint"]["seq"] for e in dump["events"])
+    assert load(f"{summary['dump']}#4").tasks
+
+
 def kill_after(ray, ops: int, actor):
     """A progress callback that kills actor() once, when ops operations are done."""
     def progress(done):

@@ -26,7 +26,6 @@ import time
 import uuid
 from typing import Any, Callable
 
-
 from emulator.sched import Deadlock
 
 from .channel import CoordinatorGone
@@ -278,7 +277,11 @@ class RayRun:
                 loc.errors[k] += v
             self.violations += r["fork_bad"]
             self.details.extend(d for d in r["fork_details"] if d not in self.details)
-            self.details.extend(f"deadlock: {d}" for d in r.get("deadlocks", ()) if f"deadlock: {d}" not in self.details)
+        late = [d for r in results.values() for d in r.get("deadlocks", ())]   # calls that gave up meanwhile
+        if late and not self.deadlocked:
+            self._deadlock(by_home, late)
+        else:
+            self.details.extend(f"deadlock: {d}" for d in late)
         del self.details[20:]
         if not self.deadlocked and (not self.violations or not self.stress):
             self._verify(by_home)       # (after a deadlock, pages may stay locked or migrating for good)

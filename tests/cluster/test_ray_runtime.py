@@ -456,6 +456,46 @@ def test_a_deadlock_ends_a_stress_run_as_a_violation_with_a_dump(ray_session, tm
     assert load(f"{summary['dump']}#4").tasks
 
 
+def with_stuck_faults():
+    """A coordinator whose model deadlocks in its third fault batch (a run
+    of the scenario below makes 11-14), as the coordinator's own timeout
+    reports it; everything after that raise is the real coordinator's,
+    driver's and runner's."""
+    from cluster.coordinator import Coordinator
+    from emulator.sched import Deadlock
+
+    class Stuck(Coordinator):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            touch, self.faults = self.m.touch, 0
+
+            def stuck(*a, **kw):
+                self.faults += 1
+                if self.faults == 3:
+                    raise Deadlock("operation blocked on node0:wait(lock_page) for 60 s")
+                return touch(*a, **kw)
+            self.m.touch = stuck
+    return Stuck
+
+
+def test_a_deadlock_in_a_workload_drivers_fault_ends_the_run_as_a_violation(ray_session, tmp_path, monkeypatch):
+    """The driver whose fault batch the model deadlocked in stops; the runner
+    sees it at its next poll and ends the run: a violation, with a dump."""
+    import ray.cloudpickle
+    import cluster.runner_ray as rr
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this file
+    try:
+        monkeypatch.setattr(rr, "Coordinator", with_stuck_faults())
+        summary, _ = run(scenario(tmp_path, operations=2000, every=20), stress=True, check_every=500,
+                         dump_dir=str(tmp_path))
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert summary["violations"] == 1, (summary["tlb"], summary["violation_details"])
+    assert summary["violation_details"][0].startswith("deadlock: node ")
+    assert summary["violation_details"][0].endswith(": operation blocked on node0:wait(lock_page) for 60 s")
+    assert summary["operations_done"] < 2000 and "dump" in summary
+
+
 def kill_after(ray, ops: int, actor):
     """A progress callback that kills actor() once, when ops operations are done."""
     def progress(done):

@@ -32,8 +32,10 @@ and fall back):
   kernel's faults wait on mmap_lock held for write. Every page of the
   access is in one such mapping.
 - Only a write, to pages that are none, present and writable, or present
-  read-only with a page that is neither in the swap cache (try_to_free_swap
-  would need the swap device, the coordinator's) nor locked, on a node whose
+  read-only with a page that is not locked, not in the swap cache if this
+  pte alone maps it (do_wp_page would try_to_free_swap it first: the swap
+  device is the coordinator's; a swap-cache page others map too is copied,
+  the swap cache keeping it), on a node whose
   payload this node maps (a copy reads it), and whose TLB entry here has no
   dirty bit (none can: a read-only pte's entry is read-only since the flush
   that write-protected it; the writer's record is the coordinator's). The
@@ -176,9 +178,10 @@ def fault_in(kern, ring: FaultRing, node: int, thread: int, pid: int, lo: int, t
     copies = 0
     for n_, sel in split_nodes(gp):     # the pages do_wp_page reuses or copies
         fr, pf = kern.nodes[n_], gp[sel] & P.PFN_MASK
-        if fr.data is None or ((fr.flags[pf] & (PG_locked | PG_swapcache)) != 0).any():
+        fl, mc = fr.flags[pf], fr.mapcount[pf]
+        if fr.data is None or ((fl & PG_locked) != 0).any() or (((fl & PG_swapcache) != 0) & (mc == 1)).any():
             return 0
-        copies += int(((fr.mapcount[pf] != 1) | (fr.refcount[pf] != 1)).sum())
+        copies += int(((mc != 1) | (fr.refcount[pf] != 1)).sum())
     own = kern.tlb
     if copies and own.tlb.procs[pid].dirty[i0 + np.flatnonzero(ro)].any():
         return 0

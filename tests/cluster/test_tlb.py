@@ -15,7 +15,7 @@ from cluster.local_fault import RING, account
 from cluster.tlb import NodeTLB, ShmPort, StepsLock
 from emulator import Machine
 from emulator import pte as P
-from emulator.frames import PG_dirty
+from emulator.frames import PG_dirty, PG_swapcache
 from emulator.move_pages import MPOL_MF_MOVE
 from emulator.tlb import NodeGone, Shootdown
 
@@ -512,6 +512,40 @@ def test_a_write_to_a_page_a_child_shares_is_copied_on_the_node_as_the_model_wou
     np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
     np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
     assert r.m._mm(r.pid).rss == model.m._mm(model.pid).rss == r.n
+
+
+def test_a_swap_cache_page_a_child_maps_too_is_copied_on_the_node_as_the_model_would(tmp_path):
+    """Swapped out from both, read back in by both: one swap-cache page that
+    two ptes map read-only. The parent's write copies it (the swap cache
+    keeps the old one, for the child's pte), with no swap device involved."""
+    rigs = []
+    for name, local in (("a", True), ("b", False)):
+        r = Rig(tmp_path / name, local=local)
+        before = np.asarray(r.m.touch(r.pid, r.addr, r.n))
+        r.child = r.m.fork(r.pid)
+        assert r.m.reclaim(0, r.n) == r.n
+        for pid in (r.pid, r.child):
+            r.m.touch(pid, r.addr, r.n, write=False)
+        rigs.append(r)
+    r, model = rigs
+    fr = r.m.k.nodes[0]
+    old = r.m._mm(r.pid).vmas[0].pte >> P.OFF_SHIFT & P.PFN_MASK
+    assert ((fr.flags[old] & PG_swapcache) != 0).all() and (fr.mapcount[old] == 2).all()
+    toks = r.local()
+    assert toks is not None and r.tlbs[0].local_faults == 1
+    with r.steps:
+        pass
+    r.sd.harvest(r.m.k)
+    r.m.check()
+    np.testing.assert_array_equal(r.tokens(), toks)
+    np.testing.assert_array_equal(r.m.read_tokens(r.child, r.addr, r.n), before)
+    model.fault()
+    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
+        for name in STRUCT_PAGE:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
+    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    np.testing.assert_array_equal(r.m.k.swap.swap_map, model.m.k.swap.swap_map)
 
 
 def test_a_local_copy_flushes_the_nodes_entries_and_counts_as_a_shootdown(tmp_path):

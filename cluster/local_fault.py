@@ -43,7 +43,7 @@ and fall back):
   pages and do_wp_page on the read-only ones, and the access follows at once.
   (A read of none ptes maps nothing, the zero page: the walk's.)
 - Only while every node stays at or above its low watermark after
-  allocating a page for every none and read-only page: the model's
+  allocating a page for every none page and every page to copy: the model's
   allocations then come from this node, and the kswapd wake-up after the
   access would do nothing.
 - Each local fault is appended to a ring in the steps file (``FaultRing``).

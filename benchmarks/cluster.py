@@ -8,7 +8,10 @@ Usage: python benchmarks/cluster.py [--quick]
   swap cache): after a warm-up round trip, each round of migrations is
   followed by one numpy copy, and the medians are compared, so both see the
   same machine. The benchmark is the coordinator's caller on its host, so its
-  calls take the same-host channel (cluster/channel.py);
+  calls take the same-host channel (cluster/channel.py). Then where a
+  one-caller migration's time goes: the same move_pages in this process on
+  payloads in /dev/shm (the model's steps and the copy, timed apart), and
+  the rest, crossing to the coordinator actor and back;
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode, a move_pages every 50 or
@@ -132,6 +135,50 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
     return BATCH * streams / statistics.median(mig), BATCH / statistics.median(cp)
 
 
+def in_process(rounds: int, policy: str) -> tuple[float, float]:
+    """The same move_pages as migration()'s, in this process, on payloads in
+    /dev/shm as the node actors' are: the median seconds per move, and of it
+    the copy's (the data plane's copy_batch, timed around each call)."""
+    import uuid
+
+    import cluster.concurrent as cc
+    from cluster.concurrent import ConcurrentMachine
+    from cluster.dataplane import create_payload, shm_dir, unlink
+
+    m = ConcurrentMachine.from_config({"nodes": 2, "frames_per_node": BATCH * 2 + 512, "swap_pages": BATCH * 2,
+                                       "page_size": PAGE, "policy": policy, "payload": "bytes"})
+    paths = [shm_dir() / f"numaemu-bench-{uuid.uuid4().hex}" for _ in m.k.nodes]
+    for fr, path in zip(m.k.nodes, paths):
+        fr.data = create_payload(path, fr.data.shape, fr.data.dtype)
+    copy, copies = cc.copy_batch, []
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        copy(*a, **kw)
+        copies.append(time.perf_counter() - t0)
+    cc.copy_batch = timed
+    try:
+        with m.cond:
+            pid = m.spawn(0)
+            addr = m.mmap(pid, BATCH)
+            m.touch(pid, addr, BATCH)
+            addrs = addr + np.arange(BATCH, dtype=np.int64) * PAGE
+            to = [np.full(BATCH, n, dtype=np.int64) for n in (0, 1)]
+            for r in range(2):      # warm up, as migration() does
+                m.move_pages(pid, addrs, to[1 - r % 2])
+            copies.clear()
+            moves = []
+            for r in range(rounds):
+                t0 = time.perf_counter()
+                m.move_pages(pid, addrs, to[1 - r % 2])
+                moves.append(time.perf_counter() - t0)
+    finally:
+        cc.copy_batch = copy
+        for path in paths:
+            unlink(path)
+    return statistics.median(moves), statistics.median(copies)
+
+
 def faults(rounds: int) -> tuple[float, float]:
     frames = BATCH * (rounds + 2)
     actors, coord, m = start(2, frames, BATCH * (rounds + 2), "token")
@@ -246,9 +293,20 @@ def main() -> None:
     rounds = 6 if args.quick else 40
     print(f"cross-node migration, bytes, {BATCH}-page batches, against a numpy copy (target >= 0.50):")
     print(f"{'policy':>10} {'callers':>8} {'pages/s':>12} {'numpy copy':>12} {'ratio':>6}")
+    one = {}
     for policy, streams in (("migentry", 1), ("migentry", 2), ("migcache", 1), ("swapcache", 1)):
         mig, cp = migration(rounds, streams, policy)
         print(f"{policy:>10} {streams:>8} {mig:>12,.0f} {cp:>12,.0f} {mig / cp:>6.2f}")
+        if streams == 1:
+            one[policy] = (BATCH / mig, BATCH / cp)
+    print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
+          "(the same call in this process on /dev/shm payloads: the copy, and the model's steps; the rest: "
+          "crossing to the coordinator actor and back):")
+    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'crossing':>9} {'numpy copy':>11}")
+    for policy, (via, numpy_copy) in one.items():
+        here, copy = in_process(rounds, policy)
+        print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {copy * 1e3:>6.2f} {(here - copy) * 1e3:>6.2f} "
+              f"{(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f}")
     first, swapin = faults(4 if args.quick else 16)
     print(f"faults through the coordinator, {BATCH}-page batches: first touch {first:,.0f} pages/s, "
           f"swap-in {swapin:,.0f} pages/s (target >= 200,000)")

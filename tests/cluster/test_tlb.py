@@ -492,8 +492,8 @@ def test_a_write_to_a_page_a_child_shares_is_copied_on_the_node_as_the_model_wou
     for name, local in (("a", True), ("b", False)):
         r = Rig(tmp_path / name, payload=payload, local=local)
         before = np.asarray(r.m.touch(r.pid, r.addr, r.n))
+        assert r.m.move_pages(r.pid, r.addrs()[:4], [1] * 4) == [1] * 4   # four of the pages to copy: on node 1
         r.child = r.m.fork(r.pid)
-        r.m.move_pages(r.pid, r.addrs()[:4], [1] * 4)   # four of the old pages on the other node
         rigs.append(r)
     r, model = rigs
     toks = r.local()

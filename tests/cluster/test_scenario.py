@@ -96,6 +96,13 @@ def test_the_pressure_example_maps_more_than_the_machine_has():
     assert s.run.stress and s.migration.mode == "migrate_pages" and s.reclaim.every and s.swapoff.every
 
 
+def test_the_swap_contention_example_shares_swapped_pages_among_many_forking_processes():
+    s = load_scenario(REPO / "examples" / "swap-contention.toml")
+    shared = [w for w in s.workload if w.shared]
+    assert shared and shared[0].processes * shared[0].threads >= 8 and all(w.fork_every for w in s.workload)
+    assert s.run.stress and s.reclaim.every and s.swapoff.every and s.machine.config()["swap_pages"] > 0
+
+
 # -- errors: <file>: <dotted key>: <problem> -------------------------------------
 
 def test_bad_policy_names_file_key_and_choices(tmp_path):

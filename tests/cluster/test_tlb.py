@@ -354,6 +354,18 @@ def test_a_lost_node_gets_its_page_tables_taken_back(tmp_path, monkeypatch):
 STRUCT_PAGE = ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick", "free_stack", "counters")
 
 
+def _as_the_model_would(r: Rig, model: Rig) -> None:
+    """model, the same machine without local faults, takes the same write
+    through the model's own fault: every struct page field, vmstat counter
+    and pte of the process must then be what the node's local fault left."""
+    model.fault()
+    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
+        for name in STRUCT_PAGE:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
+    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+
+
 @pytest.mark.parametrize("payload", ["token", "bytes"])
 def test_a_first_write_to_untouched_pages_is_faulted_in_on_the_node_as_the_model_would(tmp_path, payload):
     """The node runs the model's own fault steps: after the write and the
@@ -373,12 +385,7 @@ def test_a_first_write_to_untouched_pages_is_faulted_in_on_the_node_as_the_model
     assert (P.pte_node(mm.vmas[0].pte) == 0).all()
     assert r.local() is not None and r.tlbs[0].hits == 1     # cached: the next write hits
     model = Rig(tmp_path / "b", payload=payload)
-    model.fault()
-    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
-        for name in STRUCT_PAGE:
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
-    np.testing.assert_array_equal(mm.vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    _as_the_model_would(r, model)
 
 
 @pytest.mark.parametrize("payload", ["token", "bytes"])
@@ -401,12 +408,7 @@ def test_a_write_to_pages_only_this_pte_holds_makes_them_writable_on_the_node_as
     r.sd.harvest(r.m.k)
     r.m.check()
     np.testing.assert_array_equal(r.tokens(), toks)
-    model.fault()
-    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
-        for name in STRUCT_PAGE:
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
-    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    _as_the_model_would(r, model)
     assert r.m._mm(r.pid).rss == model.m._mm(model.pid).rss == r.n
 
 
@@ -505,12 +507,7 @@ def test_a_write_to_a_page_a_child_shares_is_copied_on_the_node_as_the_model_wou
     np.testing.assert_array_equal(r.tokens(), toks)
     np.testing.assert_array_equal(r.m.read_tokens(r.child, r.addr, r.n), before)
     assert (P.pte_node(r.m._mm(r.pid).vmas[0].pte) == 0).all()     # the copies: on the faulting node
-    model.fault()
-    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
-        for name in STRUCT_PAGE:
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
-    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    _as_the_model_would(r, model)
     assert r.m._mm(r.pid).rss == model.m._mm(model.pid).rss == r.n
 
 
@@ -539,12 +536,7 @@ def test_a_swap_cache_page_a_child_maps_too_is_copied_on_the_node_as_the_model_w
     r.m.check()
     np.testing.assert_array_equal(r.tokens(), toks)
     np.testing.assert_array_equal(r.m.read_tokens(r.child, r.addr, r.n), before)
-    model.fault()
-    for a, b in zip(r.m.k.nodes, model.m.k.nodes):
-        for name in STRUCT_PAGE:
-            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
-    np.testing.assert_array_equal(r.m.k.stat.counts, model.m.k.stat.counts)
-    np.testing.assert_array_equal(r.m._mm(r.pid).vmas[0].pte, model.m._mm(model.pid).vmas[0].pte)
+    _as_the_model_would(r, model)
     np.testing.assert_array_equal(r.m.k.swap.swap_map, model.m.k.swap.swap_map)
 
 

@@ -4,10 +4,14 @@
    (a shared workload maps once and forks, so its processes share the pages);
 2. run ``[run] operations`` batch accesses (see :mod:`cluster.workload`),
    recording every token written in a shadow copy;
-3. every ``[migration] every`` operations, migrate: ``move_pages`` of a
-   random batch of one process's pages to the next node, or
-   ``migrate_pages`` of a whole process from its node to the next one
-   (processes take turns, targets go round-robin);
+3. every ``[migration] every`` operations, migrate one process (processes
+   take turns, whatever their threads): ``move_pages`` of a random batch of
+   its pages, or of its hottest pages not on the target yet (``hot``), or
+   ``migrate_pages`` of all of it; to the next node round-robin, or to
+   ``[migration] target`` (from every other node, for migrate_pages);
+   every ``[reclaim] every`` operations reclaim a node; every ``[swapoff]
+   every`` operations swapoff and swapon; with ``[run] stress``, every
+   ``check_every`` operations verify every page and run the oracle;
 4. at the end, read every page back with ``read_tokens`` and compare with the
    shadow, run the invariant oracle ``check()``, and summarise per node.
 
@@ -61,6 +65,7 @@ class LocalRun:
         self.page_size = int(self.m.page_size)
         self.move_max = int(getattr(emulator, "MOVE_PAGES_MAX", 16384))
         self.procs: list[Proc] = []
+        self.movers: list[Proc] = []      # one per process, its whole mapping: what migrations take turns over
         self.patterns: list[AccessPattern] = []
         self.tally = MigrationTally(self.nr_nodes)
         self.errors: Counter[str] = Counter()
@@ -95,10 +100,12 @@ class LocalRun:
             flags = em.MPOL_MF_MOVE_ALL if spec.shared and spec.processes > 1 else em.MPOL_MF_MOVE
             slices = thread_slices(spec.pages, spec.threads)
 
-            def add(pid: int, addr: int, parts: list[Shadow]) -> None:
+            def add(pid: int, addr: int, whole: Shadow, parts: list[Shadow]) -> None:
                 for t, ((lo, hi), sh) in enumerate(zip(slices, parts)):
                     self.procs.append(Proc(pid, w, spec.node, addr + lo * self.page_size, hi - lo, sh,
                                            flags, thread=t))
+                # migrations move a process, whatever its threads
+                self.movers.append(Proc(pid, w, spec.node, addr, spec.pages, whole, flags))
 
             def cut(shadow: Shadow) -> list[Shadow]:   # views: one shadow per mapping
                 return [Shadow(shadow.tokens[lo:hi], shadow.known[lo:hi]) for lo, hi in slices]
@@ -106,15 +113,17 @@ class LocalRun:
             if spec.shared:
                 pid = self.m.spawn(node=spec.node)
                 addr = self.m.mmap(pid, spec.pages, shared=True)
-                parts = cut(Shadow.zeros(spec.pages))
+                whole = Shadow.zeros(spec.pages)
+                parts = cut(whole)
                 pids = [pid] + [self.m.fork(pid) for _ in range(spec.processes - 1)]
                 for p in pids:
-                    add(p, addr, parts)
+                    add(p, addr, whole, parts)
             else:
                 for _ in range(spec.processes):
                     pid = self.m.spawn(node=spec.node)
                     addr = self.m.mmap(pid, spec.pages, shared=False)
-                    add(pid, addr, cut(Shadow.zeros(spec.pages)))
+                    whole = Shadow.zeros(spec.pages)
+                    add(pid, addr, whole, cut(whole))
 
     # -- operations -------------------------------------------------------
 
@@ -179,15 +188,18 @@ class LocalRun:
         return np.asarray(out, dtype=np.int64)
 
     def migrate(self) -> None:
-        if self.nr_nodes < 2 or not self.procs:
+        if self.nr_nodes < 2 or not self.movers:
             return
-        proc = self.procs[self.migration_events % len(self.procs)]
+        proc = self.movers[self.migration_events % len(self.movers)]
         self.migration_events += 1
-        src, dst = proc.next_target(self.nr_nodes)
         mig = self.scenario.migration
         mode = mig.mode
-        if mig.target is not None:
+        if mig.target is None:
+            src, dst = proc.next_target(self.nr_nodes)
+            old = [src]
+        else:   # from wherever its pages are
             dst = mig.target
+            old = [n for n in range(self.nr_nodes) if n != dst]
         try:
             if mode == "hot":   # the most recently touched pages not yet on the target
                 batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
@@ -210,7 +222,7 @@ class LocalRun:
                 addrs = proc.page_addrs(np.arange(proc.pages), self.page_size)
                 before = self.query(proc, addrs)
                 left = self._migration_call("migrate_pages", dst, self.m.migrate_pages,
-                                            proc.pid, [src], [dst])
+                                            proc.pid, old, [dst])
                 self.tally.not_moved += int(left)
                 self.tally.count(before, self.query(proc, addrs))
         except OSError as exc:

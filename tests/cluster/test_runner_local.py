@@ -222,6 +222,82 @@ def test_migrate_pages_moves_the_whole_process(tmp_path):
     assert run.verify() == 0
 
 
+THREADED = """
+[machine]
+nodes = 3
+frames_per_node = 256
+swap_pages = 64
+policy = "migentry"
+payload = "token"
+
+[[workload]]
+node = 0
+processes = 2
+pages = 24
+threads = 3
+pattern = "sequential"
+batch = 8
+write_ratio = 1.0
+
+[migration]
+every = 0
+mode = "{mode}"
+{target}
+
+[run]
+operations = 30
+seed = 3
+"""
+
+
+def threaded(tmp_path, mode, target=None):
+    from cluster.runner_local import LocalRun
+
+    path = tmp_path / f"threaded-{mode}-{target}.toml"
+    path.write_text(THREADED.format(mode=mode, target="" if target is None else f"target = {target}"))
+    run = LocalRun(load_scenario(path))
+    run.run()
+    return run
+
+
+def where(run, pid):
+    mover = next(p for p in run.movers if p.pid == pid)
+    st = run.query(mover, mover.page_addrs(np.arange(mover.pages), run.page_size))
+    return st[st >= 0].tolist()
+
+
+def test_migrations_take_turns_per_process_not_per_thread(tmp_path):
+    """Two processes of three threads each: events 0 and 1 move the two
+    processes (all 24 pages each, node 0 -> 1), event 2 moves the first again
+    (1 -> 2); the tally counts every page moved, as pgmigrate_success does."""
+    run = threaded(tmp_path, "migrate_pages")
+    pids = [m.pid for m in run.movers]
+    assert len(run.procs) == 6 and len(pids) == 2 and all(m.pages == 24 for m in run.movers)
+    base = run.m.vmstat()["pgmigrate_success"]
+    run.migrate()
+    run.migrate()
+    assert where(run, pids[0]) == where(run, pids[1]) == [1] * 24
+    run.migrate()
+    assert where(run, pids[0]) == [2] * 24 and where(run, pids[1]) == [1] * 24
+    moved = run.m.vmstat()["pgmigrate_success"] - base
+    assert moved == 72
+    assert sum(run.tally.inbound) == sum(run.tally.outbound) == moved
+    assert run.verify() == 0
+
+
+@pytest.mark.parametrize("mode", ["migrate_pages", "move_pages", "hot"])
+def test_a_migration_target_takes_pages_from_every_other_node(tmp_path, mode):
+    """[migration] target: every event moves towards the target, wherever
+    the process's pages are now (migrate_pages moves from every other node)."""
+    run = threaded(tmp_path, mode, target=2)
+    pid = run.movers[0].pid
+    run.m.migrate_pages(pid, [0], [1])            # part of it elsewhere first: node 1
+    for _ in range(40):
+        run.migrate()                             # both processes take turns (move_pages: 8 random pages)
+    assert where(run, pid) == [2] * 24
+    assert run.verify() == 0
+
+
 def test_verification_catches_a_lost_write(tmp_path):
     from cluster.runner_local import LocalRun
 

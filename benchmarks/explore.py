@@ -1,11 +1,11 @@
 """Race explorer speed (issue 3's targets), measured in one run.
-Usage: python benchmarks/explore.py
+Usage: python benchmarks/explore.py [--catalogue]
 
 - schedules per second, systematic (dfs, bound 2) on the r1-no-pte-recheck
   scenario without the injection (target >= 2,000/s)
 - time to find the r1-no-pte-recheck violation, median of 5 seeds, for the
   systematic and the random modes (target < 1 s)
-- schedules each catalogue scenario takes to explore completely, bound 2
+- with --catalogue: schedules each catalogue scenario takes to explore completely, bound 2
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@
     numaemu --version
 
 Exit codes: 0 success; 1 the run found violations (data read back wrong or
-an invariant broken) or failed; 2 bad input (scenario file, options).
+an invariant broken) or failed; 2 bad input (scenario file, options);
+130 interrupted (the partial summary is still printed and written).
 """
 
 from __future__ import annotations
@@ -71,22 +72,24 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     for b in bugs:
         if b not in BUGS:
             _fail(f"--bug {b}: unknown bug injection (known: {', '.join(BUGS)})", 2)
-    if json_path is not None:
-        parent = Path(json_path).parent
-        if not parent.is_dir():
-            _fail(f"--json {json_path}: directory {str(parent)!r} does not exist", 2)
-        if Path(json_path).is_dir():
-            _fail(f"--json {json_path}: is a directory", 2)
     try:
         spec = load_scenario(scenario)
     except ScenarioError as exc:
         _fail(str(exc), 2)
     if check_every and not (stress or spec.run.stress):
         _fail("--check-every needs --stress (or [run] stress = true)", 2)
-    if report_dir is not None:
-        from .plots import ReportError, prepare_report_dir
+    # the output directories, created if missing (with their parents), before the run
+    from .plots import ReportError, prepare_dir
+    if json_path is not None:
+        if Path(json_path).is_dir():
+            _fail(f"--json {json_path}: is a directory", 2)
         try:
-            prepare_report_dir(report_dir)
+            prepare_dir(Path(json_path).parent)
+        except ReportError as exc:
+            _fail(f"--json {json_path}: {Path(json_path).parent}: {exc}", 2)
+    if report_dir is not None:
+        try:
+            prepare_dir(report_dir)
         except ReportError as exc:
             _fail(f"--report {report_dir}: {exc}", 2)
 

@@ -42,10 +42,10 @@ MAX_LEGEND_NODES = 16
 
 
 class ReportError(Exception):
-    """The report directory cannot be used (the message says why)."""
+    """An output directory cannot be used (the message says why)."""
 
 
-def prepare_report_dir(directory: str | os.PathLike) -> Path:
+def prepare_dir(directory: str | os.PathLike) -> Path:
     """Make sure ``directory`` is a directory we can write into: create it
     (and its parents) if missing. Raises :class:`ReportError` otherwise."""
     path = Path(directory)

@@ -4,8 +4,8 @@ The summary is a plain JSON-able dict::
 
     {
       "scenario": "examples/quickstart.toml", "backend": "local",
-      "policy": "migcache", "payload": "token", "operations": 2000, "seed": 0,
-      "processes": 2, "migration_events": 40, "elapsed_s": 0.8,
+      "policy": "migcache", "payload": "token", "operations": 2000, "seed": 1,
+      "processes": 5, "migration_events": 40, "elapsed_s": 0.8,
       "nodes": [ {"node": 0, "frames": 4096, "used": ..., "free": ...,
                   "migrations_in": ..., "migrations_out": ...,
                   "pgmigrate_success": ..., ..., "fault_p50_us": ..., "fault_p99_us": ...,

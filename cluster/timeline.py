@@ -24,7 +24,7 @@ The latency summary (``LatencyRecorder.summary()``, the run summary's
 
     {"fault_us":     {"count": 2000, "p50": 41.2, "p90": 80.3, "p99": 150.9, "max": 900.0},
      "migration_us": {"count": 40, ...},
-     # only when emulated steps were counted (numaemu run --metrics-port):
+     # when emulated steps were counted (on Ray always; locally with --metrics-port):
      "fault_steps":  {"count": 2000, "p50": ..., ...}, "migration_steps": {...}}
 
 A kind with no observations has ``count`` 0 and the other fields ``None``.

@@ -1,8 +1,10 @@
 """Workload generation: which pages each operation touches, backend-agnostic.
 
-Everything random comes from one ``numpy.random.Generator`` seeded from
-``[run] seed``, and the draws happen in a fixed order, so a scenario replays
-the same accesses on every run and on every backend.
+Everything random comes from ``numpy.random.Generator``s seeded from
+``[run] seed``. The local backend draws from one, in a fixed order, so a
+scenario replays exactly; on Ray each driver thread draws from its own
+(seeded with the seed, its node and its thread), so each thread repeats its
+accesses while their interleaving across threads is real, and differs.
 
 An *operation* is one batch access by one thread of a process: ``batch``
 consecutive pages of its slice of the mapping (clipped at the slice's end),

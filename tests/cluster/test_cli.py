@@ -98,12 +98,19 @@ def test_missing_scenario_file(tmp_path):
     assert result.stderr.startswith(f"error: {tmp_path / 'none.toml'}: cannot read the file")
 
 
-def test_json_into_a_missing_directory_is_refused_before_running(tmp_path):
+def test_json_into_a_missing_directory_creates_it(tmp_path):
     out = tmp_path / "no" / "such" / "out.json"
-    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--json", str(out)])
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--json", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text())["violations"] == 0
+
+
+def test_json_under_a_file_is_refused_before_running(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "file" / "out.json"
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--json", str(out)])
     assert result.exit_code == 2
-    assert "does not exist" in result.stderr
-    assert not out.exists()
+    assert result.stderr == f"error: --json {out}: {out.parent}: exists and is not a directory\n"
 
 
 def test_violations_give_exit_1(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ BUGS = {
     "r3-fork-links-at-head": "fork links the child's vma at the head of the anon_vma list (R3)",
     "no-refcount-freeze": "migration moves the mapping without checking the expected reference count",
     "tlb-no-epoch": "a node's TLB installs the ptes of a fault even when a flush came after they were read",
+    "unordered-page-locks": "a fault or swapoff batch takes the page locks that are free and sleeps on the rest "
+                            "holding them, in no order (two batches can deadlock: ABBA)",
 }
 
 

@@ -31,8 +31,13 @@ def _map(path: str, size: int, create: bool) -> mmap.mmap:
     flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
-        if create:
-            os.ftruncate(fd, size)
+        if create:   # the tables are written in full: take the space now (ENOSPC), not SIGBUS later
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                os.unlink(path)
+                raise OSError(exc.errno, f"the frame tables need {size / 2**20:.0f} MiB in "
+                                         f"{os.path.dirname(path)}: {exc.strerror}") from None
         return mmap.mmap(fd, size)
     finally:
         os.close(fd)

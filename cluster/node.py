@@ -60,6 +60,7 @@ class NodeActor:
         self.allowed: int | None = None     # the gate: ops the drivers may do before the runner's next event
         self.wake: int | None = None        # progress() answers at once from this many ops on
         self.woken = threading.Event()      # a driver parked, finished or passed ``wake``
+        self.tally = threading.Lock()       # the drivers' counts below, kept by every thread
         self.errors: Counter[str] = Counter()
         self.latency_s: list[float] = []    # per fault batch: wall seconds, through the coordinator
         self.latency_steps: list[int] = []  # and emulated steps
@@ -116,8 +117,10 @@ class NodeActor:
 
     def close(self) -> None:
         self.stop()
+        for d in self.drivers:      # out of the TLB before its files close (a call in flight ends by WAIT_TIMEOUT)
+            d.thread.join(5.0)
         unlink(self.path)
-        if self.tlb is not None:
+        if self.tlb is not None and not any(d.thread.is_alive() for d in self.drivers):
             self.tlb.close()
 
     # -- the workload drivers --------------------------------------------------------
@@ -188,8 +191,9 @@ class NodeActor:
                "deadlocks": [d.deadlock for d in self.drivers if d.deadlock],
                "parked": parked, "checkpoint": parked and any(d.at_checkpoint for d in running)}
         if since >= 0:
-            n = len(self.latency_s)
-            out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
+            with self.tally:
+                n = len(self.latency_s)
+                out["latency"] = (n, self.latency_s[since:n], self.latency_steps[since:n])
         return out
 
     def _due(self) -> bool:
@@ -209,8 +213,11 @@ class NodeActor:
                 "fork_child": self.fork_child, **(self.tlb.stats() if self.tlb else {})}
 
     def pause(self) -> int:
-        """Stop every thread between two operations; returns once all are idle."""
-        self.paused = True
+        """Stop every thread between two operations; returns once all are idle
+        (a driver decides to run its next operation under ``cv``, so once
+        ``paused`` is set there, an idle driver stays parked)."""
+        with self.cv:
+            self.paused = True
         for d in self.drivers:
             while d.thread.is_alive() and not d.idle.wait(0.05):
                 pass
@@ -284,17 +291,17 @@ class _Driver:
             for op in range(self.operations):
                 if self.pause_every and op and op % self.pause_every == 0:
                     self.at_checkpoint = True        # until the runner resumes every driver
-                if self._must_wait():
-                    self.idle.set()
-                    with node.cv:
+                with node.cv:       # idle goes clear under cv: pause() never sees a driver on its way out
+                    if self._must_wait():
+                        self.idle.set()
                         self.parked = True
                         node.woken.set()
                         while not node.stopping and self._must_wait():
                             node.cv.wait(1.0)
                         self.parked = False
-                if node.stopping:
-                    break
-                self.idle.clear()
+                    if node.stopping:
+                        break
+                    self.idle.clear()
                 proc = procs[op % len(procs)]
                 acc = patterns[proc.workload].next(rng, proc.cursor, proc.pages)
                 proc.cursor = acc.start + acc.npages
@@ -308,10 +315,12 @@ class _Driver:
                         tlb.install(proc.pid, fill)
                     except OSError as exc:
                         toks = exc
-                    node.latency_s.append(time.perf_counter() - t0)
-                    node.latency_steps.append(m.last_steps)
+                    with node.tally:
+                        node.latency_s.append(time.perf_counter() - t0)
+                        node.latency_steps.append(m.last_steps)
                 if isinstance(toks, OSError):
-                    node.errors[f"touch:{errno.errorcode.get(toks.errno or 0, toks.errno)}"] += 1
+                    with node.tally:
+                        node.errors[f"touch:{errno.errorcode.get(toks.errno or 0, toks.errno)}"] += 1
                     if acc.write:
                         proc.shadow.forget(acc.start, acc.npages)
                 else:
@@ -338,18 +347,21 @@ class _Driver:
 
     def fork(self, m, proc: Proc, acc, shared: bool) -> None:
         node = self.node
-        node.forks += 1
+        with node.tally:
+            node.forks += 1
         try:
             res = fork_cycle(m, proc, acc, node.page_size, shared)
         except OSError as exc:
-            node.errors[f"fork:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            with node.tally:
+                node.errors[f"fork:{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
             return
         if not res.bad:
             return
-        # the description and the child first: progress() may read between these lines
-        node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
-        if not node.fork_bad:
-            node.fork_child = res.child
-        node.fork_bad += len(res.bad)
+        with node.tally:
+            # the description and the child first: progress() may read between these lines
+            node.fork_details.extend(res.bad[: max(0, MAX_DETAILS - len(node.fork_details))])
+            if not node.fork_bad:
+                node.fork_child = res.child
+            node.fork_bad += len(res.bad)
         node.woken.set()
 

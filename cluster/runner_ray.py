@@ -29,6 +29,7 @@ from typing import Any, Callable
 from emulator.sched import Deadlock
 
 from .channel import CoordinatorGone
+from .concurrent import WAIT_TIMEOUT
 from .coordinator import Coordinator, CoordMachine, FrozenMachine
 from .dataplane import overcommitted
 from .node import NodeActor
@@ -41,10 +42,25 @@ ProgressFn = Callable[[int], None]
 POLL_S = 0.1
 PING_TIMEOUT_S = 10.0
 SILENT_POLLS = 3
+ANSWER_S = PING_TIMEOUT_S * SILENT_POLLS    # a node actor silent this long is lost
+PAUSE_S = WAIT_TIMEOUT + ANSWER_S            # a pause waits for the operations in flight, which may wait that long
 
 
 class RunnerError(RuntimeError):
     """The Ray runtime could not start or reach what it needs."""
+
+
+def _first_line(exc: BaseException) -> str:
+    """A Ray error in one line: its first, the rest being the remote
+    traceback, whose last line (the exception raised there) is added when
+    an actor's creation failed: that is the reason."""
+    import re
+    lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "creation task" in lines[0] and len(lines) > 1:
+        return f"{lines[0].split(',')[0]}: {lines[-1].strip()}"
+    return lines[0]
 
 
 def ensure_ray(address: str | None) -> bool:
@@ -135,23 +151,34 @@ class RayRun:
         del probe
         self.hosts = hosts()
         self.placement = [self.hosts[i % len(self.hosts)] for i in range(self.nr_nodes)]
-        Node = ray.remote(NodeActor)
-        self.nodes = [Node.options(num_cpus=0, max_concurrency=8, scheduling_strategy=_on(h),
-                                   name=f"numaemu-{self.run_id}-node{i}").remote(i, frames[i], page_size,
-                                                                                 payload, self.run_id)
-                      for i, h in enumerate(self.placement)]
-        descs = ray.get([n.payload.remote() for n in self.nodes])
-        self.warnings = overcommitted(descs)
-        for d, h in zip(descs, self.nodes):
-            d["handle"] = h
-        Coord = ray.remote(Coordinator)
-        self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
-                                   scheduling_strategy=_on(self.hosts[0]),
-                                   name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress)
-        self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
-        plain = [{k: v for k, v in d.items() if k != "handle"} for d in descs]
-        ray.get([n.peers.remote(plain) for n in self.nodes])    # and so has every node on the same host
-        ray.get([n.forget_path.remote() for n in self.nodes])
+        self.nodes: list[Any] = []
+        self.coord = None
+        self.info: dict[str, Any] = {}
+        self.dead: dict[int, str] = {}
+        try:    # a start that fails (or Ctrl-C) leaves no actor and no file behind
+            Node = ray.remote(NodeActor)
+            self.nodes = [Node.options(num_cpus=0, max_concurrency=8, scheduling_strategy=_on(h),
+                                       name=f"numaemu-{self.run_id}-node{i}").remote(i, frames[i], page_size,
+                                                                                     payload, self.run_id)
+                          for i, h in enumerate(self.placement)]
+            descs = ray.get([n.payload.remote() for n in self.nodes])
+            self.warnings = overcommitted(descs)
+            for d, h in zip(descs, self.nodes):
+                d["handle"] = h
+            Coord = ray.remote(Coordinator)
+            self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
+                                       scheduling_strategy=_on(self.hosts[0]),
+                                       name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress,
+                                                                                   self.run_id)
+            self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
+            plain = [{k: v for k, v in d.items() if k != "handle"} for d in descs]
+            ray.get([n.peers.remote(plain) for n in self.nodes])    # and so has every node on the same host
+            ray.get([n.forget_path.remote() for n in self.nodes])
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, ray.exceptions.RayError):
+                raise RunnerError(f"the run could not start: {_first_line(exc)}") from None
+            raise
         self.m = CoordMachine(self.coord, self.info, "runner")
         self.local = LocalRun(scenario, machine=self.m, latency=latency)
         self.metrics = metrics
@@ -163,7 +190,6 @@ class RayRun:
         if metrics is not None:   # the driver serves the endpoint, reading through the coordinator
             self.local.metrics, self.local.steps = metrics, self.m
             metrics.attach(self.local)
-        self.dead: dict[int, str] = {}
         self.lost_pages: dict[int, int] = {}
         self.checks = 0
         self.violations = 0
@@ -269,7 +295,7 @@ class RayRun:
         except Deadlock as exc:         # an event of the runner's (a migration, reclaim, swapoff)
             self._deadlock(by_home, [f"runner: {exc}"])
         except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _answers'
-            raise RunnerError(f"the coordinator died: {str(exc).splitlines()[0]}") from None
+            raise RunnerError(f"the coordinator died: {_first_line(exc)}") from None
         results = self._stop(by_home)
         self._count_lost()
         for r in results.values():
@@ -396,27 +422,42 @@ class RayRun:
     def _alive(self, by_home) -> list[int]:
         return [h for h in by_home if h not in self.dead]
 
+    def _each(self, hs: list[int], call: Callable[[Any], Any], timeout: float | None = ANSWER_S) -> dict[int, Any]:
+        """``call(node actor)`` on each of nodes ``hs``, answers by node: one
+        that dies, or does not answer within ``timeout``, is lost (as in
+        _answers), not taken for the coordinator."""
+        refs = {h: call(self.nodes[h]) for h in hs}
+        out = {}
+        for h, ref in refs.items():
+            try:
+                out[h] = self.ray.get(ref, timeout=timeout)
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
+                self._lost(h, f"{type(exc).__name__}: {_first_line(exc)}")
+        return out
+
+    def _pause(self, by_home) -> None:
+        """Every live driver stops between two operations (one inside a call
+        answers once the call does: the model gives up a wait at WAIT_TIMEOUT)."""
+        self._each(self._alive(by_home), lambda n: n.pause.remote(), PAUSE_S)
+
     def _quiescent_check(self, by_home) -> None:
-        ray = self.ray
-        live = self._alive(by_home)
-        ray.get([self.nodes[h].pause.remote() for h in live])
+        self._pause(by_home)
         try:
             self.checks += 1
             self._oracle()
             self._verify(by_home, final=False)
             if self.violations:
                 self._dump()
-            else:
-                ray.get(self.coord.keep_checkpoint.remote())
+            elif not self.dead:     # a node lost while paused: its pages are the summary's
+                self.ray.get(self.coord.keep_checkpoint.remote())
         finally:
-            ray.get([self.nodes[h].resume.remote() for h in live])
+            self._each(self._alive(by_home), lambda n: n.resume.remote())
 
     def _fork_violation(self, by_home, details: list[str], child: int) -> None:
         """A child read what its parent never wrote (or lost its own write):
         stop every driver between two operations and dump the state, with
         the calls up to that child's exit (what ran after it is no cause)."""
-        ray = self.ray
-        ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
+        self._pause(by_home)
         self.details.extend(details[:20])
         self._dump(until_exit=child)
 
@@ -431,16 +472,16 @@ class RayRun:
         self.violations += 1
         self.details.extend(f"deadlock: {w}" for w in what[: max(0, 20 - len(self.details))])
         if self.stress:
-            self.ray.get([self.nodes[h].pause.remote() for h in self._alive(by_home)])
+            self._pause(by_home)
             self._dump()
 
     def _verify(self, by_home, final: bool = True) -> None:
-        ray = self.ray
-        live = self._alive(by_home)
         lost = sorted(self.dead)
-        res = ray.get([self.nodes[h].verify.remote(self.coord, self.info, lost) for h in live])
+        # reading every page back takes as long as it takes: no timeout, but a death is a loss
+        answers = self._each(self._alive(by_home), lambda n: n.verify.remote(self.coord, self.info, lost), None)
+        res = list(answers.values())
         self.verified = {"pages": int(sum(r["checked"] for r in res)),
-                         "processes": int(sum(len(by_home[h]) for h in live))}
+                         "processes": int(sum(len(by_home[h]) for h in answers))}
         for r in res:
             self.violations += r["bad"]
             self.details.extend(r["details"][: max(0, 20 - len(self.details))])
@@ -491,18 +532,16 @@ class RayRun:
                 except Exception:  # noqa: BLE001 - best effort: the actor may be gone
                     pass
             ray.kill(n)
-        try:
-            ray.get(self.coord.forget_paths.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - best effort: the coordinator may be gone
-            pass
-        ray.kill(self.coord)
+        if self.coord is not None:
+            try:
+                ray.get(self.coord.forget_paths.remote(), timeout=10)
+            except Exception:  # noqa: BLE001 - best effort: the coordinator may be gone
+                pass
+            ray.kill(self.coord)
+        # whatever the actors on this host left, should they have died first: every name is numaemu-<run_id>-*
         from .dataplane import shm_dir, unlink
-        for i in range(self.nr_nodes):
-            unlink(shm_dir() / f"numaemu-{self.run_id}-node{i}")
-        # the coordinator's own files (it is on this host), should it have died before forget_paths
-        for path in (self.info.get("steps"), (self.info.get("frames") or {}).get("path")):
-            if path:
-                unlink(path)
+        for path in shm_dir().glob(f"numaemu-{self.run_id}-*"):
+            unlink(path)
 
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
@@ -512,16 +551,19 @@ def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: 
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = ensure_ray(address)     # Ray installs its own handlers: ours come back after
+    import ray
+
     run = None
     try:
         run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir,
                      latency=latency, bugs=tuple(bugs))
         return run.run(progress)
+    except ray.exceptions.RayError as exc:     # an actor died where no loss is accounted: say so in one line
+        raise RunnerError(f"the run failed: {_first_line(exc)}") from None
     finally:
         if run is not None:
             run.close()
         if started:
-            import ray
             ray.shutdown()
         for sig, h in handlers.items():
             if h is not None:

@@ -339,8 +339,10 @@ class NodeTLB:
                     if faulted is False:
                         break
         else:
-            self.refused += 1
-        self.misses += 1
+            with self.lock:
+                self.refused += 1
+        with self.lock:
+            self.misses += 1
         return None
 
     def _store(self, gp: np.ndarray, npages: int, write: bool) -> np.ndarray:

@@ -546,6 +546,66 @@ def test_a_coordinator_dead_before_the_run_leaves_nothing_in_dev_shm(ray_session
     assert not any(p.exists() for p in mine)
 
 
+class FailingCoordinator:
+    """A coordinator whose start fails once its files exist (as one that
+    finds no room for its frame tables does)."""
+
+    def __new__(cls):
+        from cluster.coordinator import Coordinator
+
+        class Failing(Coordinator):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                raise OSError(28, "no room in /dev/shm (a test)")
+        return Failing
+
+
+def test_a_start_that_fails_says_why_in_one_line_and_leaves_nothing_behind(ray_session, tmp_path, monkeypatch):
+    import ray.cloudpickle
+    import cluster.runner_ray as rr
+    from cluster.dataplane import shm_dir
+    before = set(shm_dir().glob("numaemu-*"))
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the workers cannot import this file
+    try:
+        monkeypatch.setattr(rr, "Coordinator", FailingCoordinator())
+        with pytest.raises(rr.RunnerError) as info:
+            RayRun(load_scenario(scenario(tmp_path)))
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert str(info.value).startswith("the run could not start: The actor died because of an error raised "
+                                      "in its creation task: OSError: [Errno 28] no room in /dev/shm (a test)")
+    assert set(shm_dir().glob("numaemu-*")) == before
+    assert not [a for a in ray_session.util.list_named_actors() if a.startswith("numaemu-")]
+
+
+class NodeDyingInItsCheck:
+    """Node actor 1 dies the first time a quiescent check reads its pages back."""
+
+    def __new__(cls):
+        class Dying(NodeActor):
+            def verify(self, *a, **kw):
+                if self.node == 1:
+                    import os
+                    os._exit(1)
+                return super().verify(*a, **kw)
+        return Dying
+
+
+def test_a_node_actor_dying_in_a_quiescent_check_is_lost_not_the_coordinator(ray_session, tmp_path, monkeypatch):
+    import ray.cloudpickle
+    import cluster.runner_ray as rr
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        monkeypatch.setattr(rr, "NodeActor", NodeDyingInItsCheck())
+        summary, _ = run(scenario(tmp_path, operations=2000, every=25), stress=True, check_every=400)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert list(summary["lost"]["nodes"]) == ["1"]
+    assert summary["lost"]["pages"] > 0
+    assert summary["lost"]["verified_intact"]["pages"] > 0
+    assert summary["violations"] == 0, summary["violation_details"]
+
+
 # -- the command line ----------------------------------------------------------------
 
 def numaemu(*args, **kw):

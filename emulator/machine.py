@@ -300,17 +300,24 @@ class Machine:
         if len(nodes) != len(pages):
             raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
         tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
+        cpu = None if caller is None else self._mm(caller).node   # the caller allocates
         try:
-            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags))
+            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))
         except MovePagesENODEV as e:
             raise OSError(errno.ENODEV, f"move_pages: node {e.node} is not online "
                                         f"(0..{self.nr_nodes - 1}); {len(e.done)} pages before it were processed") from None
 
     def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
                       privileged: bool = True) -> int:
-        old = [self._node(n, "migrate_pages: old_nodes") for n in old_nodes]
-        new = [self._node(n, "migrate_pages: new_nodes") for n in new_nodes]
+        """kernel_migrate_pages(): the pid first (ESRCH), then new_nodes (a node
+        not online: EINVAL); old_nodes is only a mask to read, and a bit naming
+        no online node has no pages there, so it is no error."""
         mm = self._mm(pid)
+        new = [self._node(n, "migrate_pages: new_nodes") for n in new_nodes]
+        bad = [n for n in old_nodes if isinstance(n, bool) or not isinstance(n, (int, np.integer))]
+        if bad:
+            raise OSError(errno.EINVAL, f"migrate_pages: old_nodes: {bad[0]!r} is not a node number")
+        old = [int(n) for n in old_nodes if n >= 0]
         if not old or not new:
             return 0
         return self._run(do_migrate_pages(self.k, mm, nodes_remap(old, new), privileged))

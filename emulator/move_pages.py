@@ -7,11 +7,13 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   it have moved.
 - Per page: no vma or pte_none -> -EFAULT; a non-present pte (swapped out,
   under migration) -> -ENOENT; already on the target -> the node (nothing
-  counted); mapped more than once without MPOL_MF_MOVE_ALL -> -EACCES; not
-  isolatable (the same page earlier in the batch, or another migration) ->
-  -EBUSY; then the node it moved to, or the migration's -errno.
+  counted); mapped more than once without MPOL_MF_MOVE_ALL -> -EACCES (each
+  time it is named: the check precedes isolation); not isolatable (the same
+  page earlier in the batch, or another migration) -> -EBUSY; then the node
+  it moved to, or the migration's -errno.
 - migrate_pages() moves every present page of the process from old_nodes to
-  the corresponding new node (nodes_remap) and returns the number of pages
+  the corresponding new node (nodes_remap; with sets of different sizes a
+  source that is also a destination stays) and returns the number of pages
   that could not be moved.
 """
 from __future__ import annotations
@@ -95,6 +97,14 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
     if not len(idx):
         return status, batches
     g = gp[idx]
+    if not flags & MPOL_MF_MOVE_ALL:
+        # mapcount before isolation: a shared page is -EACCES however often it is named
+        shared = np.zeros(len(idx), dtype=bool)
+        for n in distinct(g >> P.NODE_SHIFT):
+            sel = (g >> P.NODE_SHIFT) == n
+            shared[sel] = k.nodes[n].mapcount[g[sel] & P.PFN_MASK] > 1
+        status[idx[shared]] = -errno.EACCES
+        idx, g = keep(~shared, idx, g)
     # the same page twice: the second one finds it isolated already
     if len(g) > 1 and not (np.diff(g) > 0).all():
         _, first = np.unique(g, return_index=True)
@@ -106,10 +116,6 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
         pos, pf = keep((g >> P.NODE_SHIFT) == n, idx, g)
         pf = pf & P.PFN_MASK
         fr = k.nodes[n]
-        if not flags & MPOL_MF_MOVE_ALL:
-            shared = fr.mapcount[pf] > 1
-            status[pos[shared]] = -errno.EACCES
-            pos, pf = keep(~shared, pos, pf)
         ok = isolate_step(k, n, pf)
         status[pos[~ok]] = -errno.EBUSY
         pos, pf = keep(ok, pos, pf)
@@ -127,8 +133,12 @@ async def migrate_isolated(k, batches, target: int, cpu: int, status: np.ndarray
             status[pos[sl]] = np.where(res == 0, target, res)
 
 
-async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: int) -> np.ndarray:
+async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: int,
+                        cpu: int | None = None) -> np.ndarray:
+    """cpu: the node of the task calling move_pages(), which allocates the new
+    pages (numa_local/numa_other); the target process's own when it calls."""
     n = len(vpns)
+    cpu = mm.node if cpu is None else cpu
     status = np.zeros(n, dtype=np.int64)
     owner = k.node_owner(mm.node)
     # runs of consecutive equal targets
@@ -140,7 +150,7 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
         if target < 0 or target >= k.topo.nr_nodes:
             raise MovePagesENODEV(status[:a], target)
         st, batches = await call(owner, collect_step, k, mm, vpns[a:b], target, flags)
-        await migrate_isolated(k, batches, target, mm.node, st)
+        await migrate_isolated(k, batches, target, cpu, st)
         status[a:b] = st
     return status
 
@@ -154,8 +164,11 @@ class MovePagesENODEV(Exception):
 
 
 def nodes_remap(old: list[int], new: list[int]) -> dict[int, int]:
+    """node_remap() of each source (do_migrate_pages()): the i-th old node to the
+    (i mod |new|)-th new one. Sets of different sizes cannot keep the nodes'
+    relative placement, so a source that is also a destination stays."""
     o, w = sorted(set(old)), sorted(set(new))
-    return {s: w[i % len(w)] for i, s in enumerate(o)}
+    return {s: w[i % len(w)] for i, s in enumerate(o) if len(o) == len(w) or s not in w}
 
 
 def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):

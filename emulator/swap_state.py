@@ -7,8 +7,9 @@ Rules:
   undoes all four together. Invariants 4, 5 and 7 are these rules.
 - lookup takes a transient reference on a hit (the fault's reference).
 - read_swap_cache_async reads a slot that is still in use and not cached into
-  a new page: a major fault (pgmajfault, pswpin). Migration-cache entries are
-  never read from anywhere: a miss is a miss.
+  a new page (pswpin); for do_swap_page that is a major fault (pgmajfault),
+  for swapoff's unuse walk not. Migration-cache entries are never read from
+  anywhere: a miss is a miss.
 - pageout writes a dirty swap-cache page to its slot (pswpout).
 """
 from __future__ import annotations
@@ -94,9 +95,11 @@ def lookup_swap_cache(k, entries: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_swap_cache_async(k, mm, vma, vpns: np.ndarray, entries: np.ndarray):
+def read_swap_cache_async(k, mm, vma, vpns: np.ndarray, entries: np.ndarray, fault: bool = True):
     """Bring swap slots into the swap cache. Returns (gpfn per entry or -1,
-    mask of entries that failed for want of memory). Holds a reference on each."""
+    mask of entries that failed for want of memory). Holds a reference on each.
+    fault: the reader is do_swap_page(), the only one counting PGMAJFAULT
+    (swapoff's unuse_pte_range() reads too, and counts pswpin alone)."""
     out = np.full(len(entries), -1, dtype=np.int64)
     nomem = np.zeros(len(entries), dtype=bool)
     slots = P.pte_offset(entries)
@@ -133,7 +136,8 @@ def read_swap_cache_async(k, mm, vma, vpns: np.ndarray, entries: np.ndarray):
         k.stat.add(node, "pswpin", len(pf))
     for gg in g.tolist():
         k.pins[gg] += 1
-    k.stat.add(mm.node, "pgmajfault", len(g))
+    if fault:
+        k.stat.add(mm.node, "pgmajfault", len(g))
     return out, nomem
 
 

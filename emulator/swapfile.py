@@ -121,7 +121,8 @@ async def _unuse_pass(k) -> bool:
                 continue
             found = True
             entries = ptes[idx].copy()
-            gp, nomem = await call("coord", read_swap_cache_async, k, mm, vma, vma.start + idx, entries)
+            gp, nomem = await call("coord", read_swap_cache_async, k, mm, vma, vma.start + idx, entries,
+                                   False)
             if nomem.any():
                 k.unpin(gp[gp >= 0])
                 await call("coord", swapoff_fail, k)

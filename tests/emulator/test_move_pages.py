@@ -9,7 +9,7 @@ import errno
 
 import pytest
 
-from emu_support import fill, make, pages_of, pattern, raises_errno, unmapped_addr, where
+from emu_support import fill, make, numa, numa_delta, pages_of, pattern, raises_errno, unmapped_addr, where
 
 EFAULT, ENOENT, EACCES, EBUSY = errno.EFAULT, errno.ENOENT, errno.EACCES, errno.EBUSY
 
@@ -82,6 +82,19 @@ def test_same_page_twice_same_target(policy):
     assert success(m) == s + 1
     assert where(m, pid, a) == [1]
     assert m.read(pid, a, m.page_size) == data[0]
+    m.check()
+
+
+def test_shared_page_twice_is_eacces_both_times(policy):
+    # add_page_for_migration(): the mapcount check (-EACCES) comes before
+    # isolate_lru_page(), so the repeat of a shared page never gets as far as -EBUSY
+    from emulator import MPOL_MF_MOVE
+    m, pid, a, _ = setup(policy, npages=2)
+    m.fork(pid)
+    s, f = success(m), fail(m)
+    assert m.move_pages(pid, [a, a], [1, 1], flags=MPOL_MF_MOVE) == [-EACCES, -EACCES]
+    assert (success(m), fail(m)) == (s, f)
+    assert where(m, pid, a, 2) == [0, 0]
     m.check()
 
 
@@ -199,6 +212,29 @@ def test_eperm_without_privilege(policy):
     assert m.move_pages(pid, [a], [1], flags=MPOL_MF_MOVE, privileged=False, caller=pid) == [1]
 
 
+def test_numa_counters_of_a_move_follow_the_calling_task(policy):
+    # the new pages are allocated in the caller of move_pages() (alloc_migration_target
+    # -> __alloc_pages, zone_statistics): numa_local/numa_other compare their node with
+    # the caller's numa_node_id(), not with the node of the process whose pages move
+    from emulator import MPOL_MF_MOVE
+    m, pid, a, _ = setup(policy, npages=4)            # the target process runs on node 0
+    caller = m.spawn(node=1)
+    before = numa(m)
+    assert m.move_pages(pid, pages_of(m, a, 4), [1] * 4, flags=MPOL_MF_MOVE, caller=caller) == [1] * 4
+    d = numa_delta(numa(m), before)
+    assert (d[1]["numa_local"], d[1]["numa_other"]) == (4, 0)
+    # without a caller the target process calls for itself (node 0): remote, numa_other
+    before = numa(m)
+    assert m.move_pages(pid, pages_of(m, a, 2), [0, 0]) == [0, 0]
+    d = numa_delta(numa(m), before)
+    assert (d[0]["numa_local"], d[0]["numa_other"]) == (2, 0)
+    before = numa(m)
+    assert m.move_pages(pid, pages_of(m, a, 2), [1, 1]) == [1, 1]
+    d = numa_delta(numa(m), before)
+    assert (d[1]["numa_local"], d[1]["numa_other"]) == (0, 2)
+    m.check()
+
+
 def test_e2big(policy):
     import emulator
     m, pid, a, _ = setup(policy, npages=1)
@@ -293,3 +329,36 @@ def test_migrate_pages_einval_for_a_bad_target(policy, new):
 def test_migrate_pages_esrch(policy):
     m, pid, a, _ = setup(policy, npages=1)
     raises_errno(errno.ESRCH, m.migrate_pages, 999, [0], [1])
+
+
+def test_migrate_pages_with_node_sets_of_different_sizes_skips_destination_nodes(policy):
+    # do_migrate_pages(): with nodes_weight(from) != nodes_weight(to) a source node that
+    # is also in the destination set stays ("[0-7] -> [3,4,5] moves only 0,1,2,6,7")
+    m, pid, a, data = setup(policy, npages=3, nodes=3)
+    ps = m.page_size
+    assert m.move_pages(pid, [a + ps, a + 2 * ps], [1, 2]) == [1, 2]
+    s = success(m)
+    assert m.migrate_pages(pid, [0, 1, 2], [1, 2]) == 0
+    assert where(m, pid, a, 3) == [1, 1, 2]          # only node 0 moved, to node_remap(0) = 1
+    assert success(m) == s + 1
+    # sets of one size: every source moves to the node of the same rank ([2,3,4] -> [3,4,5])
+    assert m.migrate_pages(pid, [1, 2], [0, 1]) == 0
+    assert where(m, pid, a, 3) == [0, 0, 1]
+    assert success(m) == s + 4
+    assert m.read(pid, a, 3 * ps) == b"".join(data)
+    m.check()
+
+
+def test_migrate_pages_ignores_old_nodes_that_are_not_online(policy):
+    # kernel_migrate_pages() checks only new_nodes (nodes_and with the cpuset's mems);
+    # old_nodes is a mask read as given: a bit naming no online node has no pages
+    m, pid, a, _ = setup(policy, npages=2)
+    assert m.migrate_pages(pid, [0, 5], [1]) == 0
+    assert where(m, pid, a, 2) == [1, 1]
+    m.check()
+
+
+def test_migrate_pages_esrch_before_a_bad_target(policy):
+    # kernel_migrate_pages(): find_task_by_vpid() runs before new_nodes is checked
+    m, pid, a, _ = setup(policy, npages=1)
+    raises_errno(errno.ESRCH, m.migrate_pages, 999, [0], [5])

@@ -143,6 +143,21 @@ def test_swapoff_brings_everything_back(policy, payload):
     m.check()
 
 
+def test_swapoff_counts_pswpin_but_no_major_fault(policy):
+    # try_to_unuse() -> unuse_pte_range() reads through swapin_readahead(): swap_readpage
+    # counts pswpin, but only do_swap_page() counts PGMAJFAULT
+    m, pid, a, data = setup(policy, npages=8)
+    assert m.reclaim(0, 8) == 8
+    before = m.vmstat()
+    m.swapoff()
+    after = m.vmstat()
+    assert after["pswpin"] - before["pswpin"] == 8
+    assert after["pgmajfault"] == before["pgmajfault"]
+    assert m.read(pid, a, 8 * m.page_size) == b"".join(data)
+    assert m.vmstat()["pgmajfault"] == before["pgmajfault"]
+    m.check()
+
+
 def test_swapoff_enomem_leaves_everything_intact(policy):
     m = make(policy=policy, nodes=2, frames=16, swap=64)
     pid = m.spawn(node=0)

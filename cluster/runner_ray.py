@@ -422,17 +422,18 @@ class RayRun:
     def _alive(self, by_home) -> list[int]:
         return [h for h in by_home if h not in self.dead]
 
-    def _each(self, hs: list[int], call: Callable[[Any], Any], timeout: float | None = ANSWER_S) -> dict[int, Any]:
+    def _each(self, hs: list[int], call: Callable[[Any], Any], timeout: float | None = ANSWER_S,
+              why: str = "") -> dict[int, Any]:
         """``call(node actor)`` on each of nodes ``hs``, answers by node: one
         that dies, or does not answer within ``timeout``, is lost (as in
-        _answers), not taken for the coordinator."""
+        _answers; ``why`` begins the reason), not taken for the coordinator."""
         refs = {h: call(self.nodes[h]) for h in hs}
         out = {}
         for h, ref in refs.items():
             try:
                 out[h] = self.ray.get(ref, timeout=timeout)
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as exc:
-                self._lost(h, f"{type(exc).__name__}: {_first_line(exc)}")
+                self._lost(h, f"{why}{type(exc).__name__}: {_first_line(exc)}")
         return out
 
     def _pause(self, by_home) -> None:
@@ -511,17 +512,10 @@ class RayRun:
         self.dump_path = path
 
     def _stop(self, by_home) -> dict[int, dict[str, Any]]:
-        ray = self.ray
         live = self._alive(by_home)
         for h in live:
             self.nodes[h].stop.remote()
-        out = {}
-        for h in live:
-            try:
-                out[h] = ray.get(self.nodes[h].join.remote(30.0), timeout=60)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-                self._lost(h, f"died while stopping: {type(exc).__name__}")
-        return out
+        return self._each(live, lambda n: n.join.remote(30.0), 60, "died while stopping: ")
 
     def close(self) -> None:
         ray = self.ray

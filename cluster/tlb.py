@@ -320,6 +320,7 @@ class NodeTLB:
         coordinator. ``thread``: the workload thread's index, which a local
         fault's log names."""
         vpn = addr >> self.page_shift
+        refused = True      # unless a try ends the loop: every try found a coordinator thread in the model
         for attempt in range(WALK_TRIES):
             if attempt:     # the coordinator was inside the model: let it step out, the TLB not held
                 time.sleep(WALK_WAIT_S * (1 << (attempt - 1)))
@@ -337,11 +338,10 @@ class NodeTLB:
                     if faulted:
                         return self._store(self.tlb.lookup(pid, vpn, npages, write), npages, write)
                     if faulted is False:
+                        refused = False
                         break
-        else:
-            with self.lock:
-                self.refused += 1
         with self.lock:
+            self.refused += refused
             self.misses += 1
         return None
 

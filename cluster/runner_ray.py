@@ -70,6 +70,8 @@ def ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kw: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        reachable(address)
     try:
         if address:
             ray.init(address=address, **kw)
@@ -85,6 +87,27 @@ def ensure_ray(address: str | None) -> bool:
                     "in this environment)")
         raise RunnerError(f"cannot start or reach {where}: {exc}{hint}") from None
     return True
+
+
+REACH_TIMEOUT = 10.0
+
+
+def reachable(address: str) -> None:
+    """A HOST:PORT nobody answers at makes ray.init retry for many minutes (and
+    ignore SIGTERM meanwhile): try a TCP connection first and say why not."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return          # Ray resolves these itself, or fails fast
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return          # not HOST:PORT: ray.init says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT).close()
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise RunnerError(f"cannot reach the Ray cluster at {address}: {why} "
+                          "(is `ray start --head` running there, and is that its GCS port?)") from None
 
 
 def hosts() -> list[str]:

@@ -641,6 +641,22 @@ def test_the_cli_rejects_an_address_with_the_local_backend(tmp_path):
     assert err.strip() == "error: --address needs --backend ray"
 
 
+def test_an_address_nobody_answers_at_is_an_error_not_a_wait(tmp_path):
+    import socket
+    with socket.socket() as sock:       # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = numaemu("run", str(scenario(tmp_path)), "--address", f"127.0.0.1:{port}")
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert err.startswith("error: ") and \
+        f"cannot reach the Ray cluster at 127.0.0.1:{port}: Connection refused" in err, err
+    assert "Traceback" not in err
+
+
 def test_bug_injections_reach_the_coordinators_model(ray_session, tmp_path):
     r = RayRun(load_scenario(scenario(tmp_path, operations=40)), bugs=("r1-no-pte-recheck",))
     try:

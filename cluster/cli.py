@@ -171,7 +171,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         click.echo("interrupted: the summary above is partial", err=True)
         sys.exit(130)
     if summary.get("dump"):
-        click.echo(f"dump: {summary['dump']} (search it: numaemu explore '{summary['dump']}#4')", err=True)
+        flags = "".join(f" --bug {b}" for b in summary.get("bugs", []))
+        click.echo(f"dump: {summary['dump']} (search it: numaemu explore '{summary['dump']}#4'{flags})", err=True)
     if summary.get("lost"):
         lost = summary["lost"]
         click.echo(f"error: node actor(s) lost: {lost['nodes']}; {lost['pages']} pages were resident there; "

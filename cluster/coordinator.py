@@ -248,7 +248,8 @@ class Coordinator:
             return {"format": "numaemu-dump/1", "scenario": scenario,
                     "checkpoint": self.checkpoint,
                     "events": [e for e in self.events if e["seq"] > since and (until is None or e["seq"] <= until)],
-                    "snapshot": self.m.snapshot(), "violations": list(violations)}
+                    "snapshot": self.m.snapshot(), "violations": list(violations),
+                    "bugs": sorted(self.m.k.bugs)}
 
     # -- a node actor lost ---------------------------------------------------------
     def node_lost(self, node: int) -> dict[int, int]:

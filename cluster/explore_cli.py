@@ -26,8 +26,8 @@ def _fail(message: str, code: int = 2) -> None:
 class _Progress:
     """A status line on a terminal; a line every few seconds otherwise."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, dfs: bool):
+        self.enabled, self.dfs = enabled, dfs
         self.tty = sys.stderr.isatty()
         self.last = time.perf_counter()
         self.printed = False
@@ -40,8 +40,8 @@ class _Progress:
         if not self.enabled or now - self.last < (0.2 if self.tty else 5.0):
             return
         self.last, self.printed = now, True
-        line = (f"schedules {st.schedules:,}  pruned {st.pruned:,}  distinct states {st.states:,}  "
-                f"{st.rate:,.0f}/s  {st.elapsed:.1f}s")
+        seen = f"pruned {st.pruned:,}  distinct states {st.states:,}  " if self.dfs else ""
+        line = f"schedules {st.schedules:,}  {seen}{st.rate:,.0f}/s  {st.elapsed:.1f}s"
         if self.tty:
             click.echo("\r" + line + "\x1b[K", err=True, nl=False)
         else:
@@ -94,9 +94,13 @@ def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, 
         sc = load(scenario)
     except ScenarioError as e:
         _fail(str(e))
+    ran_with = sorted(set(getattr(sc, "bugs", ())) - set(bugs))
+    if ran_with:
+        click.echo(f"note: the run that wrote this dump had {', '.join(ran_with)} on; "
+                   f"add {' '.join('--bug ' + b for b in ran_with)} to explore with it", err=True)
     if mode != "dfs" and schedules is None and seconds is None:
         seconds = 10.0
-    prog = _Progress(not quiet)
+    prog = _Progress(not quiet, mode == "dfs")
     state = None
     if metrics_port or hold:  # the endpoint lives until the command's context closes
         from .metrics import start_explore_endpoint
@@ -115,8 +119,9 @@ def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, 
     if state is not None:
         state.finish(out, st)  # final values; --hold serves them a while longer
     what = f"dfs, preemption bound {bound}" if mode == "dfs" else f"{mode}, seed {seed}"
-    click.echo(f"explored {st.schedules:,} schedules ({st.pruned:,} cut at known states, "
-               f"{st.states:,} distinct states) in {st.elapsed:.2f}s, {st.rate:,.0f}/s; {what}")
+    # only dfs keeps the states it has seen (to cut schedules at them)
+    seen = f" ({st.pruned:,} cut at known states, {st.states:,} distinct states)" if mode == "dfs" else ""
+    click.echo(f"explored {st.schedules:,} schedules{seen} in {st.elapsed:.2f}s, {st.rate:,.0f}/s; {what}")
     if out is None:
         complete = mode == "dfs" and not (schedules and st.schedules >= schedules) and \
             not (seconds and st.elapsed >= seconds)

@@ -3,7 +3,7 @@
 A dump (written by ``numaemu run --stress`` on a violation) is msgpack:
 ``{"format": "numaemu-dump/1", "scenario", "checkpoint": {"seq", "snapshot"},
 "events": [{"seq", "caller", "op", "args", "kw", "outcome"[, "result"]}, ...], "snapshot",
-"violations"}``: the last quiescent state that passed the oracle, every
+"violations", "bugs"}``: the last quiescent state that passed the oracle, every
 mutating Machine call made since (in the order they returned; ``seq``
 numbers them in the order they started), and the state the violation was
 seen in.
@@ -68,6 +68,7 @@ class DumpScenario(Scenario):
     """A race scenario whose starting state is a dump's checkpoint."""
 
     snapshot: bytes = b""
+    bugs: tuple[str, ...] = ()     # the run's bug injections: explore takes them only when told
 
     def build(self, bugs=()) -> World:
         try:
@@ -154,6 +155,10 @@ def load_dump(path: str) -> DumpScenario:
     sc = DumpScenario(path, {}, [], [], [], frozenset({errno.ENOMEM}), doc["_digest"] + f"#{last}",
                       "; ".join(doc.get("violations", []))[:500])
     sc.snapshot = doc["checkpoint"]["snapshot"]
+    bugs = doc.get("bugs", [])
+    if not isinstance(bugs, list) or not all(isinstance(b, str) for b in bugs):
+        raise ScenarioError(f"{base}: bugs: must be a list of bug injection names")
+    sc.bugs = tuple(bugs)
     start = sc.build().m
     events = doc["events"]
     other = sorted({str(e.get("op")) for e in events} - set(CALLS))

@@ -176,7 +176,13 @@ class _TaskRun:
                 return
 
     def start(self) -> None:
-        self._next_op()
+        """The first operation: one that fails at once (its process exited in
+        the setup, say) fails as a later one does."""
+        try:
+            self._next_op()
+        except Exception as e:
+            self.error = e
+            self.done, self.req = True, None
 
     def _advance(self, value, exc) -> bool:
         """Resume the coroutine; True if it stopped at a new request."""
@@ -273,6 +279,11 @@ def run_schedule(sc: Scenario, bugs, choose: Callable[[int, list[int], int | Non
     for t in tasks:
         t.start()
     out = Outcome([], [])
+    for t in tasks:     # a first operation that failed before its first step
+        if t.error is not None and getattr(t.error, "errno", None) not in sc.may_fail:
+            out.violation = "operation failed"
+            out.detail = f"{t.spec.name}: {t.spec.ops[t.opi].label()}: {t.error}"
+            return out, []
     schedule, steps = out.schedule, out.trace
     points = []
     last: int | None = None

@@ -214,11 +214,51 @@ def _parse_op(path: str, key: str, d: Any) -> Op:
     return Op(kind, args)
 
 
+def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: list[Task]) -> None:
+    """What an operation names must exist in the scenario: a pid of a process
+    or of a child some fork may make (pids are given in order), a mapping and
+    pages of it, a node to reclaim (a move_pages target is the syscall's to
+    refuse: ENODEV). Whether it still exists when the operation runs is
+    the race's business (an ESRCH then is the operation's failure)."""
+    ops = [(f"setup[{i}]", op) for i, op in enumerate(setup)] + \
+        [(f"task[{i}].ops[{j}]", op) for i, t in enumerate(tasks) for j, op in enumerate(t.ops)]
+    forks = sum(op.kind == "fork" for _, op in ops)
+    npids = len(procs) + forks
+    # a child's mappings are its parent's: any process's, as far as a load can tell
+    widest = max((len(p.get("mappings", [])) for p in procs), default=0)
+    for key, op in ops:
+        a = op.args
+        if "pid" in a:
+            pid = a["pid"]
+            if not 1 <= pid <= npids:
+                raise ScenarioError(f"{path}: {key}.pid: no process {pid} (the processes are 1..{len(procs)}"
+                                    + (f", and {forks} fork children after them" if forks else "") + ")")
+        if op.kind in ("fault", "access", "gup_write", "move_pages"):
+            maps = procs[pid - 1].get("mappings", []) if pid <= len(procs) else None
+            m = a.get("mapping", 0)
+            if not 0 <= m < (len(maps) if maps is not None else widest):
+                raise ScenarioError(f"{path}: {key}.mapping: process {pid} has no mapping {m}")
+            pages = maps[m]["pages"] if maps is not None else None
+            first = a["pages"] if op.kind == "move_pages" else [a["page"]]
+            last = [p + a.get("npages", 1) - 1 for p in first]
+            if op.kind in ("fault", "access") and a.get("npages", 1) < 1:
+                raise ScenarioError(f"{path}: {key}.npages: must be at least 1")
+            if any(p < 0 for p in first) or (pages is not None and any(p >= pages for p in last)):
+                raise ScenarioError(f"{path}: {key}.{'pages' if op.kind == 'move_pages' else 'page'}: "
+                                    f"outside mapping {m} of process {pid} (pages 0..{(pages or 1) - 1})")
+        if op.kind == "reclaim" and not 0 <= a["node"] < nodes:
+            raise ScenarioError(f"{path}: {key}.node: no node {a['node']} (nodes 0..{nodes - 1})")
+
+
 def load(path: str | Path) -> Scenario:
     path = str(path)
     if path.partition("#")[0].endswith(".msgpack"):   # a stress run's dump (emulator/dumps.py)
         from .dumps import load_dump
         return load_dump(path)
+    base, hash_, _ = path.rpartition("#")
+    if hash_ and not Path(path).exists() and Path(base).exists():
+        raise ScenarioError(f"{path}: #N picks a checkpoint of a stress run's dump (a .msgpack file); "
+                            f"{base} is not one")
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
@@ -233,7 +273,7 @@ def load(path: str | Path) -> Scenario:
             raise ScenarioError(f"{path}: {key}: unknown key (known: {', '.join(sorted(known))})")
     machine = doc.get("machine", {})
     try:
-        Machine.from_config(machine)
+        nodes = Machine.from_config(machine).nr_nodes
     except ValueError as e:
         raise ScenarioError(f"{path}: {e}") from None
     procs = doc.get("process", [])
@@ -261,7 +301,13 @@ def load(path: str | Path) -> Scenario:
                                                           for j, d in enumerate(t["ops"])]))
     if not tasks:
         raise ScenarioError(f"{path}: task: a race scenario needs at least one [[task]]")
-    mf = doc.get("expect", {}).get("may_fail", [])
+    _check_targets(path, nodes, procs, setup, tasks)
+    expect = doc.get("expect", {})
+    if not isinstance(expect, dict) or set(expect) - {"may_fail"}:
+        raise ScenarioError(f"{path}: expect: the only key is may_fail (a list of errno names)")
+    mf = expect.get("may_fail", [])
+    if not isinstance(mf, list):
+        raise ScenarioError(f"{path}: expect.may_fail: must be a list of errno names")
     codes = set()
     for name in mf:
         if not isinstance(name, str) or not hasattr(errno, name):

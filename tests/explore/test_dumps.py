@@ -87,6 +87,24 @@ def test_numaemu_explore_takes_a_dump(dump):
     assert r.returncode == 1 and "VIOLATION of invariant 2 (mapcount)" in r.stdout
 
 
+def test_exploring_a_dump_says_which_bugs_its_run_had_on(tmp_path, dump):
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False)
+    doc["bugs"] = ["r1-no-pte-recheck"]
+    path = tmp_path / "bugged.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    exe = Path(sys.executable).with_name("numaemu")
+    p = subprocess.run([str(exe), "explore", f"{path}#3", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr          # without the bug, these calls are clean
+    assert "note: the run that wrote this dump had r1-no-pte-recheck on; add --bug r1-no-pte-recheck" in p.stderr
+    p = subprocess.run([str(exe), "explore", f"{path}#3", "--quiet", "--bug", "r1-no-pte-recheck"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "note:" not in p.stderr
+    doc["bugs"] = "r1-no-pte-recheck"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(ScenarioError, match="bugged.msgpack: bugs: must be a list"):
+        load(str(path))
+
+
 def fork_dump(tmp_path: Path, policy: str = "migentry") -> Path:
     """A stress run's fork cycle racing a migration of the parent's page:
     fork, the child's read and write (copy-on-write), its exit."""

@@ -43,8 +43,18 @@ def test_clean_exit_0_with_summary():
 def test_bad_input_exit_2_no_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[machine]\nnodes = 0\n[[task]]\nops=[{op='swapon'}]\n")
-    for args in (["explore", str(bad)], ["explore", "examples/races/r1-no-pte-recheck.toml", "--bug", "nope"],
+    summary = tmp_path / "summary.json"
+    summary.write_text("{}")
+    for args in (["explore", str(bad)], ["explore", f"{summary}#4"], ["explore", "examples/races/r1-no-pte-recheck.toml", "--bug", "nope"],
                  ["replay", "nx1-garbage"], ["explore"]):
         r = numaemu(*args)
         assert r.returncode == 2, args
         assert "Traceback" not in r.stderr and r.stderr.startswith("error:"), r.stderr
+    assert "is not one" in numaemu("explore", f"{summary}#4").stderr    # not "No such file"
+
+
+def test_random_modes_do_not_claim_distinct_states():
+    r = numaemu("explore", "examples/races/r2-anon-vma-not-pinned.toml", "--mode", "random", "--schedules", "20",
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"explored 20 schedules in ", r.stdout) and "distinct states" not in r.stdout

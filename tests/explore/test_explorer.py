@@ -118,12 +118,33 @@ def test_token_rejects_garbage_and_changed_files(tmp_path):
     ("[machine]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fail=['ENOPE']\n", "expect.may_fail"),
     ("[machine]\n[[process]]\nmappings=[{pages=0}]\n[[task]]\nops=[{op='swapon'}]\n", "process[0].mappings[0]"),
     ("[machine\n", "not valid TOML"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fault', pid=9, page=0}]\n", "task[0].ops[0].pid: no process 9"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fork', pid=1}, {op='fault', pid=3, page=0}]\n", "task[0].ops[1].pid: no process 3"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fault', pid=1, page=99}]\n", "task[0].ops[0].page: outside mapping 0"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='access', pid=1, page=2, npages=3}]\n", "task[0].ops[0].page: outside mapping 0"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fault', pid=1, mapping=1, page=0}]\n", "task[0].ops[0].mapping"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[setup]]\nop='move_pages'\npid=1\npages=[0, 4]\nnode=1\n[[task]]\nops=[{op='swapon'}]\n",
+     "setup[0].pages: outside mapping 0"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='reclaim', node=5, pages=1}]\n", "task[0].ops[0].node: no node 5"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fial=[]\n", "expect: the only key is may_fail"),
 ])
 def test_scenario_errors_name_file_and_key(tmp_path, text, key):
     p = write(tmp_path, text, "bad.toml")
     with pytest.raises(ScenarioError) as e:
         load(p)
     assert str(p) in str(e.value) and key in str(e.value)
+
+
+def test_an_operation_on_a_process_gone_by_then_fails_as_the_kernel_would(tmp_path):
+    """Not a scenario error: whether the process is there is the race's business."""
+    text = ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[process]]\nmappings=[{pages=4}]\n"
+            "[[setup]]\nop='exit'\npid=2\n[[task]]\nops=[{op='fault', pid=2, page=0}]\n"
+            "[[task]]\nops=[{op='fault', pid=1, page=0, write=true}]\n")
+    out, _ = X.explore_dfs(load(write(tmp_path, text, "gone.toml")), bound=1)
+    assert out is not None and out.violation == "operation failed" and "no process 2" in out.detail
+    clean, stats = X.explore_dfs(load(write(tmp_path, text + "[expect]\nmay_fail=['ESRCH']\n", "gone2.toml")),
+                                 bound=1)
+    assert clean is None and stats.schedules > 1
 
 
 def test_state_hash_sees_everything_the_oracle_and_the_future_read(tmp_path):

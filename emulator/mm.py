@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .topology import MAX_NODES as MAX_NUMNODES    # a nodemask's bits: CONFIG_NODES_SHIFT=10, as Debian's 6.1
+
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL = 0, 1, 2, 3, 4
 MPOL_NAMES = {"default": MPOL_DEFAULT, "preferred": MPOL_PREFERRED, "bind": MPOL_BIND,
               "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL}
@@ -107,17 +109,34 @@ def parse_mode(mode) -> int:
     return mode
 
 
-def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
-    """The checks of do_set_mempolicy()/mbind(): EINVAL for a bad mode or node set."""
-    mode = parse_mode(mode)
+def get_nodes(nodes) -> tuple[int, ...]:
+    """get_nodes(): the caller's nodemask as sorted node numbers. A number that no
+    nodemask can hold (negative, or MAX_NUMNODES and up) is EINVAL; one naming no
+    node of this machine is kept, for mpol_set_nodemask() to drop."""
     ns = tuple(sorted(set(int(n) for n in (nodes or ()))))
-    if any(n < 0 or n >= nr_nodes for n in ns):
-        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node that is not online (0..{nr_nodes - 1})")
+    if ns and (ns[0] < 0 or ns[-1] >= MAX_NUMNODES):
+        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node outside a nodemask "
+                                    f"(0..{MAX_NUMNODES - 1})")
+    return ns
+
+
+def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
+    """mpol_new() then mpol_set_nodemask(), as do_set_mempolicy() and do_mbind()
+    call them (Linux 6.1): default and local take no node; preferred with none
+    is local; bind, preferred and interleave keep the nodes that exist (the
+    caller's nodemask and the online nodes: a cpuset allows them all here) and
+    are EINVAL only if none is left; preferred keeps the first."""
+    mode = parse_mode(mode)
+    ns = get_nodes(nodes)
+    if mode == MPOL_PREFERRED and not ns:
+        mode = MPOL_LOCAL
     if mode in (MPOL_DEFAULT, MPOL_LOCAL):
         if ns:
             raise OSError(errno.EINVAL, "mempolicy nodes: must be empty for default and local")
-    elif not ns:
-        raise OSError(errno.EINVAL, "mempolicy nodes: bind, preferred and interleave need at least one node")
-    elif mode == MPOL_PREFERRED:
-        ns = ns[:1]
-    return Mempolicy(mode, ns)
+        return Mempolicy(mode)
+    if not ns:
+        raise OSError(errno.EINVAL, "mempolicy nodes: bind and interleave need at least one node")
+    online = tuple(n for n in ns if n < nr_nodes)
+    if not online:
+        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names no online node (0..{nr_nodes - 1})")
+    return Mempolicy(mode, online[:1] if mode == MPOL_PREFERRED else online)

@@ -556,3 +556,59 @@ def test_mbind_move_moves_existing_pages(payload):
     assert where(m, pid, a, 3) == [1, 1, 1]
     assert m.read(pid, a, 3 * m.page_size) == b"".join(pages)
     m.check()
+
+
+# ----------------------------------------------------- set_mempolicy/mbind nodemasks (6.1)
+
+
+def test_preferred_with_no_node_is_local():
+    """mpol_new(): MPOL_PREFERRED with an empty nodemask is MPOL_LOCAL."""
+    from emulator import MPOL_PREFERRED
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=1)
+    m.set_mempolicy(pid, "bind", [0])
+    m.set_mempolicy(pid, MPOL_PREFERRED, [])
+    a = m.mmap(pid, 2)
+    m.mbind(pid, a + m.page_size, 1, "preferred", None)
+    m.touch(pid, a, 2)
+    assert where(m, pid, a, 2) == [1, 1]
+
+
+@pytest.mark.parametrize("mode,nodes,expect", [
+    ("bind", [1, 5], [1, 1, 1, 1]),
+    ("interleave", [0, 1, 7, 1023], None),
+    ("preferred", [9, 1], [1, 1, 1, 1]),
+])
+def test_nodes_that_do_not_exist_are_dropped(mode, nodes, expect):
+    """mpol_set_nodemask(): the nodemask is intersected with the nodes that have
+    memory (and the cpuset's); only an empty result is EINVAL."""
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=0)
+    m.set_mempolicy(pid, mode, nodes)
+    a = m.mmap(pid, 4)
+    m.touch(pid, a, 4)
+    b = m.mmap(pid, 4)
+    m.mbind(pid, b, 4, mode, nodes)
+    m.touch(pid, b, 4)
+    for loc in (where(m, pid, a, 4), where(m, pid, b, 4)):
+        if expect is None:      # interleave over the two real nodes
+            assert sorted(loc) == [0, 0, 1, 1] and all(x != y for x, y in zip(loc, loc[1:]))
+        else:
+            assert loc == expect
+    m.check()
+
+
+@pytest.mark.parametrize("mode,nodes", [
+    ("bind", [5]), ("preferred", [7]), ("interleave", [2, 3]),    # nothing left
+    ("local", [5]), ("default", [0]),                              # no node allowed, existing or not
+    ("bind", [0, 1024]), ("bind", [-1]),                           # outside any nodemask
+])
+def test_nodemasks_left_empty_or_not_allowed_are_einval(mode, nodes):
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 1)
+    raises_errno(errno.EINVAL, m.set_mempolicy, pid, mode, nodes)
+    raises_errno(errno.EINVAL, m.mbind, pid, a, 1, mode, nodes)
+    m.touch(pid, a, 1)
+    assert where(m, pid, a) == [0]
+

@@ -16,8 +16,8 @@ from . import invariants, pte as P
 from .fault import touch as _touch
 from .kernel import Kernel
 from .mm import MM, make_policy
-from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MovePagesENODEV, do_migrate_pages,
-                         do_pages_move, nodes_remap, stat_step)
+from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, do_migrate_pages, do_pages_move,
+                         nodes_remap, stat_step)
 from .process import exit_mm, fork as _fork, mmap_step, munmap_step
 from .reclaim import shrink_node
 from .sched import run_inline
@@ -301,11 +301,7 @@ class Machine:
             raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
         tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
         cpu = None if caller is None else self._mm(caller).node   # the caller allocates
-        try:
-            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))
-        except MovePagesENODEV as e:
-            raise OSError(errno.ENODEV, f"move_pages: node {e.node} is not online "
-                                        f"(0..{self.nr_nodes - 1}); {len(e.done)} pages before it were processed") from None
+        return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))    # MovePagesError: an OSError
 
     def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
                       privileged: bool = True) -> int:

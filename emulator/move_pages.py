@@ -1,16 +1,19 @@
 """move_pages(2) and migrate_pages(2) (mm/migrate.c, mm/mempolicy.c).
 
 Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
-- Pages are taken in order; consecutive pages with the same target form a
-  batch that is isolated, then migrated when the target changes or the list
-  ends. An invalid target ends the call with ENODEV after the batches before
-  it have moved.
+- Pages are taken in order; pages queued one after another for the same
+  target form a list that is migrated when the target changes, when a page
+  is not queued (its status stored first: 6.1's do_pages_move() then calls
+  move_pages_and_store_status()), or when the pages end. So a page named
+  again after a page not queued is looked up after the migration: on the
+  target, its status is the node. An invalid target ends the call with
+  ENODEV after the lists before it have moved.
 - Per page: no vma or pte_none -> -EFAULT; a non-present pte (swapped out,
   under migration) -> -ENOENT; already on the target -> the node (nothing
   counted); mapped more than once without MPOL_MF_MOVE_ALL -> -EACCES (each
-  time it is named: the check precedes isolation); not isolatable (the same
-  page earlier in the batch, or another migration) -> -EBUSY; then the node
-  it moved to, or the migration's -errno.
+  time it is named: the check precedes isolation); not isolatable (queued
+  already: the same page named twice in a list, or under another migration)
+  -> -EBUSY; then the node it moved to, or the migration's -errno.
 - migrate_pages() moves every present page of the process from old_nodes to
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays) and returns the number of pages
@@ -23,6 +26,7 @@ import errno
 import numpy as np
 
 from . import pte as P
+from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
 from .migrate import MIGRATE_BATCH, isolate_step, migrate_batch
 from .mm import MM
@@ -80,87 +84,154 @@ def stat_step(k, mm: MM, vpns: np.ndarray) -> np.ndarray:
     return page_status(lookup_ptes(mm, vpns))
 
 
-def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
-    """add_page_for_migration() over a batch: statuses, and the isolated pages by node."""
+def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_before: bool):
+    """add_page_for_migration() over pages named in a row for one target.
+    6.1's do_pages_move() migrates the pages it has queued as soon as a page is
+    not queued (its error, or its node if it is on the target already, stored
+    first) and looks the pages after that one up afterwards. So this takes the
+    pages not queued before the first queued one (each migrates nothing, unless
+    queued_before: pages an earlier call queued are waiting), then the queued
+    ones, then the first one not queued after those, and stops there.
+    Returns the statuses of the pages taken (0 for a queued page, for now),
+    the isolated pages as (positions, Batch) by node, how many pages it took,
+    and whether the last of them ends the list, which is to be migrated now."""
     ptes = lookup_ptes(mm, vpns)
     status = page_status(ptes)      # a present page's status is its node: there already, done
     pres = status >= 0
-    if pres.all():                  # every page mapped: the usual batch
-        gp, node = ptes >> P.OFF_SHIFT, status
-        cand = node != target
+    if pres.all():
+        gp = ptes >> P.OFF_SHIFT
+        queued = status != target
     else:
         gp = np.where(pres, np.maximum(ptes, 0) >> P.OFF_SHIFT, -1)
-        node = np.where(pres, gp >> P.NODE_SHIFT, -1)
-        cand = pres & (node != target)
+        queued = pres & (status != target)
+    every = bool(queued.all())      # every page present, none on the target: the usual batch
+    idx = None if every else np.flatnonzero(queued)
+    g = gp if every else gp[idx]
+    if len(g):
+        nd = g >> P.NODE_SHIFT
+        shared = np.zeros(len(g), dtype=bool)
+        onlru = np.zeros(len(g), dtype=bool)
+        nodes = distinct(nd)
+        for n in nodes:
+            sel = slice(None) if len(nodes) == 1 else nd == n
+            pf = g[sel] & P.PFN_MASK
+            fr = k.nodes[n]
+            if not flags & MPOL_MF_MOVE_ALL:
+                shared[sel] = fr.mapcount[pf] > 1
+            onlru[sel] = (fr.flags[pf] & (PG_lru | PG_isolated)) == PG_lru
+        # mapcount before isolation: a shared page is -EACCES however often it is named;
+        # then isolate_lru_page() fails (-EBUSY) for a page on no LRU list: isolated by
+        # another migration, or by this one (the same page named again)
+        bad = shared | ~onlru
+        live = np.flatnonzero(~bad)
+        v = (vpns if every else vpns[idx])[live]
+        if len(live) > 1 and not (np.diff(v) > 0).all():    # distinct pages (an mm maps a page once)
+            _, first = np.unique(g[live], return_index=True)
+            again = np.ones(len(live), dtype=bool)
+            again[first] = False
+            bad[live[again]] = True
+        if bad.any():
+            pos = np.flatnonzero(bad) if every else idx[bad]
+            status[pos] = np.where(shared[bad], -errno.EACCES, -errno.EBUSY)
+            queued[pos] = False
+            every = False
+    n = len(vpns)
+    if every:
+        h, f = 0, n
+    else:
+        if queued_before:
+            h = 0
+        else:
+            q = np.flatnonzero(queued)
+            if not len(q):
+                return status, [], n, False
+            h = int(q[0])
+        stop = np.flatnonzero(~queued[h:])
+        f = h + int(stop[0]) if len(stop) else n    # the first page not queued after the queued ones
     batches = []
-    idx = np.flatnonzero(cand)
-    if not len(idx):
-        return status, batches
-    g = gp[idx]
-    if not flags & MPOL_MF_MOVE_ALL:
-        # mapcount before isolation: a shared page is -EACCES however often it is named
-        shared = np.zeros(len(idx), dtype=bool)
-        for n in distinct(g >> P.NODE_SHIFT):
-            sel = (g >> P.NODE_SHIFT) == n
-            shared[sel] = k.nodes[n].mapcount[g[sel] & P.PFN_MASK] > 1
-        status[idx[shared]] = -errno.EACCES
-        idx, g = keep(~shared, idx, g)
-    # the same page twice: the second one finds it isolated already
-    if len(g) > 1 and not (np.diff(g) > 0).all():
-        _, first = np.unique(g, return_index=True)
-        dup = np.ones(len(idx), dtype=bool)
-        dup[first] = False
-        status[idx[dup]] = -errno.EBUSY
-        idx, g = idx[~dup], g[~dup]
-    for n in distinct(g >> P.NODE_SHIFT):
-        pos, pf = keep((g >> P.NODE_SHIFT) == n, idx, g)
-        pf = pf & P.PFN_MASK
-        fr = k.nodes[n]
-        ok = isolate_step(k, n, pf)
-        status[pos[~ok]] = -errno.EBUSY
-        pos, pf = keep(ok, pos, pf)
-        if len(pf):
-            batches.append((pos, Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
-                                       fr.index[pf].astype(np.int64))))
-    return status, batches
+    g = gp[h:f]
+    nd = g >> P.NODE_SHIFT
+    for node in distinct(nd):
+        pos, pf = keep(nd == node, np.arange(h, f), g & P.PFN_MASK)
+        isolate_step(k, node, pf)   # every one is on the LRU: checked above, in this step
+        fr = k.nodes[node]
+        batches.append((pos, Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
+    used = min(f + 1, n)
+    return status[:used], batches, used, f < n
+
+
+def merge_batches(batches: list) -> list:
+    """One (positions, Batch) per source node: what several calls queued is one list."""
+    if len(batches) < 2:
+        return batches
+    out = []
+    for node in sorted({b.node for _, b in batches}):
+        mine = [(p, b) for p, b in batches if b.node == node]
+        if len(mine) == 1:
+            out.append(mine[0])
+            continue
+        cat = [np.concatenate(x) for x in zip(*[(p, b.pfns, b.av, b.index) for p, b in mine])]
+        out.append((cat[0], Batch(node, *cat[1:])))
+    return out
 
 
 async def migrate_isolated(k, batches, target: int, cpu: int, status: np.ndarray) -> None:
-    for pos, b in batches:
+    """move_pages_and_store_status(): migrate the queued pages (one list, whatever
+    look-ups queued them) and store each one's node or -errno."""
+    for pos, b in merge_batches(batches):
         for a in range(0, len(b), MIGRATE_BATCH):
             sl = slice(a, a + MIGRATE_BATCH)
             res = await migrate_batch(k, b.take(sl), target, cpu)
             status[pos[sl]] = np.where(res == 0, target, res)
 
 
+COLLECT_WINDOW = 64     # the fewest pages a look-up after a migration takes on
+
+
 async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: int,
                         cpu: int | None = None) -> np.ndarray:
     """cpu: the node of the task calling move_pages(), which allocates the new
-    pages (numa_local/numa_other); the target process's own when it calls."""
+    pages (numa_local/numa_other); the target process's own when it calls.
+    Raises MovePagesError (ENODEV) for a node not online; the pages before it
+    have been processed."""
     n = len(vpns)
     cpu = mm.node if cpu is None else cpu
     status = np.zeros(n, dtype=np.int64)
     owner = k.node_owner(mm.node)
+    nr = k.topo.nr_nodes
     # runs of consecutive equal targets
     brk = np.flatnonzero(np.diff(nodes) != 0) + 1 if n else np.zeros(0, np.int64)
     starts = np.concatenate(([0], brk)).tolist() if n else []
     ends = np.concatenate((brk, [n])).tolist() if n else []
     for a, b in zip(starts, ends):
         target = int(nodes[a])
-        if target < 0 or target >= k.topo.nr_nodes:
-            raise MovePagesENODEV(status[:a], target)
-        st, batches = await call(owner, collect_step, k, mm, vpns[a:b], target, flags)
-        await migrate_isolated(k, batches, target, cpu, st)
-        status[a:b] = st
+        if not 0 <= target < nr:
+            raise MovePagesError(errno.ENODEV, f"move_pages: node {target} is not online (0..{nr - 1}); "
+                                               f"the {a} pages before it were processed", a)
+        pos, w, pending = a, b - a, []
+        while pos < b:
+            st, batches, used, ends_list = await call(owner, collect_step, k, mm, vpns[pos:min(b, pos + w)],
+                                                      target, flags, bool(pending))
+            status[pos:pos + used] = st
+            pending += [(p + pos, bt) for p, bt in batches]
+            pos += used
+            if not ends_list and pos < b:
+                w *= 2                  # the list goes on past this look-up
+                continue
+            if pending:
+                await migrate_isolated(k, pending, target, cpu, status)
+            pending = []
+            w = max(COLLECT_WINDOW, 2 * used)
     return status
 
 
-class MovePagesENODEV(Exception):
-    """A target node not online: the pages before it have moved already."""
+class MovePagesError(OSError):
+    """A whole-call error of move_pages() (ENODEV): the first `done`
+    pages have been processed (moved, or their error stored) already."""
 
-    def __init__(self, done: np.ndarray, node: int):
-        super().__init__(node)
-        self.done, self.node = done, node
+    def __init__(self, err: int, msg: str, done: int):
+        super().__init__(err, msg)
+        self.done = done
 
 
 def nodes_remap(old: list[int], new: list[int]) -> dict[int, int]:

@@ -9,12 +9,14 @@ in passes (up to MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
    add_to_migration_cache; `migentry`: nothing;
 3. pin each anon_vma (R2), then unmap every pte to the migration pte;
 4. allocate the targets on the destination node; short, reclaim there and
-   retry; still short, fall back: `swapcache`/`migcache` write the page to
-   swap (migcache first moves it to the swap cache, if it is still in the
-   migration cache and a slot is free), `migentry` remaps it where it was.
-   A page that cannot go is remapped where it was and leaves the migration
-   cache; one that moved to the swap cache stays there. Either way the
-   page's status is -ENOMEM;
+   retry; still short: `migentry` remaps the pages where they were and
+   gives up, as migrate_pages() returns -ENOMEM at the first page it cannot
+   allocate for (no later pass, the caller fails the whole call);
+   `swapcache`/`migcache` fall back, writing the page to swap (migcache
+   first moves it to the swap cache, if it is still in the migration cache
+   and a slot is free), and go on. A page that cannot go is remapped where
+   it was and leaves the migration cache; one that moved to the swap cache
+   stays there. Either way the page's status is -ENOMEM;
 5. move the mapping: the old page's refcount must be exactly isolation +
    cache (the freeze), else undo and -EAGAIN for a later pass; the cache slot
    now names the new page; copy data and flags (the data plane);
@@ -211,18 +213,29 @@ async def _undo(k, avs, b: Batch, entries, added) -> None:
     await call(k.node_owner(b.node), undo_step, k, b, entries, added)
 
 
+def gave_up(k, result: np.ndarray) -> bool:
+    """Did migrate_pages() return -ENOMEM? Upstream (migentry) it stops at the
+    first page that gets no new page and the whole call fails; the historical
+    designs fall back to swap page by page and go on (KERNEL.md)."""
+    return k.topo.policy == "migentry" and bool((result == -errno.ENOMEM).any())
+
+
 async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
     """Migrate isolated pages of one node to dst: 0 per page moved, else -errno.
-    Every page comes back unisolated (moved, freed, swapped out or put back)."""
+    Every page comes back unisolated (moved, freed, swapped out or put back).
+    Under migentry the first page without a new page ends it (see gave_up): the
+    pages tried after it are -ENOMEM too, but neither tried nor counted in
+    pgmigrate_fail, as in migrate_pages()."""
     from .reclaim import shrink_node
     src = k.node_owner(b.node)
     dst_owner = k.node_owner(dst)
     result = np.full(len(b), -errno.EAGAIN, dtype=np.int64)
     final = np.zeros(len(b), dtype=bool)
     held = np.ones(len(b), dtype=bool)      # we still hold the isolation reference
+    stop, untried = False, 0                # gave up: pages after the -ENOMEM that stopped it
     for npass in range(MIGRATE_PASSES):
         todo = np.flatnonzero(~final)
-        if not len(todo):
+        if not len(todo) or stop:
             break
         if npass:
             k.stat.add(b.node, "migrate_retry", len(todo))
@@ -264,7 +277,8 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
             more = await call(dst_owner, alloc_step, k, dst, len(sub) - len(new), cpu)
             new = np.concatenate((new, more))
         if len(new) < len(sub):
-            # fallback: no room on the destination even after reclaim
+            # no room even after reclaim: migentry gives up (migrate_pages() -ENOMEM);
+            # swapcache and migcache fall back to swap
             fb = np.arange(len(new), len(sub))
             fsub = sub.take(fb)
             fent, fadd = part(fb)
@@ -272,6 +286,7 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
             final[todo[fb]] = True
             if entries is None:
                 await _undo(k, avs, fsub, None, None)
+                stop, untried = True, len(fb) - 1
             else:
                 ok = np.ones(len(fb), dtype=bool)
                 mc = P.swp_type(fent) == P.SWP_MIGCACHE
@@ -313,7 +328,7 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
     await call(src, putback_step, k, b, held)
     ok = int((result == 0).sum())
     k.stat.add(b.node, "pgmigrate_success", ok)
-    k.stat.add(b.node, "pgmigrate_fail", len(b) - ok)
+    k.stat.add(b.node, "pgmigrate_fail", len(b) - ok - untried)
     return result
 
 

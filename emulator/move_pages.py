@@ -14,10 +14,14 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   time it is named: the check precedes isolation); not isolatable (queued
   already: the same page named twice in a list, or under another migration)
   -> -EBUSY; then the node it moved to, or the migration's -errno.
+- Under migentry (upstream), a migration that finds no frame on its target,
+  even after reclaim, gives up (migrate_pages() returns -ENOMEM): the whole
+  call fails with ENOMEM, the lists migrated before it having moved. The
+  historical designs fall back to swap page by page and go on.
 - migrate_pages() moves every present page of the process from old_nodes to
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays) and returns the number of pages
-  that could not be moved.
+  that could not be moved; ENOMEM as above.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 from . import pte as P
 from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
-from .migrate import MIGRATE_BATCH, isolate_step, migrate_batch
+from .migrate import MIGRATE_BATCH, gave_up, isolate_step, migrate_batch, putback_step
 from .mm import MM
 from .rmap import Batch
 from .sched import call
@@ -175,14 +179,31 @@ def merge_batches(batches: list) -> list:
     return out
 
 
-async def migrate_isolated(k, batches, target: int, cpu: int, status: np.ndarray) -> None:
-    """move_pages_and_store_status(): migrate the queued pages (one list, whatever
-    look-ups queued them) and store each one's node or -errno."""
-    for pos, b in merge_batches(batches):
+async def putback_batches(k, batches: list[Batch]) -> None:
+    """putback_movable_pages() of the pages a migration that gave up never tried."""
+    for b in batches:
+        if len(b):
+            await call(k.node_owner(b.node), putback_step, k, b, np.ones(len(b), dtype=bool))
+
+
+async def migrate_isolated(k, batches, target: int, cpu: int,
+                           status: np.ndarray | None = None) -> int:
+    """migrate_pages() of the queued pages; with status, store each one's node
+    (move_pages_and_store_status(): the target) or -errno. Returns how many did
+    not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
+    batches = merge_batches(batches)
+    failed = 0
+    for i, (pos, b) in enumerate(batches):
         for a in range(0, len(b), MIGRATE_BATCH):
             sl = slice(a, a + MIGRATE_BATCH)
             res = await migrate_batch(k, b.take(sl), target, cpu)
-            status[pos[sl]] = np.where(res == 0, target, res)
+            if status is not None:
+                status[pos[sl]] = np.where(res == 0, target, res)
+            if gave_up(k, res):
+                await putback_batches(k, [b.take(slice(a + MIGRATE_BATCH, None))] + [c for _, c in batches[i + 1:]])
+                return -errno.ENOMEM
+            failed += int((res != 0).sum())
+    return failed
 
 
 COLLECT_WINDOW = 64     # the fewest pages a look-up after a migration takes on
@@ -192,8 +213,8 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
                         cpu: int | None = None) -> np.ndarray:
     """cpu: the node of the task calling move_pages(), which allocates the new
     pages (numa_local/numa_other); the target process's own when it calls.
-    Raises MovePagesError (ENODEV) for a node not online; the pages before it
-    have been processed."""
+    Raises MovePagesError: ENODEV for a node not online, ENOMEM where a
+    migration gave up (migentry); the pages before have been processed."""
     n = len(vpns)
     cpu = mm.node if cpu is None else cpu
     status = np.zeros(n, dtype=np.int64)
@@ -218,15 +239,20 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
             if not ends_list and pos < b:
                 w *= 2                  # the list goes on past this look-up
                 continue
-            if pending:
-                await migrate_isolated(k, pending, target, cpu, status)
+            if pending and await migrate_isolated(k, pending, target, cpu, status) < 0:
+                if not ends_list and b < n and not 0 <= int(nodes[b]) < nr:
+                    # 6.1 meets the next node (out_flush) before the migration's error
+                    raise MovePagesError(errno.ENODEV, f"move_pages: node {int(nodes[b])} is not online "
+                                                       f"(0..{nr - 1}); the {b} pages before it were processed", b)
+                raise MovePagesError(errno.ENOMEM, f"move_pages: out of memory on node {target}: "
+                                                   f"the {pos} pages up to here were processed", pos)
             pending = []
             w = max(COLLECT_WINDOW, 2 * used)
     return status
 
 
 class MovePagesError(OSError):
-    """A whole-call error of move_pages() (ENODEV): the first `done`
+    """A whole-call error of move_pages() (ENODEV, ENOMEM): the first `done`
     pages have been processed (moved, or their error stored) already."""
 
     def __init__(self, err: int, msg: str, done: int):
@@ -277,9 +303,15 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
 
 
 async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool) -> int:
+    """The number of pages that could not be moved; OSError(ENOMEM) where a
+    migration gave up (migentry: migrate_to_node()'s error ends the call)."""
     batches, left = await call(k.node_owner(mm.node), collect_process_step, k, mm, mapping, move_all)
-    for d, b in batches:
-        for a in range(0, len(b), MIGRATE_BATCH):
-            res = await migrate_batch(k, b.take(slice(a, a + MIGRATE_BATCH)), d, mm.node)
-            left += int((res != 0).sum())
+    for i, (d, b) in enumerate(batches):
+        failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
+        if failed < 0:
+            await putback_batches(k, [c for _, c in batches[i + 1:]])
+            raise OSError(errno.ENOMEM, f"migrate_pages: out of memory on node {d}; "
+                                        f"the pages not moved yet stay where they were")
+        left += failed
     return left
+

@@ -84,18 +84,26 @@ class MM:
         starts = [v.start for v in self.vmas]
         self.vmas.insert(bisect.bisect_left(starts, vma.start), vma)
 
-    def ranges(self, vpn: int, npages: int) -> list[tuple[VMA, int, int]]:
+    def ranges(self, vpn: int, npages: int, holes: bool = False) -> list[tuple[VMA, int, int]]:
         """Split [vpn, vpn+npages) by vma: (vma, lo, hi) page indexes in the vma.
-        Raises EFAULT if any page is outside every vma (the access would SIGSEGV)."""
+        Raises EFAULT if any page is outside every vma (the access would SIGSEGV);
+        with holes (mbind's MPOL_MF_DISCONTIG_OK), only if every page is."""
         out = []
-        end = vpn + npages
+        start, end = vpn, vpn + npages
         while vpn < end:
             vma = self.find_vma(vpn)
             if vma is None:
-                raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+                if not holes:
+                    raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+                nxt = bisect.bisect_right([v.start for v in self.vmas], vpn)
+                vpn = self.vmas[nxt].start if nxt < len(self.vmas) else end
+                continue
             hi = min(end, vma.end)
             out.append((vma, vpn - vma.start, hi - vma.start))
             vpn = hi
+        if holes and not out and npages:
+            raise OSError(errno.EFAULT, f"pid {self.pid}: no page of {start << 12:#x} (page {start:#x}) "
+                                        f"+{npages} pages is mapped")
         return out
 
 

@@ -1,4 +1,4 @@
-"""move_pages(2) and migrate_pages(2) (mm/migrate.c, mm/mempolicy.c).
+"""move_pages(2), migrate_pages(2) and mbind(2)'s moving (mm/migrate.c, mm/mempolicy.c).
 
 Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
 - Pages are taken in order; pages queued one after another for the same
@@ -22,6 +22,9 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays) and returns the number of pages
   that could not be moved; ENOMEM as above.
+- mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
+  node outside the caller's nodemask as the new policy allocates them
+  (new_page()); MPOL_MF_STRICT: see do_mbind().
 """
 from __future__ import annotations
 
@@ -32,8 +35,8 @@ import numpy as np
 from . import pte as P
 from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
-from .migrate import MIGRATE_BATCH, gave_up, isolate_step, migrate_batch, putback_step
-from .mm import MM
+from .migrate import MIGRATE_BATCH, ByPolicy, gave_up, isolate_step, migrate_batch, putback_step
+from .mm import MM, MPOL_DEFAULT, Mempolicy
 from .rmap import Batch
 from .sched import call
 
@@ -186,7 +189,7 @@ async def putback_batches(k, batches: list[Batch]) -> None:
             await call(k.node_owner(b.node), putback_step, k, b, np.ones(len(b), dtype=bool))
 
 
-async def migrate_isolated(k, batches, target: int, cpu: int,
+async def migrate_isolated(k, batches, target: int | ByPolicy, cpu: int,
                            status: np.ndarray | None = None) -> int:
     """migrate_pages() of the queued pages; with status, store each one's node
     (move_pages_and_store_status(): the target) or -errno. Returns how many did
@@ -315,3 +318,99 @@ async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool) -
         left += failed
     return left
 
+
+# -- mbind(2) with MPOL_MF_MOVE / MPOL_MF_MOVE_ALL / MPOL_MF_STRICT (do_mbind()) --
+MPOL_MF_STRICT = 1 << 0
+MPOL_MF_VALID = MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL
+
+
+def queue_pages(k, ranges, nmask: tuple[int, ...], flags: int):
+    """queue_pages_range() of 6.1 over [(vma, lo, hi)]: the present pages on a node
+    outside nmask (the caller's nodemask as given: empty for default and local,
+    so every page). MPOL_MF_STRICT alone: the first such page is EIO.
+    MPOL_MF_MOVE(_ALL): such a page mapped once (or any, with MOVE_ALL) is
+    isolated; a shared one is left where it is, silently (migrate_page_add()).
+    One not on the LRU is left too, but with STRICT it ends the walk at the end
+    of its page table (the pte range's return) and the call is EIO once the
+    rest has moved. Returns the isolated pages as (positions, Batch) by node
+    and whether one was unmovable so."""
+    if not flags & MPOL_MF_VALID or not ranges:
+        return [], False
+    vpns, gps, ends = [], [], []
+    for vma, lo, hi in ranges:
+        p = vma.pte[lo:hi]
+        i = np.flatnonzero((p & P.PRESENT) != 0)
+        vpns.append(vma.start + lo + i)
+        gps.append(p[i] >> P.OFF_SHIFT)
+        ends.append(np.full(len(i), vma.start + hi))    # where this vma's part of the walk ends
+    vpn, g, end = (np.concatenate(a) for a in (vpns, gps, ends))
+    vpn, g, end = keep(~np.isin(g >> P.NODE_SHIFT, nmask), vpn, g, end)
+    if not len(vpn):
+        return [], False
+    if not flags & (MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+        raise OSError(errno.EIO, f"mbind: page {int(vpn[0]):#x} is on node {int(g[0] >> P.NODE_SHIFT)}, "
+                                 f"outside the nodemask (MPOL_MF_STRICT)")
+    once = np.ones(len(g), dtype=bool)
+    onlru = np.zeros(len(g), dtype=bool)
+    for n in distinct(g >> P.NODE_SHIFT):
+        sel = (g >> P.NODE_SHIFT) == n
+        pf = g[sel] & P.PFN_MASK
+        fr = k.nodes[n]
+        if not flags & MPOL_MF_MOVE_ALL:
+            once[sel] = fr.mapcount[pf] == 1
+        onlru[sel] = (fr.flags[pf] & (PG_lru | PG_isolated)) == PG_lru
+    vpn, g, end, onlru = keep(once, vpn, g, end, onlru)
+    unmovable = bool(flags & MPOL_MF_STRICT) and not onlru.all()
+    take = onlru
+    if unmovable:
+        u = int(np.flatnonzero(~onlru)[0])
+        ptrs = k.page_size // 8         # PTRS_PER_PTE: a page table is one page of 8-byte ptes
+        take = onlru & (vpn < min(int(end[u]), (int(vpn[u]) // ptrs + 1) * ptrs))
+    vpn, g = keep(take, vpn, g)
+    out = []
+    for n in distinct(g >> P.NODE_SHIFT):
+        pf = g[(g >> P.NODE_SHIFT) == n] & P.PFN_MASK
+        isolate_step(k, n, pf)          # every one is on the LRU: checked above, in this step
+        fr = k.nodes[n]
+        out.append((np.arange(len(pf)), Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
+                                              fr.index[pf].astype(np.int64))))
+    return out, unmovable
+
+
+def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):
+    """do_mbind() under mmap_write_lock: queue the pages to move (queue_pages()),
+    then give the range its policy (mbind_range(), splitting vmas; default is no
+    vma policy: the task's applies). With MPOL_DEFAULT a range may have holes
+    (MPOL_MF_DISCONTIG_OK), not be all one."""
+    from .process import split_vma
+    ranges = mm.ranges(vpn, npages, holes=pol.mode == MPOL_DEFAULT)
+    batches, unmovable = queue_pages(k, ranges, nmask, flags)
+    for vma, lo, hi in ranges:
+        if lo > 0:
+            vma = split_vma(k, vma, lo)
+            hi -= lo
+        if hi < vma.npages:
+            split_vma(k, vma, hi)
+        vma.policy = None if pol.mode == MPOL_DEFAULT else pol
+    return batches, unmovable
+
+
+async def do_mbind(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...],
+                   flags: int) -> None:
+    """mbind(2) of [vpn, vpn+npages) as 6.1's do_mbind(): the pages queued move
+    as the range's new policy allocates them (new_page(): interleave by offset,
+    bind and preferred on their nodes, with the zonelist's fallback; default,
+    the task's policy). EIO when a page could not be isolated under
+    MPOL_MF_STRICT, or when, with STRICT, some page did not move (ENOMEM
+    included); without STRICT the call succeeds whatever did not move."""
+    if pol.mode == MPOL_DEFAULT:
+        flags &= ~MPOL_MF_STRICT
+    owner = k.node_owner(mm.node)
+    batches, unmovable = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags)
+    failed = 0
+    if batches:
+        failed = await migrate_isolated(k, batches, ByPolicy(mm, mm.policy if pol.mode == MPOL_DEFAULT else pol),
+                                        mm.node)
+    if unmovable or (failed and flags & MPOL_MF_STRICT):
+        raise OSError(errno.EIO, f"mbind: {'a page could not be isolated' if unmovable else 'pages did not move'} "
+                                 f"(MPOL_MF_STRICT)")

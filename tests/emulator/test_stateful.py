@@ -1,7 +1,7 @@
 """Random operation sequences against a shadow copy of every process's memory.
 
 A hypothesis RuleBasedStateMachine drives spawn / mmap / munmap / write / read / touch /
-fork / exit / set_mempolicy / move_pages / migrate_pages / reclaim / swapoff / swapon on
+fork / exit / set_mempolicy / mbind / move_pages / migrate_pages / reclaim / swapoff / swapon on
 small machines (2-3 nodes, 16-48 frames, 0-64 swap slots) so that memory pressure,
 fallback and ENOMEM happen. After every rule: m.check() (the oracle) and every page's
 token compared with the shadow; every read() is compared with the shadow too.
@@ -169,6 +169,32 @@ class NumaMachine(RuleBasedStateMachine):
             self.m.set_mempolicy(pid, mode, nodes[:1])
         else:
             self.m.set_mempolicy(pid, mode, nodes)
+
+    @precondition(has_maps)
+    @rule(i=st.integers(0, 7), j=st.integers(0, 7), lo=st.integers(0, 23), n=st.integers(1, 24),
+          mode=st.sampled_from(MODES), nodes=st.lists(st.integers(0, 3), max_size=3, unique=True),
+          flags=st.sampled_from([0, 1, 2, 3, 4, 5]))
+    def mbind(self, i, j, lo, n, mode, nodes, flags):
+        """flags: MPOL_MF_STRICT 1, MOVE 2, MOVE_ALL 4; nodes may name a node that does not exist."""
+        pid = self.pid_with_maps(i)
+        addr, size = self.mapping(pid, j)
+        lo %= size
+        n = min(n, size - lo)
+        if mode in ("default", "local"):
+            nodes = []
+        real = [x for x in nodes if x < self.nodes]
+        einval = mode in ("bind", "interleave", "preferred") and not real and bool(nodes or mode != "preferred")
+        try:
+            self.m.mbind(pid, addr + lo * PS, n, mode, nodes, flags)
+        except OSError as e:
+            assert (e.errno == errno.EINVAL) == einval, (e, mode, nodes)
+            assert e.errno in (errno.EINVAL, errno.EIO), e
+            if e.errno == errno.EIO:
+                assert flags & 1 and mode != "default", e
+            event(f"mbind: {errno.errorcode[e.errno]}")
+            return
+        assert not einval, (mode, nodes)
+        event(f"mbind: ok, flags {flags}")
 
     # ------------------------------------------------------------------ mappings
     @precondition(lambda self: self.procs)

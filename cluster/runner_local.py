@@ -200,6 +200,7 @@ class LocalRun:
         else:   # from wherever its pages are
             dst = mig.target
             old = [n for n in range(self.nr_nodes) if n != dst]
+        addrs, before = None, None
         try:
             if mode == "hot":   # the most recently touched pages not yet on the target
                 batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
@@ -227,6 +228,10 @@ class LocalRun:
                 self.tally.count(before, self.query(proc, addrs))
         except OSError as exc:
             self.errors[f"{mode}:{_errname(exc)}"] += 1
+            if before is not None:
+                # a call that fails may have moved pages first (ENOMEM: those of the lists
+                # migrated before the one that found no memory; ENODEV likewise)
+                self.tally.count(before, self.query(proc, addrs))
 
     def reclaim(self) -> None:
         """Reclaim pressure: ``[reclaim] pages`` from one node (nodes take turns

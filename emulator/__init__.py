@@ -7,9 +7,9 @@ from .invariants import InvariantViolation
 from .kernel import BUGS
 from .machine import MOVE_PAGES_MAX, Machine
 from .mm import MPOL_BIND, MPOL_DEFAULT, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED
-from .move_pages import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+from .move_pages import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_STRICT
 from .topology import Topology
 
-__all__ = ["Machine", "InvariantViolation", "Topology", "MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL",
+__all__ = ["Machine", "InvariantViolation", "Topology", "MPOL_MF_MOVE", "MPOL_MF_MOVE_ALL", "MPOL_MF_STRICT",
            "MPOL_DEFAULT", "MPOL_PREFERRED", "MPOL_BIND", "MPOL_INTERLEAVE", "MPOL_LOCAL",
            "MOVE_PAGES_MAX", "BUGS"]

@@ -15,8 +15,8 @@ import numpy as np
 from . import invariants, pte as P
 from .fault import touch as _touch
 from .kernel import Kernel
-from .mm import MM, make_policy
-from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MovePagesENODEV, do_migrate_pages,
+from .mm import MM, get_nodes, make_policy, parse_mode
+from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_VALID, do_mbind, do_migrate_pages,
                          do_pages_move, nodes_remap, stat_step)
 from .process import exit_mm, fork as _fork, mmap_step, munmap_step
 from .reclaim import shrink_node
@@ -111,30 +111,22 @@ class Machine:
 
     def mbind(self, pid: int, addr: int, npages: int, mode, nodes: Sequence[int] | None = None,
               flags: int = 0) -> None:
+        """mbind(2) on the process's own range, as do_mbind() in Linux 6.1: flags
+        MPOL_MF_STRICT, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL (see move_pages.do_mbind).
+        EINVAL before EFAULT (a hole in the range, but for MPOL_DEFAULT: a
+        range with no mapping at all); EIO from MPOL_MF_STRICT."""
         mm = self._mm(pid)
-        if flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
-            raise OSError(errno.EINVAL, f"mbind: unknown flags {flags:#x}")
+        parse_mode(mode)
+        if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~MPOL_MF_VALID:
+            raise OSError(errno.EINVAL, f"mbind: unknown flags {flags!r}")
         if addr % self.page_size:
             raise OSError(errno.EINVAL, f"mbind: address {addr:#x} is not page aligned")
+        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:
+            raise OSError(errno.EINVAL, f"mbind: bad page count {npages!r}")
+        if npages == 0:
+            return
         pol = make_policy(mode, nodes, self.nr_nodes)
-        vpn = addr >> self.k.page_shift
-        ranges = self._range(mm, addr, npages)
-        from .process import split_vma
-        for vma, lo, hi in ranges:
-            if lo > 0:
-                vma = split_vma(self.k, vma, lo)
-                hi -= lo
-            if hi < vma.npages:
-                split_vma(self.k, vma, hi)
-            vma.policy = pol
-        if flags and pol.nodes:
-            # move what is already faulted in and not where the policy wants it
-            addrs = [a << self.k.page_shift for a in range(vpn, vpn + npages)]
-            where = self.move_pages(pid, addrs, None)
-            moves = [(a, pol.nodes[(a >> self.k.page_shift) % len(pol.nodes)] if pol.mode == 3 else pol.nodes[0])
-                     for a, w in zip(addrs, where) if w >= 0 and w not in pol.nodes]
-            if moves:
-                self.move_pages(pid, [a for a, _ in moves], [n for _, n in moves], flags)
+        self._run(do_mbind(self.k, mm, int(addr) >> self.k.page_shift, int(npages), pol, get_nodes(nodes), flags))
 
     # -- memory access ------------------------------------------------------
     def touch(self, pid: int, addr: int, npages: int, write: bool = True, tokens=None):
@@ -301,11 +293,7 @@ class Machine:
             raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
         tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
         cpu = None if caller is None else self._mm(caller).node   # the caller allocates
-        try:
-            return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))
-        except MovePagesENODEV as e:
-            raise OSError(errno.ENODEV, f"move_pages: node {e.node} is not online "
-                                        f"(0..{self.nr_nodes - 1}); {len(e.done)} pages before it were processed") from None
+        return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))    # MovePagesError: an OSError
 
     def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
                       privileged: bool = True) -> int:

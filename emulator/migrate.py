@@ -1,20 +1,24 @@
 """Direct page migration (mm/migrate.c) under the three policies.
 
-A batch of isolated pages of one source node moves to one target node,
-in passes (up to MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
+A batch of isolated pages of one source node moves to one target node (or,
+for mbind, to where a policy places each page), in passes (up to
+MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
 
 1. lock the pages (trylock: a busy page waits for the next pass); a page
    whose only reference left is the isolation one was freed under us: done;
 2. policy `swapcache`: add_to_swap (no slot: -ENOMEM); `migcache`:
    add_to_migration_cache; `migentry`: nothing;
 3. pin each anon_vma (R2), then unmap every pte to the migration pte;
-4. allocate the targets on the destination node; short, reclaim there and
-   retry; still short, fall back: `swapcache`/`migcache` write the page to
-   swap (migcache first moves it to the swap cache, if it is still in the
-   migration cache and a slot is free), `migentry` remaps it where it was.
-   A page that cannot go is remapped where it was and leaves the migration
-   cache; one that moved to the swap cache stays there. Either way the
-   page's status is -ENOMEM;
+4. allocate the targets on the destination node (mbind: each page where its
+   new policy places it, with the zonelist's fallback); short, reclaim there
+   and retry; still short: `migentry` remaps the pages where they were and
+   gives up, as migrate_pages() returns -ENOMEM at the first page it cannot
+   allocate for (no later pass, the caller fails the whole call);
+   `swapcache`/`migcache` fall back, writing the page to swap (migcache
+   first moves it to the swap cache, if it is still in the migration cache
+   and a slot is free), and go on. A page that cannot go is remapped where
+   it was and leaves the migration cache; one that moved to the swap cache
+   stays there. Either way the page's status is -ENOMEM;
 5. move the mapping: the old page's refcount must be exactly isolation +
    cache (the freeze), else undo and -EAGAIN for a later pass; the cache slot
    now names the new page; copy data and flags (the data plane);
@@ -27,14 +31,16 @@ Undo (a failed freeze) is step 6 towards the old page, then out of the cache.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import pte as P
 from .fault import lock_step, unlock_pages
 from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache
-from .kernel import distinct, keep
-from .page_alloc import alloc_on
+from .kernel import distinct, keep, split_nodes
+from .mm import MM, Mempolicy
+from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_policy
 from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
 from .sched import call
 from .swap_state import add_to_migcache, add_to_swap, delete_from_swap_cache, pageout
@@ -211,18 +217,93 @@ async def _undo(k, avs, b: Batch, entries, added) -> None:
     await call(k.node_owner(b.node), undo_step, k, b, entries, added)
 
 
-async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
-    """Migrate isolated pages of one node to dst: 0 per page moved, else -errno.
-    Every page comes back unisolated (moved, freed, swapped out or put back)."""
-    from .reclaim import shrink_node
-    src = k.node_owner(b.node)
+@dataclass(frozen=True)
+class ByPolicy:
+    """Where mbind()'s new pages come from (new_page(), alloc_pages_vma()): as
+    the task mm allocates under policy pol, each page on its own intended node
+    (interleave by its offset), falling back along the zonelist."""
+    mm: MM
+    pol: Mempolicy
+
+
+def policy_alloc_step(k, mm: MM, pol: Mempolicy, vpns: np.ndarray) -> np.ndarray:
+    """new_page() for each page: gpfn of its target frame, NOT_ALLOCATED where none."""
+    g = alloc_policy(k, mm, pol, vpns, zero=False)
+    for node, sel in split_nodes(g[g >= 0]):
+        k.nodes[node].flags[g[g >= 0][sel] & P.PFN_MASK] = PG_anon | PG_locked | PG_isolated
+    return g
+
+
+async def alloc_new(k, sub: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarray:
+    """The new page of each page (gpfn, NOT_ALLOCATED where none), reclaiming
+    once where the first try came back short: alloc_migration_target() on
+    node dst (__GFP_THISNODE), or by a policy (mbind)."""
+    from .reclaim import direct_reclaim, shrink_node
+    if isinstance(dst, ByPolicy):
+        owner = k.node_owner(dst.mm.node)
+        new = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index)
+        short = np.flatnonzero(new < 0)
+        if len(short):
+            await direct_reclaim(k, dst.mm, dst.pol, len(short))
+            new[short] = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index[short])
+        return new
+    owner = k.node_owner(dst)
+    pfns = await call(owner, alloc_step, k, dst, len(sub), cpu)
+    if len(pfns) == len(sub):
+        return P.gpfn(dst, pfns)
+    await shrink_node(k, dst, len(sub) - len(pfns))
+    more = await call(owner, alloc_step, k, dst, len(sub) - len(pfns), cpu)
+    new = np.full(len(sub), NOT_ALLOCATED, dtype=np.int64)
+    new[:len(pfns) + len(more)] = P.gpfn(dst, np.concatenate((pfns, more)))
+    return new
+
+
+async def _move(k, avs, sub: Batch, entries, added, dst: int, new: np.ndarray) -> np.ndarray:
+    """Steps 5-7 for pages whose new frames (pfns new) are on node dst. Returns
+    the mask of those that moved; the others are back on their old page."""
     dst_owner = k.node_owner(dst)
+
+    def part(sel):
+        return (None, None) if entries is None else (entries[sel], added[sel])
+
+    moved = await call(dst_owner, move_mapping_step, k, sub, dst, new)
+    if (~moved).any():
+        bad = ~moved
+        await call(dst_owner, free_frames_step, k, dst, new[bad])
+        await _undo(k, avs, sub.take(bad), *part(bad))
+    if moved.any():
+        msub = sub.take(moved)
+        ment, madd = (entries, added) if entries is None or msub is sub else part(moved)
+        (mnew,) = keep(moved, new)
+        ravs = avs
+        if "r2-anon-vma-not-pinned" in k.bugs:
+            ravs = await call("rmap", page_anon_vmas, k, msub)
+        await _remap(k, ravs, msub, ment, dst, mnew)
+        await call(dst_owner, finish_step, k, msub, ment, madd, dst, mnew)
+    return moved
+
+
+def gave_up(k, result: np.ndarray) -> bool:
+    """Did migrate_pages() return -ENOMEM? Upstream (migentry) it stops at the
+    first page that gets no new page and the whole call fails; the historical
+    designs fall back to swap page by page and go on (KERNEL.md)."""
+    return k.topo.policy == "migentry" and bool((result == -errno.ENOMEM).any())
+
+
+async def migrate_batch(k, b: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarray:
+    """Migrate isolated pages of one node to dst (a node, or as a policy places
+    them): 0 per page moved, else -errno. Every page comes back unisolated
+    (moved, freed, swapped out or put back). Under migentry the first page
+    without a new page ends it (see gave_up): the pages tried after it are -ENOMEM
+    too, but neither tried nor counted in pgmigrate_fail, as in migrate_pages()."""
+    src = k.node_owner(b.node)
     result = np.full(len(b), -errno.EAGAIN, dtype=np.int64)
     final = np.zeros(len(b), dtype=bool)
     held = np.ones(len(b), dtype=bool)      # we still hold the isolation reference
+    stop, untried = False, 0                # gave up: pages after the -ENOMEM that stopped it
     for npass in range(MIGRATE_PASSES):
         todo = np.flatnonzero(~final)
-        if not len(todo):
+        if not len(todo) or stop:
             break
         if npass:
             k.stat.add(b.node, "migrate_retry", len(todo))
@@ -258,20 +339,19 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
 
         avs = await call("rmap", pin_anon_vmas, k, sub)
         await rmap_walk(k, avs, sub, unmap_vma, entries)
-        new = await call(dst_owner, alloc_step, k, dst, len(sub), cpu)
-        if len(new) < len(sub):
-            await shrink_node(k, dst, len(sub) - len(new))
-            more = await call(dst_owner, alloc_step, k, dst, len(sub) - len(new), cpu)
-            new = np.concatenate((new, more))
-        if len(new) < len(sub):
-            # fallback: no room on the destination even after reclaim
-            fb = np.arange(len(new), len(sub))
+        new = await alloc_new(k, sub, dst, cpu)
+        got = new >= 0
+        if not got.all():
+            # no room even after reclaim: migentry gives up (migrate_pages() -ENOMEM);
+            # swapcache and migcache fall back to swap
+            fb = np.flatnonzero(~got)
             fsub = sub.take(fb)
             fent, fadd = part(fb)
             result[todo[fb]] = -errno.ENOMEM
             final[todo[fb]] = True
             if entries is None:
                 await _undo(k, avs, fsub, None, None)
+                stop, untried = True, len(fb) - 1
             else:
                 ok = np.ones(len(fb), dtype=bool)
                 mc = P.swp_type(fent) == P.SWP_MIGCACHE
@@ -288,32 +368,25 @@ async def migrate_batch(k, b: Batch, dst: int, cpu: int) -> np.ndarray:
                     # the page stays: a swap entry it got for the fallback stays with it; one
                     # still in the migration cache (no slot) leaves it, as any failed migration's
                     await _undo(k, avs, fsub.take(~ok), fent[~ok], fadd[~ok] & ~to_swap[~ok])
-            stay = np.arange(len(new))
-            todo, sub = todo[stay], sub.take(stay)
+            stay = np.flatnonzero(got)
+            todo, sub, new = todo[stay], sub.take(stay), new[stay]
             entries, added = part(stay)
-        if len(todo):
-            moved = await call(dst_owner, move_mapping_step, k, sub, dst, new)
-            if (~moved).any():
-                bad = ~moved
-                await call(dst_owner, free_frames_step, k, dst, new[bad])
-                await _undo(k, avs, sub.take(bad), *part(bad))
-            if moved.any():
-                msub = sub.take(moved)
-                ment, madd = (entries, added) if entries is None or msub is sub else part(moved)
-                mtodo, mnew = keep(moved, todo, new)
-                ravs = avs
-                if "r2-anon-vma-not-pinned" in k.bugs:
-                    ravs = await call("rmap", page_anon_vmas, k, msub)
-                await _remap(k, ravs, msub, ment, dst, mnew)
-                await call(dst_owner, finish_step, k, msub, ment, madd, dst, mnew)
-                result[mtodo] = 0
-                final[mtodo] = True
-                held[mtodo] = False
+        # the new pages' nodes: dst, or for a policy's pages wherever it placed them
+        groups = split_nodes(new) if isinstance(dst, ByPolicy) else [(dst, slice(None))] if len(new) else []
+        for node, sel in groups:
+            whole = isinstance(sel, slice)
+            moved = await _move(k, avs, sub if whole else sub.take(sel),
+                                *(part(sel) if not whole else (entries, added)),
+                                node, new[sel] & P.PFN_MASK)
+            mtodo = (todo if whole else todo[sel])[moved]
+            result[mtodo] = 0
+            final[mtodo] = True
+            held[mtodo] = False
         await call("rmap", unpin_anon_vmas, k, avs)
     await call(src, putback_step, k, b, held)
     ok = int((result == 0).sum())
     k.stat.add(b.node, "pgmigrate_success", ok)
-    k.stat.add(b.node, "pgmigrate_fail", len(b) - ok)
+    k.stat.add(b.node, "pgmigrate_fail", len(b) - ok - untried)
     return result
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .topology import MAX_NODES as MAX_NUMNODES    # a nodemask's bits: CONFIG_NODES_SHIFT=10, as Debian's 6.1
+
 MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL = 0, 1, 2, 3, 4
 MPOL_NAMES = {"default": MPOL_DEFAULT, "preferred": MPOL_PREFERRED, "bind": MPOL_BIND,
               "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL}
@@ -82,18 +84,26 @@ class MM:
         starts = [v.start for v in self.vmas]
         self.vmas.insert(bisect.bisect_left(starts, vma.start), vma)
 
-    def ranges(self, vpn: int, npages: int) -> list[tuple[VMA, int, int]]:
+    def ranges(self, vpn: int, npages: int, holes: bool = False) -> list[tuple[VMA, int, int]]:
         """Split [vpn, vpn+npages) by vma: (vma, lo, hi) page indexes in the vma.
-        Raises EFAULT if any page is outside every vma (the access would SIGSEGV)."""
+        Raises EFAULT if any page is outside every vma (the access would SIGSEGV);
+        with holes (mbind's MPOL_MF_DISCONTIG_OK), only if every page is."""
         out = []
-        end = vpn + npages
+        start, end = vpn, vpn + npages
         while vpn < end:
             vma = self.find_vma(vpn)
             if vma is None:
-                raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+                if not holes:
+                    raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+                nxt = bisect.bisect_right([v.start for v in self.vmas], vpn)
+                vpn = self.vmas[nxt].start if nxt < len(self.vmas) else end
+                continue
             hi = min(end, vma.end)
             out.append((vma, vpn - vma.start, hi - vma.start))
             vpn = hi
+        if holes and not out and npages:
+            raise OSError(errno.EFAULT, f"pid {self.pid}: no page of {start << 12:#x} (page {start:#x}) "
+                                        f"+{npages} pages is mapped")
         return out
 
 
@@ -107,17 +117,34 @@ def parse_mode(mode) -> int:
     return mode
 
 
-def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
-    """The checks of do_set_mempolicy()/mbind(): EINVAL for a bad mode or node set."""
-    mode = parse_mode(mode)
+def get_nodes(nodes) -> tuple[int, ...]:
+    """get_nodes(): the caller's nodemask as sorted node numbers. A number that no
+    nodemask can hold (negative, or MAX_NUMNODES and up) is EINVAL; one naming no
+    node of this machine is kept, for mpol_set_nodemask() to drop."""
     ns = tuple(sorted(set(int(n) for n in (nodes or ()))))
-    if any(n < 0 or n >= nr_nodes for n in ns):
-        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node that is not online (0..{nr_nodes - 1})")
+    if ns and (ns[0] < 0 or ns[-1] >= MAX_NUMNODES):
+        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node outside a nodemask "
+                                    f"(0..{MAX_NUMNODES - 1})")
+    return ns
+
+
+def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
+    """mpol_new() then mpol_set_nodemask(), as do_set_mempolicy() and do_mbind()
+    call them (Linux 6.1): default and local take no node; preferred with none
+    is local; bind, preferred and interleave keep the nodes that exist (the
+    caller's nodemask and the online nodes: a cpuset allows them all here) and
+    are EINVAL only if none is left; preferred keeps the first."""
+    mode = parse_mode(mode)
+    ns = get_nodes(nodes)
+    if mode == MPOL_PREFERRED and not ns:
+        mode = MPOL_LOCAL
     if mode in (MPOL_DEFAULT, MPOL_LOCAL):
         if ns:
             raise OSError(errno.EINVAL, "mempolicy nodes: must be empty for default and local")
-    elif not ns:
-        raise OSError(errno.EINVAL, "mempolicy nodes: bind, preferred and interleave need at least one node")
-    elif mode == MPOL_PREFERRED:
-        ns = ns[:1]
-    return Mempolicy(mode, ns)
+        return Mempolicy(mode)
+    if not ns:
+        raise OSError(errno.EINVAL, "mempolicy nodes: bind and interleave need at least one node")
+    online = tuple(n for n in ns if n < nr_nodes)
+    if not online:
+        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names no online node (0..{nr_nodes - 1})")
+    return Mempolicy(mode, online[:1] if mode == MPOL_PREFERRED else online)

@@ -1,20 +1,30 @@
-"""move_pages(2) and migrate_pages(2) (mm/migrate.c, mm/mempolicy.c).
+"""move_pages(2), migrate_pages(2) and mbind(2)'s moving (mm/migrate.c, mm/mempolicy.c).
 
 Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
-- Pages are taken in order; consecutive pages with the same target form a
-  batch that is isolated, then migrated when the target changes or the list
-  ends. An invalid target ends the call with ENODEV after the batches before
-  it have moved.
+- Pages are taken in order; pages queued one after another for the same
+  target form a list that is migrated when the target changes, when a page
+  is not queued (its status stored first: 6.1's do_pages_move() then calls
+  move_pages_and_store_status()), or when the pages end. So a page named
+  again after a page not queued is looked up after the migration: on the
+  target, its status is the node. An invalid target ends the call with
+  ENODEV after the lists before it have moved.
 - Per page: no vma or pte_none -> -EFAULT; a non-present pte (swapped out,
   under migration) -> -ENOENT; already on the target -> the node (nothing
   counted); mapped more than once without MPOL_MF_MOVE_ALL -> -EACCES (each
-  time it is named: the check precedes isolation); not isolatable (the same
-  page earlier in the batch, or another migration) -> -EBUSY; then the node
-  it moved to, or the migration's -errno.
+  time it is named: the check precedes isolation); not isolatable (queued
+  already: the same page named twice in a list, or under another migration)
+  -> -EBUSY; then the node it moved to, or the migration's -errno.
+- Under migentry (upstream), a migration that finds no frame on its target,
+  even after reclaim, gives up (migrate_pages() returns -ENOMEM): the whole
+  call fails with ENOMEM, the lists migrated before it having moved. The
+  historical designs fall back to swap page by page and go on.
 - migrate_pages() moves every present page of the process from old_nodes to
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays) and returns the number of pages
-  that could not be moved.
+  that could not be moved; ENOMEM as above.
+- mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
+  node outside the caller's nodemask as the new policy allocates them
+  (new_page()); MPOL_MF_STRICT: see do_mbind().
 """
 from __future__ import annotations
 
@@ -23,9 +33,10 @@ import errno
 import numpy as np
 
 from . import pte as P
+from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
-from .migrate import MIGRATE_BATCH, isolate_step, migrate_batch
-from .mm import MM
+from .migrate import MIGRATE_BATCH, ByPolicy, gave_up, isolate_step, migrate_batch, putback_step
+from .mm import MM, MPOL_DEFAULT, Mempolicy
 from .rmap import Batch
 from .sched import call
 
@@ -80,87 +91,176 @@ def stat_step(k, mm: MM, vpns: np.ndarray) -> np.ndarray:
     return page_status(lookup_ptes(mm, vpns))
 
 
-def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int):
-    """add_page_for_migration() over a batch: statuses, and the isolated pages by node."""
+def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_before: bool):
+    """add_page_for_migration() over pages named in a row for one target.
+    6.1's do_pages_move() migrates the pages it has queued as soon as a page is
+    not queued (its error, or its node if it is on the target already, stored
+    first) and looks the pages after that one up afterwards. So this takes the
+    pages not queued before the first queued one (each migrates nothing, unless
+    queued_before: pages an earlier call queued are waiting), then the queued
+    ones, then the first one not queued after those, and stops there.
+    Returns the statuses of the pages taken (0 for a queued page, for now),
+    the isolated pages as (positions, Batch) by node, how many pages it took,
+    and whether the last of them ends the list, which is to be migrated now."""
     ptes = lookup_ptes(mm, vpns)
     status = page_status(ptes)      # a present page's status is its node: there already, done
     pres = status >= 0
-    if pres.all():                  # every page mapped: the usual batch
-        gp, node = ptes >> P.OFF_SHIFT, status
-        cand = node != target
+    if pres.all():
+        gp = ptes >> P.OFF_SHIFT
+        queued = status != target
     else:
         gp = np.where(pres, np.maximum(ptes, 0) >> P.OFF_SHIFT, -1)
-        node = np.where(pres, gp >> P.NODE_SHIFT, -1)
-        cand = pres & (node != target)
+        queued = pres & (status != target)
+    every = bool(queued.all())      # every page present, none on the target: the usual batch
+    idx = None if every else np.flatnonzero(queued)
+    g = gp if every else gp[idx]
+    if len(g):
+        nd = g >> P.NODE_SHIFT
+        shared = np.zeros(len(g), dtype=bool)
+        onlru = np.zeros(len(g), dtype=bool)
+        nodes = distinct(nd)
+        for n in nodes:
+            sel = slice(None) if len(nodes) == 1 else nd == n
+            pf = g[sel] & P.PFN_MASK
+            fr = k.nodes[n]
+            if not flags & MPOL_MF_MOVE_ALL:
+                shared[sel] = fr.mapcount[pf] > 1
+            onlru[sel] = (fr.flags[pf] & (PG_lru | PG_isolated)) == PG_lru
+        # mapcount before isolation: a shared page is -EACCES however often it is named;
+        # then isolate_lru_page() fails (-EBUSY) for a page on no LRU list: isolated by
+        # another migration, or by this one (the same page named again)
+        bad = shared | ~onlru
+        live = np.flatnonzero(~bad)
+        v = (vpns if every else vpns[idx])[live]
+        if len(live) > 1 and not (np.diff(v) > 0).all():    # distinct pages (an mm maps a page once)
+            _, first = np.unique(g[live], return_index=True)
+            again = np.ones(len(live), dtype=bool)
+            again[first] = False
+            bad[live[again]] = True
+        if bad.any():
+            pos = np.flatnonzero(bad) if every else idx[bad]
+            status[pos] = np.where(shared[bad], -errno.EACCES, -errno.EBUSY)
+            queued[pos] = False
+            every = False
+    n = len(vpns)
+    if every:
+        h, f = 0, n
+    else:
+        if queued_before:
+            h = 0
+        else:
+            q = np.flatnonzero(queued)
+            if not len(q):
+                return status, [], n, False
+            h = int(q[0])
+        stop = np.flatnonzero(~queued[h:])
+        f = h + int(stop[0]) if len(stop) else n    # the first page not queued after the queued ones
     batches = []
-    idx = np.flatnonzero(cand)
-    if not len(idx):
-        return status, batches
-    g = gp[idx]
-    if not flags & MPOL_MF_MOVE_ALL:
-        # mapcount before isolation: a shared page is -EACCES however often it is named
-        shared = np.zeros(len(idx), dtype=bool)
-        for n in distinct(g >> P.NODE_SHIFT):
-            sel = (g >> P.NODE_SHIFT) == n
-            shared[sel] = k.nodes[n].mapcount[g[sel] & P.PFN_MASK] > 1
-        status[idx[shared]] = -errno.EACCES
-        idx, g = keep(~shared, idx, g)
-    # the same page twice: the second one finds it isolated already
-    if len(g) > 1 and not (np.diff(g) > 0).all():
-        _, first = np.unique(g, return_index=True)
-        dup = np.ones(len(idx), dtype=bool)
-        dup[first] = False
-        status[idx[dup]] = -errno.EBUSY
-        idx, g = idx[~dup], g[~dup]
-    for n in distinct(g >> P.NODE_SHIFT):
-        pos, pf = keep((g >> P.NODE_SHIFT) == n, idx, g)
-        pf = pf & P.PFN_MASK
-        fr = k.nodes[n]
-        ok = isolate_step(k, n, pf)
-        status[pos[~ok]] = -errno.EBUSY
-        pos, pf = keep(ok, pos, pf)
-        if len(pf):
-            batches.append((pos, Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
-                                       fr.index[pf].astype(np.int64))))
-    return status, batches
+    g = gp[h:f]
+    nd = g >> P.NODE_SHIFT
+    for node in distinct(nd):
+        pos, pf = keep(nd == node, np.arange(h, f), g & P.PFN_MASK)
+        isolate_step(k, node, pf)   # every one is on the LRU: checked above, in this step
+        fr = k.nodes[node]
+        batches.append((pos, Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
+    used = min(f + 1, n)
+    return status[:used], batches, used, f < n
 
 
-async def migrate_isolated(k, batches, target: int, cpu: int, status: np.ndarray) -> None:
-    for pos, b in batches:
+def merge_batches(batches: list) -> list:
+    """One (positions, Batch) per source node: what several calls queued is one list."""
+    if len(batches) < 2:
+        return batches
+    out = []
+    for node in sorted({b.node for _, b in batches}):
+        mine = [(p, b) for p, b in batches if b.node == node]
+        if len(mine) == 1:
+            out.append(mine[0])
+            continue
+        cat = [np.concatenate(x) for x in zip(*[(p, b.pfns, b.av, b.index) for p, b in mine])]
+        out.append((cat[0], Batch(node, *cat[1:])))
+    return out
+
+
+async def putback_batches(k, batches: list[Batch]) -> None:
+    """putback_movable_pages() of the pages a migration that gave up never tried."""
+    for b in batches:
+        if len(b):
+            await call(k.node_owner(b.node), putback_step, k, b, np.ones(len(b), dtype=bool))
+
+
+async def migrate_isolated(k, batches, target: int | ByPolicy, cpu: int,
+                           status: np.ndarray | None = None) -> int:
+    """migrate_pages() of the queued pages; with status, store each one's node
+    (move_pages_and_store_status(): the target) or -errno. Returns how many did
+    not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
+    batches = merge_batches(batches)
+    failed = 0
+    for i, (pos, b) in enumerate(batches):
         for a in range(0, len(b), MIGRATE_BATCH):
             sl = slice(a, a + MIGRATE_BATCH)
             res = await migrate_batch(k, b.take(sl), target, cpu)
-            status[pos[sl]] = np.where(res == 0, target, res)
+            if status is not None:
+                status[pos[sl]] = np.where(res == 0, target, res)
+            if gave_up(k, res):
+                await putback_batches(k, [b.take(slice(a + MIGRATE_BATCH, None))] + [c for _, c in batches[i + 1:]])
+                return -errno.ENOMEM
+            failed += int((res != 0).sum())
+    return failed
+
+
+COLLECT_WINDOW = 64     # the fewest pages a look-up after a migration takes on
 
 
 async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: int,
                         cpu: int | None = None) -> np.ndarray:
     """cpu: the node of the task calling move_pages(), which allocates the new
-    pages (numa_local/numa_other); the target process's own when it calls."""
+    pages (numa_local/numa_other); the target process's own when it calls.
+    Raises MovePagesError: ENODEV for a node not online, ENOMEM where a
+    migration gave up (migentry); the pages before have been processed."""
     n = len(vpns)
     cpu = mm.node if cpu is None else cpu
     status = np.zeros(n, dtype=np.int64)
     owner = k.node_owner(mm.node)
+    nr = k.topo.nr_nodes
     # runs of consecutive equal targets
     brk = np.flatnonzero(np.diff(nodes) != 0) + 1 if n else np.zeros(0, np.int64)
     starts = np.concatenate(([0], brk)).tolist() if n else []
     ends = np.concatenate((brk, [n])).tolist() if n else []
     for a, b in zip(starts, ends):
         target = int(nodes[a])
-        if target < 0 or target >= k.topo.nr_nodes:
-            raise MovePagesENODEV(status[:a], target)
-        st, batches = await call(owner, collect_step, k, mm, vpns[a:b], target, flags)
-        await migrate_isolated(k, batches, target, cpu, st)
-        status[a:b] = st
+        if not 0 <= target < nr:
+            raise MovePagesError(errno.ENODEV, f"move_pages: node {target} is not online (0..{nr - 1}); "
+                                               f"the {a} pages before it were processed", a)
+        pos, w, pending = a, b - a, []
+        while pos < b:
+            st, batches, used, ends_list = await call(owner, collect_step, k, mm, vpns[pos:min(b, pos + w)],
+                                                      target, flags, bool(pending))
+            status[pos:pos + used] = st
+            pending += [(p + pos, bt) for p, bt in batches]
+            pos += used
+            if not ends_list and pos < b:
+                w *= 2                  # the list goes on past this look-up
+                continue
+            if pending and await migrate_isolated(k, pending, target, cpu, status) < 0:
+                if not ends_list and b < n and not 0 <= int(nodes[b]) < nr:
+                    # 6.1 meets the next node (out_flush) before the migration's error
+                    raise MovePagesError(errno.ENODEV, f"move_pages: node {int(nodes[b])} is not online "
+                                                       f"(0..{nr - 1}); the {b} pages before it were processed", b)
+                raise MovePagesError(errno.ENOMEM, f"move_pages: out of memory on node {target}: "
+                                                   f"the {pos} pages up to here were processed", pos)
+            pending = []
+            w = max(COLLECT_WINDOW, 2 * used)
     return status
 
 
-class MovePagesENODEV(Exception):
-    """A target node not online: the pages before it have moved already."""
+class MovePagesError(OSError):
+    """A whole-call error of move_pages() (ENODEV, ENOMEM): the first `done`
+    pages have been processed (moved, or their error stored) already."""
 
-    def __init__(self, done: np.ndarray, node: int):
-        super().__init__(node)
-        self.done, self.node = done, node
+    def __init__(self, err: int, msg: str, done: int):
+        super().__init__(err, msg)
+        self.done = done
 
 
 def nodes_remap(old: list[int], new: list[int]) -> dict[int, int]:
@@ -206,9 +306,111 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
 
 
 async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool) -> int:
+    """The number of pages that could not be moved; OSError(ENOMEM) where a
+    migration gave up (migentry: migrate_to_node()'s error ends the call)."""
     batches, left = await call(k.node_owner(mm.node), collect_process_step, k, mm, mapping, move_all)
-    for d, b in batches:
-        for a in range(0, len(b), MIGRATE_BATCH):
-            res = await migrate_batch(k, b.take(slice(a, a + MIGRATE_BATCH)), d, mm.node)
-            left += int((res != 0).sum())
+    for i, (d, b) in enumerate(batches):
+        failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
+        if failed < 0:
+            await putback_batches(k, [c for _, c in batches[i + 1:]])
+            raise OSError(errno.ENOMEM, f"migrate_pages: out of memory on node {d}; "
+                                        f"the pages not moved yet stay where they were")
+        left += failed
     return left
+
+
+# -- mbind(2) with MPOL_MF_MOVE / MPOL_MF_MOVE_ALL / MPOL_MF_STRICT (do_mbind()) --
+MPOL_MF_STRICT = 1 << 0
+MPOL_MF_VALID = MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL
+
+
+def queue_pages(k, ranges, nmask: tuple[int, ...], flags: int):
+    """queue_pages_range() of 6.1 over [(vma, lo, hi)]: the present pages on a node
+    outside nmask (the caller's nodemask as given: empty for default and local,
+    so every page). MPOL_MF_STRICT alone: the first such page is EIO.
+    MPOL_MF_MOVE(_ALL): such a page mapped once (or any, with MOVE_ALL) is
+    isolated; a shared one is left where it is, silently (migrate_page_add()).
+    One not on the LRU is left too, but with STRICT it ends the walk at the end
+    of its page table (the pte range's return) and the call is EIO once the
+    rest has moved. Returns the isolated pages as (positions, Batch) by node
+    and whether one was unmovable so."""
+    if not flags & MPOL_MF_VALID or not ranges:
+        return [], False
+    vpns, gps, ends = [], [], []
+    for vma, lo, hi in ranges:
+        p = vma.pte[lo:hi]
+        i = np.flatnonzero((p & P.PRESENT) != 0)
+        vpns.append(vma.start + lo + i)
+        gps.append(p[i] >> P.OFF_SHIFT)
+        ends.append(np.full(len(i), vma.start + hi))    # where this vma's part of the walk ends
+    vpn, g, end = (np.concatenate(a) for a in (vpns, gps, ends))
+    vpn, g, end = keep(~np.isin(g >> P.NODE_SHIFT, nmask), vpn, g, end)
+    if not len(vpn):
+        return [], False
+    if not flags & (MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+        raise OSError(errno.EIO, f"mbind: page {int(vpn[0]):#x} is on node {int(g[0] >> P.NODE_SHIFT)}, "
+                                 f"outside the nodemask (MPOL_MF_STRICT)")
+    once = np.ones(len(g), dtype=bool)
+    onlru = np.zeros(len(g), dtype=bool)
+    for n in distinct(g >> P.NODE_SHIFT):
+        sel = (g >> P.NODE_SHIFT) == n
+        pf = g[sel] & P.PFN_MASK
+        fr = k.nodes[n]
+        if not flags & MPOL_MF_MOVE_ALL:
+            once[sel] = fr.mapcount[pf] == 1
+        onlru[sel] = (fr.flags[pf] & (PG_lru | PG_isolated)) == PG_lru
+    vpn, g, end, onlru = keep(once, vpn, g, end, onlru)
+    unmovable = bool(flags & MPOL_MF_STRICT) and not onlru.all()
+    take = onlru
+    if unmovable:
+        u = int(np.flatnonzero(~onlru)[0])
+        ptrs = k.page_size // 8         # PTRS_PER_PTE: a page table is one page of 8-byte ptes
+        take = onlru & (vpn < min(int(end[u]), (int(vpn[u]) // ptrs + 1) * ptrs))
+    vpn, g = keep(take, vpn, g)
+    out = []
+    for n in distinct(g >> P.NODE_SHIFT):
+        pf = g[(g >> P.NODE_SHIFT) == n] & P.PFN_MASK
+        isolate_step(k, n, pf)          # every one is on the LRU: checked above, in this step
+        fr = k.nodes[n]
+        out.append((np.arange(len(pf)), Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
+                                              fr.index[pf].astype(np.int64))))
+    return out, unmovable
+
+
+def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):
+    """do_mbind() under mmap_write_lock: queue the pages to move (queue_pages()),
+    then give the range its policy (mbind_range(), splitting vmas; default is no
+    vma policy: the task's applies). With MPOL_DEFAULT a range may have holes
+    (MPOL_MF_DISCONTIG_OK), not be all one."""
+    from .process import split_vma
+    ranges = mm.ranges(vpn, npages, holes=pol.mode == MPOL_DEFAULT)
+    batches, unmovable = queue_pages(k, ranges, nmask, flags)
+    for vma, lo, hi in ranges:
+        if lo > 0:
+            vma = split_vma(k, vma, lo)
+            hi -= lo
+        if hi < vma.npages:
+            split_vma(k, vma, hi)
+        vma.policy = None if pol.mode == MPOL_DEFAULT else pol
+    return batches, unmovable
+
+
+async def do_mbind(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...],
+                   flags: int) -> None:
+    """mbind(2) of [vpn, vpn+npages) as 6.1's do_mbind(): the pages queued move
+    as the range's new policy allocates them (new_page(): interleave by offset,
+    bind and preferred on their nodes, with the zonelist's fallback; default,
+    the task's policy). EIO when a page could not be isolated under
+    MPOL_MF_STRICT, or when, with STRICT, some page did not move (ENOMEM
+    included); without STRICT the call succeeds whatever did not move."""
+    if pol.mode == MPOL_DEFAULT:
+        flags &= ~MPOL_MF_STRICT
+    owner = k.node_owner(mm.node)
+    batches, unmovable = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags)
+    failed = 0
+    if batches:
+        failed = await migrate_isolated(k, batches, ByPolicy(mm, mm.policy if pol.mode == MPOL_DEFAULT else pol),
+                                        mm.node)
+    if unmovable or (failed and flags & MPOL_MF_STRICT):
+        raise OSError(errno.EIO, f"mbind: {'a page could not be isolated' if unmovable else 'pages did not move'} "
+                                 f"(MPOL_MF_STRICT)")

@@ -18,17 +18,17 @@ from __future__ import annotations
 import numpy as np
 
 from . import pte as P
-from .mm import MM, VMA, MPOL_BIND, MPOL_INTERLEAVE, MPOL_PREFERRED
+from .mm import MM, VMA, MPOL_BIND, MPOL_INTERLEAVE, MPOL_PREFERRED, Mempolicy
 
 NOT_ALLOCATED = -1
 
 
-def policy_of(mm: MM, vma: VMA):
+def policy_of(mm: MM, vma: VMA) -> Mempolicy:
+    """get_vma_policy(): the vma's own policy, else the task's."""
     return vma.policy if vma.policy is not None else mm.policy
 
 
-def intended_nodes(k, mm: MM, vma: VMA, vpns: np.ndarray) -> tuple[np.ndarray, tuple | None, int]:
-    pol = policy_of(mm, vma)
+def intended_nodes(k, mm: MM, pol: Mempolicy, vpns: np.ndarray) -> tuple[np.ndarray, tuple | None, int]:
     n = len(vpns)
     if pol.mode == MPOL_INTERLEAVE:
         ns = np.asarray(pol.nodes, dtype=np.int64)
@@ -43,7 +43,13 @@ def intended_nodes(k, mm: MM, vma: VMA, vpns: np.ndarray) -> tuple[np.ndarray, t
 
 def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
     """Allocate one frame per vpn; gpfn per page, NOT_ALLOCATED where memory ran out."""
-    intended, allowed, mode = intended_nodes(k, mm, vma, vpns)
+    return alloc_policy(k, mm, policy_of(mm, vma), vpns)
+
+
+def alloc_policy(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, zero: bool = True) -> np.ndarray:
+    """alloc_pages_vma() under policy pol for mm's task: the fault's allocation, and
+    mbind's new_page() for a page it migrates (zero=False: about to be copied over)."""
+    intended, allowed, mode = intended_nodes(k, mm, pol, vpns)
     out = np.full(len(vpns), NOT_ALLOCATED, dtype=np.int64)
     t0 = int(intended[0]) if len(vpns) else 0
     groups = [(t0, slice(None))] if len(vpns) and (intended == t0).all() else \
@@ -56,7 +62,7 @@ def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
                 if not len(pos):
                     break
                 fr = k.nodes[z]
-                pfns = fr.alloc(len(pos), getattr(fr, wmark))
+                pfns = fr.alloc(len(pos), getattr(fr, wmark), zero)
                 if len(pfns):
                     got, pos = pos[:len(pfns)], pos[len(pfns):]
                     out[got] = P.gpfn(z, pfns)

@@ -105,13 +105,12 @@ async def shrink_node(k, node: int, nr: int, kswapd: bool = False) -> int:
     return n
 
 
-async def direct_reclaim(k, mm, vma, nr: int) -> int:
-    """try_to_free_pages(): reclaim along the faulting task's zonelist."""
-    from .page_alloc import policy_of
+async def direct_reclaim(k, mm, pol, nr: int) -> int:
+    """try_to_free_pages(): reclaim along the allocating task's zonelist, within
+    the nodes its policy pol allows."""
     from .mm import MPOL_BIND
     if not k.swap.on:
         return 0
-    pol = policy_of(mm, vma)
     done = 0
     for z in k.zonelists[mm.node]:
         if pol.mode == MPOL_BIND and z not in pol.nodes:

@@ -85,3 +85,21 @@ def raises_errno(code, fn, *args, **kwargs):
         f"expected {errno.errorcode[code]}, got errno {ei.value.errno} "
         f"({errno.errorcode.get(ei.value.errno)}): {ei.value}")
     return ei.value
+
+
+def step_through(coro, after_first=None):
+    """Run an operation coroutine to completion, one step at a time (the
+    explorer's way); ``after_first`` runs between its first and second step,
+    as another operation would."""
+    from emulator.sched import Call
+    value, first = None, True
+    while True:
+        try:
+            req = coro.send(value)
+        except StopIteration as stop:
+            return stop.value
+        assert isinstance(req, Call), f"unexpected wait: {req!r}"
+        value = req.fn(*req.args)
+        if first and after_first is not None:
+            after_first()
+        first = False

@@ -85,6 +85,50 @@ def test_same_page_twice_same_target(policy):
     m.check()
 
 
+@pytest.mark.parametrize("between", ["hole", "on-target", "shared", "repeat"])
+def test_a_page_not_queued_migrates_the_pages_before_it(policy, between):
+    """6.1's do_pages_move() stores a page's error (or its node, if it is on
+    the target already) and then migrates the pages queued before it
+    (move_pages_and_store_status()): the same page named again after such an
+    entry is on the target by then, so its status is the node, not -EBUSY."""
+    from emulator import MPOL_MF_MOVE
+    m = make(policy=policy, swap=64)
+    pid = m.spawn(node=0)
+    s = m.mmap(pid, 1, shared=True)
+    fill(m, pid, s, 1, base=0x2000)
+    m.fork(pid)                                     # s: mapped twice; what follows: once
+    a = m.mmap(pid, 2)
+    data = fill(m, pid, a, 2)
+    ps = m.page_size
+    m.move_pages(pid, [a + ps], [1])
+    other, status = {"hole": (unmapped_addr(m, pid), -EFAULT), "on-target": (a + ps, 1),
+                     "shared": (s, -EACCES), "repeat": (a, -EBUSY)}[between]
+    before = success(m)
+    assert m.move_pages(pid, [a, other, a], [1, 1, 1], flags=MPOL_MF_MOVE) == [1, status, 1]
+    assert success(m) == before + 1                 # moved once; the second time it was there
+    assert where(m, pid, a, 2) == [1, 1]
+    assert m.read(pid, a, ps) == data[0]
+    m.check()
+
+
+def test_queued_pages_wait_for_the_next_page_not_queued(policy):
+    """Pages queued one after another move together when a page is not queued
+    (or the list ends), however long the run: a page named again while its
+    first naming is still queued is -EBUSY, once moved it is on the target."""
+    m, pid, a, data = setup(policy, npages=100, frames=256, swap=256)
+    hole = unmapped_addr(m, pid)
+    p = pages_of(m, a, 100)
+    st = m.move_pages(pid, p[99:] + [hole] + p[:99] + p[:1] + [hole] + p[1:3], [1] * 105)
+    assert st == [1, -EFAULT] + [1] * 99 + [-EBUSY, -EFAULT, 1, 1]
+    # every other entry not queued: each page moves before the next is looked up
+    m.migrate_pages(pid, [1], [0])
+    alt = [x for v in p[:80] for x in (v, hole, v)]
+    assert m.move_pages(pid, alt, [1] * len(alt)) == [1, -EFAULT, 1] * 80
+    assert where(m, pid, a, 100) == [1] * 80 + [0] * 20
+    assert m.read(pid, a, 100 * m.page_size) == b"".join(data)
+    m.check()
+
+
 def test_shared_page_twice_is_eacces_both_times(policy):
     # add_page_for_migration(): the mapcount check (-EACCES) comes before
     # isolate_lru_page(), so the repeat of a shared page never gets as far as -EBUSY

@@ -3,7 +3,8 @@ that costs in swap, and what happens when the target node has no room.
 
 - swapcache: the page gets a real swap slot (add_to_swap); no swap -> -ENOMEM per page.
 - migcache (V8): a pseudo swap type; no slot used; nothing lingers after completion.
-- migentry (upstream): migration entries; no swap, no cache, no fallback.
+- migentry (upstream): migration entries; no swap, no cache, no fallback: no frame on the
+  target fails the whole call with ENOMEM (migrate_pages() stops at the first such page).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import errno
 
 import pytest
 
-from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, where
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, where
 
 ENOMEM = errno.ENOMEM
 
@@ -150,7 +151,11 @@ def fill_node(m, node, npages):
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_migentry_target_full_page_stays_put(payload):
+def test_migentry_target_full_fails_the_whole_call_with_enomem(payload):
+    """Upstream migrate_pages() stops at the first page it gets no new page for
+    (-ENOMEM, no later pass) and move_pages() fails as a whole; the pages stay
+    where they were, and only that page counts in pgmigrate_fail: the ones
+    after it were never tried."""
     m = make(policy="migentry", payload=payload, nodes=2, frames=16, swap=0)
     pid = m.spawn(node=0)
     a = m.mmap(pid, 3)
@@ -158,19 +163,96 @@ def test_migentry_target_full_page_stays_put(payload):
     hog, h = fill_node(m, 1, 16)
     assert m.node_info()[1]["free"] == 0
     before = m.vmstat()
-    assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [-ENOMEM] * 3
+    raises_errno(ENOMEM, m.move_pages, pid, pages_of(m, a, 3), [1] * 3)
     after = m.vmstat()
     assert where(m, pid, a, 3) == [0, 0, 0]
     assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
     assert after["pgmigrate_success"] == before["pgmigrate_success"]
-    assert after["pgmigrate_fail"] > before["pgmigrate_fail"]
+    assert after["pgmigrate_fail"] == before["pgmigrate_fail"] + 1
     assert after["pgmigrate_fallback_swap"] == before["pgmigrate_fallback_swap"] == 0
     assert after["nr_isolated_anon"] == 0
+    m.check()
+    # migrate_pages(2) fails the same way
+    raises_errno(ENOMEM, m.migrate_pages, pid, [0], [1])
+    assert where(m, pid, a, 3) == [0, 0, 0]
+    assert m.vmstat()["nr_isolated_anon"] == 0
     m.check()
     # once the hog is gone the same move succeeds
     m.exit(hog)
     assert m.move_pages(pid, pages_of(m, a, 3), [1] * 3) == [1] * 3
     assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_migentry_enomem_keeps_what_moved_before_it():
+    """Room for one page on node 1: the first page of the list moves, the
+    second finds no frame and the call fails; one success, one failure (the
+    third page was never tried)."""
+    m = make(policy="migentry", nodes=2, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    fill_node(m, 1, 15)
+    before = m.vmstat()
+    raises_errno(ENOMEM, m.move_pages, pid, pages_of(m, a, 3), [1] * 3)
+    after = m.vmstat()
+    assert where(m, pid, a, 3) == [1, 0, 0]
+    assert after["pgmigrate_success"] - before["pgmigrate_success"] == 1
+    assert after["pgmigrate_fail"] - before["pgmigrate_fail"] == 1
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_migentry_enomem_after_lists_that_moved():
+    """do_pages_move() migrates a list whenever the target changes or a page is
+    not queued: the lists before the one that found no memory have moved."""
+    m = make(policy="migentry", nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 4)
+    data = fill(m, pid, a, 4)
+    fill_node(m, 1, 16)
+    p = pages_of(m, a, 4)
+    raises_errno(ENOMEM, m.move_pages, pid, p[:3], [2, 2, 1])       # the target changes
+    assert where(m, pid, a, 4) == [2, 2, 0, 0]
+    raises_errno(ENOMEM, m.move_pages, pid, [p[2], a + 99 * m.page_size, p[3]], [0, 1, 1])
+    assert where(m, pid, a, 4) == [2, 2, 0, 0]
+    raises_errno(ENOMEM, m.move_pages, pid, [p[0], p[2], p[3]], [2, 2, 1])   # p[0] there already
+    assert where(m, pid, a, 4) == [2, 2, 2, 0]
+    assert m.read(pid, a, 4 * m.page_size) == b"".join(data)
+    assert m.vmstat()["nr_isolated_anon"] == 0
+    m.check()
+
+
+def test_migentry_enomem_or_enodev_whichever_6_1_meets_first():
+    """An invalid node after a list: 6.1 checks the node (ENODEV) before it
+    migrates the list (out_flush), so ENODEV wins over that list's ENOMEM; a
+    list migrated at a page not queued fails first (ENOMEM)."""
+    m = make(policy="migentry", nodes=2, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 2)
+    fill(m, pid, a, 2)
+    fill_node(m, 1, 16)
+    p = pages_of(m, a, 2)
+    raises_errno(errno.ENODEV, m.move_pages, pid, p, [1, 5])
+    raises_errno(ENOMEM, m.move_pages, pid, [p[0], a + 99 * m.page_size, p[1]], [1, 1, 5])
+    assert where(m, pid, a, 2) == [0, 0] and m.vmstat()["nr_isolated_anon"] == 0
+    m.check()
+
+
+def test_migcache_target_full_is_per_page_and_the_call_goes_on():
+    """No frame on the target and no swap to fall back to: -ENOMEM for the page
+    and the call goes on to the next list, as the V8 design does (swapcache
+    without swap: test_swapcache_policy_without_swap_fails_each_page_with_enomem)."""
+    m = make(policy="migcache", nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    fill_node(m, 1, 16)
+    st = m.move_pages(pid, pages_of(m, a, 3), [1, 2, 2])
+    assert st[0] == -ENOMEM and st[1:] == [2, 2]
+    assert where(m, pid, a, 3) == [0, 2, 2]
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    assert m.migrate_pages(pid, [2], [1]) == 2      # each page not moved counted, no error
     m.check()
 
 

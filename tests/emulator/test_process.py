@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from emu_support import (fill, free_all, make, numa, numa_delta, pattern, raises_errno,
-                         unmapped_addr, where)
+                         step_through, unmapped_addr, where)
 
 # --------------------------------------------------------------------------- spawn, mmap
 
@@ -555,4 +555,241 @@ def test_mbind_move_moves_existing_pages(payload):
     m.mbind(pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE)
     assert where(m, pid, a, 3) == [1, 1, 1]
     assert m.read(pid, a, 3 * m.page_size) == b"".join(pages)
+    m.check()
+
+
+# ----------------------------------------------------- set_mempolicy/mbind nodemasks (6.1)
+
+
+def test_preferred_with_no_node_is_local():
+    """mpol_new(): MPOL_PREFERRED with an empty nodemask is MPOL_LOCAL."""
+    from emulator import MPOL_PREFERRED
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=1)
+    m.set_mempolicy(pid, "bind", [0])
+    m.set_mempolicy(pid, MPOL_PREFERRED, [])
+    a = m.mmap(pid, 2)
+    m.mbind(pid, a + m.page_size, 1, "preferred", None)
+    m.touch(pid, a, 2)
+    assert where(m, pid, a, 2) == [1, 1]
+
+
+@pytest.mark.parametrize("mode,nodes,expect", [
+    ("bind", [1, 5], [1, 1, 1, 1]),
+    ("interleave", [0, 1, 7, 1023], None),
+    ("preferred", [9, 1], [1, 1, 1, 1]),
+])
+def test_nodes_that_do_not_exist_are_dropped(mode, nodes, expect):
+    """mpol_set_nodemask(): the nodemask is intersected with the nodes that have
+    memory (and the cpuset's); only an empty result is EINVAL."""
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=0)
+    m.set_mempolicy(pid, mode, nodes)
+    a = m.mmap(pid, 4)
+    m.touch(pid, a, 4)
+    b = m.mmap(pid, 4)
+    m.mbind(pid, b, 4, mode, nodes)
+    m.touch(pid, b, 4)
+    for loc in (where(m, pid, a, 4), where(m, pid, b, 4)):
+        if expect is None:      # interleave over the two real nodes
+            assert sorted(loc) == [0, 0, 1, 1] and all(x != y for x, y in zip(loc, loc[1:]))
+        else:
+            assert loc == expect
+    m.check()
+
+
+@pytest.mark.parametrize("mode,nodes", [
+    ("bind", [5]), ("preferred", [7]), ("interleave", [2, 3]),    # nothing left
+    ("local", [5]), ("default", [0]),                              # no node allowed, existing or not
+    ("bind", [0, 1024]), ("bind", [-1]),                           # outside any nodemask
+])
+def test_nodemasks_left_empty_or_not_allowed_are_einval(mode, nodes):
+    m = make(nodes=2, frames=16)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 1)
+    raises_errno(errno.EINVAL, m.set_mempolicy, pid, mode, nodes)
+    raises_errno(errno.EINVAL, m.mbind, pid, a, 1, mode, nodes)
+    m.touch(pid, a, 1)
+    assert where(m, pid, a) == [0]
+
+
+# ------------------------------------------------------------- mbind moving pages (6.1)
+
+
+def test_mbind_move_interleaves_by_offset_and_counts_numa_interleave():
+    """do_mbind() migrates with new_page(): each page where the new policy
+    allocates it (interleave_nid(): the page's offset in the mapping), with
+    alloc_page_interleave()'s numa_interleave on the node it meant."""
+    from emulator import MPOL_MF_MOVE
+    m = make(nodes=3, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 6)
+    data = fill(m, pid, a, 6)
+    ref = m.mmap(pid, 6)                    # where faults under the same policy land
+    m.mbind(pid, ref, 6, "interleave", [1, 2])
+    m.touch(pid, ref, 6)
+    expect = [1 + (int(i) & 1) for i in np.arange(6) + (a >> m.k.page_shift)]
+    assert where(m, pid, ref, 6) == [1 + (int(i) & 1) for i in np.arange(6) + (ref >> m.k.page_shift)]
+    before = numa(m)
+    m.mbind(pid, a, 6, "interleave", [1, 2], flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 6) == expect
+    d = numa_delta(numa(m), before)
+    for n in (1, 2):
+        assert d[n]["numa_interleave"] == d[n]["numa_hit"] == d[n]["numa_other"] == 3
+    assert d[0]["numa_interleave"] == 0
+    assert m.vmstat()["pgmigrate_success"] == 6
+    assert m.read(pid, a, 6 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_mbind_move_bind_goes_to_the_nearest_bound_node():
+    """bind: the first bound node of the task's zonelist, as a fault allocates
+    (policy_node(), policy_nodemask()), not the lowest bound node."""
+    from emulator import MPOL_MF_MOVE
+    m = make(nodes=3, frames=32)
+    pid = m.spawn(node=2)
+    m.set_mempolicy(pid, "bind", [0])
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    m.set_mempolicy(pid, "default")
+    before = numa(m)
+    m.mbind(pid, a, 3, "bind", [1, 2], flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 3) == [2, 2, 2]
+    d = numa_delta(numa(m), before)
+    assert d[2]["numa_hit"] == d[2]["numa_local"] == 3 and d[2]["numa_interleave"] == 0
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_mbind_move_leaves_pages_on_any_node_of_the_mask():
+    """queue_pages_required() tests the caller's nodemask, not the policy's
+    nodes: preferred [0, 1] leaves a page on node 1 where it is."""
+    from emulator import MPOL_MF_MOVE
+    m = make(nodes=3, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 3)
+    m.move_pages(pid, [a + m.page_size, a + 2 * m.page_size], [1, 2])
+    m.mbind(pid, a, 3, "preferred", [0, 1], flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 3) == [0, 1, 0]
+    m.check()
+
+
+def test_mbind_default_and_local_move_every_page_by_the_policy_that_applies():
+    """An empty nodemask (default, local) makes every page misplaced: the pages
+    move as the range now allocates. Default drops the range's own policy, so
+    the task's policy applies again, to faults and to the pages moved."""
+    from emulator import MPOL_MF_MOVE
+    m = make(nodes=2, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 4)
+    m.set_mempolicy(pid, "bind", [1])
+    m.mbind(pid, a, 4, "bind", [0])
+    data = fill(m, pid, a, 2)
+    assert where(m, pid, a, 2) == [0, 0]
+    m.mbind(pid, a, 4, "default", flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 2) == [1, 1]            # the task's bind [1]
+    m.touch(pid, a + 2 * m.page_size, 2)
+    assert where(m, pid, a, 4) == [1, 1, 1, 1]
+    m.mbind(pid, a, 2, "local", flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 4) == [0, 0, 1, 1]
+    assert m.read(pid, a, 2 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_mbind_default_accepts_a_range_with_holes():
+    """MPOL_DEFAULT sets MPOL_MF_DISCONTIG_OK: holes are fine, unless nothing
+    of the range is mapped; other modes are EFAULT for any hole."""
+    m = make(nodes=2, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    m.munmap(pid, a + m.page_size, 1)
+    raises_errno(errno.EFAULT, m.mbind, pid, a, 3, "bind", [1])
+    m.mbind(pid, a, 3, "default")
+    raises_errno(errno.EFAULT, m.mbind, pid, a + m.page_size, 1, "default")
+    m.mbind(pid, a, 0, "bind", [7])                 # an empty range: nothing checked
+    m.touch(pid, a, 1)
+    assert where(m, pid, a) == [0]
+
+
+def test_mbind_strict_without_move_fails_on_a_misplaced_page():
+    """MPOL_MF_STRICT alone: a page already on a node outside the mask is EIO,
+    before the range gets the policy; none misplaced, it succeeds. Default
+    ignores STRICT."""
+    from emulator import MPOL_MF_STRICT
+    m = make(nodes=2, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 1)
+    raises_errno(errno.EIO, m.mbind, pid, a, 3, "bind", [1], flags=MPOL_MF_STRICT)
+    m.touch(pid, a + m.page_size, 1)
+    assert where(m, pid, a, 2) == [0, 0]            # no policy: the new page went local
+    m.mbind(pid, a, 3, "bind", [0, 1], flags=MPOL_MF_STRICT)
+    m.mbind(pid, a, 3, "default", flags=MPOL_MF_STRICT)
+    raises_errno(errno.EIO, m.mbind, pid, a, 3, "local", flags=MPOL_MF_STRICT)
+    raises_errno(errno.EINVAL, m.mbind, pid, a, 3, "bind", [1], flags=1 << 3)
+    m.check()
+
+
+def test_mbind_strict_move_fails_when_pages_did_not_move():
+    """MOVE|STRICT: EIO when some page did not move (here migrate_pages()'s
+    ENOMEM under migentry); MOVE alone succeeds whatever did not move. A page
+    mapped twice is left where it is without MOVE_ALL, and no error."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_STRICT
+    m = make(policy="migentry", nodes=2, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    s = m.mmap(pid, 1, shared=True)
+    m.touch(pid, s, 1)
+    m.fork(pid)                                     # s: mapped twice; a, mapped after: once
+    a = m.mmap(pid, 3)
+    data = fill(m, pid, a, 3)
+    hog = m.spawn(node=1)
+    m.set_mempolicy(hog, "bind", [1])
+    h = m.mmap(hog, 16)
+    m.touch(hog, h, 16)
+    raises_errno(errno.EIO, m.mbind, pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE | MPOL_MF_STRICT)
+    assert where(m, pid, a, 3) == [0, 0, 0]
+    m.mbind(pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 3) == [0, 0, 0] and m.vmstat()["nr_isolated_anon"] == 0
+    m.exit(hog)
+    m.mbind(pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE | MPOL_MF_STRICT)
+    m.mbind(pid, s, 1, "bind", [1], flags=MPOL_MF_MOVE | MPOL_MF_STRICT)
+    assert where(m, pid, a, 3) == [1, 1, 1] and where(m, pid, s) == [0]
+    assert m.read(pid, a, 3 * m.page_size) == b"".join(data)
+    m.check()
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_mbind_strict_move_a_page_under_another_migration(strict):
+    """A page another migration has isolated cannot be queued: without STRICT
+    it is left alone; with STRICT the walk ends at the end of its page table
+    (a page of 8-byte ptes), the pages queued so far move and mbind is EIO."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_STRICT
+    from emulator.move_pages import do_pages_move
+    m = make(nodes=3, frames=128)
+    pid = m.spawn(node=0)
+    ptrs = m.page_size // 8                         # ptes per page table
+    a = m.mmap(pid, 3 * ptrs)
+    data = fill(m, pid, a, 3 * ptrs)
+    vpn0 = a >> m.k.page_shift
+    busy = (-vpn0) % ptrs + 3                       # a page 3 pages into a page table
+    cut = busy - 3 + ptrs                           # where that page table ends
+    errs = []
+
+    def mbind():
+        try:
+            m.mbind(pid, a, 3 * ptrs, "bind", [1], flags=MPOL_MF_MOVE | (MPOL_MF_STRICT if strict else 0))
+        except OSError as e:
+            errs.append(e.errno)
+    other = do_pages_move(m.k, m.k.mms[pid], np.array([vpn0 + busy]), np.array([2]), MPOL_MF_MOVE)
+    assert step_through(other, mbind).tolist() == [2]
+    loc = where(m, pid, a, 3 * ptrs)
+    assert loc[busy] == 2
+    if strict:
+        assert errs == [errno.EIO]
+        assert loc[:busy] + loc[busy + 1:cut] == [1] * (cut - 1) and loc[cut:] == [0] * (3 * ptrs - cut)
+    else:
+        assert errs == []
+        assert loc[:busy] + loc[busy + 1:] == [1] * (3 * ptrs - 1)
+    assert m.read(pid, a, 3 * ptrs * m.page_size) == b"".join(data)
     m.check()

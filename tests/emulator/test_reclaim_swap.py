@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, where
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, step_through, where
 
 ENOENT = errno.ENOENT
 
@@ -433,24 +433,6 @@ def test_enomem_from_a_batched_touch_leaves_a_consistent_machine(policy, swap):
     m.check()
 
 
-def _step_through(coro, after_first=None):
-    """Run an operation coroutine to completion, one step at a time (the
-    explorer's way); ``after_first`` runs between its first and second step,
-    as another operation would."""
-    from emulator.sched import Call
-    value, first = None, True
-    while True:
-        try:
-            req = coro.send(value)
-        except StopIteration as stop:
-            return stop.value
-        assert isinstance(req, Call), f"unexpected wait: {req!r}"
-        value = req.fn(*req.args)
-        if first and after_first is not None:
-            after_first()
-        first = False
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 def test_reclaim_leaves_the_lock_of_a_page_it_could_not_lock(policy):
     """shrink_page_list: a page isolated but locked by someone else before
@@ -469,7 +451,7 @@ def test_reclaim_leaves_the_lock_of_a_page_it_could_not_lock(policy):
         iso = np.flatnonzero(fr.flags & PG_isolated)
         held.append(int(iso[0]))
         fr.flags[iso[0]] |= PG_locked
-    got = _step_through(shrink_node(k, 0, 4), lock_one)
+    got = step_through(shrink_node(k, 0, 4), lock_one)
     assert got == 3
     p = held[0]
     assert fr.flags[p] & PG_locked                   # still its holder's

@@ -1,7 +1,7 @@
 """Random operation sequences against a shadow copy of every process's memory.
 
 A hypothesis RuleBasedStateMachine drives spawn / mmap / munmap / write / read / touch /
-fork / exit / set_mempolicy / move_pages / migrate_pages / reclaim / swapoff / swapon on
+fork / exit / set_mempolicy / mbind / move_pages / migrate_pages / reclaim / swapoff / swapon on
 small machines (2-3 nodes, 16-48 frames, 0-64 swap slots) so that memory pressure,
 fallback and ENOMEM happen. After every rule: m.check() (the oracle) and every page's
 token compared with the shadow; every read() is compared with the shadow too.
@@ -170,6 +170,32 @@ class NumaMachine(RuleBasedStateMachine):
         else:
             self.m.set_mempolicy(pid, mode, nodes)
 
+    @precondition(has_maps)
+    @rule(i=st.integers(0, 7), j=st.integers(0, 7), lo=st.integers(0, 23), n=st.integers(1, 24),
+          mode=st.sampled_from(MODES), nodes=st.lists(st.integers(0, 3), max_size=3, unique=True),
+          flags=st.sampled_from([0, 1, 2, 3, 4, 5]))
+    def mbind(self, i, j, lo, n, mode, nodes, flags):
+        """flags: MPOL_MF_STRICT 1, MOVE 2, MOVE_ALL 4; nodes may name a node that does not exist."""
+        pid = self.pid_with_maps(i)
+        addr, size = self.mapping(pid, j)
+        lo %= size
+        n = min(n, size - lo)
+        if mode in ("default", "local"):
+            nodes = []
+        real = [x for x in nodes if x < self.nodes]
+        einval = mode in ("bind", "interleave", "preferred") and not real and bool(nodes or mode != "preferred")
+        try:
+            self.m.mbind(pid, addr + lo * PS, n, mode, nodes, flags)
+        except OSError as e:
+            assert (e.errno == errno.EINVAL) == einval, (e, mode, nodes)
+            assert e.errno in (errno.EINVAL, errno.EIO), e
+            if e.errno == errno.EIO:
+                assert flags & 1 and mode != "default", e
+            event(f"mbind: {errno.errorcode[e.errno]}")
+            return
+        assert not einval, (mode, nodes)
+        event(f"mbind: ok, flags {flags}")
+
     # ------------------------------------------------------------------ mappings
     @precondition(lambda self: self.procs)
     @rule(i=st.integers(0, 7), n=st.integers(1, 24), shared=st.booleans())
@@ -312,7 +338,14 @@ class NumaMachine(RuleBasedStateMachine):
             targets.append(node % self.nodes)
         flags = MPOL_MF_MOVE_ALL if move_all else MPOL_MF_MOVE
         fb = self.m.vmstat()["pgmigrate_fallback_swap"]
-        status = list(self.m.move_pages(pid, addrs, targets, flags=flags))
+        try:
+            status = list(self.m.move_pages(pid, addrs, targets, flags=flags))
+        except OSError as e:
+            # upstream migration gives up at the first page with no frame on its target;
+            # the historical designs fall back to swap page by page instead
+            assert e.errno == ENOMEM and self.POLICY == "migentry", e
+            event("move_pages: ENOMEM")
+            return
         if self.m.vmstat()["pgmigrate_fallback_swap"] > fb:
             event("move_pages: fell back to swap")
         assert len(status) == len(addrs)
@@ -324,6 +357,8 @@ class NumaMachine(RuleBasedStateMachine):
                 assert s == t, (v, t, s)
             else:
                 assert s in PAGE_STATUS_ERRORS, s
+                # migentry: no frame on the target fails the whole call, never one page
+                assert not (s == -ENOMEM and self.POLICY == "migentry"), status
             if s == -errno.EBUSY:
                 assert pages.count(v) > 1, "-EBUSY for a page named once"
             if s == -errno.EFAULT:
@@ -338,7 +373,12 @@ class NumaMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 7), old=st.integers(0, 2), new=st.integers(0, 2))
     def migrate_pages(self, i, old, new):
         pid = self.pid(i)
-        left = self.m.migrate_pages(pid, [old % self.nodes], [new % self.nodes])
+        try:
+            left = self.m.migrate_pages(pid, [old % self.nodes], [new % self.nodes])
+        except OSError as e:
+            assert e.errno == ENOMEM and self.POLICY == "migentry", e
+            event("migrate_pages: ENOMEM")
+            return
         assert isinstance(left, int) and left >= 0
         event(f"migrate_pages: {'some left' if left else 'all moved'}")
 

@@ -127,9 +127,11 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
 
             def tick(done: int) -> None:
                 progress.update(task, completed=done)
-                if not announced and backend == "ray" and not err.is_terminal:
+                if not announced and not err.is_terminal:
                     announced.append(done)   # one line, so a log (or a test) sees the run is under way
-                    click.echo(f"numaemu: {scenario}: running {ops} operations on Ray", err=True)
+                    where = "on Ray" if backend == "ray" else "in-process"
+                    limit = f" (or {spec.run.seconds:g} s)" if spec.run.seconds else ""
+                    click.echo(f"numaemu: {scenario}: running {ops} operations{limit} {where}", err=True)
 
             stress = stress or spec.run.stress
             every = check_every or spec.run.check_every or max(1, ops // 20)

@@ -89,9 +89,16 @@ def latency_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ops_done(summary: dict[str, Any]) -> str:
+    """The operations that ran, "of" the scenario's when a time limit, a
+    violation or Ctrl-C stopped the run short."""
+    done, planned = summary.get("operations_done", summary["operations"]), summary["operations"]
+    return f"{done}" if done == planned else f"{done} of {planned}"
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"{summary['scenario']}: policy {summary['policy']}, payload {summary['payload']}, "
-                  f"{summary['operations']} operations, {summary['processes']} processes, "
+                  f"{_ops_done(summary)} operations, {summary['processes']} processes, "
                   f"{summary['migration_events']} migrations, {summary['elapsed_s']:.2f}s", markup=False, soft_wrap=True)
     for line in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True)

@@ -28,6 +28,8 @@ machine between two operations) and the timings also count emulated steps
 from __future__ import annotations
 
 import errno
+import signal
+import threading
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -77,6 +79,7 @@ class LocalRun:
         self.tlb_walks: dict[int, int] = {}  # node -> of those, the ones its page walk resolved
         self.local_faults: dict[int, int] = {}   # node -> writes its node actor faulted in itself
         self.swapoff_events = 0
+        self.verified_pages = 0     # pages the last verification read back
         self.fork_bad = 0           # fork cycles' mismatches (violations)
         # every touch and migration call is timed (wall seconds) into this
         self.latency = latency if latency is not None else LatencyRecorder()
@@ -264,8 +267,10 @@ class LocalRun:
 
     def verify(self) -> int:
         bad = 0
+        self.verified_pages = 0
         for proc in self.procs:
             observed = self.m.read_tokens(proc.pid, proc.addr, proc.pages)
+            self.verified_pages += len(observed)
             wrong = proc.shadow.mismatches(observed)
             bad += len(wrong)
             for i in wrong[: max(0, MAX_DETAILS - len(self.details))]:
@@ -302,28 +307,32 @@ class LocalRun:
         nprocs = len(self.procs)
         state = self.metrics
         done = checks = violations = found = 0
-        for op in range(1, ops + 1):
-            with lock:  # a scrape sees the machine between two operations
-                self.access(self.procs[(op - 1) % nprocs])
-                if every and op % every == 0:
-                    self.migrate()
-                if reclaim_every and op % reclaim_every == 0:
-                    self.reclaim()
-                if swapoff_every and op % swapoff_every == 0:
-                    self.swapoff_cycle()
-                if timeline.due(op):
-                    timeline.sample(self.m, op)
-                if stress and check_every and op % check_every == 0 and op < ops:
-                    checks += 1
-                    found = self.verify()
-                violations = found + self.fork_bad
-            done = op
-            if state is not None:
-                state.operations = op
-            if progress is not None and (op % step == 0 or op == ops):
-                progress(op)
-            if (stress and violations) or (deadline is not None and time.perf_counter() >= deadline):
-                break
+        interrupted = _Interrupt()
+        with interrupted:
+            for op in range(1, ops + 1):
+                if interrupted:
+                    break
+                with lock:  # a scrape sees the machine between two operations
+                    self.access(self.procs[(op - 1) % nprocs])
+                    if every and op % every == 0:
+                        self.migrate()
+                    if reclaim_every and op % reclaim_every == 0:
+                        self.reclaim()
+                    if swapoff_every and op % swapoff_every == 0:
+                        self.swapoff_cycle()
+                    if timeline.due(op):
+                        timeline.sample(self.m, op)
+                    if stress and check_every and op % check_every == 0 and op < ops:
+                        checks += 1
+                        found = self.verify()
+                    violations = found + self.fork_bad
+                done = op
+                if state is not None:
+                    state.operations = op
+                if progress is not None and (op % step == 0 or op == ops):
+                    progress(op)
+                if (stress and violations) or (deadline is not None and time.perf_counter() >= deadline):
+                    break
         with lock:
             if not found:
                 found = self.verify()
@@ -345,6 +354,9 @@ class LocalRun:
             timeline=timeline.to_list(),
         )
         summary["operations_done"] = done
+        summary["verified_pages"] = self.verified_pages
+        if interrupted:
+            summary["interrupted"] = True
         summary["reclaim_events"] = self.reclaim_events
         summary["forks"] = self.forks
         summary["swapoff_events"] = self.swapoff_events
@@ -352,6 +364,32 @@ class LocalRun:
         if stress:
             summary["quiescent_checks"] = checks
         return summary
+
+
+class _Interrupt:
+    """Ctrl-C asks the run to stop between two operations (an operation cut
+    short would leave the model's state half changed), as the Ray runner's
+    drivers stop; true once asked. Only the main thread gets SIGINT."""
+
+    def __init__(self):
+        self.asked, self.old = False, None
+
+    def __bool__(self) -> bool:
+        return self.asked
+
+    def __enter__(self) -> "_Interrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, self._ask)
+        return self
+
+    def _ask(self, signum, frame) -> None:
+        if self.asked:                  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __exit__(self, *exc) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
 
 
 def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,

@@ -132,6 +132,32 @@ def test_violations_give_exit_1(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["violations"] == 3
 
 
+def test_ctrl_c_stops_a_local_run_between_operations_and_writes_the_partial_summary(tmp_path):
+    import signal
+    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
+    assert "operations = 10000000" in text
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(text)
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen(numaemu_cmd() + ["run", str(scenario), "--backend", "local", "--json", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:       # the run announces itself once its operations run
+            if "running" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: the summary above is partial" in stderr
+    summary = json.loads(out.read_text())
+    assert summary["interrupted"] is True and summary["violations"] == 0
+    assert 0 < summary["operations_done"] < 10_000_000
+    assert summary["verified_pages"] == 5 * 1024
+    assert f"{summary['operations_done']} of 10000000 operations" in stdout
+
+
 # -- end to end ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -157,6 +183,8 @@ def test_quickstart_end_to_end(quickstart_run):
     assert summary["processes"] == 5          # 3 on node 0, 2 on node 1
     assert summary["migration_events"] == 2000 // 50
     assert summary["errors"] == {}
+    # every page of every process read back at the end (quickstart.toml: 5 processes of 1024 pages)
+    assert summary["verified_pages"] == 5 * 1024
 
     nodes = summary["nodes"]
     assert [n["node"] for n in nodes] == [0, 1]

@@ -245,6 +245,7 @@ class RayRun:
             share[h] += 1
         specs = list(sc.workload)
         checkpoints = self.stress and self.check_every and ops
+        next_check = self.check_every
         every = sc.migration.every
         next_mig = every if every else None
         reclaim_every = sc.reclaim.every
@@ -307,9 +308,17 @@ class RayRun:
                     break
                 if checkpoints and any(s["checkpoint"] for s in states.values()) and \
                         all(s["parked"] or not s["running"] for s in states.values()):
-                    self._quiescent_check(by_home)     # every driver stopped: one at its checkpoint
-                    if self.violations:
-                        break
+                    # every driver stopped, one at its checkpoint: a check about every check_every
+                    # operations in all (each driver's checkpoints come at its share of that, so
+                    # drivers running at unequal rates stop at different times: one check per window)
+                    near = done + self.check_every // 2
+                    if near >= next_check and next_check < ops:    # the end has its own check
+                        self._quiescent_check(by_home)
+                        next_check = (near // self.check_every + 1) * self.check_every
+                        if self.violations:
+                            break
+                    else:
+                        self._each(self._alive(by_home), lambda n: n.resume.remote())
                 if done >= next_sample and done < ops:
                     timeline.sample(self._frozen(), done)
                     next_sample = (done // timeline.every + 1) * timeline.every

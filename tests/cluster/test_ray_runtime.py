@@ -358,7 +358,9 @@ def test_checkpoints_and_the_schedules_gate_never_wait_on_each_other(ray_session
     summary = out[0]
     assert summary["violations"] == 0, summary["violation_details"]
     assert summary["migration_events"] == 70 and summary["reclaim_events"] == 42
-    assert summary["quiescent_checks"] >= 210 // 7 - 2
+    # about one check per 7 operations in all: each driver stops every 4 (node 0) or 2 (node 1) of
+    # its own, and a check runs at the stop nearest each multiple of 7
+    assert 210 // 7 - 4 <= summary["quiescent_checks"] <= 210 // 7 - 1
     assert 0 <= summary["schedule_late_ops"] <= 3 + 2
 
 

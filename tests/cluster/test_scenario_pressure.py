@@ -114,7 +114,7 @@ def test_the_same_pressure_on_ray(ray_session, tmp_path):
     assert s["reclaim_events"] == 400 // 25
     assert s["nodes"][1]["migrations_in"] > 0 and s["nodes"][2]["migrations_in"] == 0
     assert s["nodes"][0]["pswpout"] > 0
-    assert s["quiescent_checks"] >= 3
+    assert s["quiescent_checks"] == (400 - 1) // 100     # as the local run's, whatever the drivers' rates
 
 
 THREADS = """

@@ -245,6 +245,7 @@ VMSTAT_HELP = {
     "migcache_move_to_swap": "Migration-cache pages moved to the swap cache",
     "pgmigrate_fallback_swap": "Pages that fell back to swap during migration",
     "migrate_retry": "Pages retried in a later migration pass",
+    "migrate_in": "Pages migrated onto this node (pgmigrate_success counts them on the node they left)",
     "nr_free_pages": "Free frames (pages)",
     "nr_anon_pages": "Mapped anonymous pages",
     "nr_swapcached": "Pages in the swap cache",

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 
 from .scenario import Scenario
-from .summary import MigrationTally, collect_summary
+from .summary import collect_summary
 from .timeline import LatencyRecorder, Timeline
 from .workload import AccessPattern, Proc, Shadow, fork_cycle, thread_slices
 
@@ -69,7 +69,7 @@ class LocalRun:
         self.procs: list[Proc] = []
         self.movers: list[Proc] = []      # one per process, its whole mapping: what migrations take turns over
         self.patterns: list[AccessPattern] = []
-        self.tally = MigrationTally(self.nr_nodes)
+        self.not_moved = 0          # migrate_pages' return values, summed
         self.errors: Counter[str] = Counter()
         self.details: list[str] = []
         self.migration_events = 0
@@ -184,12 +184,6 @@ class LocalRun:
             self.latency.record("migration", seconds, steps)
             self.metrics.observe_migration(call, dst, seconds, steps)
 
-    def query(self, proc: Proc, addrs: list[int]) -> np.ndarray:
-        out = []
-        for i in range(0, len(addrs), self.move_max):
-            out.extend(self.m.move_pages(proc.pid, addrs[i:i + self.move_max], None))
-        return np.asarray(out, dtype=np.int64)
-
     def migrate(self) -> None:
         if self.nr_nodes < 2 or not self.movers:
             return
@@ -203,38 +197,27 @@ class LocalRun:
         else:   # from wherever its pages are
             dst = mig.target
             old = [n for n in range(self.nr_nodes) if n != dst]
-        addrs, before = None, None
         try:
             if mode == "hot":   # the most recently touched pages not yet on the target
                 batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
                 addrs = self.m.hot_pages(proc.pid, batch, dst)
                 if not addrs:
                     return
-                before = self.query(proc, addrs)
-                after = self._migration_call("move_pages", dst, self.m.move_pages,
-                                             proc.pid, addrs, [dst] * len(addrs), proc.flags)
-                self.tally.count(before, np.asarray(after, dtype=np.int64))
+                self._migration_call("move_pages", dst, self.m.move_pages,
+                                     proc.pid, addrs, [dst] * len(addrs), proc.flags)
             elif mode == "move_pages":
                 batch = min(self.patterns[proc.workload].batch, proc.pages, self.move_max)
                 idx = np.sort(self.rng.choice(proc.pages, size=batch, replace=False))
-                addrs = proc.page_addrs(idx, self.page_size)
-                before = self.query(proc, addrs)
-                after = self._migration_call("move_pages", dst, self.m.move_pages,
-                                             proc.pid, addrs, [dst] * len(addrs), proc.flags)
-                self.tally.count(before, np.asarray(after, dtype=np.int64))
+                self._migration_call("move_pages", dst, self.m.move_pages, proc.pid,
+                                     proc.page_addrs(idx, self.page_size), [dst] * batch, proc.flags)
             else:
-                addrs = proc.page_addrs(np.arange(proc.pages), self.page_size)
-                before = self.query(proc, addrs)
                 left = self._migration_call("migrate_pages", dst, self.m.migrate_pages,
                                             proc.pid, old, [dst])
-                self.tally.not_moved += int(left)
-                self.tally.count(before, self.query(proc, addrs))
+                self.not_moved += int(left)
         except OSError as exc:
+            # a call that fails may have moved pages first (ENOMEM: the lists migrated before the
+            # one that found no memory): the summary's migrations are the model's counts
             self.errors[f"{mode}:{_errname(exc)}"] += 1
-            if before is not None:
-                # a call that fails may have moved pages first (ENOMEM: those of the lists
-                # migrated before the one that found no memory; ENODEV likewise)
-                self.tally.count(before, self.query(proc, addrs))
 
     def reclaim(self) -> None:
         """Reclaim pressure: ``[reclaim] pages`` from one node (nodes take turns
@@ -343,7 +326,7 @@ class LocalRun:
             self.m,
             scenario=self.scenario,
             backend="local",
-            tally=self.tally,
+            not_moved=self.not_moved,
             errors=dict(self.errors),
             violations=violations,
             details=self.details,

@@ -350,7 +350,7 @@ class RayRun:
         frozen = loc.m = self._frozen()
         timeline.sample(frozen, done)
         summary = collect_summary(
-            frozen, scenario=sc, backend="ray", tally=loc.tally, errors=dict(loc.errors),
+            frozen, scenario=sc, backend="ray", not_moved=loc.not_moved, errors=dict(loc.errors),
             violations=self.violations, details=self.details, processes=sorted({p.pid for p in loc.procs}),
             migration_events=loc.migration_events, elapsed=time.perf_counter() - t0,
             latency=loc.latency.summary(), timeline=timeline.to_list())

@@ -379,6 +379,7 @@ async def migrate_batch(k, b: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarra
                                 *(part(sel) if not whole else (entries, added)),
                                 node, new[sel] & P.PFN_MASK)
             mtodo = (todo if whole else todo[sel])[moved]
+            k.stat.add(node, "migrate_in", len(mtodo))
             result[mtodo] = 0
             final[mtodo] = True
             held[mtodo] = False

@@ -166,9 +166,11 @@ def _build(cls, body: dict, checked: bool = True):
     for a in body["anon_vmas"]:
         avs[a["id"]].vmas = [k.mms[pid].vmas[i] for pid, i in a["vmas"]]
     stat = _unarr(body["stat"], "stat")
-    if stat.shape != k.stat.counts.shape:
+    want = k.stat.counts.shape
+    if stat.ndim != 2 or stat.shape[0] != want[0] or stat.shape[1] > want[1]:
         raise ValueError("snapshot: vmstat counters do not match this version's counters")
-    k.stat.counts = stat
+    # counters only ever join at the end: an older snapshot has never counted the new ones
+    k.stat.counts[:, :stat.shape[1]] = stat
     k.next_pid, k.next_av, k.token_seq = int(body["next_pid"]), int(body["next_av"]), int(body["token_seq"])
     if checked:
         check(k)

@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -248,7 +249,7 @@ def test_json_matches_an_in_process_run_and_node_info(quickstart_run):
             if p.workload in seen_shared:
                 continue
             seen_shared.add(p.workload)
-        status = run.query(p, p.page_addrs(range(p.pages), run.page_size))
+        status = np.asarray(run.m.move_pages(p.pid, p.page_addrs(range(p.pages), run.page_size), None))
         for node in status[status >= 0]:
             resident[int(node)] += 1
     assert resident == [row["used"] for row in info]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cluster.scenario import WorkloadSpec, load_scenario
-from cluster.summary import TIMED_FIELDS, MigrationTally
+from cluster.summary import TIMED_FIELDS
 from cluster.workload import AccessPattern, Proc, Shadow
 
 
@@ -79,14 +79,6 @@ def test_shadow_tracks_writes_and_forgets_failed_ones():
 def test_round_robin_targets():
     p = Proc(pid=1, workload=0, home=1, addr=4096, pages=4, shadow=Shadow.zeros(4), flags=2)
     assert [p.next_target(3) for _ in range(4)] == [(1, 2), (2, 0), (0, 1), (1, 2)]
-
-
-def test_tally_counts_only_pages_that_changed_node():
-    t = MigrationTally(3)
-    # moved 0->1, stayed on 1, error, not present -> moved (not counted), moved 2->0
-    moved = t.count(np.array([0, 1, -14, -2, 2]), np.array([1, 1, -14, 1, 0]))
-    assert moved == 2
-    assert t.outbound.tolist() == [1, 0, 1] and t.inbound.tolist() == [1, 1, 0]
 
 
 # -- runs on the model ---------------------------------------------------------------
@@ -212,13 +204,15 @@ def test_migrate_pages_moves_the_whole_process(tmp_path):
     run.run()
     proc = run.procs[0]                    # private, home node 0
     addrs = proc.page_addrs(np.arange(proc.pages), run.page_size)
-    before = run.query(proc, addrs)
+    before = status(run, proc, addrs)
     assert set(before[before >= 0].tolist()) == {0}
     run.migrate()                          # event 0 -> procs[0], node 0 -> 1
-    after = run.query(proc, addrs)
+    after = status(run, proc, addrs)
     assert set(after[after >= 0].tolist()) == {1}
     assert (after >= 0).sum() == (before >= 0).sum()
-    assert run.tally.inbound[1] == run.tally.outbound[0] == (before >= 0).sum()
+    vm = [run.m.vmstat(node=n) for n in range(3)]
+    assert vm[1]["migrate_in"] == vm[0]["pgmigrate_success"] == (before >= 0).sum()
+    assert vm[0]["migrate_in"] == vm[1]["pgmigrate_success"] == vm[2]["migrate_in"] == 0
     assert run.verify() == 0
 
 
@@ -260,16 +254,21 @@ def threaded(tmp_path, mode, target=None):
     return run
 
 
+def status(run, proc, addrs) -> np.ndarray:
+    """Each page's node (or -errno): move_pages' query."""
+    return np.asarray(run.m.move_pages(proc.pid, addrs, None), dtype=np.int64)
+
+
 def where(run, pid):
     mover = next(p for p in run.movers if p.pid == pid)
-    st = run.query(mover, mover.page_addrs(np.arange(mover.pages), run.page_size))
+    st = status(run, mover, mover.page_addrs(np.arange(mover.pages), run.page_size))
     return st[st >= 0].tolist()
 
 
 def test_migrations_take_turns_per_process_not_per_thread(tmp_path):
     """Two processes of three threads each: events 0 and 1 move the two
     processes (all 24 pages each, node 0 -> 1), event 2 moves the first again
-    (1 -> 2); the tally counts every page moved, as pgmigrate_success does."""
+    (1 -> 2); the summary counts every page moved, on both of its nodes."""
     run = threaded(tmp_path, "migrate_pages")
     pids = [m.pid for m in run.movers]
     assert len(run.procs) == 6 and len(pids) == 2 and all(m.pages == 24 for m in run.movers)
@@ -281,7 +280,9 @@ def test_migrations_take_turns_per_process_not_per_thread(tmp_path):
     assert where(run, pids[0]) == [2] * 24 and where(run, pids[1]) == [1] * 24
     moved = run.m.vmstat()["pgmigrate_success"] - base
     assert moved == 72
-    assert sum(run.tally.inbound) == sum(run.tally.outbound) == moved
+    vm = [run.m.vmstat(node=n) for n in range(3)]
+    assert [v["migrate_in"] for v in vm] == [0, 48, 24]
+    assert [v["pgmigrate_success"] for v in vm] == [48, 24, 0]
     assert run.verify() == 0
 
 

@@ -7,9 +7,11 @@ import pathlib
 import pickle
 import random
 
+import numpy as np
 import pytest
 
 from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, where
+from emulator import Machine
 
 
 def busy_machine(policy, payload):
@@ -206,3 +208,33 @@ def test_no_pickle_in_the_emulator_sources():
         for bad in ("import pickle", "from pickle", "import cPickle", "import dill",
                     "import marshal", "import shelve"):
             assert bad not in src, f"{f.name} uses {bad!r}"
+
+
+def _with_stat(blob: bytes, columns: int) -> bytes:
+    """The snapshot with its vmstat counters cut to (or padded to) ``columns``."""
+    import hashlib
+
+    import msgpack
+
+    from emulator.snapshot import MAGIC
+    body = msgpack.unpackb(blob[len(MAGIC) + 32:], raw=False, strict_map_key=False)
+    st = np.frombuffer(body["stat"]["data"], dtype=body["stat"]["dtype"]).reshape(body["stat"]["shape"])
+    st = np.pad(st, ((0, 0), (0, max(0, columns - st.shape[1]))))[:, :columns].copy()
+    body["stat"] = {"dtype": st.dtype.name, "shape": list(st.shape), "data": st.tobytes()}
+    packed = msgpack.packb(body, use_bin_type=True)
+    return MAGIC + hashlib.sha256(packed).digest() + packed
+
+
+def test_a_snapshot_from_before_a_counter_was_added_restores_with_it_at_zero():
+    from emulator.vmstat import EVENTS
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 64, "swap_pages": 64})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 8)
+    m.touch(pid, a, 8)
+    m.move_pages(pid, [a, a + 4096], [1, 1])
+    old = _with_stat(m.snapshot(), len(EVENTS) - 1)       # written before the last counter joined
+    r = Machine.restore(old)
+    assert r.vmstat(node=1)[EVENTS[-1]] == 0
+    assert r.vmstat()["pgmigrate_success"] == m.vmstat()["pgmigrate_success"] == 2
+    with pytest.raises(ValueError, match="vmstat counters do not match"):
+        Machine.restore(_with_stat(m.snapshot(), len(EVENTS) + 1))   # a newer version's

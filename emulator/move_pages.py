@@ -91,15 +91,18 @@ def stat_step(k, mm: MM, vpns: np.ndarray) -> np.ndarray:
     return page_status(lookup_ptes(mm, vpns))
 
 
-def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_before: bool):
+def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_before: bool,
+                 rest: bool = True):
     """add_page_for_migration() over pages named in a row for one target.
     6.1's do_pages_move() migrates the pages it has queued as soon as a page is
     not queued (its error, or its node if it is on the target already, stored
     first) and looks the pages after that one up afterwards. So this takes the
     pages not queued before the first queued one (each migrates nothing, unless
     queued_before: pages an earlier call queued are waiting), then the queued
-    ones, then the first one not queued after those, and stops there.
-    Returns the statuses of the pages taken (0 for a queued page, for now),
+    ones, then the first one not queued after those, and stops there. When
+    they are the rest of the run (``rest``), nothing waits and no page it
+    queues is named again, it takes them all as one list instead.
+    Returns the statuses of the pages taken (a queued page's node, for now),
     the isolated pages as (positions, Batch) by node, how many pages it took,
     and whether the last of them ends the list, which is to be migrated now."""
     ptes = lookup_ptes(mm, vpns)
@@ -112,6 +115,7 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
         gp = np.where(pres, np.maximum(ptes, 0) >> P.OFF_SHIFT, -1)
         queued = pres & (status != target)
     every = bool(queued.all())      # every page present, none on the target: the usual batch
+    repeated = False                # a page queued here named again after it
     idx = None if every else np.flatnonzero(queued)
     g = gp if every else gp[idx]
     if len(g):
@@ -137,6 +141,7 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
             again = np.ones(len(live), dtype=bool)
             again[first] = False
             bad[live[again]] = True
+            repeated = bool(again.any())
         if bad.any():
             pos = np.flatnonzero(bad) if every else idx[bad]
             status[pos] = np.where(shared[bad], -errno.EACCES, -errno.EBUSY)
@@ -145,6 +150,15 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
     n = len(vpns)
     if every:
         h, f = 0, n
+    elif rest and not queued_before and not repeated:
+        # no page queued named twice (a page not queued stays so: on the target, shared,
+        # a hole, busy elsewhere): migrating the queued pages at each page not queued, as 6.1 does,
+        # moves the same pages to the same nodes as one list (no page's status depends on
+        # another's migration), in one migration instead of one per page not queued. The list
+        # ends at a page not queued if one comes after the last queued page: the next node's
+        # check (ENODEV) comes after its migration then, as in 6.1
+        q = np.flatnonzero(queued)
+        return status, _isolate(k, q, gp[q]), n, bool(len(q)) and int(q[-1]) < n - 1
     else:
         if queued_before:
             h = 0
@@ -155,16 +169,21 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
             h = int(q[0])
         stop = np.flatnonzero(~queued[h:])
         f = h + int(stop[0]) if len(stop) else n    # the first page not queued after the queued ones
+    used = min(f + 1, n)
+    return status[:used], _isolate(k, np.arange(h, f), gp[h:f]), used, f < n
+
+
+def _isolate(k, pos: np.ndarray, g: np.ndarray) -> list:
+    """isolate_lru_page() of queued pages (every one on the LRU: collect_step
+    checked, in the same step): (positions, Batch) by node."""
     batches = []
-    g = gp[h:f]
     nd = g >> P.NODE_SHIFT
     for node in distinct(nd):
-        pos, pf = keep(nd == node, np.arange(h, f), g & P.PFN_MASK)
-        isolate_step(k, node, pf)   # every one is on the LRU: checked above, in this step
+        p, pf = keep(nd == node, pos, g & P.PFN_MASK)
+        isolate_step(k, node, pf)
         fr = k.nodes[node]
-        batches.append((pos, Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
-    used = min(f + 1, n)
-    return status[:used], batches, used, f < n
+        batches.append((p, Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
+    return batches
 
 
 def merge_batches(batches: list) -> list:
@@ -235,7 +254,7 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
         pos, w, pending = a, b - a, []
         while pos < b:
             st, batches, used, ends_list = await call(owner, collect_step, k, mm, vpns[pos:min(b, pos + w)],
-                                                      target, flags, bool(pending))
+                                                      target, flags, bool(pending), pos + w >= b)
             status[pos:pos + used] = st
             pending += [(p + pos, bt) for p, bt in batches]
             pos += used
@@ -243,15 +262,33 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
                 w *= 2                  # the list goes on past this look-up
                 continue
             if pending and await migrate_isolated(k, pending, target, cpu, status) < 0:
-                if not ends_list and b < n and not 0 <= int(nodes[b]) < nr:
-                    # 6.1 meets the next node (out_flush) before the migration's error
+                done, last = _failed_list(status, pending, a, pos)
+                if last and b < n and not 0 <= int(nodes[b]) < nr:
+                    # the list that found no room ends the run: 6.1 meets the next node
+                    # (out_flush) before that list's migration and its error
                     raise MovePagesError(errno.ENODEV, f"move_pages: node {int(nodes[b])} is not online "
                                                        f"(0..{nr - 1}); the {b} pages before it were processed", b)
                 raise MovePagesError(errno.ENOMEM, f"move_pages: out of memory on node {target}: "
-                                                   f"the {pos} pages up to here were processed", pos)
+                                                   f"the {done} pages before the list that found no room "
+                                                   "were processed", done)
             pending = []
             w = max(COLLECT_WINDOW, 2 * used)
     return status
+
+
+def _failed_list(status: np.ndarray, pending: list, a: int, end: int) -> tuple[int, bool]:
+    """Where 6.1 would have stopped when the migration of ``pending`` (pages
+    a..end-1 of a run, the rest not queued) gave up, a list ending at each page
+    not queued, as 6.1 flushes there: how many pages it had processed (stored
+    a status for), those before the list the first failed page was in, and
+    whether that list was the run's last (no page not queued after it)."""
+    queued = np.concatenate([p for p, _ in pending])
+    failed = queued[status[queued] == -errno.ENOMEM]
+    first = int(failed.min()) if len(failed) else int(queued.max())
+    mine = np.zeros(end - a, dtype=bool)
+    mine[queued - a] = True
+    before, after = np.flatnonzero(~mine[:first - a]), np.flatnonzero(~mine[first - a:])
+    return (a + int(before[-1]) + 1 if len(before) else a), not len(after)
 
 
 class MovePagesError(OSError):

@@ -129,6 +129,31 @@ def test_queued_pages_wait_for_the_next_page_not_queued(policy):
     m.check()
 
 
+def test_pages_named_once_move_in_one_migration_whatever_lies_between(policy, monkeypatch):
+    """With no page named twice, migrating at each page not queued (as 6.1
+    does) and migrating once move the same pages to the same nodes: one
+    migration then, not one per page not queued (a batch of every other
+    page already on the target took 2,048 migrations of 14 steps each)."""
+    import emulator.move_pages as mp
+    m, pid, a, data = setup(policy, npages=64, frames=256, swap=256)
+    hole = unmapped_addr(m, pid)
+    p = pages_of(m, a, 64)
+    m.move_pages(pid, p[1::2], [1] * 32)            # every other page on the target already
+    calls = []
+
+    def counted(k, b, *args):
+        calls.append(len(b))
+        return migrate(k, b, *args)
+    migrate = mp.migrate_batch
+    monkeypatch.setattr(mp, "migrate_batch", counted)
+    names = [x for i, v in enumerate(p) for x in ((v, hole) if i % 4 == 0 else (v,))]
+    st = m.move_pages(pid, names, [1] * len(names))
+    assert st == [x for i in range(64) for x in ((1, -EFAULT) if i % 4 == 0 else (1,))]
+    assert calls == [32]
+    assert where(m, pid, a, 64) == [1] * 64 and m.read(pid, a, 64 * m.page_size) == b"".join(data)
+    m.check()
+
+
 def test_shared_page_twice_is_eacces_both_times(policy):
     # add_page_for_migration(): the mapcount check (-EACCES) comes before
     # isolate_lru_page(), so the repeat of a shared page never gets as far as -EBUSY

@@ -117,6 +117,7 @@ class Machine:
         range with no mapping at all); EIO from MPOL_MF_STRICT."""
         mm = self._mm(pid)
         parse_mode(mode)
+        raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~MPOL_MF_VALID:
             raise OSError(errno.EINVAL, f"mbind: unknown flags {flags!r}")
         if addr % self.page_size:
@@ -126,7 +127,7 @@ class Machine:
         if npages == 0:
             return
         pol = make_policy(mode, nodes, self.nr_nodes)
-        self._run(do_mbind(self.k, mm, int(addr) >> self.k.page_shift, int(npages), pol, get_nodes(nodes), flags))
+        self._run(do_mbind(self.k, mm, int(addr) >> self.k.page_shift, int(npages), pol, raw, flags))
 
     # -- memory access ------------------------------------------------------
     def touch(self, pid: int, addr: int, npages: int, write: bool = True, tokens=None):

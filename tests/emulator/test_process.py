@@ -707,7 +707,9 @@ def test_mbind_default_accepts_a_range_with_holes():
     raises_errno(errno.EFAULT, m.mbind, pid, a, 3, "bind", [1])
     m.mbind(pid, a, 3, "default")
     raises_errno(errno.EFAULT, m.mbind, pid, a + m.page_size, 1, "default")
-    m.mbind(pid, a, 0, "bind", [7])                 # an empty range: nothing checked
+    m.mbind(pid, a, 0, "bind", [7])                 # an empty range: no policy made (node 7: none here)
+    raises_errno(errno.EINVAL, m.mbind, pid, a, 0, "bind", [-1])     # but the nodemask is read first
+    raises_errno(errno.EINVAL, m.mbind, pid, a, 0, "bind", [5000])
     m.touch(pid, a, 1)
     assert where(m, pid, a) == [0]
 

@@ -174,16 +174,21 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
 
 
 def _isolate(k, pos: np.ndarray, g: np.ndarray) -> list:
-    """isolate_lru_page() of queued pages (every one on the LRU: collect_step
+    """isolate_lru_page() of queued pages (every one on the LRU: the caller
     checked, in the same step): (positions, Batch) by node."""
     batches = []
     nd = g >> P.NODE_SHIFT
     for node in distinct(nd):
         p, pf = keep(nd == node, pos, g & P.PFN_MASK)
         isolate_step(k, node, pf)
-        fr = k.nodes[node]
-        batches.append((p, Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
+        batches.append((p, _batch(k, node, pf)))
     return batches
+
+
+def _batch(k, node: int, pf: np.ndarray) -> Batch:
+    """The isolated pages pf of a node with their rmap (anon_vma, index)."""
+    fr = k.nodes[node]
+    return Batch(node, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))
 
 
 def merge_batches(batches: list) -> list:
@@ -336,9 +341,7 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
                 groups.setdefault((s, d), []).append(pf)
     out = []
     for (s, d), parts in groups.items():
-        pf = np.concatenate(parts)
-        fr = k.nodes[s]
-        out.append((d, Batch(s, pf, fr.anon_vma[pf].astype(np.int64), fr.index[pf].astype(np.int64))))
+        out.append((d, _batch(k, s, np.concatenate(parts))))
     return out, busy
 
 
@@ -404,14 +407,7 @@ def queue_pages(k, ranges, nmask: tuple[int, ...], flags: int):
         ptrs = k.page_size // 8         # PTRS_PER_PTE: a page table is one page of 8-byte ptes
         take = onlru & (vpn < min(int(end[u]), (int(vpn[u]) // ptrs + 1) * ptrs))
     vpn, g = keep(take, vpn, g)
-    out = []
-    for n in distinct(g >> P.NODE_SHIFT):
-        pf = g[(g >> P.NODE_SHIFT) == n] & P.PFN_MASK
-        isolate_step(k, n, pf)          # every one is on the LRU: checked above, in this step
-        fr = k.nodes[n]
-        out.append((np.arange(len(pf)), Batch(n, pf, fr.anon_vma[pf].astype(np.int64),
-                                              fr.index[pf].astype(np.int64))))
-    return out, unmovable
+    return _isolate(k, np.arange(len(g)), g), unmovable
 
 
 def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):

@@ -20,8 +20,8 @@ The summary is a plain JSON-able dict::
     }
 
 Every per-node field is the model's own count (``m.vmstat(node=i)``;
-``migrations_in`` is ``migrate_in``, ``migrations_out`` is
-``pgmigrate_success``, which the kernel counts on the node a page left), but
+``migrations_in`` and ``migrations_out`` are ``migrate_in`` and
+``migrate_out``: pages that arrived on and left the node), but
 the fault batches' latency from that node's CPUs (None without latency).
 ``latency`` (wall microseconds per touch call and per migration call, see
 :meth:`cluster.timeline.LatencyRecorder.summary`) and ``timeline`` (samples
@@ -89,7 +89,7 @@ def collect_summary(
             # the model's counts: a status the runner compares before and after races the
             # drivers' faults on Ray (a page swapped in elsewhere meanwhile looks moved)
             "migrations_in": int(vm.get("migrate_in", 0)),
-            "migrations_out": int(vm.get("pgmigrate_success", 0)),
+            "migrations_out": int(vm.get("migrate_out", 0)),
         }
         for name in NODE_COUNTERS:
             entry[name] = int(vm.get(name, 0))

@@ -380,6 +380,7 @@ async def migrate_batch(k, b: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarra
                                 node, new[sel] & P.PFN_MASK)
             mtodo = (todo if whole else todo[sel])[moved]
             k.stat.add(node, "migrate_in", len(mtodo))
+            k.stat.add(b.node, "migrate_out", len(mtodo))
             result[mtodo] = 0
             final[mtodo] = True
             held[mtodo] = False

@@ -13,7 +13,7 @@ EVENTS = (
     "pgsteal_kswapd", "pgsteal_direct", "pgscan_kswapd", "pgscan_direct", "pgalloc",
     # numaemu's own: no kernel twin
     "migcache_add", "migcache_remove", "migcache_move_to_swap", "pgmigrate_fallback_swap",
-    "migrate_retry", "migrate_in",
+    "migrate_retry", "migrate_in", "migrate_out",
 )
 GAUGES = ("nr_free_pages", "nr_anon_pages", "nr_swapcached", "nr_isolated_anon",
           "nr_migcache_entries", "nr_swap_used")

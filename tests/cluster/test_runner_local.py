@@ -211,7 +211,7 @@ def test_migrate_pages_moves_the_whole_process(tmp_path):
     assert set(after[after >= 0].tolist()) == {1}
     assert (after >= 0).sum() == (before >= 0).sum()
     vm = [run.m.vmstat(node=n) for n in range(3)]
-    assert vm[1]["migrate_in"] == vm[0]["pgmigrate_success"] == (before >= 0).sum()
+    assert vm[1]["migrate_in"] == vm[0]["migrate_out"] == vm[0]["pgmigrate_success"] == (before >= 0).sum()
     assert vm[0]["migrate_in"] == vm[1]["pgmigrate_success"] == vm[2]["migrate_in"] == 0
     assert run.verify() == 0
 
@@ -282,6 +282,7 @@ def test_migrations_take_turns_per_process_not_per_thread(tmp_path):
     assert moved == 72
     vm = [run.m.vmstat(node=n) for n in range(3)]
     assert [v["migrate_in"] for v in vm] == [0, 48, 24]
+    assert [v["migrate_out"] for v in vm] == [48, 24, 0]
     assert [v["pgmigrate_success"] for v in vm] == [48, 24, 0]
     assert run.verify() == 0
 

@@ -9,7 +9,8 @@ import errno
 
 import pytest
 
-from emu_support import fill, make, numa, numa_delta, pages_of, pattern, raises_errno, unmapped_addr, where
+from emu_support import (fill, make, numa, numa_delta, pages_of, pattern, raises_errno, step_through,
+                         unmapped_addr, where)
 
 EFAULT, ENOENT, EACCES, EBUSY = errno.EFAULT, errno.ENOENT, errno.EACCES, errno.EBUSY
 
@@ -431,3 +432,26 @@ def test_migrate_pages_esrch_before_a_bad_target(policy):
     # kernel_migrate_pages(): find_task_by_vpid() runs before new_nodes is checked
     m, pid, a, _ = setup(policy, npages=1)
     raises_errno(errno.ESRCH, m.migrate_pages, 999, [0], [5])
+
+
+def test_a_page_freed_while_isolated_counts_as_migrated_but_moves_nowhere(policy):
+    """unmap_and_move(): a page whose only reference left is the migration's
+    was freed under it: MIGRATEPAGE_SUCCESS, so pgmigrate_success counts it,
+    but nothing arrives anywhere (migrate_in/migrate_out, the summary's
+    migrations, count pages that moved)."""
+    import numpy as np
+
+    from emulator.move_pages import MPOL_MF_MOVE_ALL, do_pages_move
+    m = make(policy=policy, nodes=2, frames=32, swap=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 4)
+    fill(m, pid, a, 4)
+    k = m.k
+    vpns = (a >> k.page_shift) + np.arange(4)
+    # the process exits after the pages were isolated, before they are locked
+    st = step_through(do_pages_move(k, k.mms[pid], vpns, np.full(4, 1), MPOL_MF_MOVE_ALL), lambda: m.exit(pid))
+    assert st.tolist() == [1] * 4
+    vm = m.vmstat()
+    assert (vm["pgmigrate_success"], vm["migrate_in"], vm["migrate_out"]) == (4, 0, 0)
+    assert [row["used"] for row in m.node_info()] == [0, 0]
+    m.check()

@@ -169,12 +169,12 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         err.print(f"report: {Path(report_dir) / 'index.html'}", markup=False, highlight=False, soft_wrap=True)
     if state is not None:
         state.finish(summary)  # final values; --hold serves them a while longer
-    if summary.get("interrupted"):
-        click.echo("interrupted: the summary above is partial", err=True)
-        sys.exit(130)
     if summary.get("dump"):
         flags = "".join(f" --bug {b}" for b in summary.get("bugs", []))
         click.echo(f"dump: {summary['dump']} (search it: numaemu explore '{summary['dump']}#4'{flags})", err=True)
+    if summary.get("interrupted"):
+        click.echo("interrupted: the summary above is partial", err=True)
+        sys.exit(130)
     if summary.get("lost"):
         lost = summary["lost"]
         click.echo(f"error: node actor(s) lost: {lost['nodes']}; {lost['pages']} pages were resident there; "

@@ -253,7 +253,7 @@ class LocalRun:
         self.verified_pages = 0
         for proc in self.procs:
             observed = self.m.read_tokens(proc.pid, proc.addr, proc.pages)
-            self.verified_pages += len(observed)
+            self.verified_pages += int(proc.shadow.known.sum())    # as the node actors count (Ray)
             wrong = proc.shadow.mismatches(observed)
             bad += len(wrong)
             for i in wrong[: max(0, MAX_DETAILS - len(self.details))]:
@@ -338,7 +338,7 @@ class LocalRun:
         )
         summary["operations_done"] = done
         summary["verified_pages"] = self.verified_pages
-        if interrupted:
+        if interrupted and done < ops:      # a Ctrl-C during the last operation cut nothing short
             summary["interrupted"] = True
         summary["reclaim_events"] = self.reclaim_events
         summary["forks"] = self.forks
@@ -355,7 +355,7 @@ class _Interrupt:
     drivers stop; true once asked. Only the main thread gets SIGINT."""
 
     def __init__(self):
-        self.asked, self.old = False, None
+        self.asked, self.installed, self.old = False, False, None
 
     def __bool__(self) -> bool:
         return self.asked
@@ -363,6 +363,7 @@ class _Interrupt:
     def __enter__(self) -> "_Interrupt":
         if threading.current_thread() is threading.main_thread():
             self.old = signal.signal(signal.SIGINT, self._ask)
+            self.installed = True
         return self
 
     def _ask(self, signum, frame) -> None:
@@ -371,8 +372,8 @@ class _Interrupt:
         self.asked = True
 
     def __exit__(self, *exc) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        if self.installed:      # None: a handler not set from Python; the default is the nearest
+            signal.signal(signal.SIGINT, self.old if self.old is not None else signal.SIG_DFL)
 
 
 def run_local(scenario: Scenario, progress: ProgressFn | None = None, machine=None,

@@ -100,8 +100,9 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
     pages not queued before the first queued one (each migrates nothing, unless
     queued_before: pages an earlier call queued are waiting), then the queued
     ones, then the first one not queued after those, and stops there. When
-    they are the rest of the run (``rest``), nothing waits and no page it
-    queues is named again, it takes them all as one list instead.
+    they are the rest of the run (``rest``), nothing waits, no page it
+    queues is named again and the target has room for them all, it takes
+    them all as one list instead.
     Returns the statuses of the pages taken (a queued page's node, for now),
     the isolated pages as (positions, Batch) by node, how many pages it took,
     and whether the last of them ends the list, which is to be migrated now."""
@@ -150,20 +151,22 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
     n = len(vpns)
     if every:
         h, f = 0, n
-    elif rest and not queued_before and not repeated:
-        # no page queued named twice (a page not queued stays so: on the target, shared,
-        # a hole, busy elsewhere): migrating the queued pages at each page not queued, as 6.1 does,
-        # moves the same pages to the same nodes as one list (no page's status depends on
-        # another's migration), in one migration instead of one per page not queued. The list
-        # ends at a page not queued if one comes after the last queued page: the next node's
-        # check (ENODEV) comes after its migration then, as in 6.1
-        q = np.flatnonzero(queued)
-        return status, _isolate(k, q, gp[q]), n, bool(len(q)) and int(q[-1]) < n - 1
     else:
+        q = np.flatnonzero(queued)
+        room = k.nodes[target]
+        if rest and not queued_before and not repeated and len(q) <= room.nr_free - room.wmark_min:
+            # no page queued named twice (a page not queued stays so: on the target, shared,
+            # a hole, busy elsewhere) and room for every one on the target: migrating the
+            # queued pages at each page not queued, as 6.1 does, moves the same pages to the
+            # same nodes as one list, in one migration instead of one per page not queued (no
+            # page's status depends on another's migration, and no list runs out of memory,
+            # where the order of the lists decides which pages move). The list ends at a page
+            # not queued if one comes after the last queued page: the next node's check
+            # (ENODEV) comes after its migration then, as in 6.1
+            return status, _isolate(k, q, gp[q]), n, bool(len(q)) and int(q[-1]) < n - 1
         if queued_before:
             h = 0
         else:
-            q = np.flatnonzero(queued)
             if not len(q):
                 return status, [], n, False
             h = int(q[0])

@@ -129,11 +129,13 @@ class World:
     # a dump's pids -> this run's: a fork's child is whichever pid this run gave it
     alias: dict[int, int] = field(default_factory=dict)
 
+    def mm(self, pid: int):
+        """The process's mm, or ESRCH: it may have exited by the time an operation starts."""
+        return self.m._mm(pid)
+
     def vma_page(self, pid: int, mapping: int, page: int):
         k = self.m.k
-        mm = k.mms.get(pid)
-        if mm is None:
-            raise OSError(errno.ESRCH, f"no process {pid}")
+        mm = self.mm(pid)
         addr = self.maps[pid][mapping] >> k.page_shift
         vma = mm.find_vma(addr + page)
         if vma is None:
@@ -154,19 +156,21 @@ class World:
             vma, i = self.vma_page(pid, a.get("mapping", 0), a["page"])
             return fault.gup_write(k, vma, i, int(k.next_tokens(1)[0]))
         if op.kind == "move_pages":
+            mm = self.mm(pid)
             base = self.maps[pid][a.get("mapping", 0)] >> k.page_shift
             vpns = np.array([base + p for p in a["pages"]], dtype=np.int64)
             nodes = np.full(len(vpns), a["node"], dtype=np.int64)
             flags = move_pages.MPOL_MF_MOVE_ALL if a.get("move_all", True) else move_pages.MPOL_MF_MOVE
-            return move_pages.do_pages_move(k, k.mms[pid], vpns, nodes, flags)
+            return move_pages.do_pages_move(k, mm, vpns, nodes, flags)
         if op.kind == "migrate_pages":
-            return move_pages.do_migrate_pages(k, k.mms[pid], move_pages.nodes_remap(a["from"], a["to"]), True)
+            mm, mapping = self.m.migrate_pages_args(pid, a["from"], a["to"])
+            return move_pages.do_migrate_pages(k, mm, mapping, True) if mapping else _value(0)
         if op.kind == "reclaim":
             return reclaim.shrink_node(k, a["node"], a["pages"])
         if op.kind == "fork":
             return self._fork(pid, a.get("child"))
         if op.kind == "exit":
-            return process.exit_mm(k, k.mms[pid])
+            return process.exit_mm(k, self.mm(pid))
         if op.kind == "swapoff":
             return swapfile.swapoff(k)
         if op.kind == "swapon":
@@ -175,7 +179,7 @@ class World:
 
     async def _fork(self, pid: int, name: int | None = None) -> int:
         """``name``: the child's pid in a dump, which later ops use."""
-        child = await process.fork(self.m.k, self.m.k.mms[pid])
+        child = await process.fork(self.m.k, self.mm(pid))
         self.maps[child] = list(self.maps[pid])
         if name is not None:
             self.alias[name] = child
@@ -186,6 +190,11 @@ def _swapon_if_off(k) -> None:
     """swapon, unless swap is on already (the swapoff before it failed)."""
     if not k.swap.on:
         swapfile.swapon(k)
+
+
+async def _value(v):
+    """An operation that takes no step (migrate_pages with nothing to remap)."""
+    return v
 
 
 async def _one_step(owner: str, fn: Callable, *args):
@@ -219,7 +228,8 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
     or of a child some fork may make (pids are given in order), a mapping and
     pages of it, a node to reclaim (a move_pages target is the syscall's to
     refuse: ENODEV). Whether it still exists when the operation runs is
-    the race's business (an ESRCH then is the operation's failure)."""
+    the race's business: an operation that starts after the process exited
+    fails with ESRCH (which ``may_fail`` can allow)."""
     ops = [(f"setup[{i}]", op) for i, op in enumerate(setup)] + \
         [(f"task[{i}].ops[{j}]", op) for i, t in enumerate(tasks) for j, op in enumerate(t.ops)]
     forks = sum(op.kind == "fork" for _, op in ops)
@@ -243,9 +253,12 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
             last = [p + a.get("npages", 1) - 1 for p in first]
             if op.kind in ("fault", "access") and a.get("npages", 1) < 1:
                 raise ScenarioError(f"{path}: {key}.npages: must be at least 1")
-            if any(p < 0 for p in first) or (pages is not None and any(p >= pages for p in last)):
+            # move_pages may name pages past the mapping: a hole, whose status is -EFAULT
+            beyond = pages is not None and op.kind != "move_pages" and any(p >= pages for p in last)
+            if any(p < 0 for p in first) or beyond:
                 raise ScenarioError(f"{path}: {key}.{'pages' if op.kind == 'move_pages' else 'page'}: "
-                                    f"outside mapping {m} of process {pid} (pages 0..{(pages or 1) - 1})")
+                                    f"outside mapping {m} of process {pid}"
+                                    + (f" (pages 0..{pages - 1})" if pages is not None else ""))
         if op.kind == "reclaim" and not 0 <= a["node"] < nodes:
             raise ScenarioError(f"{path}: {key}.node: no node {a['node']} (nodes 0..{nodes - 1})")
 

@@ -12,7 +12,7 @@ import errno
 
 import pytest
 
-from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, where
+from emu_support import PAYLOADS, POLICIES, fill, make, pages_of, pattern, raises_errno, unmapped_addr, where
 
 ENOMEM = errno.ENOMEM
 
@@ -236,6 +236,28 @@ def test_migentry_enomem_or_enodev_whichever_6_1_meets_first():
     raises_errno(errno.ENODEV, m.move_pages, pid, p, [1, 5])
     raises_errno(ENOMEM, m.move_pages, pid, [p[0], a + 99 * m.page_size, p[1]], [1, 1, 5])
     assert where(m, pid, a, 2) == [0, 0] and m.vmstat()["nr_isolated_anon"] == 0
+    m.check()
+
+
+def test_migentry_enomem_moves_the_lists_before_the_one_that_found_no_room():
+    """[P, hole, Q] to a node with room for one page: 6.1 migrates [P] at the
+    hole and then [Q] runs out: P moved, Q stayed, ENOMEM. Taken as one list
+    (grouped by source node, Q's node first) Q would move instead."""
+    m = make(policy="migentry", nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 2)
+    fill(m, pid, a, 2)
+    P, Q = pages_of(m, a, 2)
+    m.move_pages(pid, [P], [2])                     # P on node 2, Q on node 0
+    hog = m.spawn(node=1)
+    m.set_mempolicy(hog, "bind", [1])
+    free = m.node_info()[1]["free"]
+    h = m.mmap(hog, free - 1)
+    m.touch(hog, h, free - 1)                       # node 1: room for one page
+    with pytest.raises(OSError) as e:
+        m.move_pages(pid, [P, unmapped_addr(m, pid), Q], [1, 1, 1])
+    assert e.value.errno == ENOMEM and "the 2 pages before" in str(e.value)
+    assert m.move_pages(pid, [P, Q]) == [1, 0]
     m.check()
 
 

@@ -2,6 +2,8 @@
 counted as CHESS does, the state cache prunes, and scenario errors are clear."""
 from __future__ import annotations
 
+import errno
+
 import textwrap
 
 import pytest
@@ -123,7 +125,7 @@ def test_token_rejects_garbage_and_changed_files(tmp_path):
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fault', pid=1, page=99}]\n", "task[0].ops[0].page: outside mapping 0"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='access', pid=1, page=2, npages=3}]\n", "task[0].ops[0].page: outside mapping 0"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='fault', pid=1, mapping=1, page=0}]\n", "task[0].ops[0].mapping"),
-    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[setup]]\nop='move_pages'\npid=1\npages=[0, 4]\nnode=1\n[[task]]\nops=[{op='swapon'}]\n",
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[setup]]\nop='move_pages'\npid=1\npages=[0, -1]\nnode=1\n[[task]]\nops=[{op='swapon'}]\n",
      "setup[0].pages: outside mapping 0"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='reclaim', node=5, pages=1}]\n", "task[0].ops[0].node: no node 5"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fial=[]\n", "expect: the only key is may_fail"),
@@ -141,10 +143,33 @@ def test_an_operation_on_a_process_gone_by_then_fails_as_the_kernel_would(tmp_pa
             "[[setup]]\nop='exit'\npid=2\n[[task]]\nops=[{op='fault', pid=2, page=0}]\n"
             "[[task]]\nops=[{op='fault', pid=1, page=0, write=true}]\n")
     out, _ = X.explore_dfs(load(write(tmp_path, text, "gone.toml")), bound=1)
-    assert out is not None and out.violation == "operation failed" and "no process 2" in out.detail
+    assert out is not None and out.violation == "operation failed" and "no such process: 2" in out.detail
     clean, stats = X.explore_dfs(load(write(tmp_path, text + "[expect]\nmay_fail=['ESRCH']\n", "gone2.toml")),
                                  bound=1)
     assert clean is None and stats.schedules > 1
+
+
+@pytest.mark.parametrize("op", ["{op='move_pages', pid=2, pages=[0], node=1}", "{op='migrate_pages', pid=2, from=[0], to=[1]}",
+                                "{op='exit', pid=2}", "{op='fork', pid=2}", "{op='access', pid=2, page=0}"])
+def test_every_operation_on_an_exited_process_is_esrch(tmp_path, op):
+    text = ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[process]]\nmappings=[{pages=4}]\n"
+            f"[[setup]]\nop='exit'\npid=2\n[[task]]\nops=[{op}]\n")
+    out, _ = X.explore_dfs(load(write(tmp_path, text, "gone.toml")), bound=0)
+    assert out is not None and out.violation == "operation failed" and "no such process: 2" in out.detail
+    clean, _ = X.explore_dfs(load(write(tmp_path, text + "[expect]\nmay_fail=['ESRCH']\n", "ok.toml")), bound=0)
+    assert clean is None
+
+
+def test_migrate_pages_to_a_node_not_online_is_einval_and_a_page_past_the_mapping_efault(tmp_path):
+    text = ("[machine]\nnodes = 2\n[[process]]\nmappings=[{pages=2}]\n"
+            "[[task]]\nops=[{op='migrate_pages', pid=1, from=[0], to=[5]}]\n"
+            "[[task]]\nops=[{op='move_pages', pid=1, pages=[1, 9], node=1}]\n")
+    out, _ = X.explore_dfs(load(write(tmp_path, text, "bad.toml")), bound=0)
+    assert out is not None and out.violation == "operation failed" and "new_nodes: 5" in out.detail
+    sc = load(write(tmp_path, text.replace("to=[5]", "to=[]"), "empty.toml"))
+    assert X.explore_dfs(sc, bound=1)[0] is None      # nothing to remap: 0 pages left, no error
+    w = sc.fresh()
+    assert w.m._run(w.start(sc.tasks[1].ops[0])).tolist() == [1, -errno.EFAULT]
 
 
 def test_state_hash_sees_everything_the_oracle_and_the_future_read(tmp_path):

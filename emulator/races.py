@@ -229,7 +229,18 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
     pages of it, a node to reclaim (a move_pages target is the syscall's to
     refuse: ENODEV). Whether it still exists when the operation runs is
     the race's business: an operation that starts after the process exited
-    fails with ESRCH (which ``may_fail`` can allow)."""
+    fails with ESRCH (which ``may_fail`` can allow). But a process's own
+    accesses never race its exit (its mm lives until they end), so a task
+    may not exit a process another task accesses."""
+    for i, t in enumerate(tasks):
+        for pid in {op.args["pid"] for op in t.ops if op.kind == "exit"}:
+            for j, other in enumerate(tasks):
+                hit = next((n for n, op in enumerate(other.ops) if j != i and op.args.get("pid") == pid
+                            and op.kind in ("fault", "access", "gup_write")), None)
+                if hit is not None:
+                    raise ScenarioError(f"{path}: task[{j}].ops[{hit}]: {other.ops[hit].kind} of process {pid}, "
+                                        f"which task[{i}] exits: a process's own accesses cannot race its exit "
+                                        "(exit_mmap waits for them); make them one task, in order")
     ops = [(f"setup[{i}]", op) for i, op in enumerate(setup)] + \
         [(f"task[{i}].ops[{j}]", op) for i, t in enumerate(tasks) for j, op in enumerate(t.ops)]
     forks = sum(op.kind == "fork" for _, op in ops)

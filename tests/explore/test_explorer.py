@@ -128,6 +128,8 @@ def test_token_rejects_garbage_and_changed_files(tmp_path):
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[setup]]\nop='move_pages'\npid=1\npages=[0, -1]\nnode=1\n[[task]]\nops=[{op='swapon'}]\n",
      "setup[0].pages: outside mapping 0"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='reclaim', node=5, pages=1}]\n", "task[0].ops[0].node: no node 5"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='exit', pid=1}]\n"
+     "[[task]]\nops=[{op='swapon'}, {op='fault', pid=1, page=0}]\n", "task[1].ops[1]: fault of process 1, which task[0] exits"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fial=[]\n", "expect: the only key is may_fail"),
 ])
 def test_scenario_errors_name_file_and_key(tmp_path, text, key):

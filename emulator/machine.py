@@ -301,21 +301,22 @@ class Machine:
         """kernel_migrate_pages(): the pid first (ESRCH), then new_nodes (a node
         not online: EINVAL); old_nodes is only a mask to read, and a bit naming
         no online node has no pages there, so it is no error."""
-        mm, mapping = self.migrate_pages_args(pid, old_nodes, new_nodes)
+        mm, mapping, old = self.migrate_pages_args(pid, old_nodes, new_nodes)
         if not mapping:
             return 0
-        return self._run(do_migrate_pages(self.k, mm, mapping, privileged))
+        return self._run(do_migrate_pages(self.k, mm, mapping, privileged, old))
 
     def migrate_pages_args(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int]):
-        """The process and the node remap migrate_pages(2) would use, in its
-        order of checks (ESRCH, then EINVAL); an empty remap moves nothing."""
+        """The process, the node remap migrate_pages(2) would use and its from
+        nodes, in its order of checks (ESRCH, then EINVAL); an empty remap
+        moves nothing."""
         mm = self._mm(pid)
         new = [self._node(n, "migrate_pages: new_nodes") for n in new_nodes]
         bad = [n for n in old_nodes if isinstance(n, bool) or not isinstance(n, (int, np.integer))]
         if bad:
             raise OSError(errno.EINVAL, f"migrate_pages: old_nodes: {bad[0]!r} is not a node number")
         old = [int(n) for n in old_nodes if n >= 0]
-        return mm, (nodes_remap(old, new) if old and new else {})
+        return mm, (nodes_remap(old, new) if old and new else {}), old
 
     # -- reclaim and swap -----------------------------------------------------
     def reclaim(self, node: int, nr_pages: int) -> int:

@@ -20,8 +20,10 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   historical designs fall back to swap page by page and go on.
 - migrate_pages() moves every present page of the process from old_nodes to
   the corresponding new node (nodes_remap; with sets of different sizes a
-  source that is also a destination stays) and returns the number of pages
-  that could not be moved; ENOMEM as above.
+  source that is also a destination stays), one source node at a time in
+  6.1's order (migrate_order), queueing each node's pages just before they
+  move, and returns the number of pages that could not be moved; ENOMEM as
+  above, ending the call at the node that ran out.
 - mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
   node outside the caller's nodemask as the new policy allocates them
   (new_page()); MPOL_MF_STRICT: see do_mbind().
@@ -348,17 +350,42 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
     return out, busy
 
 
-async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool) -> int:
+def migrate_order(sources: list[int], mapping: dict[int, int]) -> list[tuple[int, int]]:
+    """do_migrate_pages()'s order of (source, dest): from the sources left, the
+    first whose dest is not one of them (so no page lands where a move from
+    that node is still to come), else the last that moves. A cycle (0 -> 1,
+    1 -> 0) still moves the pages of one node twice, as 6.1 does."""
+    tmp, order = sorted(set(sources) | set(mapping)), []
+    while True:
+        pick = None
+        for s in tmp:
+            if s in mapping:
+                pick = s
+                if mapping[s] not in tmp:
+                    break
+        if pick is None:
+            return order
+        tmp.remove(pick)
+        order.append((pick, mapping[pick]))
+
+
+async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool,
+                           sources: list[int] | None = None) -> int:
     """The number of pages that could not be moved; OSError(ENOMEM) where a
-    migration gave up (migentry: migrate_to_node()'s error ends the call)."""
-    batches, left = await call(k.node_owner(mm.node), collect_process_step, k, mm, mapping, move_all)
-    for i, (d, b) in enumerate(batches):
-        failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
-        if failed < 0:
-            await putback_batches(k, [c for _, c in batches[i + 1:]])
-            raise OSError(errno.ENOMEM, f"migrate_pages: out of memory on node {d}; "
-                                        f"the pages not moved yet stay where they were")
-        left += failed
+    migration gave up (migentry: migrate_to_node()'s error ends the call).
+    One node at a time, in 6.1's order (``sources``: the from mask, whose
+    nodes that do not move still steer it), its pages queued just before
+    they move (migrate_to_node())."""
+    left = 0
+    for s, d in migrate_order(sources or list(mapping), mapping):
+        batches, busy = await call(k.node_owner(mm.node), collect_process_step, k, mm, {s: d}, move_all)
+        left += busy
+        for _, b in batches:
+            failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
+            if failed < 0:
+                raise OSError(errno.ENOMEM, f"migrate_pages: out of memory on node {d}; "
+                                            f"the pages not moved yet stay where they were")
+            left += failed
     return left
 
 

@@ -163,8 +163,8 @@ class World:
             flags = move_pages.MPOL_MF_MOVE_ALL if a.get("move_all", True) else move_pages.MPOL_MF_MOVE
             return move_pages.do_pages_move(k, mm, vpns, nodes, flags)
         if op.kind == "migrate_pages":
-            mm, mapping = self.m.migrate_pages_args(pid, a["from"], a["to"])
-            return move_pages.do_migrate_pages(k, mm, mapping, True) if mapping else _value(0)
+            mm, mapping, old = self.m.migrate_pages_args(pid, a["from"], a["to"])
+            return move_pages.do_migrate_pages(k, mm, mapping, True, old) if mapping else _value(0)
         if op.kind == "reclaim":
             return reclaim.shrink_node(k, a["node"], a["pages"])
         if op.kind == "fork":

@@ -261,6 +261,28 @@ def test_migentry_enomem_moves_the_lists_before_the_one_that_found_no_room():
     m.check()
 
 
+def test_migrate_pages_moves_one_source_node_at_a_time_in_6_1s_order():
+    """do_migrate_pages(): the first source whose destination is not a source
+    still to go, each node's pages queued just before they move; with room
+    for one page, the page of node 0 moves (0 goes first: 2 is no source),
+    whatever order the mappings hold the pages in."""
+    from emulator.move_pages import migrate_order, nodes_remap
+    old = list(range(8))
+    assert migrate_order(old, nodes_remap(old, [3, 4, 5])) == [(7, 4), (6, 3), (2, 5), (1, 4), (0, 3)]
+    assert migrate_order([1, 2], nodes_remap([1, 2], [0, 1])) == [(1, 0), (2, 1)]
+    m = make(policy="migentry", nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 1)
+    fill(m, pid, a, 1)
+    b = m.mmap(pid, 1)
+    fill(m, pid, b, 1)
+    m.move_pages(pid, [a], [1])                     # a (mapped first) on node 1, b on node 0
+    fill_node(m, 2, 15)
+    raises_errno(ENOMEM, m.migrate_pages, pid, [0, 1], [2])
+    assert (where(m, pid, a), where(m, pid, b)) == ([1], [2])
+    m.check()
+
+
 def test_migcache_target_full_is_per_page_and_the_call_goes_on():
     """No frame on the target and no swap to fall back to: -ENOMEM for the page
     and the call goes on to the next list, as the V8 design does (swapcache

@@ -211,6 +211,24 @@ def merge_batches(batches: list) -> list:
     return out
 
 
+def in_list_order(batches: list) -> list:
+    """The pages of several nodes' batches as runs of one node each, in the
+    order the list named them: when the target may run out, 6.1's
+    migrate_pages() walks the list in that order and stops at the page that
+    found no room, so which pages moved depends on it. (With room for all, a
+    batch per node moves the same pages in fewer migrations.)"""
+    pos = np.concatenate([p for p, _ in batches])
+    which = np.concatenate([np.full(len(p), i) for i, (p, _) in enumerate(batches)])
+    idx = np.concatenate([np.arange(len(p)) for p, _ in batches])
+    order = np.argsort(pos, kind="stable")
+    pos, which, idx = pos[order], which[order], idx[order]
+    cut = np.flatnonzero(np.diff(which)) + 1
+    out = []
+    for lo, hi in zip([0, *cut.tolist()], [*cut.tolist(), len(pos)]):
+        out.append((pos[lo:hi], batches[int(which[lo])][1].take(idx[lo:hi])))
+    return out
+
+
 async def putback_batches(k, batches: list[Batch]) -> None:
     """putback_movable_pages() of the pages a migration that gave up never tried."""
     for b in batches:
@@ -224,6 +242,10 @@ async def migrate_isolated(k, batches, target: int | ByPolicy, cpu: int,
     (move_pages_and_store_status(): the target) or -errno. Returns how many did
     not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
     batches = merge_batches(batches)
+    if len(batches) > 1 and not isinstance(target, ByPolicy):
+        room = k.nodes[target]
+        if sum(len(b) for _, b in batches) > room.nr_free - room.wmark_min:
+            batches = in_list_order(batches)
     failed = 0
     for i, (pos, b) in enumerate(batches):
         for a in range(0, len(b), MIGRATE_BATCH):

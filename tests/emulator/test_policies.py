@@ -283,6 +283,22 @@ def test_migrate_pages_moves_one_source_node_at_a_time_in_6_1s_order():
     m.check()
 
 
+def test_migentry_enomem_within_a_list_moves_its_pages_in_the_order_named():
+    """One list, pages of two nodes, room for one on the target: 6.1 walks
+    the list in order, so the first page named moves (it is on node 1 here,
+    the second on node 0) and the second finds no room."""
+    m = make(policy="migentry", nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 2)
+    fill(m, pid, a, 2)
+    p = pages_of(m, a, 2)
+    m.move_pages(pid, [p[0]], [1])                  # p0 on node 1, p1 on node 0
+    fill_node(m, 2, 15)
+    raises_errno(ENOMEM, m.move_pages, pid, p, [2, 2])
+    assert where(m, pid, a, 2) == [2, 0]
+    m.check()
+
+
 def test_migcache_target_full_is_per_page_and_the_call_goes_on():
     """No frame on the target and no swap to fall back to: -ENOMEM for the page
     and the call goes on to the next list, as the V8 design does (swapcache

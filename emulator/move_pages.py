@@ -211,22 +211,44 @@ def merge_batches(batches: list) -> list:
     return out
 
 
-def in_list_order(batches: list) -> list:
-    """The pages of several nodes' batches as runs of one node each, in the
-    order the list named them: when the target may run out, 6.1's
-    migrate_pages() walks the list in that order and stops at the page that
-    found no room, so which pages moved depends on it. (With room for all, a
-    batch per node moves the same pages in fewer migrations.)"""
+def room_step(k, node: int) -> int:
+    """Frames a migration target may take (alloc_migration_target(): down to min)."""
+    fr = k.nodes[node]
+    return max(0, fr.nr_free - fr.wmark_min)
+
+
+async def _short_in_list_order(k, batches: list, target: int) -> list:
+    """6.1's migrate_pages() walks the list in the order named and, under
+    migentry, stops at the first page that finds no room even after reclaim:
+    which pages moved depends on that order, not on their nodes. With room
+    for all (after reclaiming the shortfall at once, as alloc_new() does for
+    a batch), a batch per node moves the same pages; otherwise the pages
+    that fit go first, a batch per node, then the first page named after
+    them alone (the one that runs out), then the rest."""
+    from .reclaim import shrink_node
+    owner = k.node_owner(target)
+    total = sum(len(b) for _, b in batches)
+    room = await call(owner, room_step, k, target)
+    if total <= room:
+        return batches
+    await shrink_node(k, target, total - room)
+    room = await call(owner, room_step, k, target)
+    if total <= room:
+        return batches
     pos = np.concatenate([p for p, _ in batches])
     which = np.concatenate([np.full(len(p), i) for i, (p, _) in enumerate(batches)])
     idx = np.concatenate([np.arange(len(p)) for p, _ in batches])
     order = np.argsort(pos, kind="stable")
-    pos, which, idx = pos[order], which[order], idx[order]
-    cut = np.flatnonzero(np.diff(which)) + 1
-    out = []
-    for lo, hi in zip([0, *cut.tolist()], [*cut.tolist(), len(pos)]):
-        out.append((pos[lo:hi], batches[int(which[lo])][1].take(idx[lo:hi])))
-    return out
+
+    def per_node(sel: np.ndarray) -> list:
+        """(positions, Batch) per node of the pages order[sel], in list order."""
+        out = []
+        for i in distinct(which[order[sel]]):
+            mine = np.sort(order[sel][which[order[sel]] == i])
+            out.append((pos[mine], batches[i][1].take(np.sort(idx[mine]))))
+        return out
+    n = len(order)
+    return per_node(np.arange(room)) + per_node(np.arange(room, room + 1)) + per_node(np.arange(room + 1, n))
 
 
 async def putback_batches(k, batches: list[Batch]) -> None:
@@ -243,9 +265,7 @@ async def migrate_isolated(k, batches, target: int | ByPolicy, cpu: int,
     not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
     batches = merge_batches(batches)
     if len(batches) > 1 and not isinstance(target, ByPolicy):
-        room = k.nodes[target]
-        if sum(len(b) for _, b in batches) > room.nr_free - room.wmark_min:
-            batches = in_list_order(batches)
+        batches = await _short_in_list_order(k, batches, target)
     failed = 0
     for i, (pos, b) in enumerate(batches):
         for a in range(0, len(b), MIGRATE_BATCH):
@@ -381,7 +401,7 @@ def migrate_order(sources: list[int], mapping: dict[int, int]) -> list[tuple[int
     while True:
         pick = None
         for s in tmp:
-            if s in mapping:
+            if mapping.get(s, s) != s:          # a node that maps to itself does not move
                 pick = s
                 if mapping[s] not in tmp:
                     break

@@ -270,6 +270,7 @@ def test_migrate_pages_moves_one_source_node_at_a_time_in_6_1s_order():
     old = list(range(8))
     assert migrate_order(old, nodes_remap(old, [3, 4, 5])) == [(7, 4), (6, 3), (2, 5), (1, 4), (0, 3)]
     assert migrate_order([1, 2], nodes_remap([1, 2], [0, 1])) == [(1, 0), (2, 1)]
+    assert migrate_order([0, 1, 2], nodes_remap([0, 1, 2], [0, 1, 3])) == [(2, 3)]    # 0 and 1 stay
     m = make(policy="migentry", nodes=3, frames=16, swap=0)
     pid = m.spawn(node=0)
     a = m.mmap(pid, 1)
@@ -296,6 +297,26 @@ def test_migentry_enomem_within_a_list_moves_its_pages_in_the_order_named():
     fill_node(m, 2, 15)
     raises_errno(ENOMEM, m.move_pages, pid, p, [2, 2])
     assert where(m, pid, a, 2) == [2, 0]
+    m.check()
+
+
+def test_a_short_target_reclaims_once_and_moves_a_batch_per_node(monkeypatch):
+    """Pages of two nodes alternating in the list, the target short but with
+    pages to reclaim: one reclaim of the shortfall, then one migration per
+    node (a migration per run of one node took 38,000 steps for 4096 pages)."""
+    import emulator.move_pages as mp
+    m = make(policy="migentry", nodes=3, frames=128, swap=256)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 40)
+    fill(m, pid, a, 40)
+    p = pages_of(m, a, 40)
+    m.move_pages(pid, p[1::2], [2] * 20)            # alternating nodes 0 and 2
+    hog, h = fill_node(m, 1, m.node_info()[1]["free"] - 2 - 10)   # room for 10 on node 1
+    calls = []
+    real = mp.migrate_batch
+    monkeypatch.setattr(mp, "migrate_batch", lambda k, b, *args: calls.append(len(b)) or real(k, b, *args))
+    assert m.move_pages(pid, p, [1] * 40) == [1] * 40
+    assert sorted(calls) == [20, 20] and m.vmstat(node=1)["pgsteal_direct"] > 0
     m.check()
 
 

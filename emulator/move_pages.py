@@ -155,8 +155,7 @@ def collect_step(k, mm: MM, vpns: np.ndarray, target: int, flags: int, queued_be
         h, f = 0, n
     else:
         q = np.flatnonzero(queued)
-        room = k.nodes[target]
-        if rest and not queued_before and not repeated and len(q) <= room.nr_free - room.wmark_min:
+        if rest and not queued_before and not repeated and len(q) <= room_step(k, target):
             # no page queued named twice (a page not queued stays so: on the target, shared,
             # a hole, busy elsewhere) and room for every one on the target: migrating the
             # queued pages at each page not queued, as 6.1 does, moves the same pages to the
@@ -301,8 +300,7 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
     for a, b in zip(starts, ends):
         target = int(nodes[a])
         if not 0 <= target < nr:
-            raise MovePagesError(errno.ENODEV, f"move_pages: node {target} is not online (0..{nr - 1}); "
-                                               f"the {a} pages before it were processed", a)
+            raise _enodev(target, nr, a)
         pos, w, pending = a, b - a, []
         while pos < b:
             st, batches, used, ends_list = await call(owner, collect_step, k, mm, vpns[pos:min(b, pos + w)],
@@ -318,8 +316,7 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
                 if last and b < n and not 0 <= int(nodes[b]) < nr:
                     # the list that found no room ends the run: 6.1 meets the next node
                     # (out_flush) before that list's migration and its error
-                    raise MovePagesError(errno.ENODEV, f"move_pages: node {int(nodes[b])} is not online "
-                                                       f"(0..{nr - 1}); the {b} pages before it were processed", b)
+                    raise _enodev(int(nodes[b]), nr, b)
                 raise MovePagesError(errno.ENOMEM, f"move_pages: out of memory on node {target}: "
                                                    f"the {done} pages before the list that found no room "
                                                    "were processed", done)
@@ -341,6 +338,11 @@ def _failed_list(status: np.ndarray, pending: list, a: int, end: int) -> tuple[i
     mine[queued - a] = True
     before, after = np.flatnonzero(~mine[:first - a]), np.flatnonzero(~mine[first - a:])
     return (a + int(before[-1]) + 1 if len(before) else a), not len(after)
+
+
+def _enodev(node: int, nr: int, done: int) -> "MovePagesError":
+    return MovePagesError(errno.ENODEV, f"move_pages: node {node} is not online (0..{nr - 1}); "
+                                        f"the {done} pages before it were processed", done)
 
 
 class MovePagesError(OSError):

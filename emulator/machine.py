@@ -18,7 +18,7 @@ from .kernel import Kernel
 from .mm import MM, get_nodes, make_policy, parse_mode
 from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_VALID, do_mbind, do_migrate_pages,
                          do_pages_move, nodes_remap, stat_step)
-from .process import exit_mm, fork as _fork, mmap_step, munmap_step
+from .process import exit_mm, fork as _fork, mm_held, mmap_step, munmap_step
 from .reclaim import shrink_node
 from .sched import run_inline
 from .swapfile import swapoff as _swapoff, swapon as _swapon
@@ -57,7 +57,7 @@ class Machine:
 
     def _mm(self, pid: int) -> MM:
         mm = self.k.mms.get(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
-        if mm is None:
+        if mm is None or mm.exited:     # an exited task's mm may live on while a migration holds it
             raise OSError(errno.ESRCH, f"no such process: {pid!r}")
         return mm
 
@@ -294,7 +294,7 @@ class Machine:
             raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
         tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
         cpu = None if caller is None else self._mm(caller).node   # the caller allocates
-        return self._run(do_pages_move(self.k, mm, vpns, tgt, flags, cpu))    # MovePagesError: an OSError
+        return self._run(mm_held(self.k, mm, do_pages_move(self.k, mm, vpns, tgt, flags, cpu)))  # MovePagesError: an OSError
 
     def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
                       privileged: bool = True) -> int:
@@ -304,7 +304,7 @@ class Machine:
         mm, mapping, old = self.migrate_pages_args(pid, old_nodes, new_nodes)
         if not mapping:
             return 0
-        return self._run(do_migrate_pages(self.k, mm, mapping, privileged, old))
+        return self._run(mm_held(self.k, mm, do_migrate_pages(self.k, mm, mapping, privileged, old)))
 
     def migrate_pages_args(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int]):
         """The process, the node remap migrate_pages(2) would use and its from
@@ -369,7 +369,7 @@ class Machine:
                 "swapcached": int((sw.cache_page >= 0).sum())}
 
     def processes(self) -> list[int]:
-        return sorted(self.k.mms)
+        return sorted(pid for pid, mm in self.k.mms.items() if not mm.exited)
 
     def check(self) -> None:
         invariants.check(self.k)

@@ -70,8 +70,10 @@ class MM:
     vmas: list[VMA] = field(default_factory=list)
     policy: Mempolicy = field(default_factory=Mempolicy)
     next_vpn: int = MMAP_BASE_VPN
-    alive: bool = True
+    alive: bool = True       # not torn down yet (exit_mmap)
     rss: int = 0             # pages with a non-none pte: invariant 9 counts these
+    users: int = 1           # mm_users: the task, and each syscall on its memory in flight (get_task_mm)
+    exited: bool = False     # the task is gone (its pid is ESRCH); the mm lives on while users hold it
 
     def find_vma(self, vpn: int) -> VMA | None:
         starts = [v.start for v in self.vmas]

@@ -21,6 +21,13 @@ Rules:
   (``handed``), so that an rmap walk that already passed it walks it again
   (rmap.next_vma): a migration entry handed over behind a remap walk would
   otherwise stay after the migration ends.
+- An mm has users (mm_users): its task, and each syscall working on another
+  process's memory (move_pages, migrate_pages: get_task_mm() with the pid
+  lookup, mmput() at the end). Exit takes the task away at once (its pid is
+  ESRCH from then on) and drops the task's reference; whoever drops the last
+  one tears the mm down (exit_mmap), in a step of its own. So a migration in
+  flight keeps the pages it walks mapped, as in Linux; a munmap is what
+  takes them away under it.
 """
 from __future__ import annotations
 
@@ -149,6 +156,14 @@ def munmap_step(k, mm: MM, vpn: int, npages: int) -> None:
 
 
 def exit_step(k, mm: MM) -> None:
+    """exit_mm(): the task lets go of its mm; the last user tears it down."""
+    mm.exited = True
+    mm.users -= 1
+    if not mm.users:
+        exit_mmap(k, mm)
+
+
+def exit_mmap(k, mm: MM) -> None:
     for vma in list(mm.vmas):
         zap_step(k, vma, 0, vma.npages)
         unlink_vma(k, vma)
@@ -212,3 +227,26 @@ async def fork(k, parent: MM) -> int:
 
 async def exit_mm(k, mm: MM) -> None:
     await call(k.node_owner(mm.node), exit_step, k, mm)
+
+
+async def mm_held(k, mm: MM, op):
+    """``op`` (a syscall on mm's memory) between get_task_mm() and mmput(): an
+    exit meanwhile leaves the teardown to it. The reference is taken when the
+    operation starts, atomically with the lookup that found mm (a coroutine's
+    code before its first await runs in the step that starts it)."""
+    mm.users += 1
+    try:
+        out = await op
+    except GeneratorExit:       # abandoned by its driver (a deadlock): the run is over
+        raise
+    except BaseException:
+        await mmput(k, mm)
+        raise
+    await mmput(k, mm)
+    return out
+
+
+async def mmput(k, mm: MM) -> None:
+    mm.users -= 1
+    if not mm.users:
+        await call(k.node_owner(mm.node), exit_mmap, k, mm)

@@ -18,7 +18,10 @@ access: a scenario with one gives every node a TLB of the processes it
 starts with, emulator.tlb),
 ``gup_write {pid, mapping, page}``, ``move_pages {pid, mapping, pages, node,
 move_all=true}``, ``migrate_pages {pid, from, to}``, ``reclaim {node,
-pages}``, ``fork {pid}``, ``exit {pid}``, ``swapoff {}``, ``swapon {if_off=false}``
+pages}``, ``fork {pid}``, ``exit {pid}``, ``munmap {pid, mapping}`` (the
+whole mapping, by a thread of the process: a migration of its pages in
+flight goes on without them, as exit's teardown waits for it),
+``swapoff {}``, ``swapon {if_off=false}``
 (``if_off``: only if swap is off, as a dump's swapon after a swapoff that
 may go otherwise in the replay than in the run).
 A forked child gets the next pid and its parent's mappings.
@@ -49,12 +52,13 @@ OPS: dict[str, dict[str, type | tuple]] = {
     "reclaim": {"node": int, "pages": int},
     "fork": {"pid": int},
     "exit": {"pid": int},
+    "munmap": {"pid": int, "mapping": int},
     "swapoff": {},
     "swapon": {"if_off": bool},
 }
 REQUIRED = {"fault": ("pid", "page"), "access": ("pid", "page"), "gup_write": ("pid", "page"), "move_pages": ("pid", "pages", "node"),
             "migrate_pages": ("pid", "from", "to"), "reclaim": ("node", "pages"), "fork": ("pid",),
-            "exit": ("pid",), "swapoff": (), "swapon": ()}
+            "exit": ("pid",), "munmap": ("pid",), "swapoff": (), "swapon": ()}
 
 
 class ScenarioError(ValueError):
@@ -161,16 +165,23 @@ class World:
             vpns = np.array([base + p for p in a["pages"]], dtype=np.int64)
             nodes = np.full(len(vpns), a["node"], dtype=np.int64)
             flags = move_pages.MPOL_MF_MOVE_ALL if a.get("move_all", True) else move_pages.MPOL_MF_MOVE
-            return move_pages.do_pages_move(k, mm, vpns, nodes, flags)
+            return process.mm_held(k, mm, move_pages.do_pages_move(k, mm, vpns, nodes, flags))
         if op.kind == "migrate_pages":
             mm, mapping, old = self.m.migrate_pages_args(pid, a["from"], a["to"])
-            return move_pages.do_migrate_pages(k, mm, mapping, True, old) if mapping else _value(0)
+            return process.mm_held(k, mm, move_pages.do_migrate_pages(k, mm, mapping, True, old)) if mapping \
+                else _value(0)
         if op.kind == "reclaim":
             return reclaim.shrink_node(k, a["node"], a["pages"])
         if op.kind == "fork":
             return self._fork(pid, a.get("child"))
         if op.kind == "exit":
             return process.exit_mm(k, self.mm(pid))
+        if op.kind == "munmap":
+            mm = self.mm(pid)
+            vma = mm.find_vma(self.maps[pid][a.get("mapping", 0)] >> k.page_shift)
+            if vma is None:         # gone already: munmap of nothing succeeds
+                return _value(None)
+            return _one_step(k.node_owner(mm.node), process.munmap_step, k, mm, vma.start, vma.npages)
         if op.kind == "swapoff":
             return swapfile.swapoff(k)
         if op.kind == "swapon":
@@ -230,17 +241,19 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
     refuse: ENODEV). Whether it still exists when the operation runs is
     the race's business: an operation that starts after the process exited
     fails with ESRCH (which ``may_fail`` can allow). But a process's own
-    accesses never race its exit (its mm lives until they end), so a task
-    may not exit a process another task accesses."""
+    accesses and forks never race its exit or its munmap (they hold its
+    mmap_lock throughout, or are its own threads, which exit stops first), so
+    a task may not exit or munmap a process another task accesses or forks."""
     for i, t in enumerate(tasks):
-        for pid in {op.args["pid"] for op in t.ops if op.kind == "exit"}:
+        for pid, kind in {(op.args["pid"], op.kind) for op in t.ops if op.kind in ("exit", "munmap")}:
             for j, other in enumerate(tasks):
                 hit = next((n for n, op in enumerate(other.ops) if j != i and op.args.get("pid") == pid
-                            and op.kind in ("fault", "access", "gup_write")), None)
+                            and op.kind in ("fault", "access", "gup_write", "fork")), None)
                 if hit is not None:
                     raise ScenarioError(f"{path}: task[{j}].ops[{hit}]: {other.ops[hit].kind} of process {pid}, "
-                                        f"which task[{i}] exits: a process's own accesses cannot race its exit "
-                                        "(exit_mmap waits for them); make them one task, in order")
+                                        f"which task[{i}] {'exits' if kind == 'exit' else 'unmaps'}: a process's "
+                                        f"own accesses and forks cannot race its {kind} (they hold its mmap_lock, "
+                                        "or exit stops them first); make them one task, in order")
     ops = [(f"setup[{i}]", op) for i, op in enumerate(setup)] + \
         [(f"task[{i}].ops[{j}]", op) for i, t in enumerate(tasks) for j, op in enumerate(t.ops)]
     forks = sum(op.kind == "fork" for _, op in ops)
@@ -254,13 +267,13 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
             if not 1 <= pid <= npids:
                 raise ScenarioError(f"{path}: {key}.pid: no process {pid} (the processes are 1..{len(procs)}"
                                     + (f", and {forks} fork children after them" if forks else "") + ")")
-        if op.kind in ("fault", "access", "gup_write", "move_pages"):
+        if op.kind in ("fault", "access", "gup_write", "move_pages", "munmap"):
             maps = procs[pid - 1].get("mappings", []) if pid <= len(procs) else None
             m = a.get("mapping", 0)
             if not 0 <= m < (len(maps) if maps is not None else widest):
                 raise ScenarioError(f"{path}: {key}.mapping: process {pid} has no mapping {m}")
             pages = maps[m]["pages"] if maps is not None else None
-            first = a["pages"] if op.kind == "move_pages" else [a["page"]]
+            first = a["pages"] if op.kind == "move_pages" else [a.get("page", 0)]
             last = [p + a.get("npages", 1) - 1 for p in first]
             if op.kind in ("fault", "access") and a.get("npages", 1) < 1:
                 raise ScenarioError(f"{path}: {key}.npages: must be at least 1")

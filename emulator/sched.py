@@ -4,7 +4,8 @@ Rules:
 - An operation is an ``async def`` coroutine. It never touches state itself:
   every change happens inside a *step*, a plain synchronous function that it
   asks for with ``await call(owner, fn, *args)``. A step is a critical section:
-  nothing else runs while it runs.
+  nothing else runs while it runs. (One exception: a syscall's reference on
+  the mm it works on, counted around its steps: process.mm_held.)
 - Every await is a preemption point: the place where the kernel drops a lock
   or sleeps. A driver decides what runs at each of them. The inline driver
   (here) runs one operation to completion; the explorer and the Ray runtime

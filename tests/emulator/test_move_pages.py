@@ -448,10 +448,52 @@ def test_a_page_freed_while_isolated_counts_as_migrated_but_moves_nowhere(policy
     fill(m, pid, a, 4)
     k = m.k
     vpns = (a >> k.page_shift) + np.arange(4)
-    # the process exits after the pages were isolated, before they are locked
-    st = step_through(do_pages_move(k, k.mms[pid], vpns, np.full(4, 1), MPOL_MF_MOVE_ALL), lambda: m.exit(pid))
+    # a thread of the process unmaps them after they were isolated, before they are locked
+    st = step_through(do_pages_move(k, k.mms[pid], vpns, np.full(4, 1), MPOL_MF_MOVE_ALL),
+                      lambda: m.munmap(pid, a, 4))
     assert st.tolist() == [1] * 4
     vm = m.vmstat()
     assert (vm["pgmigrate_success"], vm["migrate_in"], vm["migrate_out"]) == (4, 0, 0)
     assert [row["used"] for row in m.node_info()] == [0, 0]
+    m.check()
+
+
+@pytest.mark.parametrize("call", ["move_pages", "migrate_pages"])
+def test_an_exit_during_a_migration_waits_for_it_to_let_go_of_the_mm(policy, call):
+    """kernel_move_pages() and kernel_migrate_pages() hold the mm (get_task_mm()
+    ... mmput()): the process exiting meanwhile is gone at once (ESRCH), but
+    exit_mmap() waits for the syscall's mmput(), so every page still moves and
+    only then is the memory freed."""
+    import numpy as np
+
+    from emulator.move_pages import MPOL_MF_MOVE_ALL, do_migrate_pages, do_pages_move
+    from emulator.process import mm_held
+    m = make(policy=policy, nodes=2, frames=32, swap=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 4)
+    fill(m, pid, a, 4)
+    k = m.k
+    mm = k.mms[pid]
+    op = (do_pages_move(k, mm, (a >> k.page_shift) + np.arange(4), np.full(4, 1), MPOL_MF_MOVE_ALL)
+          if call == "move_pages" else do_migrate_pages(k, mm, {0: 1}, True, [0]))
+    seen = []
+
+    def exit_now():
+        m.exit(pid)
+        seen.append((pid in m.processes(), [r["used"] for r in m.node_info()]))
+        raises_errno(errno.ESRCH, m.move_pages, pid, [a])
+    out = step_through(mm_held(k, mm, op), exit_now)
+    assert seen == [(False, [4, 0])]            # gone, but its pages still there
+    assert (out.tolist() == [1] * 4) if call == "move_pages" else out == 0
+    vm = m.vmstat()
+    assert vm["pgmigrate_success"] == vm["migrate_in"] == 4
+    assert [r["used"] for r in m.node_info()] == [0, 0] and pid not in k.mms
+    m.check()
+
+
+def test_an_exit_after_the_migration_tears_down_at_once(policy):
+    m, pid, a, _ = setup(policy)
+    assert m.move_pages(pid, pages_of(m, a, 4), [1] * 4) == [1] * 4
+    m.exit(pid)
+    assert pid not in m.k.mms and [r["used"] for r in m.node_info()] == [0, 0]
     m.check()

@@ -130,6 +130,10 @@ def test_token_rejects_garbage_and_changed_files(tmp_path):
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='reclaim', node=5, pages=1}]\n", "task[0].ops[0].node: no node 5"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='exit', pid=1}]\n"
      "[[task]]\nops=[{op='swapon'}, {op='fault', pid=1, page=0}]\n", "task[1].ops[1]: fault of process 1, which task[0] exits"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='munmap', pid=1}]\n"
+     "[[task]]\nops=[{op='fork', pid=1}]\n", "task[1].ops[0]: fork of process 1, which task[0] unmaps"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='munmap', pid=1, mapping=2}]\n",
+     "task[0].ops[0].mapping: process 1 has no mapping 2"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fial=[]\n", "expect: the only key is may_fail"),
 ])
 def test_scenario_errors_name_file_and_key(tmp_path, text, key):
@@ -160,6 +164,40 @@ def test_every_operation_on_an_exited_process_is_esrch(tmp_path, op):
     assert out is not None and out.violation == "operation failed" and "no such process: 2" in out.detail
     clean, _ = X.explore_dfs(load(write(tmp_path, text + "[expect]\nmay_fail=['ESRCH']\n", "ok.toml")), bound=0)
     assert clean is None
+
+
+@pytest.mark.parametrize("op", ["{op='move_pages', pid=1, pages=[0, 1, 2], node=1}",
+                                "{op='migrate_pages', pid=1, from=[0], to=[1]}"])
+def test_an_exit_racing_a_migration_of_its_own_pages_waits_for_it(tmp_path, op):
+    """The migration holds the mm (get_task_mm): in every interleaving each of
+    its pages moves, and the exit's teardown happens when it lets go; an
+    munmap (a thread of the process) does take the pages away under it."""
+    text = ("[machine]\nnodes = 2\nframes_per_node = 8\npolicy = 'migcache'\n[[process]]\nmappings=[{pages=3}]\n"
+            f"[[task]]\nops=[{op}]\n[[task]]\nops=[{{op='exit', pid=1}}]\n")
+    sc = load(write(tmp_path, text, "race.toml"))
+    results = []
+    out, st = X.explore_dfs(sc, bound=2)
+    assert out is None and st.schedules > 3
+    for sched in range(3):      # the exit after the migration's first, second and third step
+        w = sc.fresh()
+        mig = w.start(sc.tasks[0].ops[0])
+        value, n = None, 0
+        while True:
+            try:
+                req = mig.send(value)
+            except StopIteration as stop:
+                results.append(stop.value)
+                break
+            value = req.fn(*req.args)
+            n += 1
+            if n == sched + 1:
+                w.m._run(w.start(sc.tasks[1].ops[0]))
+                assert 1 in w.m.k.mms and w.m.k.mms[1].exited       # gone, memory held
+        assert 1 not in w.m.k.mms and [r["used"] for r in w.m.node_info()] == [0, 0]
+        w.m.check()
+    assert all((r.tolist() == [1, 1, 1]) if "move_pages" in op else r == 0 for r in results), results
+    mun = load(write(tmp_path, text.replace("op='exit', pid=1", "op='munmap', pid=1"), "munmap.toml"))
+    assert X.explore_dfs(mun, bound=2)[0] is None
 
 
 def test_migrate_pages_to_a_node_not_online_is_einval_and_a_page_past_the_mapping_efault(tmp_path):

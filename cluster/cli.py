@@ -1,6 +1,6 @@
 """The ``numaemu`` command line.
 
-    numaemu run SCENARIO [--backend local|ray] [--json PATH] [--metrics-port N ...]
+    numaemu run SCENARIO [--backend local|ray] [--set KEY=VALUE ...] [--json PATH] [--metrics-port N ...]
     numaemu explore SCENARIO [--bug NAME] [--mode dfs|random|pct] [--bound N] ...
     numaemu explore --list-bugs
     numaemu replay TOKEN
@@ -57,13 +57,16 @@ def main() -> None:
                    "[default: [run] check_every, else operations/20]")
 @click.option("--bug", "bugs", multiple=True, metavar="NAME",
               help="turn a bug injection on in the model (repeatable; numaemu explore --list-bugs names them)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a value of the scenario file (repeatable): a dotted key, a TOML value "
+                   "(machine.policy=migentry, run.operations=20000, workload.0.pages=512)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
 @click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
               help="also write PNG plots (memory, migrations, swap, latency) and an index.html into DIR")
 @metrics_options
 def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
-        bugs: tuple[str, ...], json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
+        bugs: tuple[str, ...], sets: tuple[str, ...], json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
         hold: float, run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
     if backend == "local" and address:
@@ -73,7 +76,7 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         if b not in BUGS:
             _fail(f"--bug {b}: unknown bug injection (known: {', '.join(BUGS)})", 2)
     try:
-        spec = load_scenario(scenario)
+        spec = load_scenario(scenario, overrides=sets)
     except ScenarioError as exc:
         _fail(str(exc), 2)
     if check_every and not (stress or spec.run.stress):

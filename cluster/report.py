@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .scenario import with_overrides
+
 # (summary field, column header)
 COLUMNS = (
     ("frames", "frames"),
@@ -97,7 +99,7 @@ def _ops_done(summary: dict[str, Any]) -> str:
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
-    console.print(f"{summary['scenario']}: policy {summary['policy']}, payload {summary['payload']}, "
+    console.print(f"{with_overrides(summary['scenario'], summary.get('overrides', []))}: policy {summary['policy']}, payload {summary['payload']}, "
                   f"{_ops_done(summary)} operations, {summary['processes']} processes, "
                   f"{summary['migration_events']} migrations, {summary['elapsed_s']:.2f}s", markup=False, soft_wrap=True)
     for line in summary.get("warnings", []):

@@ -34,7 +34,7 @@ from .coordinator import Coordinator, CoordMachine, FrozenMachine
 from .dataplane import overcommitted
 from .node import NodeActor
 from .runner_local import LocalRun
-from .scenario import Scenario
+from .scenario import Scenario, with_overrides
 from .summary import collect_summary
 from .timeline import Timeline
 
@@ -539,7 +539,7 @@ class RayRun:
         d = Path(self.dump_dir or ".")
         d.mkdir(parents=True, exist_ok=True)
         path = d / f"numaemu-dump-{self.run_id}.msgpack"
-        blob = self.ray.get(self.coord.dump.remote(self.details, self.scenario.path, until_exit))
+        blob = self.ray.get(self.coord.dump.remote(self.details, with_overrides(self.scenario.path, self.scenario.overrides), until_exit))
         path.write_bytes(msgpack.packb(blob, use_bin_type=True))
         self.dump_path = path
 

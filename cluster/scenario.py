@@ -146,10 +146,16 @@ class Scenario(_Strict):
 
     _path: str = PrivateAttr("<scenario>")
     _machine: Any = PrivateAttr(None)
+    _overrides: tuple[str, ...] = PrivateAttr(())
 
     @property
     def path(self) -> str:
         return self._path
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``--set KEY=VALUE`` this run changed the file's values with."""
+        return self._overrides
 
     def take_machine(self):
         """The machine this scenario describes.
@@ -327,8 +333,54 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: b
     return scenario
 
 
-def load_scenario(path: str | Path, *, machine: bool = True) -> Scenario:
-    """Read, parse and validate a scenario file.  Raises ScenarioError."""
+def with_overrides(path: str, overrides) -> str:
+    """How a run names its scenario: the file and the --set it changed it with."""
+    return path + "".join(f" --set {o}" for o in overrides)
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str] | tuple[str, ...], path: str) -> None:
+    """``--set KEY=VALUE`` on the parsed file, before it is validated: KEY is
+    dotted (``machine.policy``, ``run.operations``, ``workload.0.pages``: an
+    array of tables takes an index), VALUE a TOML value, a bare word being a
+    string (``machine.policy=migentry``). So one file serves a comparison of
+    designs or sizes without copies that drift apart."""
+    for item in sets:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        where = f"--set {item}"
+        if not eq or not key:
+            raise ScenarioError(f"{path}: {where}: expected KEY=VALUE (for example machine.policy=migentry)",
+                                file=path, key=key, problem="expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()        # a bare word: a string
+        parts = key.split(".")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            here = ".".join(parts[:i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    problem = f"{here}: no such entry ({parts[i - 1]} has {len(node)}: 0..{len(node) - 1})"
+                    raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+                if isinstance(node, list) and (i + 1 >= len(parts) - 1 or not parts[i + 1].isdigit()):
+                    problem = f"{here} is an array of tables: name an entry ({here}.0.KEY)"
+                    raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+            else:
+                problem = f"{here} is a value, not a table"
+                raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+        if not isinstance(node, dict):
+            problem = f"{'.'.join(parts[:-1])} is not a table"
+            raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+        node[parts[-1]] = value
+
+
+def load_scenario(path: str | Path, *, machine: bool = True, overrides: tuple[str, ...] = ()) -> Scenario:
+    """Read, parse and validate a scenario file, with ``overrides``
+    (apply_overrides) applied first.  Raises ScenarioError."""
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -342,4 +394,16 @@ def load_scenario(path: str | Path, *, machine: bool = True) -> Scenario:
         raise ScenarioError(f"{name}: {problem}", file=name, problem=problem) from None
     except tomllib.TOMLDecodeError as exc:
         raise _from_toml_error(name, exc) from None
-    return parse_scenario(data, name, machine=machine)
+    apply_overrides(data, overrides, name)
+    try:
+        scenario = parse_scenario(data, name, machine=machine)
+    except ScenarioError as exc:
+        bad = exc.key.replace("[", ".").replace("]", "")
+        mine = [o for o in overrides if bad and any(
+            a == b or a.startswith(b + ".") for a, b in ((o.partition("=")[0].strip(), bad), (bad, o.partition("=")[0].strip())))]
+        if mine:
+            raise ScenarioError(f"{exc} (with --set {mine[-1]})", file=exc.file, key=exc.key,
+                                problem=exc.problem) from None
+        raise
+    scenario._overrides = tuple(overrides)
+    return scenario

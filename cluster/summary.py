@@ -3,7 +3,7 @@
 The summary is a plain JSON-able dict::
 
     {
-      "scenario": "examples/quickstart.toml", "backend": "local",
+      "scenario": "examples/quickstart.toml", "overrides": ["machine.policy=migentry"], "backend": "local",
       "policy": "migcache", "payload": "token", "operations": 2000, "seed": 1,
       "processes": 5, "migration_events": 40, "elapsed_s": 0.8,
       "nodes": [ {"node": 0, "frames": 4096, "used": ..., "free": ...,
@@ -104,6 +104,7 @@ def collect_summary(
     totals["vmstat"] = _ints(m.vmstat())
     summary = {
         "scenario": scenario.path,
+        "overrides": list(scenario.overrides),
         "backend": backend,
         "policy": str(m.policy),
         "payload": str(m.payload),

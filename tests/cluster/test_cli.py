@@ -106,6 +106,20 @@ def test_json_into_a_missing_directory_creates_it(tmp_path):
     assert json.loads(out.read_text())["violations"] == 0
 
 
+def test_set_overrides_the_scenario_and_the_summary_says_so(tmp_path):
+    out = tmp_path / "out.json"
+    result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--json", str(out),
+                                    "--set", "machine.policy=swapcache", "--set", "run.operations=150"])
+    assert result.exit_code == 0, result.stderr
+    s = json.loads(out.read_text())
+    assert (s["policy"], s["operations"], s["overrides"]) == ("swapcache", 150,
+                                                              ["machine.policy=swapcache", "run.operations=150"])
+    assert result.stdout.startswith(f"{REPO / QUICKSTART} --set machine.policy=swapcache --set run.operations=150: "
+                                    "policy swapcache")
+    bad = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--set", "machine.nodes=0"])
+    assert bad.exit_code == 2 and "(with --set machine.nodes=0)" in bad.stderr and bad.stdout == ""
+
+
 def test_json_under_a_file_is_refused_before_running(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     out = tmp_path / "file" / "out.json"

@@ -263,3 +263,31 @@ def test_valid_file_builds_its_machine_once(tmp_path):
     assert m.swap_info()["slots"] == 512
     m2 = s.take_machine()
     assert m2 is not m and m2.nr_nodes == 2
+
+
+# -- --set KEY=VALUE ------------------------------------------------------------
+
+def test_overrides_change_values_of_every_kind_and_are_recorded(tmp_path):
+    sets = ("machine.policy=migcache", "run.operations=25", "workload.1.pattern=sequential",
+            "workload.0.write_ratio=0.25", "reclaim.every=5", 'machine.payload="bytes"', "run.stress=true")
+    s = load_scenario(write(tmp_path, GOOD), machine=False, overrides=sets)
+    assert (s.machine.policy, s.run.operations, s.workload[1].pattern) == ("migcache", 25, "sequential")
+    assert (s.workload[0].write_ratio, s.reclaim.every, s.machine.payload, s.run.stress) == (0.25, 5, "bytes", True)
+    assert s.overrides == sets
+    assert load_scenario(write(tmp_path, GOOD), machine=False).overrides == ()
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("machine.policy=lru", "machine.policy: must be one of swapcache, migcache, migentry (got 'lru') "
+                           "(with --set machine.policy=lru)"),
+    ("run.operations=many", "run.operations: must be an integer, not a string ('many') (with --set run.operations=many)"),
+    ("workload.2.pages=8", "--set workload.2.pages=8: workload.2: no such entry (workload has 2: 0..1)"),
+    ("workload.pages=8", "--set workload.pages=8: workload is an array of tables: name an entry (workload.0.KEY)"),
+    ("run.operations.x=1", "--set run.operations.x=1: run.operations is not a table"),
+    ("run.operations", "--set run.operations: expected KEY=VALUE"),
+    ("machine.colour=1", "machine.colour: unknown key (with --set machine.colour=1)"),
+])
+def test_a_bad_override_names_itself(tmp_path, item, expected):
+    path = write(tmp_path, GOOD)
+    err = error_of(path, overrides=(item,))
+    assert str(err).startswith(f"{path}: {expected}"), str(err)

@@ -20,7 +20,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray_procs import stop_ray
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "kuberay" / "rayjob.yaml"
@@ -61,51 +61,6 @@ def _jobs_api_missing() -> str | None:
     return None if err is None else str(err)
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    out = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            out[int(d)] = (ppid, cmd)
-    return out
-
-
-def _stop_head(temp_dir: str, gcs_port: int) -> None:
-    """SIGTERM, then SIGKILL, to this head's processes (their command lines name
-    its temp dir or GCS port; `ray start` daemonises them) and their children."""
-    procs = _processes()
-    mark = re.compile(rf"{re.escape(temp_dir)}|:{gcs_port}\b")
-    ours = {pid for pid, (_, cmd) in procs.items() if mark.search(cmd)} - {os.getpid()}
-    while True:
-        more = {pid for pid, (ppid, _) in procs.items() if ppid in ours} - ours - {os.getpid()}
-        if not more:
-            break
-        ours |= more
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 2
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(map(_alive, ours)):
-            time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def head():
     """`ray start --head` with its own ports, temp dir and token; PYTHONPATH
@@ -128,7 +83,7 @@ def head():
         yield {"env": env, "gcs": f"127.0.0.1:{gcs}", "client": f"ray://127.0.0.1:{client}",
                "dashboard": f"http://127.0.0.1:{dashboard}" if jobs else None, "cwd": temp_dir}
     finally:
-        _stop_head(temp_dir, gcs)
+        stop_ray(temp_dir, gcs)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -714,6 +714,36 @@ def test_mbind_default_accepts_a_range_with_holes():
     assert where(m, pid, a) == [0]
 
 
+def test_mbind_move_all_needs_privilege():
+    """do_mbind(): MPOL_MF_MOVE_ALL without CAP_SYS_NICE is EPERM, after the
+    mode and the nodemask (kernel_mbind() reads them first) and the flags'
+    EINVAL, before the start's alignment and the range; nothing moves and the
+    range keeps its policy. MPOL_MF_MOVE needs no privilege."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+    m = make(nodes=2, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 2)
+    gone = unmapped_addr(m, pid, 2)
+
+    def unprivileged(addr, mode="bind", nodes=(1,), flags=MPOL_MF_MOVE_ALL):
+        m.mbind(pid, addr, 2, mode, list(nodes), flags=flags, privileged=False)
+    raises_errno(errno.EPERM, unprivileged, a)
+    raises_errno(errno.EPERM, unprivileged, a + 1)          # the alignment is checked after
+    raises_errno(errno.EPERM, unprivileged, gone)           # and the range after that
+    raises_errno(errno.EINVAL, unprivileged, a, flags=MPOL_MF_MOVE_ALL | 1 << 3)
+    raises_errno(errno.EINVAL, unprivileged, a, mode="nope")
+    raises_errno(errno.EINVAL, unprivileged, a, nodes=(-1,))
+    assert where(m, pid, a, 2) == [0, 0]
+    m.touch(pid, a + 2 * m.page_size, 1)
+    assert where(m, pid, a + 2 * m.page_size) == [0]       # no policy: the new page went local
+    unprivileged(a, flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 2) == [1, 1]
+    m.mbind(pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE_ALL, privileged=True)
+    assert where(m, pid, a, 3) == [1, 1, 1]
+    m.check()
+
+
 def test_mbind_strict_without_move_fails_on_a_misplaced_page():
     """MPOL_MF_STRICT alone: a page already on a node outside the mask is EIO,
     before the range gets the policy; none misplaced, it succeeds. Default

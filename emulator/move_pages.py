@@ -22,8 +22,10 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays), one source node at a time in
   6.1's order (migrate_order), queueing each node's pages just before they
-  move, and returns the number of pages that could not be moved; ENOMEM as
-  above, ending the call at the node that ran out.
+  move, and returns the number of pages queued that could not be moved (a
+  page it could not queue, shared without MOVE_ALL or under another
+  migration, is skipped, not counted); ENOMEM as above, ending the call at
+  the node that ran out.
 - mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
   node outside the caller's nodemask as the new policy allocates them
   (new_page()); MPOL_MF_STRICT: see do_mbind().
@@ -362,10 +364,12 @@ def nodes_remap(old: list[int], new: list[int]) -> dict[int, int]:
     return {s: w[i % len(w)] for i, s in enumerate(o) if len(o) == len(w) or s not in w}
 
 
-def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
-    """queue_pages_range(): isolate every present page on a source node."""
+def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool) -> list:
+    """queue_pages_range() of migrate_to_node(): isolate every present page on a
+    source node, as (dest, Batch). No MPOL_MF_STRICT there, so migrate_page_add()
+    skips a page it cannot isolate (under another migration) silently: it is
+    not one of the pages not moved that migrate_pages(2) returns."""
     groups: dict[tuple[int, int], list] = {}
-    busy = 0
     for vma in mm.vmas:
         ptes = vma.pte
         pres = np.flatnonzero((ptes & P.PRESENT) != 0)
@@ -383,15 +387,13 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
             pf = g[sel] & P.PFN_MASK
             if not move_all:
                 pf = pf[fr.mapcount[pf] == 1]
-            ok = isolate_step(k, s, pf)
-            busy += int((~ok).sum())
-            pf = pf[ok]
+            pf = pf[isolate_step(k, s, pf)]
             if len(pf):
                 groups.setdefault((s, d), []).append(pf)
     out = []
     for (s, d), parts in groups.items():
         out.append((d, _batch(k, s, np.concatenate(parts))))
-    return out, busy
+    return out
 
 
 def migrate_order(sources: list[int], mapping: dict[int, int]) -> list[tuple[int, int]]:
@@ -422,8 +424,7 @@ async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool,
     they move (migrate_to_node())."""
     left = 0
     for s, d in migrate_order(sources or list(mapping), mapping):
-        batches, busy = await call(k.node_owner(mm.node), collect_process_step, k, mm, {s: d}, move_all)
-        left += busy
+        batches = await call(k.node_owner(mm.node), collect_process_step, k, mm, {s: d}, move_all)
         for _, b in batches:
             failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
             if failed < 0:

@@ -114,8 +114,9 @@ class Machine:
         """mbind(2) on the process's own range, as do_mbind() in Linux 6.1: flags
         MPOL_MF_STRICT, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL (see move_pages.do_mbind).
         EINVAL and EPERM (MOVE_ALL without CAP_SYS_NICE: ``privileged``) before
-        EFAULT (a hole in the range, but for MPOL_DEFAULT: a range with no
-        mapping at all); EIO from MPOL_MF_STRICT."""
+        EFAULT (a hole in the range, met as 6.1's walk meets it, after the
+        pages before it: see move_pages.mbind_step; for MPOL_DEFAULT only a
+        range with no mapping at all); EIO from MPOL_MF_STRICT."""
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range

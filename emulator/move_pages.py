@@ -28,7 +28,9 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   the node that ran out.
 - mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
   node outside the caller's nodemask as the new policy allocates them
-  (new_page()); MPOL_MF_STRICT: see do_mbind().
+  (new_page()); MPOL_MF_STRICT: see do_mbind(). A hole in the range (but for
+  MPOL_DEFAULT) is EFAULT where 6.1's walk meets it, vma by vma (hole_at()),
+  after the pages of the vmas before it were looked at.
 """
 from __future__ import annotations
 
@@ -485,14 +487,38 @@ def queue_pages(k, ranges, nmask: tuple[int, ...], flags: int):
     return _isolate(k, np.arange(len(g)), g), unmovable
 
 
+def hole_at(ranges, vpn: int, npages: int) -> int:
+    """queue_pages_test_walk() without MPOL_MF_DISCONTIG_OK: the index of the
+    first vma of the range at which the walk meets a hole (-EFAULT, before
+    that vma's pages): a hole at the head, met at the first vma, or one
+    after a vma that ends before the range does; len(ranges) if none."""
+    end = vpn + npages
+    for i, (vma, lo, _) in enumerate(ranges):
+        if i == 0 and vma.start + lo > vpn:
+            return 0
+        if vma.end < end and (i + 1 == len(ranges) or ranges[i + 1][0].start > vma.end):
+            return i
+    return len(ranges)
+
+
 def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):
     """do_mbind() under mmap_write_lock: queue the pages to move (queue_pages()),
     then give the range its policy (mbind_range(), splitting vmas; default is no
     vma policy: the task's applies). With MPOL_DEFAULT a range may have holes
-    (MPOL_MF_DISCONTIG_OK), not be all one."""
+    (MPOL_MF_DISCONTIG_OK), not be all one. Otherwise the walk meets a hole
+    vma by vma (hole_at()): the pages of the vmas before it are looked at
+    first (EIO from STRICT alone; an unisolatable page under STRICT ends the
+    walk before the hole); then EFAULT, the pages queued put back, the policy
+    not set. No page of the range mapped is EFAULT in every mode."""
     from .process import split_vma
-    ranges = mm.ranges(vpn, npages, holes=pol.mode == MPOL_DEFAULT)
-    batches, unmovable = queue_pages(k, ranges, nmask, flags)
+    ranges = mm.ranges(vpn, npages, holes=True)
+    hole = len(ranges) if pol.mode == MPOL_DEFAULT else hole_at(ranges, vpn, npages)
+    batches, unmovable = queue_pages(k, ranges[:hole], nmask, flags)
+    if hole < len(ranges) and not unmovable:
+        for _, b in batches:
+            k.putback(b.node, b.pfns)       # do_mbind()'s up_out: putback_movable_pages()
+        raise OSError(errno.EFAULT, f"mbind: pid {mm.pid}: {vpn << k.page_shift:#x} +{npages} pages: "
+                                    f"a hole in the range, met at {ranges[hole][0]!r}")
     for vma, lo, hi in ranges:
         if lo > 0:
             vma = split_vma(k, vma, lo)

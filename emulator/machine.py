@@ -110,16 +110,20 @@ class Machine:
         mm.policy = make_policy(mode, nodes, self.nr_nodes)
 
     def mbind(self, pid: int, addr: int, npages: int, mode, nodes: Sequence[int] | None = None,
-              flags: int = 0) -> None:
+              flags: int = 0, *, privileged: bool = True) -> None:
         """mbind(2) on the process's own range, as do_mbind() in Linux 6.1: flags
         MPOL_MF_STRICT, MPOL_MF_MOVE, MPOL_MF_MOVE_ALL (see move_pages.do_mbind).
-        EINVAL before EFAULT (a hole in the range, but for MPOL_DEFAULT: a
+        EINVAL and EPERM (MOVE_ALL without CAP_SYS_NICE: ``privileged``) before
+        EFAULT (a hole in the range, met as 6.1's walk meets it, after the
+        pages before it: see move_pages.mbind_step; for MPOL_DEFAULT only a
         range with no mapping at all); EIO from MPOL_MF_STRICT."""
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range
         if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~MPOL_MF_VALID:
             raise OSError(errno.EINVAL, f"mbind: unknown flags {flags!r}")
+        if flags & MPOL_MF_MOVE_ALL and not privileged:     # do_mbind(): before the start's alignment
+            raise OSError(errno.EPERM, "mbind: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE")
         if addr % self.page_size:
             raise OSError(errno.EINVAL, f"mbind: address {addr:#x} is not page aligned")
         if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:

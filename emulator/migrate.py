@@ -10,7 +10,8 @@ MIGRATE_PASSES; the kernel's 3 async + 7 sync). Each pass:
    add_to_migration_cache; `migentry`: nothing;
 3. pin each anon_vma (R2), then unmap every pte to the migration pte;
 4. allocate the targets on the destination node (mbind: each page where its
-   new policy places it, with the zonelist's fallback); short, reclaim there
+   new policy places it, with the zonelist's fallback, or where 6.1's
+   allocation in address order would: ByPolicy.plan); short, reclaim there
    and retry; still short: `migentry` remaps the pages where they were and
    gives up, as migrate_pages() returns -ENOMEM at the first page it cannot
    allocate for (no later pass, the caller fails the whole call);
@@ -31,7 +32,7 @@ Undo (a failed freeze) is step 6 towards the old page, then out of the cache.
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from .fault import lock_step, unlock_pages
 from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache
 from .kernel import distinct, keep, split_nodes
 from .mm import MM, Mempolicy
-from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_policy
+from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_planned, alloc_policy
 from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
 from .sched import call
 from .swap_state import add_to_migcache, add_to_swap, delete_from_swap_cache, pageout
@@ -221,14 +222,27 @@ async def _undo(k, avs, b: Batch, entries, added) -> None:
 class ByPolicy:
     """Where mbind()'s new pages come from (new_page(), alloc_pages_vma()): as
     the task mm allocates under policy pol, each page on its own intended node
-    (interleave by its offset), falling back along the zonelist."""
+    (interleave by its offset), falling back along the zonelist. ``plan``:
+    (vpns, sorted; node of each, -1 for none), the nodes 6.1 would give the
+    pages allocating them in address order, where that order matters
+    (move_pages._in_list_order); a page not in it allocates by the policy."""
     mm: MM
     pol: Mempolicy
+    plan: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
 
 
-def policy_alloc_step(k, mm: MM, pol: Mempolicy, vpns: np.ndarray) -> np.ndarray:
+def policy_alloc_step(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, plan=None) -> np.ndarray:
     """new_page() for each page: gpfn of its target frame, NOT_ALLOCATED where none."""
-    g = alloc_policy(k, mm, pol, vpns, zero=False)
+    if plan is None:
+        g = alloc_policy(k, mm, pol, vpns, zero=False)
+    else:
+        pv, pn = plan
+        i = np.minimum(np.searchsorted(pv, vpns), max(len(pv) - 1, 0))
+        nodes = np.where(pv[i] == vpns, pn[i], -2) if len(pv) else np.full(len(vpns), -2)
+        g = alloc_planned(k, mm, pol, vpns, nodes)
+        free = (g < 0) & (nodes != -1)      # not planned, or its node ran dry meanwhile
+        if free.any():
+            g[free] = alloc_policy(k, mm, pol, vpns[free], zero=False)
     for node, sel in split_nodes(g[g >= 0]):
         k.nodes[node].flags[g[g >= 0][sel] & P.PFN_MASK] = PG_anon | PG_locked | PG_isolated
     return g
@@ -241,11 +255,11 @@ async def alloc_new(k, sub: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarray:
     from .reclaim import direct_reclaim, shrink_node
     if isinstance(dst, ByPolicy):
         owner = k.node_owner(dst.mm.node)
-        new = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index)
+        new = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index, dst.plan)
         short = np.flatnonzero(new < 0)
         if len(short):
             await direct_reclaim(k, dst.mm, dst.pol, len(short))
-            new[short] = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index[short])
+            new[short] = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index[short], dst.plan)
         return new
     owner = k.node_owner(dst)
     pfns = await call(owner, alloc_step, k, dst, len(sub), cpu)

@@ -22,11 +22,20 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   the corresponding new node (nodes_remap; with sets of different sizes a
   source that is also a destination stays), one source node at a time in
   6.1's order (migrate_order), queueing each node's pages just before they
-  move, and returns the number of pages that could not be moved; ENOMEM as
-  above, ending the call at the node that ran out.
+  move, and returns the number of pages queued that could not be moved (a
+  page it could not queue, shared without MOVE_ALL or under another
+  migration, is skipped, not counted); ENOMEM as above, ending the call at
+  the node that ran out.
 - mbind() with MPOL_MF_MOVE(_ALL) moves the present pages of the range on a
   node outside the caller's nodemask as the new policy allocates them
-  (new_page()); MPOL_MF_STRICT: see do_mbind().
+  (new_page()), one list in address order: unless every page has room on
+  the node its policy intends (a batch per node then places them alike),
+  each goes where, and under migentry the call stops where, 6.1's
+  allocation page by page in that order would (_in_list_order(),
+  nodes_in_order()); that ENOMEM is an error of mbind's only under
+  MPOL_MF_STRICT (EIO: see do_mbind()). A hole in the range (but for
+  MPOL_DEFAULT) is EFAULT where 6.1's walk meets it, vma by vma (hole_at()),
+  after the pages of the vmas before it were looked at.
 """
 from __future__ import annotations
 
@@ -38,7 +47,8 @@ from . import pte as P
 from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
 from .migrate import MIGRATE_BATCH, ByPolicy, gave_up, isolate_step, migrate_batch, putback_step
-from .mm import MM, MPOL_DEFAULT, Mempolicy
+from .mm import MM, MPOL_DEFAULT, MPOL_INTERLEAVE, Mempolicy
+from .page_alloc import intended_nodes, nodes_in_order
 from .rmap import Batch
 from .sched import call
 
@@ -216,28 +226,46 @@ def room_step(k, node: int) -> int:
     return max(0, fr.nr_free - fr.wmark_min)
 
 
-async def _short_in_list_order(k, batches: list, target: int) -> list:
-    """6.1's migrate_pages() walks the list in the order named and, under
-    migentry, stops at the first page that finds no room even after reclaim:
-    which pages moved depends on that order, not on their nodes. With room
-    for all (after reclaiming the shortfall at once, as alloc_new() does for
-    a batch), a batch per node moves the same pages; otherwise the pages
-    that fit go first, a batch per node, then the first page named after
-    them alone (the one that runs out), then the rest."""
-    from .reclaim import shrink_node
-    owner = k.node_owner(target)
-    total = sum(len(b) for _, b in batches)
-    room = await call(owner, room_step, k, target)
-    if total <= room:
-        return batches
-    await shrink_node(k, target, total - room)
-    room = await call(owner, room_step, k, target)
-    if total <= room:
-        return batches
+async def _in_list_order(k, batches: list, target: int | ByPolicy) -> tuple[list, int | ByPolicy]:
+    """6.1's migrate_pages() walks the list in the order named (mbind's: address
+    order, new_page() allocating each page by the policy as it comes) and,
+    under migentry, stops at the first page that finds no frame even after
+    reclaim: which pages move, and where a policy's fallback puts them,
+    depend on that order, not on the pages' nodes. After reclaiming the
+    shortfall at once (as alloc_new() does for a batch): with room for all,
+    a batch per node moves the same pages (a policy's each to the node it
+    gets in list order: ByPolicy.plan, nodes_in_order()); otherwise the pages
+    that fit go first, a batch per node, then the first page after them
+    alone (the one that runs out; by a policy, planned to find none), then
+    the rest. Returns the batches and the target (a policy's with its plan)."""
+    from .reclaim import direct_reclaim, shrink_node
+    policy = isinstance(target, ByPolicy)
+    owner = k.node_owner(target.mm.node if policy else target)
     pos = np.concatenate([p for p, _ in batches])
+    order = np.argsort(pos, kind="stable")
+    vpns = np.concatenate([b.index for _, b in batches])[order] if policy else None
+    total = len(pos)
+
+    async def fit() -> tuple[int, np.ndarray | None]:
+        if not policy:
+            return await call(owner, room_step, k, target), None
+        nodes = await call(owner, nodes_in_order, k, target.mm, target.pol, vpns)
+        return int((nodes >= 0).sum()), nodes
+    room, nodes = await fit()
+    if room < total:
+        if policy:
+            await direct_reclaim(k, target.mm, target.pol, total - room)
+        else:
+            await shrink_node(k, target, total - room)
+        room, nodes = await fit()
+    if policy:
+        v, n = vpns[:room + 1], nodes[:room + 1]
+        s = np.argsort(v)
+        target = ByPolicy(target.mm, target.pol, (v[s], n[s]))
+    if total <= room:
+        return batches, target
     which = np.concatenate([np.full(len(p), i) for i, (p, _) in enumerate(batches)])
     idx = np.concatenate([np.arange(len(p)) for p, _ in batches])
-    order = np.argsort(pos, kind="stable")
 
     def per_node(sel: np.ndarray) -> list:
         """(positions, Batch) per node of the pages order[sel], in list order."""
@@ -246,8 +274,8 @@ async def _short_in_list_order(k, batches: list, target: int) -> list:
             mine = np.sort(order[sel][which[order[sel]] == i])
             out.append((pos[mine], batches[i][1].take(np.sort(idx[mine]))))
         return out
-    n = len(order)
-    return per_node(np.arange(room)) + per_node(np.arange(room, room + 1)) + per_node(np.arange(room + 1, n))
+    parts = per_node(np.arange(room)) + per_node(np.arange(room, room + 1)) + per_node(np.arange(room + 1, total))
+    return parts, target
 
 
 async def putback_batches(k, batches: list[Batch]) -> None:
@@ -258,13 +286,16 @@ async def putback_batches(k, batches: list[Batch]) -> None:
 
 
 async def migrate_isolated(k, batches, target: int | ByPolicy, cpu: int,
-                           status: np.ndarray | None = None) -> int:
-    """migrate_pages() of the queued pages; with status, store each one's node
-    (move_pages_and_store_status(): the target) or -errno. Returns how many did
-    not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
+                           status: np.ndarray | None = None, fits: bool = False) -> int:
+    """migrate_pages() of the queued pages, in list order where that matters
+    (_in_list_order(): several nodes' pages, or a policy's, which a batch
+    allocates grouped by node), unless the caller knows every page ``fits``
+    as it would one at a time; with status, store each one's node
+    (move_pages_and_store_status(): the target) or -errno. Returns how many
+    did not move, or -ENOMEM where it gave up (gave_up()), the rest put back."""
     batches = merge_batches(batches)
-    if len(batches) > 1 and not isinstance(target, ByPolicy):
-        batches = await _short_in_list_order(k, batches, target)
+    if not fits and (len(batches) > 1 or isinstance(target, ByPolicy)):
+        batches, target = await _in_list_order(k, batches, target)
     failed = 0
     for i, (pos, b) in enumerate(batches):
         for a in range(0, len(b), MIGRATE_BATCH):
@@ -362,10 +393,12 @@ def nodes_remap(old: list[int], new: list[int]) -> dict[int, int]:
     return {s: w[i % len(w)] for i, s in enumerate(o) if len(o) == len(w) or s not in w}
 
 
-def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
-    """queue_pages_range(): isolate every present page on a source node."""
+def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool) -> list:
+    """queue_pages_range() of migrate_to_node(): isolate every present page on a
+    source node, as (dest, Batch). No MPOL_MF_STRICT there, so migrate_page_add()
+    skips a page it cannot isolate (under another migration) silently: it is
+    not one of the pages not moved that migrate_pages(2) returns."""
     groups: dict[tuple[int, int], list] = {}
-    busy = 0
     for vma in mm.vmas:
         ptes = vma.pte
         pres = np.flatnonzero((ptes & P.PRESENT) != 0)
@@ -383,15 +416,13 @@ def collect_process_step(k, mm: MM, mapping: dict[int, int], move_all: bool):
             pf = g[sel] & P.PFN_MASK
             if not move_all:
                 pf = pf[fr.mapcount[pf] == 1]
-            ok = isolate_step(k, s, pf)
-            busy += int((~ok).sum())
-            pf = pf[ok]
+            pf = pf[isolate_step(k, s, pf)]
             if len(pf):
                 groups.setdefault((s, d), []).append(pf)
     out = []
     for (s, d), parts in groups.items():
         out.append((d, _batch(k, s, np.concatenate(parts))))
-    return out, busy
+    return out
 
 
 def migrate_order(sources: list[int], mapping: dict[int, int]) -> list[tuple[int, int]]:
@@ -422,8 +453,7 @@ async def do_migrate_pages(k, mm: MM, mapping: dict[int, int], move_all: bool,
     they move (migrate_to_node())."""
     left = 0
     for s, d in migrate_order(sources or list(mapping), mapping):
-        batches, busy = await call(k.node_owner(mm.node), collect_process_step, k, mm, {s: d}, move_all)
-        left += busy
+        batches = await call(k.node_owner(mm.node), collect_process_step, k, mm, {s: d}, move_all)
         for _, b in batches:
             failed = await migrate_isolated(k, [(np.arange(len(b)), b)], d, mm.node)
             if failed < 0:
@@ -484,14 +514,41 @@ def queue_pages(k, ranges, nmask: tuple[int, ...], flags: int):
     return _isolate(k, np.arange(len(g)), g), unmovable
 
 
-def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):
+def hole_at(ranges, vpn: int, npages: int) -> int:
+    """queue_pages_test_walk() without MPOL_MF_DISCONTIG_OK: the index of the
+    first vma of the range at which the walk meets a hole (-EFAULT, before
+    that vma's pages): a hole at the head, met at the first vma, or one
+    after a vma that ends before the range does; len(ranges) if none."""
+    end = vpn + npages
+    for i, (vma, lo, _) in enumerate(ranges):
+        if i == 0 and vma.start + lo > vpn:
+            return 0
+        if vma.end < end and (i + 1 == len(ranges) or ranges[i + 1][0].start > vma.end):
+            return i
+    return len(ranges)
+
+
+def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int,
+               dst: ByPolicy):
     """do_mbind() under mmap_write_lock: queue the pages to move (queue_pages()),
     then give the range its policy (mbind_range(), splitting vmas; default is no
     vma policy: the task's applies). With MPOL_DEFAULT a range may have holes
-    (MPOL_MF_DISCONTIG_OK), not be all one."""
+    (MPOL_MF_DISCONTIG_OK), not be all one. Otherwise the walk meets a hole
+    vma by vma (hole_at()): the pages of the vmas before it are looked at
+    first (EIO from STRICT alone; an unisolatable page under STRICT ends the
+    walk before the hole); then EFAULT, the pages queued put back, the policy
+    not set. No page of the range mapped is EFAULT in every mode. Returns the
+    queued pages (positions in address order, Batch) by node, whether one was
+    unmovable, and whether they fit as their policy intends (fits_intended())."""
     from .process import split_vma
-    ranges = mm.ranges(vpn, npages, holes=pol.mode == MPOL_DEFAULT)
-    batches, unmovable = queue_pages(k, ranges, nmask, flags)
+    ranges = mm.ranges(vpn, npages, holes=True)
+    hole = len(ranges) if pol.mode == MPOL_DEFAULT else hole_at(ranges, vpn, npages)
+    batches, unmovable = queue_pages(k, ranges[:hole], nmask, flags)
+    if hole < len(ranges) and not unmovable:
+        for _, b in batches:
+            k.putback(b.node, b.pfns)       # do_mbind()'s up_out: putback_movable_pages()
+        raise OSError(errno.EFAULT, f"mbind: pid {mm.pid}: {vpn << k.page_shift:#x} +{npages} pages: "
+                                    f"a hole in the range, met at {ranges[hole][0]!r}")
     for vma, lo, hi in ranges:
         if lo > 0:
             vma = split_vma(k, vma, lo)
@@ -499,7 +556,20 @@ def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[in
         if hi < vma.npages:
             split_vma(k, vma, hi)
         vma.policy = None if pol.mode == MPOL_DEFAULT else pol
-    return batches, unmovable
+    return batches, unmovable, bool(batches) and fits_intended(k, dst, batches)
+
+
+def fits_intended(k, dst: ByPolicy, batches: list) -> bool:
+    """Has every page room above low on the node its policy intends? Then none
+    falls back, so a batch per node places them as 6.1's new_page() one at a
+    time in address order would: migrate_isolated()'s batches stand."""
+    vpns = batches[0][1].index if len(batches) == 1 else np.concatenate([b.index for _, b in batches])
+    ns = dst.pol.nodes
+    if dst.pol.mode == MPOL_INTERLEAVE:      # by offset: intended_nodes()
+        need = dict(zip(ns, np.bincount(vpns % len(ns), minlength=len(ns)).tolist()))
+    else:                                   # one node for all
+        need = {int(intended_nodes(k, dst.mm, dst.pol, vpns[:1])[0][0]): len(vpns)}
+    return all(n <= k.nodes[z].nr_free - k.nodes[z].wmark_low for z, n in need.items())
 
 
 async def do_mbind(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...],
@@ -509,15 +579,18 @@ async def do_mbind(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tupl
     bind and preferred on their nodes, with the zonelist's fallback; default,
     the task's policy). EIO when a page could not be isolated under
     MPOL_MF_STRICT, or when, with STRICT, some page did not move (ENOMEM
-    included); without STRICT the call succeeds whatever did not move."""
+    included: migrate_pages() returns -ENOMEM as nr_failed, so do_mbind()
+    says EIO under STRICT and 0 without); without STRICT the call succeeds
+    whatever did not move. The pages migrate as one list in address order
+    where memory may run out (migrate_isolated())."""
     if pol.mode == MPOL_DEFAULT:
         flags &= ~MPOL_MF_STRICT
     owner = k.node_owner(mm.node)
-    batches, unmovable = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags)
+    dst = ByPolicy(mm, mm.policy if pol.mode == MPOL_DEFAULT else pol)
+    batches, unmovable, fits = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags, dst)
     failed = 0
     if batches:
-        failed = await migrate_isolated(k, batches, ByPolicy(mm, mm.policy if pol.mode == MPOL_DEFAULT else pol),
-                                        mm.node)
+        failed = await migrate_isolated(k, batches, dst, mm.node, fits=fits)
     if unmovable or (failed and flags & MPOL_MF_STRICT):
         raise OSError(errno.EIO, f"mbind: {'a page could not be isolated' if unmovable else 'pages did not move'} "
                                  f"(MPOL_MF_STRICT)")

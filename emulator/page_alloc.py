@@ -8,6 +8,10 @@ Rules:
   the bound nodes for bind) taking frames while a node stays above its low
   watermark; slow path: the same walk down to the min watermark. Direct
   reclaim and OOM are the caller's (a step never sleeps).
+- Many pages at once: the pages of one intended node walk, then the next
+  node's; nodes_in_order() gives the nodes they would get one at a time in
+  the order given (6.1's migrate_pages() over mbind's list), for
+  alloc_planned() to take them there.
 - NUMA counters as zone_statistics(): numa_hit on the node used when it is
   the intended one, else numa_miss there and numa_foreign on the intended
   one; numa_local when it is the CPU's node, else numa_other;
@@ -67,6 +71,56 @@ def alloc_policy(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, zero: bool = True)
                     got, pos = pos[:len(pfns)], pos[len(pfns):]
                     out[got] = P.gpfn(z, pfns)
                     count_numa(k, z, t, mm.node, mode, len(pfns))
+    return out
+
+
+def nodes_in_order(k, mm: MM, pol: Mempolicy, vpns: np.ndarray) -> np.ndarray:
+    """The node each page would get, allocated one at a time in the order given
+    under policy pol (6.1's migrate_pages() walking mbind's list, new_page()
+    per page): the first node of its zonelist above the low watermark, else
+    above min; -1 from the first page none is. Allocates nothing. Runs of
+    pages between two nodes reaching a watermark go at once."""
+    intended, allowed, _ = intended_nodes(k, mm, pol, vpns)
+    lists = {t: [z for z in k.zonelists[t] if allowed is None or z in allowed] for t in np.unique(intended).tolist()}
+    ok = [allowed is None or fr.node in allowed for fr in k.nodes]
+    low = np.array([max(0, fr.nr_free - fr.wmark_low) if a else 0 for fr, a in zip(k.nodes, ok)])
+    mn = np.array([max(0, fr.nr_free - fr.wmark_min) if a else 0 for fr, a in zip(k.nodes, ok)])
+    out = np.full(len(vpns), -1, dtype=np.int64)
+    pos = 0
+    while pos < len(vpns):
+        room = low if low.any() else mn     # every zonelist holds every allowed node
+        pick = np.full(len(k.nodes), -1, dtype=np.int64)
+        for t, zl in lists.items():
+            pick[t] = next((z for z in zl if room[z] > 0), -1)
+        c = pick[intended[pos:]]
+        end = len(c) if c[0] >= 0 else 0
+        for z in np.unique(c[c >= 0]).tolist():
+            at = np.flatnonzero(c == z)
+            if len(at) > room[z]:
+                end = min(end, int(at[room[z]]))    # z reaches the watermark: the choices change
+        if not end:
+            break
+        out[pos:pos + end] = c[:end]
+        used = np.bincount(c[:end], minlength=len(k.nodes))
+        low, mn = np.maximum(low - used, 0), mn - used
+        pos += end
+    return out
+
+
+def alloc_planned(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """alloc_policy() with each page's node decided (nodes_in_order(); -1: none):
+    taken there down to min and counted against the node the policy intended;
+    NOT_ALLOCATED where the node had none left."""
+    intended, _, mode = intended_nodes(k, mm, pol, vpns)
+    out = np.full(len(vpns), NOT_ALLOCATED, dtype=np.int64)
+    for z in np.unique(nodes[nodes >= 0]).tolist():
+        fr = k.nodes[z]
+        at = np.flatnonzero(nodes == z)
+        pfns = fr.alloc(len(at), fr.wmark_min, zero=False)
+        at = at[:len(pfns)]
+        out[at] = P.gpfn(z, pfns)
+        for t, n in zip(*np.unique(intended[at], return_counts=True)):
+            count_numa(k, z, int(t), mm.node, mode, int(n))
     return out
 
 

@@ -389,6 +389,27 @@ def test_migrate_pages_leaves_other_nodes_alone(policy):
     assert where(m, pid, a, 2) == [1, 2]
 
 
+def test_migrate_pages_skips_a_page_under_another_migration(policy):
+    """migrate_to_node() queues without MPOL_MF_STRICT, so migrate_page_add()
+    skips a page it cannot isolate (another migration holds it) silently: it
+    is not among the pages not moved that migrate_pages(2) returns. The other
+    pages move; the migration that held the page ends as it would have."""
+    import numpy as np
+
+    from emulator.move_pages import MPOL_MF_MOVE, do_pages_move
+    m, pid, a, data = setup(policy, npages=4, nodes=3)
+    vpn0 = a >> m.k.page_shift
+    left, failed = [], fail(m)
+    other = do_pages_move(m.k, m.k.mms[pid], np.array([vpn0 + 1]), np.array([2]), MPOL_MF_MOVE)
+    # after other's first step (page 1 queued: isolated), migrate_pages runs whole
+    assert step_through(other, lambda: left.append(m.migrate_pages(pid, [0], [1]))).tolist() == [2]
+    assert left == [0]
+    assert where(m, pid, a, 4) == [1, 2, 1, 1]
+    assert fail(m) == failed
+    assert m.read(pid, a, 4 * m.page_size) == b"".join(data)
+    m.check()
+
+
 @pytest.mark.parametrize("new", [[2], [-1], [99]])
 def test_migrate_pages_einval_for_a_bad_target(policy, new):
     m, pid, a, _ = setup(policy, npages=2)

@@ -320,6 +320,94 @@ def test_a_short_target_reclaims_once_and_moves_a_batch_per_node(monkeypatch):
     m.check()
 
 
+@pytest.mark.parametrize("policy", ["migentry", "migcache"])
+def test_mbind_move_runs_out_in_address_order(policy, monkeypatch):
+    """6.1's do_mbind() hands migrate_pages() one list in address order, and
+    new_page() allocates each page by the policy as it comes: interleave over
+    nodes 1 and 2 with node 2 full sends every page to node 1 (the zonelist's
+    fallback) until node 1 runs out, so the first pages of the range move,
+    whichever node their offset names; under migentry the first page without
+    a frame ends the call (-ENOMEM, which mbind reports only under STRICT, as
+    EIO), under migcache each page left tries on its own. With room for all,
+    the pages move a batch per source node, as before."""
+    import emulator.move_pages as mp
+    from emulator import MPOL_MF_MOVE, MPOL_MF_STRICT
+    m = make(policy=policy, nodes=3, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 8)
+    data = fill(m, pid, a, 8)
+    calls = []
+    real = mp.migrate_batch
+    monkeypatch.setattr(mp, "migrate_batch", lambda k, b, *args: calls.append(len(b)) or real(k, b, *args))
+    m.mbind(pid, a, 8, "interleave", [1, 2], flags=MPOL_MF_MOVE)     # room for all: one batch
+    assert calls == [8] and sorted(where(m, pid, a, 8)) == [1] * 4 + [2] * 4
+    m.mbind(pid, a, 8, "bind", [0], flags=MPOL_MF_MOVE)
+    assert calls == [8, 4, 4] and where(m, pid, a, 8) == [0] * 8
+    fill_node(m, 0, m.node_info()[0]["free"])
+    fill_node(m, 2, 16)
+    fill_node(m, 1, 16 - 3)                         # room for 3 pages, all on node 1
+    calls.clear()
+    flags = MPOL_MF_MOVE | (MPOL_MF_STRICT if policy == "migentry" else 0)
+    if policy == "migentry":
+        raises_errno(errno.EIO, m.mbind, pid, a, 8, "interleave", [1, 2], flags=flags)
+    else:
+        m.mbind(pid, a, 8, "interleave", [1, 2], flags=flags)
+    assert where(m, pid, a, 8) == [1, 1, 1] + [0] * 5
+    if policy == "migentry":
+        assert calls == [3, 1]                      # the pages that fit, then the one that runs out
+    assert m.vmstat()["nr_isolated_anon"] == 0
+    assert m.read(pid, a, 8 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_mbind_move_places_pages_of_several_nodes_in_address_order():
+    """bind to nodes 1 and 2, the range's pages alternating between nodes 0
+    and 3: 6.1 allocates for them in address order, not node 0's pages
+    first: node 1 down to its low watermark (two pages), node 2 down to its
+    (one), then node 1 and node 2 down to min (one each); the sixth finds
+    none and migrate_pages() returns -ENOMEM. Without MPOL_MF_STRICT, mbind
+    succeeds all the same (do_mbind() says EIO for migrate_pages()'s failure
+    only under STRICT). Nodes 0 and 3 have room, but not for bind."""
+    from emulator import MPOL_MF_MOVE
+    m = make(policy="migentry", nodes=4, frames=128, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 8)
+    data = fill(m, pid, a, 8)
+    p = pages_of(m, a, 8)
+    m.move_pages(pid, p[1::2], [3] * 4)             # pages alternate between nodes 0 and 3
+    for node, low in ((1, 2), (2, 1)):              # frames above the low watermark, then one down to min
+        fr = m.k.nodes[node]
+        assert fr.wmark_low - fr.wmark_min == 1
+        fill_node(m, node, m.node_info()[node]["free"] - fr.wmark_low - low)
+    m.mbind(pid, a, 8, "bind", [1, 2], flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 8) == [1, 1, 2, 1, 2, 3, 0, 3]
+    assert m.vmstat()["nr_isolated_anon"] == 0
+    assert m.read(pid, a, 8 * m.page_size) == b"".join(data)
+    m.check()
+
+
+def test_mbind_move_falls_back_in_address_order_with_room_for_all():
+    """Room for every page, but not on the nodes the policy intends: each page
+    new_page() allocates falls back along its zonelist as it comes, in address
+    order. Interleave over nodes 1 and 2 (room for two each), then nodes 3
+    and 4 (the next in both zonelists, node 0 being full): the first four
+    pages get their own nodes, the next two node 3, the last two node 4
+    (allocating one node's pages first gave the first fallback, to the other
+    interleave node, to that node's pages alone)."""
+    from emulator import MPOL_MF_MOVE
+    m = make(policy="migentry", nodes=5, frames=16, swap=0)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 8)
+    data = fill(m, pid, a, 8)
+    for node, room in ((0, 0), (1, 2), (2, 2), (3, 2), (4, 8)):
+        fill_node(m, node, m.node_info()[node]["free"] - room)
+    m.mbind(pid, a, 8, "interleave", [1, 2], flags=MPOL_MF_MOVE)
+    loc = where(m, pid, a, 8)
+    assert sorted(loc[:2]) == [1, 2] and loc[2:4] == loc[:2] and loc[4:] == [3, 3, 4, 4]
+    assert m.read(pid, a, 8 * m.page_size) == b"".join(data)
+    m.check()
+
+
 def test_migcache_target_full_is_per_page_and_the_call_goes_on():
     """No frame on the target and no swap to fall back to: -ENOMEM for the page
     and the call goes on to the next list, as the V8 design does (swapcache

@@ -714,6 +714,99 @@ def test_mbind_default_accepts_a_range_with_holes():
     assert where(m, pid, a) == [0]
 
 
+def test_mbind_move_all_needs_privilege():
+    """do_mbind(): MPOL_MF_MOVE_ALL without CAP_SYS_NICE is EPERM, after the
+    mode and the nodemask (kernel_mbind() reads them first) and the flags'
+    EINVAL, before the start's alignment and the range; nothing moves and the
+    range keeps its policy. MPOL_MF_MOVE needs no privilege."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_MOVE_ALL
+    m = make(nodes=2, frames=32)
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 2)
+    gone = unmapped_addr(m, pid, 2)
+
+    def unprivileged(addr, mode="bind", nodes=(1,), flags=MPOL_MF_MOVE_ALL):
+        m.mbind(pid, addr, 2, mode, list(nodes), flags=flags, privileged=False)
+    raises_errno(errno.EPERM, unprivileged, a)
+    raises_errno(errno.EPERM, unprivileged, a + 1)          # the alignment is checked after
+    raises_errno(errno.EPERM, unprivileged, gone)           # and the range after that
+    raises_errno(errno.EINVAL, unprivileged, a, flags=MPOL_MF_MOVE_ALL | 1 << 3)
+    raises_errno(errno.EINVAL, unprivileged, a, mode="nope")
+    raises_errno(errno.EINVAL, unprivileged, a, nodes=(-1,))
+    assert where(m, pid, a, 2) == [0, 0]
+    m.touch(pid, a + 2 * m.page_size, 1)
+    assert where(m, pid, a + 2 * m.page_size) == [0]       # no policy: the new page went local
+    unprivileged(a, flags=MPOL_MF_MOVE)
+    assert where(m, pid, a, 2) == [1, 1]
+    m.mbind(pid, a, 3, "bind", [1], flags=MPOL_MF_MOVE_ALL, privileged=True)
+    assert where(m, pid, a, 3) == [1, 1, 1]
+    m.check()
+
+
+def test_mbind_meets_a_hole_where_6_1s_walk_does():
+    """queue_pages_test_walk() checks for a hole vma by vma, as the walk
+    reaches each: one at the head is EFAULT before any page, one after a vma
+    is EFAULT on reaching that vma, after the pages of the vmas before it
+    were looked at (MPOL_MF_STRICT alone: a misplaced one there is EIO). With
+    a move the pages queued before the hole are put back: nothing moves and
+    the range keeps its policy. No page of the range mapped: EFAULT."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_STRICT
+    m = make(nodes=2, frames=32)
+    ps = m.page_size
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 3)                              # a guard page after it: a hole at a + 3 pages
+    m.touch(pid, a, 1)
+    m.touch(pid, a + 2 * ps, 1)                     # pages 0 and 2 on node 0, page 1 not touched
+    m.mbind(pid, a + 2 * ps, 1, "local")            # two vmas: [a, a+2) and [a+2, a+3)
+    eio, efault = errno.EIO, errno.EFAULT
+    raises_errno(eio, m.mbind, pid, a, 4, "bind", [1], flags=MPOL_MF_STRICT)    # page 0, before the hole
+    raises_errno(efault, m.mbind, pid, a, 4, "bind", [0], flags=MPOL_MF_STRICT)  # none misplaced: the hole
+    raises_errno(efault, m.mbind, pid, a + ps, 3, "bind", [1], flags=MPOL_MF_STRICT)
+    raises_errno(efault, m.mbind, pid, a + 2 * ps, 2, "bind", [1], flags=MPOL_MF_STRICT)   # page 2's vma
+    raises_errno(efault, m.mbind, pid, a - ps, 2, "bind", [1], flags=MPOL_MF_STRICT)       # at the head
+    for mode, nodes in (("bind", [1]), ("default", None)):
+        raises_errno(efault, m.mbind, pid, a + 3 * ps, 1, mode, nodes, flags=MPOL_MF_STRICT)
+    for flags in (MPOL_MF_MOVE, MPOL_MF_MOVE | MPOL_MF_STRICT, 0):
+        raises_errno(efault, m.mbind, pid, a, 4, "bind", [1], flags=flags)
+        assert where(m, pid, a, 3)[::2] == [0, 0] and m.vmstat()["nr_isolated_anon"] == 0
+    m.touch(pid, a + ps, 1)
+    assert where(m, pid, a + ps) == [0]             # no policy set: the new page went local
+    m.mbind(pid, a, 4, "default", flags=MPOL_MF_MOVE | MPOL_MF_STRICT)          # holes are fine there
+    m.check()
+
+
+def test_mbind_strict_move_stops_at_an_unmovable_page_before_the_hole():
+    """MOVE|STRICT, a page of the first vma under another migration: the walk
+    ends at the end of that page's page table (queue_pages_pte_range()
+    returns 1), before the vma followed by the hole, so no EFAULT: the pages
+    queued move, the whole range gets the policy and the call is EIO."""
+    from emulator import MPOL_MF_MOVE, MPOL_MF_STRICT
+    from emulator.move_pages import do_pages_move
+    m = make(nodes=3, frames=32)
+    ps = m.page_size
+    pid = m.spawn(node=0)
+    a = m.mmap(pid, 5)
+    m.munmap(pid, a + 4 * ps, 1)                    # pages 0-3 left, a hole at page 4
+    m.touch(pid, a, 1)
+    m.touch(pid, a + 2 * ps, 1)                     # pages 0 and 2 on node 0; 1 and 3 not touched
+    m.mbind(pid, a + 2 * ps, 2, "local")            # two vmas: [a, a+2) and [a+2, a+4)
+    errs = []
+
+    def mbind():
+        try:
+            m.mbind(pid, a, 5, "bind", [1], flags=MPOL_MF_MOVE | MPOL_MF_STRICT)
+        except OSError as e:
+            errs.append(e.errno)
+    other = do_pages_move(m.k, m.k.mms[pid], np.array([a // ps]), np.array([2]), MPOL_MF_MOVE)
+    assert step_through(other, mbind).tolist() == [2]
+    assert errs == [errno.EIO]
+    m.touch(pid, a + ps, 1)
+    m.touch(pid, a + 3 * ps, 1)
+    assert where(m, pid, a, 4) == [2, 1, 0, 1]      # page 2 comes after the walk ended; the policy is set
+    m.check()
+
+
 def test_mbind_strict_without_move_fails_on_a_misplaced_page():
     """MPOL_MF_STRICT alone: a page already on a node outside the mask is EIO,
     before the range gets the policy; none misplaced, it succeeds. Default

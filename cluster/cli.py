@@ -99,6 +99,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     from .runner_local import run_local
 
     state = None
+    if run_label is None and sets:     # runs of one file told apart by what they set
+        run_label = " ".join([Path(scenario).stem, *sets])
     if metrics_port or hold:  # the endpoint lives until the command's context closes
         from .metrics import start_run_endpoint
         try:

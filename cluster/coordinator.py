@@ -173,7 +173,7 @@ class Coordinator:
         mm = self.m.k.mms.get(pid)
         for node, port in enumerate(self.tlb.ports):
             if isinstance(port, ShmPort) and pid in port.tables and node not in self.tlb.dead:
-                if mm is None or mm.exited or self.reshaping[pid]:
+                if mm is None or not mm.findable or self.reshaping[pid]:
                     port.tables[pid].ids[:] = -1
                 else:
                     port.adopt(mm, node)

@@ -78,7 +78,7 @@ def eligible(mm: MM | None, node: int, lo: int, n: int) -> np.ndarray:
     """Per page of [lo, lo + n): the anon_vma id of the mapping there if a
     node actor ``node`` may fault it in itself, else -1 (see the rules)."""
     out = np.full(n, -1, dtype=np.int32)
-    if mm is None or not mm.alive or mm.exited or mm.node != node or mm.policy.mode != MPOL_DEFAULT:
+    if mm is None or not mm.alive or not mm.findable or mm.node != node or mm.policy.mode != MPOL_DEFAULT:
         return out
     for vma in mm.vmas:
         a, b = max(vma.start - lo, 0), min(vma.end - lo, n)

@@ -608,7 +608,7 @@ def metrics_options(func):
         click.option("--hold", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
                      help="keep serving metrics this long after the end, for a last scrape"),
         click.option("--run-label", default=None, metavar="LABEL",
-                     help="the metrics' run label (default: the scenario file's name)"),
+                     help="the metrics' run label (default: the scenario file's name, then any --set)"),
         click.option("--sd-dir", default=None, metavar="DIR",
                      help="write a Prometheus file_sd target file for the endpoint here, removed at "
                           "exit (default: deploy/prometheus/targets if it exists; '' = none)"),

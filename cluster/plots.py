@@ -293,10 +293,12 @@ def _fmt(v: Any) -> str:
 
 def index_html(summary: dict, images: list[str]) -> str:
     from .report import COLUMNS, LATENCIES
+    from .scenario import with_overrides
 
     s = summary
+    name = with_overrides(s.get("scenario", "?"), s.get("overrides", []))
     facts = [
-        ["scenario", s.get("scenario", "?")],
+        ["scenario", name],
         ["backend", s.get("backend", "?")],
         ["policy", s.get("policy", "?")],
         ["payload", s.get("payload", "?")],
@@ -314,9 +316,9 @@ def index_html(summary: dict, images: list[str]) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>numaemu: {_e(s.get('scenario', 'run'))}</title>",
+        f"<title>numaemu: {_e(name)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>numaemu run: {_e(s.get('scenario', '?'))}</h1>",
+        f"<h1>numaemu run: {_e(name)}</h1>",
         f"<p>policy <b>{_e(s.get('policy', '?'))}</b>, payload <b>{_e(s.get('payload', '?'))}</b>, "
         f"backend {_e(s.get('backend', '?'))}, {_e(s.get('operations', '?'))} operations, "
         f"{_e(s.get('processes', '?'))} processes, {_e(s.get('migration_events', '?'))} migrations, "

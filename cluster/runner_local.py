@@ -287,6 +287,7 @@ class LocalRun:
         reclaim_every = self.scenario.reclaim.every
         swapoff_every = self.scenario.swapoff.every
         step = max(1, ops // 200)
+        next_tick = t0
         nprocs = len(self.procs)
         state = self.metrics
         done = checks = violations = found = 0
@@ -312,8 +313,9 @@ class LocalRun:
                 done = op
                 if state is not None:
                     state.operations = op
-                if progress is not None and (op % step == 0 or op == ops):
+                if progress is not None and (op % step == 0 or op == ops or time.perf_counter() >= next_tick):
                     progress(op)
+                    next_tick = time.perf_counter() + 0.5      # a long run still shows it moves
                 if (stress and violations) or (deadline is not None and time.perf_counter() >= deadline):
                     break
         with lock:

@@ -347,35 +347,33 @@ def apply_overrides(data: dict[str, Any], sets: list[str] | tuple[str, ...], pat
     for item in sets:
         key, eq, text = item.partition("=")
         key = key.strip()
-        where = f"--set {item}"
+
+        def fail(problem: str) -> None:
+            raise ScenarioError(f"{path}: --set {item}: {problem}", file=path, key=key, problem=problem)
         if not eq or not key:
-            raise ScenarioError(f"{path}: {where}: expected KEY=VALUE (for example machine.policy=migentry)",
-                                file=path, key=key, problem="expected KEY=VALUE")
+            fail("expected KEY=VALUE (for example machine.policy=migentry)")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()        # a bare word: a string
         parts = key.split(".")
         node: Any = data
-        for i, part in enumerate(parts[:-1]):
-            here = ".".join(parts[:i + 1])
-            if isinstance(node, list):
+        for i, part in enumerate(parts):
+            here, last = ".".join(parts[:i + 1]), i == len(parts) - 1
+            if isinstance(node, list):              # an array of tables: an entry's index, then its key
                 if not part.isdigit() or int(part) >= len(node):
-                    problem = f"{here}: no such entry ({parts[i - 1]} has {len(node)}: 0..{len(node) - 1})"
-                    raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+                    fail(f"{here}: no such entry ({'.'.join(parts[:i])} has {len(node)}: 0..{len(node) - 1})")
+                if last:
+                    fail(f"{here} is a table: set a key of it ({here}.KEY)")
                 node = node[int(part)]
-            elif isinstance(node, dict):
-                node = node.setdefault(part, {})
-                if isinstance(node, list) and (i + 1 >= len(parts) - 1 or not parts[i + 1].isdigit()):
-                    problem = f"{here} is an array of tables: name an entry ({here}.0.KEY)"
-                    raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
+            elif not isinstance(node, dict):
+                fail(f"{'.'.join(parts[:i])} is a value, not a table")
+            elif last:
+                if isinstance(node.get(part), list):
+                    fail(f"{here} is an array of tables: set a key of an entry ({here}.0.KEY)")
+                node[part] = value
             else:
-                problem = f"{here} is a value, not a table"
-                raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
-        if not isinstance(node, dict):
-            problem = f"{'.'.join(parts[:-1])} is not a table"
-            raise ScenarioError(f"{path}: {where}: {problem}", file=path, key=key, problem=problem)
-        node[parts[-1]] = value
+                node = node.setdefault(part, {})
 
 
 def load_scenario(path: str | Path, *, machine: bool = True, overrides: tuple[str, ...] = ()) -> Scenario:
@@ -398,9 +396,8 @@ def load_scenario(path: str | Path, *, machine: bool = True, overrides: tuple[st
     try:
         scenario = parse_scenario(data, name, machine=machine)
     except ScenarioError as exc:
-        bad = exc.key.replace("[", ".").replace("]", "")
-        mine = [o for o in overrides if bad and any(
-            a == b or a.startswith(b + ".") for a, b in ((o.partition("=")[0].strip(), bad), (bad, o.partition("=")[0].strip())))]
+        table = exc.key.replace("[", ".").split(".")[0]     # an override of the same table may be the cause
+        mine = [o for o in overrides if table and o.partition("=")[0].strip().split(".")[0] == table]
         if mine:
             raise ScenarioError(f"{exc} (with --set {mine[-1]})", file=exc.file, key=exc.key,
                                 problem=exc.problem) from None

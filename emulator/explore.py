@@ -112,7 +112,7 @@ def state_hash(k) -> bytes:
     parts += (sw.swap_map.tobytes(), sw.cache_page.tobytes(), sw.store.tobytes(),
               sw.free_stack[:sw.nr_free].tobytes(), mc.counter.tobytes(), mc.page.tobytes())
     for pid, mm in k.mms.items():
-        ints += (pid, mm.rss, len(mm.vmas), mm.users, mm.exited)
+        ints += (pid, mm.rss, len(mm.vmas), mm.users, mm.exited, mm.forking)
         for v in mm.vmas:
             ints += (v.start, v.npages, v.handed)
             parts += (v.pte.tobytes(), v.shadow.tobytes())

@@ -57,7 +57,7 @@ class Machine:
 
     def _mm(self, pid: int) -> MM:
         mm = self.k.mms.get(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
-        if mm is None or mm.exited:     # an exited task's mm may live on while a migration holds it
+        if mm is None or not mm.findable:   # an exited task's mm may live on while a migration holds it
             raise OSError(errno.ESRCH, f"no such process: {pid!r}")
         return mm
 
@@ -373,7 +373,7 @@ class Machine:
                 "swapcached": int((sw.cache_page >= 0).sum())}
 
     def processes(self) -> list[int]:
-        return sorted(pid for pid, mm in self.k.mms.items() if not mm.exited)
+        return sorted(pid for pid, mm in self.k.mms.items() if mm.findable)
 
     def check(self) -> None:
         invariants.check(self.k)

@@ -74,6 +74,12 @@ class MM:
     rss: int = 0             # pages with a non-none pte: invariant 9 counts these
     users: int = 1           # mm_users: the task, and each syscall on its memory in flight (get_task_mm)
     exited: bool = False     # the task is gone (its pid is ESRCH); the mm lives on while users hold it
+    forking: bool = False    # a child whose fork is still copying: no pid finds it yet (copy_process)
+
+    @property
+    def findable(self) -> bool:
+        """Whether its pid finds the task: not before its fork ends, not after its exit."""
+        return not (self.exited or self.forking)
 
     def find_vma(self, vpn: int) -> VMA | None:
         starts = [v.start for v in self.vmas]

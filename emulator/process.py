@@ -27,9 +27,16 @@ Rules:
   ESRCH from then on) and drops the task's reference; whoever drops the last
   one tears the mm down (exit_mmap), in a step of its own. So a migration in
   flight keeps the pages it walks mapped, as in Linux; a munmap is what
-  takes them away under it.
+  takes them away under a move_pages (migrate_pages holds mmap_lock
+  throughout). Exit and reap are one event here: 6.1's zombie window, where
+  get_task_mm() finds no mm and move_pages says EINVAL, is not modelled.
+- A forked child's pid finds it only once its fork has copied every vma
+  (copy_process() attaches the pid last): until then nothing can exit,
+  unmap or migrate it.
 """
 from __future__ import annotations
+
+import errno
 
 import numpy as np
 
@@ -157,6 +164,8 @@ def munmap_step(k, mm: MM, vpn: int, npages: int) -> None:
 
 def exit_step(k, mm: MM) -> None:
     """exit_mm(): the task lets go of its mm; the last user tears it down."""
+    if not mm.findable:     # two exits of one pid, both started before either ran: one finds no task
+        raise OSError(errno.ESRCH, f"no such process: {mm.pid}")
     mm.exited = True
     mm.users -= 1
     if not mm.users:
@@ -174,7 +183,7 @@ def exit_mmap(k, mm: MM) -> None:
 def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
     """dup_mmap() up to copy_page_range: the child's vmas, linked on the anon_vmas."""
     child = MM(k.next_pid, parent.node, policy=Mempolicy(parent.policy.mode, parent.policy.nodes),
-               next_vpn=parent.next_vpn)
+               next_vpn=parent.next_vpn, forking=bool(parent.vmas))
     k.next_pid += 1
     pairs = []
     for pv in parent.vmas:
@@ -194,6 +203,7 @@ def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
 
 def copy_page_range_step(k, pv: VMA, cv: VMA) -> None:
     cv.forking = False
+    cv.mm.forking = any(v.forking for v in cv.mm.vmas)
     ptes = pv.pte
     if not pv.shared:
         flush_tlb(k, pv, slice(None), wrprotect=True)

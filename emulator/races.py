@@ -243,17 +243,20 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
     fails with ESRCH (which ``may_fail`` can allow). But a process's own
     accesses and forks never race its exit or its munmap (they hold its
     mmap_lock throughout, or are its own threads, which exit stops first), so
-    a task may not exit or munmap a process another task accesses or forks."""
+    a task may not exit or munmap a process another task accesses or forks;
+    nor munmap one another task runs migrate_pages on (do_migrate_pages()
+    holds its mmap_lock throughout; move_pages does not)."""
     for i, t in enumerate(tasks):
         for pid, kind in {(op.args["pid"], op.kind) for op in t.ops if op.kind in ("exit", "munmap")}:
+            racers = ("fault", "access", "gup_write", "fork") + (("migrate_pages",) if kind == "munmap" else ())
             for j, other in enumerate(tasks):
                 hit = next((n for n, op in enumerate(other.ops) if j != i and op.args.get("pid") == pid
-                            and op.kind in ("fault", "access", "gup_write", "fork")), None)
+                            and op.kind in racers), None)
                 if hit is not None:
                     raise ScenarioError(f"{path}: task[{j}].ops[{hit}]: {other.ops[hit].kind} of process {pid}, "
                                         f"which task[{i}] {'exits' if kind == 'exit' else 'unmaps'}: a process's "
-                                        f"own accesses and forks cannot race its {kind} (they hold its mmap_lock, "
-                                        "or exit stops them first); make them one task, in order")
+                                        f"own accesses, forks and migrate_pages cannot race its {kind} (they hold "
+                                        "its mmap_lock, or exit stops them first); make them one task, in order")
     ops = [(f"setup[{i}]", op) for i, op in enumerate(setup)] + \
         [(f"task[{i}].ops[{j}]", op) for i, t in enumerate(tasks) for j, op in enumerate(t.ops)]
     forks = sum(op.kind == "fork" for _, op in ops)

@@ -65,8 +65,7 @@ def dump(machine) -> bytes:
                          "pte": _arr(v.pte), "shadow": shadow_ref(v),
                          "policy": None if v.policy is None else [v.policy.mode, list(v.policy.nodes)]})
         mms.append({"pid": pid, "node": mm.node, "policy": [mm.policy.mode, list(mm.policy.nodes)],
-                    "next_vpn": mm.next_vpn, "rss": mm.rss, "users": mm.users, "exited": mm.exited,
-                    "vmas": vmas})
+                    "next_vpn": mm.next_vpn, "rss": mm.rss, "vmas": vmas})
     avs = []
     for av in k.anon_vmas.values():
         order = []
@@ -152,7 +151,7 @@ def _build(cls, body: dict, checked: bool = True):
     k.anon_vmas = avs
     for d in body["mms"]:
         mm = MM(d["pid"], d["node"], policy=Mempolicy(d["policy"][0], tuple(d["policy"][1])),
-                next_vpn=d["next_vpn"], rss=d["rss"], users=d.get("users", 1), exited=d.get("exited", False))
+                next_vpn=d["next_vpn"], rss=d["rss"])
         for v in d["vmas"]:
             b, off = v["shadow"]
             shadow = bases[b][off:off + v["npages"]]

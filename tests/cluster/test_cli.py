@@ -109,8 +109,10 @@ def test_json_into_a_missing_directory_creates_it(tmp_path):
 def test_set_overrides_the_scenario_and_the_summary_says_so(tmp_path):
     out = tmp_path / "out.json"
     result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", "--json", str(out),
-                                    "--set", "machine.policy=swapcache", "--set", "run.operations=150"])
+                                    "--set", "machine.policy=swapcache", "--set", "run.operations=150",
+                                    "--report", str(tmp_path / "report")])
     assert result.exit_code == 0, result.stderr
+    assert "--set machine.policy=swapcache --set run.operations=150</h1>" in (tmp_path / "report" / "index.html").read_text()
     s = json.loads(out.read_text())
     assert (s["policy"], s["operations"], s["overrides"]) == ("swapcache", 150,
                                                               ["machine.policy=swapcache", "run.operations=150"])

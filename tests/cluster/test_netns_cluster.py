@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,38 @@ HOSTS = 3
 SUBNET = "10.77.0"          # host i is SUBNET.(11 + i); the bridge has no address of its own
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+def _ip(*args: str) -> str:
+    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def _remove(bridge: str, names: list[str]) -> None:
+    """The namespaces (their processes first: deleting a namespace leaves
+    them running in it) and the bridge, whichever exist."""
+    for ns in names:
+        try:
+            for pid in _ip("netns", "pids", ns).split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+            _ip("netns", "del", ns)
+        except subprocess.CalledProcessError:
+            pass
+    try:
+        _ip("link", "del", bridge)
+    except subprocess.CalledProcessError:
+        pass
+
+
+_REACH = """import socket, sys
+s = socket.socket(); s.settimeout(5)
+try:
+    s.connect((sys.argv[1], 9))
+except ConnectionRefusedError:
+    print("reached")            # the host answered: nothing listens there
+except OSError as e:
+    print(e)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -48,28 +79,34 @@ def hosts():
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
                PATH=os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))))
+    _remove(bridge, names)          # left by an earlier run of this pid that was killed
+    try:
+        # no iptables on bridged traffic (br_netfilter and a FORWARD policy of DROP would filter it)
+        _ip("link", "add", "name", bridge, "type", "bridge", "nf_call_iptables", "0", "nf_call_ip6tables", "0")
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"cannot make network interfaces here (CAP_NET_ADMIN?): {e.stderr.strip()}")
     # short: the raylet's socket paths under the temp dir must fit in 107 bytes
     temps = [tempfile.mkdtemp(prefix=f"nmn{i}", dir="/tmp") for i in range(HOSTS)]
-    made: list[str] = []
     try:
-        _ip("link", "add", bridge, "type", "bridge")
-        made.append(bridge)
         _ip("link", "set", bridge, "up")
         for i, (ns, addr) in enumerate(zip(names, addrs)):
             _ip("netns", "add", ns)
-            made.append(ns)
             _ip("link", "add", f"nv{tag}-{i}", "type", "veth", "peer", "name", "eth0", "netns", ns)
             _ip("link", "set", f"nv{tag}-{i}", "master", bridge, "up")
             _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
+        on_head = ["ip", "netns", "exec", names[0]]
+        for addr in addrs[1:]:
+            seen = subprocess.run(on_head + [sys.executable, "-c", _REACH, addr], capture_output=True, text=True,
+                                  timeout=60)
+            assert seen.stdout.strip() == "reached", f"{addrs[0]} cannot reach {addr}: {seen.stdout}{seen.stderr}"
         for i, (ns, addr, temp) in enumerate(zip(names, addrs, temps)):
             role = ["--head", "--port=6379", "--include-dashboard=false"] if i == 0 else [f"--address={addrs[0]}:6379"]
             subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "ray.scripts.scripts", "start", *role,
                             f"--node-ip-address={addr}", "--num-cpus=1", "--object-store-memory=100000000",
                             f"--temp-dir={temp}", "--disable-usage-stats"],
                            env=env, check=True, capture_output=True, text=True, timeout=120)
-        on_head = ["ip", "netns", "exec", names[0]]
         # every host registered before the run places its node actors
         count = ("import ray, sys, time\nray.init(address=sys.argv[1], logging_level='ERROR')\n"
                  "end = time.time() + 60\n"
@@ -85,11 +122,7 @@ def hosts():
         for temp in temps:
             stop_ray(temp)
             shutil.rmtree(temp, ignore_errors=True)
-        for name in reversed(made):
-            try:
-                _ip("netns", "del", name) if name in names else _ip("link", "del", name)
-            except subprocess.CalledProcessError:
-                pass
+        _remove(bridge, names)
 
 
 def test_a_run_across_three_network_hosts_places_a_node_actor_on_each_and_verifies_every_page(hosts, tmp_path):

@@ -282,8 +282,9 @@ def test_overrides_change_values_of_every_kind_and_are_recorded(tmp_path):
                            "(with --set machine.policy=lru)"),
     ("run.operations=many", "run.operations: must be an integer, not a string ('many') (with --set run.operations=many)"),
     ("workload.2.pages=8", "--set workload.2.pages=8: workload.2: no such entry (workload has 2: 0..1)"),
-    ("workload.pages=8", "--set workload.pages=8: workload is an array of tables: name an entry (workload.0.KEY)"),
-    ("run.operations.x=1", "--set run.operations.x=1: run.operations is not a table"),
+    ("workload.pages=8", "--set workload.pages=8: workload.pages: no such entry (workload has 2: 0..1)"),
+    ("workload.0=8", "--set workload.0=8: workload.0 is a table: set a key of it (workload.0.KEY)"),
+    ("run.operations.x=1", "--set run.operations.x=1: run.operations is a value, not a table"),
     ("run.operations", "--set run.operations: expected KEY=VALUE"),
     ("machine.colour=1", "machine.colour: unknown key (with --set machine.colour=1)"),
 ])

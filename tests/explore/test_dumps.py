@@ -208,3 +208,20 @@ def test_a_swapoff_that_goes_otherwise_in_the_replay_leaves_swap_on(tmp_path):
     assert sc.fresh().m.swap_info()["on"]
     out, st = X.explore_dfs(sc, [], bound=2)
     assert out is None, out and out.violation
+
+
+def test_a_migration_that_outlived_an_exit_replays_without_a_false_violation(tmp_path):
+    """A move_pages holds the mm through an exit, so the run logs it after the
+    exit it started before: replayed after that exit (in the setup) it finds
+    no process, which is the replay's order, not a failure of the run's."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 16, "swap_pages": 0, "policy": "migentry"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 2)
+    m.touch(pid, a, 2)
+    doc = {"format": "numaemu-dump/1", "scenario": "x.toml", "checkpoint": {"seq": 0, "snapshot": m.snapshot()},
+           "events": [ev(2, "exit", pid), ev(1, "move_pages", pid, [a, a + m.page_size], [1, 1], 4)],
+           "snapshot": m.snapshot(), "violations": ["synthetic"]}
+    path = tmp_path / "exit.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    out, st = X.explore_dfs(load(f"{path}#1"), bound=2)
+    assert out is None and st.schedules >= 1

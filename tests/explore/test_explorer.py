@@ -132,6 +132,9 @@ def test_token_rejects_garbage_and_changed_files(tmp_path):
      "[[task]]\nops=[{op='swapon'}, {op='fault', pid=1, page=0}]\n", "task[1].ops[1]: fault of process 1, which task[0] exits"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='munmap', pid=1}]\n"
      "[[task]]\nops=[{op='fork', pid=1}]\n", "task[1].ops[0]: fork of process 1, which task[0] unmaps"),
+    ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='munmap', pid=1}]\n"
+     "[[task]]\nops=[{op='migrate_pages', pid=1, from=[0], to=[1]}]\n",
+     "task[1].ops[0]: migrate_pages of process 1, which task[0] unmaps"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='munmap', pid=1, mapping=2}]\n",
      "task[0].ops[0].mapping: process 1 has no mapping 2"),
     ("[machine]\n[[process]]\nmappings=[{pages=4}]\n[[task]]\nops=[{op='swapon'}]\n[expect]\nmay_fial=[]\n", "expect: the only key is may_fail"),
@@ -171,7 +174,8 @@ def test_every_operation_on_an_exited_process_is_esrch(tmp_path, op):
 def test_an_exit_racing_a_migration_of_its_own_pages_waits_for_it(tmp_path, op):
     """The migration holds the mm (get_task_mm): in every interleaving each of
     its pages moves, and the exit's teardown happens when it lets go; an
-    munmap (a thread of the process) does take the pages away under it."""
+    munmap (a thread of the process) does take the pages away under a
+    move_pages."""
     text = ("[machine]\nnodes = 2\nframes_per_node = 8\npolicy = 'migcache'\n[[process]]\nmappings=[{pages=3}]\n"
             f"[[task]]\nops=[{op}]\n[[task]]\nops=[{{op='exit', pid=1}}]\n")
     sc = load(write(tmp_path, text, "race.toml"))
@@ -196,8 +200,52 @@ def test_an_exit_racing_a_migration_of_its_own_pages_waits_for_it(tmp_path, op):
         assert 1 not in w.m.k.mms and [r["used"] for r in w.m.node_info()] == [0, 0]
         w.m.check()
     assert all((r.tolist() == [1, 1, 1]) if "move_pages" in op else r == 0 for r in results), results
-    mun = load(write(tmp_path, text.replace("op='exit', pid=1", "op='munmap', pid=1"), "munmap.toml"))
-    assert X.explore_dfs(mun, bound=2)[0] is None
+    munmap = write(tmp_path, text.replace("op='exit', pid=1", "op='munmap', pid=1"), "munmap.toml")
+    if "move_pages" in op:
+        assert X.explore_dfs(load(munmap), bound=2)[0] is None
+    else:                   # do_migrate_pages() holds mmap_lock: no munmap can come in
+        with pytest.raises(ScenarioError, match="cannot race its munmap"):
+            load(munmap)
+
+
+def test_two_exits_of_one_process_leave_the_migration_its_hold():
+    """Both exits found the task (each looked it up before either ran): the
+    second finds none (ESRCH) and drops no reference of the migration's."""
+    from emulator.races import Op, Scenario
+    sc = Scenario("x", {"nodes": 2, "frames_per_node": 8, "policy": "migcache"}, [{"mappings": [{"pages": 3}]}],
+                  [], [], frozenset())
+    w = sc.fresh()
+    mig = w.start(Op("move_pages", {"pid": 1, "pages": [0, 1, 2], "node": 1}))
+    req = mig.send(None)
+    exits = [w.start(Op("exit", {"pid": 1})) for _ in range(2)]     # both looked the task up
+    value = req.fn(*req.args)                                       # the migration's first step
+    w.m._run(exits[0])
+    with pytest.raises(OSError) as e:
+        w.m._run(exits[1])
+    assert e.value.errno == errno.ESRCH and w.m.k.mms[1].users == 1
+    while True:
+        try:
+            req = mig.send(value)
+        except StopIteration as stop:
+            assert stop.value.tolist() == [1, 1, 1]
+            break
+        value = req.fn(*req.args)
+    assert 1 not in w.m.k.mms and [r["used"] for r in w.m.node_info()] == [0, 0]
+    w.m.check()
+
+
+@pytest.mark.parametrize("op", ["{op='exit', pid=2}", "{op='munmap', pid=2}",
+                                "{op='move_pages', pid=2, pages=[0], node=1}"])
+def test_a_child_is_found_by_its_pid_only_once_its_fork_returns(tmp_path, op):
+    """copy_process() attaches the pid last: an operation on the child that
+    starts while the fork still copies finds no process (ESRCH), whatever the
+    interleaving; one that starts after it runs."""
+    text = ("[machine]\nnodes = 2\nframes_per_node = 16\n[[process]]\nmappings=[{pages=2}, {pages=2}]\n"
+            f"[[task]]\nops=[{{op='fork', pid=1}}]\n"
+            # a first operation, so that the second may start while the fork copies
+            f"[[task]]\nops=[{{op='move_pages', pid=1, pages=[0], node=1}}, {op}]\n[expect]\nmay_fail=['ESRCH']\n")
+    out, st = X.explore_dfs(load(write(tmp_path, text, "halffork.toml")), bound=2)
+    assert out is None and st.schedules > 2
 
 
 def test_migrate_pages_to_a_node_not_online_is_einval_and_a_page_past_the_mapping_efault(tmp_path):

@@ -181,7 +181,8 @@ class World:
             vma = mm.find_vma(self.maps[pid][a.get("mapping", 0)] >> k.page_shift)
             if vma is None:         # gone already: munmap of nothing succeeds
                 return _value(None)
-            return _one_step(k.node_owner(mm.node), process.munmap_step, k, mm, vma.start, vma.npages)
+            end = max(v.end for v in mm.vmas if v.anon_vma is vma.anon_vma)    # every piece of a split mapping
+            return _one_step(k.node_owner(mm.node), process.munmap_step, k, mm, vma.start, end - vma.start)
         if op.kind == "swapoff":
             return swapfile.swapoff(k)
         if op.kind == "swapon":

@@ -248,6 +248,20 @@ def test_a_child_is_found_by_its_pid_only_once_its_fork_returns(tmp_path, op):
     assert out is None and st.schedules > 2
 
 
+def test_munmap_takes_every_piece_of_a_split_mapping():
+    from emulator.process import split_vma
+    from emulator.races import Op, Scenario
+    sc = Scenario("x", {"nodes": 2, "frames_per_node": 16}, [{"mappings": [{"pages": 4}, {"pages": 2}]}], [], [],
+                  frozenset())
+    w = sc.fresh()
+    mm = w.m.k.mms[1]
+    split_vma(w.m.k, mm.vmas[0], 1)             # as an mbind of part of it would
+    assert len(mm.vmas) == 3
+    w.m._run(w.start(Op("munmap", {"pid": 1})))
+    assert [v.npages for v in mm.vmas] == [2] and mm.rss == 2
+    w.m.check()
+
+
 def test_migrate_pages_to_a_node_not_online_is_einval_and_a_page_past_the_mapping_efault(tmp_path):
     text = ("[machine]\nnodes = 2\n[[process]]\nmappings=[{pages=2}]\n"
             "[[task]]\nops=[{op='migrate_pages', pid=1, from=[0], to=[5]}]\n"

@@ -82,9 +82,16 @@ class Coordinator:
             if d["host"] == self.host:
                 fr.data = attach_payload(d["path"], tuple(d["shape"]), np.dtype(d["dtype"]))
             else:
-                fr.data = RemoteRows(d["handle"], tuple(d["shape"]), np.dtype(d["dtype"]))
+                fr.data = RemoteRows(d["handle"], tuple(d["shape"]), np.dtype(d["dtype"]), node=i)
+                fr.data.state["on_lost"] = self._payload_lost
                 self.remote_nodes.append(i)
         self.lost: set[int] = set()
+        # a node actor found dead by a payload call, before the runner says so: node -> why
+        self.payload_lost: dict[int, str] = {}
+        # pages whose contents came from a lost node after it died (a migration off it):
+        # gpfn -> that node; their data went with it, wherever they are now
+        self.garbled: dict[int, int] = {}
+        self.m.copy = self._copy
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
         self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes])
         self.calls = collections.Counter()
@@ -156,6 +163,34 @@ class Coordinator:
         if result is not None:
             ev["result"] = _plain(result)
         self.events.append(ev)
+
+    def _payload_lost(self, node: int, why: str) -> None:
+        """A payload call found node actor ``node`` gone (RemoteRows): its frames
+        read as zeros from now on; the runner learns of the death from its own
+        polls and ends the run."""
+        self.payload_lost.setdefault(node, why)
+
+    def _copy(self, src, si: np.ndarray, dst, di: np.ndarray, alone: bool = True) -> None:
+        """The data plane's copy, and where contents came from a lost node: the
+        destination pages have lost them too (a later copy carries that on)."""
+        ConcurrentMachine.copy(self.m, src, si, dst, di, alone=alone)
+        if not self.garbled and not getattr(src, "lost", False):
+            return
+        from emulator import pte as P
+        nodes = {id(fr.data): i for i, fr in enumerate(self.m.k.nodes)}
+        s, d = nodes.get(id(src)), nodes.get(id(dst))
+        if s is None or d is None:
+            return
+        dg = P.gpfn(d, np.asarray(di)).tolist()
+        if getattr(src, "lost", False):
+            origin = [s] * len(dg)
+        else:
+            origin = [self.garbled.get(g, -1) for g in P.gpfn(s, np.asarray(si)).tolist()]
+        for g, o in zip(dg, origin):
+            if o >= 0:
+                self.garbled[g] = o
+            else:
+                self.garbled.pop(g, None)
 
     def _local_faults(self, rows: np.ndarray) -> None:
         """The node actors' local faults since this actor last held the steps
@@ -254,7 +289,8 @@ class Coordinator:
     # -- a node actor lost ---------------------------------------------------------
     def node_lost(self, node: int) -> dict[int, int]:
         """The node's frames are gone with their owner: stop reaching them, and
-        say how many pages each process had resident there."""
+        say how many pages each process had resident there (or elsewhere with
+        contents that came from there after it died: ``garbled``)."""
         from emulator import pte as P
         with self.cond:
             fr = self.m.k.nodes[node]
@@ -263,21 +299,33 @@ class Coordinator:
             fr.data = np.zeros(shape, dtype=np.int64 if self.m.payload == "token" else np.uint8)
             self.tlb.node_lost(self.m.k, node)
             out: dict[int, int] = {}
+            from_here = np.array([g for g, o in self.garbled.items() if o == node], dtype=np.int64)
             for pid, mm in self.m.k.mms.items():
                 n = 0
                 for vma in mm.vmas:
                     p = vma.pte
-                    present = (p & P.PRESENT) != 0
-                    n += int((((p[present] >> P.OFF_SHIFT) >> P.NODE_SHIFT) == node).sum())
+                    gp = p[(p & P.PRESENT) != 0] >> P.OFF_SHIFT
+                    n += int(((gp >> P.NODE_SHIFT) == node).sum()) + int(np.isin(gp, from_here).sum())
                 if n:
                     out[int(pid)] = n
             return out
 
     def resident_nodes(self, pid: int, addr: int, npages: int) -> np.ndarray:
         """Node of each page, or a negative errno (move_pages' query)."""
+        from emulator import pte as P
         ps = self.m.page_size
         with self.cond:
-            return self.m.move_pages_status(pid, addr + np.arange(npages, dtype=np.int64) * ps, None)
+            st = self.m.move_pages_status(pid, addr + np.arange(npages, dtype=np.int64) * ps, None)
+            if self.garbled:        # contents from a lost node: lost there too
+                g = np.full(npages, -1, dtype=np.int64)
+                done = 0
+                for vma, lo, hi in self.m._range(self.m._mm(pid), addr, npages):
+                    p = vma.pte[lo:hi]
+                    g[done:done + hi - lo] = np.where((p & P.PRESENT) != 0, p >> P.OFF_SHIFT, -1)
+                    done += hi - lo
+                origin = np.array([self.garbled.get(x, -1) for x in g.tolist()], dtype=np.int64)
+                st = np.where(origin >= 0, origin, st)
+            return st
 
 def _plain(a: Any) -> Any:
     """Arguments and values as msgpack-able plain data."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,10 +77,17 @@ class RemoteRows:
 
     Reads block on one actor call; writes are sent and waited for, so a later
     read of the same frames sees them (actor calls from threads are not
-    otherwise ordered)."""
+    otherwise ordered). A node actor that dies (or answers nothing for
+    PAYLOAD_TIMEOUT_S) takes its frames' contents with it: from the first
+    call that finds it gone, this array (and every view of it) is a local one
+    of zeros, so the operation in progress completes on frames whose
+    contents are lost instead of failing half done; ``on_lost(node, why)``
+    is told once (the coordinator: cluster/coordinator.py)."""
 
-    def __init__(self, handle: Any, shape: tuple[int, ...], dtype: np.dtype, view: np.dtype | None = None):
+    def __init__(self, handle: Any, shape: tuple[int, ...], dtype: np.dtype, view: np.dtype | None = None,
+                 node: int = -1, state: dict[str, Any] | None = None):
         self.handle = handle
+        self.node = node
         self.base_shape = tuple(shape)
         self.base_dtype = np.dtype(dtype)
         self.view_dtype = None if view is None else np.dtype(view)
@@ -89,37 +97,77 @@ class RemoteRows:
         else:
             self.shape = (shape[0], shape[1] * self.base_dtype.itemsize // self.view_dtype.itemsize)
         self.ndim = len(self.shape)
+        # shared with every view: the local zeros once the node is lost, and who to tell
+        self.state = state if state is not None else {"local": None, "on_lost": None, "lock": threading.Lock()}
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def view(self, dtype) -> "RemoteRows":
-        return RemoteRows(self.handle, self.base_shape, self.base_dtype, dtype)
+        return RemoteRows(self.handle, self.base_shape, self.base_dtype, dtype, self.node, self.state)
+
+    @property
+    def lost(self) -> bool:
+        return self.state["local"] is not None
+
+    def _local(self) -> np.ndarray:
+        a = self.state["local"]
+        return a if self.view_dtype is None else a.view(self.view_dtype)
+
+    def _lose(self, exc: BaseException) -> None:
+        with self.state["lock"]:
+            if self.state["local"] is not None:
+                return
+            self.state["local"] = np.zeros(self.base_shape, self.base_dtype)
+        if self.state["on_lost"] is not None:
+            self.state["on_lost"](self.node, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+    def _call(self, submit: Callable[[], Any]) -> tuple[bool, Any]:
+        """(True, the call's answer), or (False, None) when the node is lost."""
+        import ray
+        if self.state["local"] is None:
+            try:
+                return True, ray.get(submit(), timeout=PAYLOAD_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                self._lose(exc)
+        return False, None
 
     def __getitem__(self, key):
-        import ray
-        return ray.get(self.handle.rows_get.remote(key, self.view_dtype))
+        ok, rows = self._call(lambda: self.handle.rows_get.remote(key, self.view_dtype))
+        return rows if ok else np.array(self._local()[key])
 
     def __setitem__(self, key, value) -> None:
-        import ray
-        ray.get(self.handle.rows_set.remote(key, np.asarray(value), self.view_dtype))
+        ok, _ = self._call(lambda: self.handle.rows_set.remote(key, np.asarray(value), self.view_dtype))
+        if not ok:
+            self._local()[key] = value
 
     def __array__(self, dtype=None, copy=None):
-        import ray
-        a = ray.get(self.handle.rows_get.remote(slice(None), self.view_dtype))
+        a = self[slice(None)]
         return a if dtype is None else a.astype(dtype)
 
     def pull(self, src: "RemoteRows", si: np.ndarray, di: np.ndarray) -> None:
         """self[di] = src[si] between two other hosts: the batch goes from one
-        node actor to the other, not through the caller."""
+        node actor to the other, not through the caller. If either is lost,
+        through the caller, which then finds which."""
         import ray
-        ray.get(self.handle.rows_pull.remote(src.handle, si, di, src.view_dtype, self.view_dtype))
+        if not (self.lost or src.lost):
+            try:
+                ok, _ = self._call(lambda: self.handle.rows_pull.remote(src.handle, si, di, src.view_dtype,
+                                                                          self.view_dtype))
+                if ok:
+                    return
+            except ray.exceptions.RayTaskError:     # this node could not read src's rows: src is gone
+                pass
+        self[di] = src[si]
 
     def tobytes(self) -> bytes:
         return np.asarray(self).tobytes()
 
     def copy(self) -> np.ndarray:
         return np.array(np.asarray(self))
+
+
+PAYLOAD_TIMEOUT_S = 120.0       # a node actor that answers no payload call this long is lost
 
 
 # A large copy between mapped payloads is split over this many threads

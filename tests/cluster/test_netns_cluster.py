@@ -117,7 +117,7 @@ def hosts():
                               env=env, check=True, capture_output=True, text=True, timeout=120)
         assert seen.stdout.split()[-1] == str(HOSTS), seen.stderr[-2000:]
         yield {"run": on_head + [sys.executable, "-m", "cluster.cli", "run"], "env": env,
-               "address": f"{addrs[0]}:6379"}
+               "address": f"{addrs[0]}:6379", "names": names}
     finally:
         for temp in temps:
             stop_ray(temp)
@@ -141,3 +141,42 @@ def test_a_run_across_three_network_hosts_places_a_node_actor_on_each_and_verifi
     assert s["verified_pages"] == 3 * 1024 + 2 * 1024           # every page read back as written
     assert all(n["migrations_in"] > 0 and n["migrations_out"] > 0 for n in s["nodes"]), \
         [(n["migrations_in"], n["migrations_out"]) for n in s["nodes"]]
+
+
+def test_a_host_lost_mid_run_ends_it_with_a_report_not_a_hang(hosts, tmp_path):
+    """Every Ray process of one worker host killed while the run goes on (its
+    node actor, raylet and object store at once, as a machine that dies):
+    the run ends, exit 1, naming the node lost, the pages that were resident
+    there and the pages verified intact elsewhere. Last in this module: the
+    cluster is short of a host after it."""
+    out = tmp_path / "summary.json"
+    scenario = tmp_path / "three.toml"      # processes on every node: the host lost had pages
+    scenario.write_text("[machine]\nnodes = 3\nframes_per_node = 2048\nswap_pages = 2048\n"
+                        + "".join(f"[[workload]]\nnode = {n}\nprocesses = 2\npages = 256\n" for n in range(3))
+                        + "[migration]\nevery = 50\n[run]\noperations = 1000000\n")
+    proc = subprocess.Popen(hosts["run"] + [str(scenario), "--address", hosts["address"], "--json", str(out)],
+                            cwd=REPO, env=hosts["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()       # the first progress: the node actors are placed and running
+        assert "running 1000000 operations on Ray" in line, line + proc.stderr.read()
+        victim = hosts["names"][2]
+        for pid in _ip("netns", "pids", victim).split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "error: node actor(s) lost" in stderr and "Traceback" not in stderr, stderr[-3000:]
+    s = json.loads(out.read_text())
+    lost = s["lost"]
+    assert len(lost["nodes"]) == 1 and lost["pages"] > 0, lost
+    # the other hosts' four processes read back as written, but for pages whose contents the lost
+    # host had (resident there, or migrated off it after it died): no data violation
+    assert lost["verified_intact"]["processes"] == 4 and lost["verified_intact"]["pages"] > 0, lost
+    assert s["violations"] == 0, s["violation_details"]
+    assert s["operations_done"] < 1000000

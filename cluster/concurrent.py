@@ -72,7 +72,7 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 if copies:          # the data plane: memcpy (without the GIL) while others step
                     alone = m.k.inflight <= 1
                     for args in copies:
-                        m.copy(*args, alone=alone)
+                        copy_batch(*args, alone=alone)
                 else:
                     yield_cpu()
             finally:                # a copy that fails (a remote payload gone) must not leave readers waiting
@@ -102,10 +102,6 @@ class ConcurrentMachine(Machine):
         self.copying = 0                     # operations whose copy is running now
         self.steps = 0                       # every operation's steps so far
         self.mine = threading.local()        # .steps: this thread's, for its caller's latency
-
-    def copy(self, *args: Any, **kw: Any) -> None:
-        """The data plane's copy (the coordinator's also follows contents lost with a node)."""
-        copy_batch(*args, **kw)
 
     def _run(self, coro):
         k = self.k

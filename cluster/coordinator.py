@@ -88,10 +88,9 @@ class Coordinator:
         self.lost: set[int] = set()
         # a node actor found dead by a payload call, before the runner says so: node -> why
         self.payload_lost: dict[int, str] = {}
-        # pages whose contents came from a lost node after it died (a migration off it):
-        # gpfn -> that node; their data went with it, wherever they are now
-        self.garbled: dict[int, int] = {}
-        self.m.copy = self._copy
+        # the pages whose contents were on it then, by identity (anon_vma, index): lost with it,
+        # wherever a migration, a swap-out and -in or a copy on write takes them after
+        self.lost_ids: dict[int, np.ndarray] = {}
         # the node actors' TLBs: every step that takes a cached mapping away flushes them
         self.tlb = self.m.k.tlb = Shootdown([RayPort(d["handle"]) for d in nodes], [d["host"] for d in nodes])
         self.calls = collections.Counter()
@@ -167,30 +166,15 @@ class Coordinator:
     def _payload_lost(self, node: int, why: str) -> None:
         """A payload call found node actor ``node`` gone (RemoteRows): its frames
         read as zeros from now on; the runner learns of the death from its own
-        polls and ends the run."""
+        polls and ends the run. No call read them since it died (the first
+        that tried is this one), so the pages whose contents went with it are
+        the ones on its frames now: their identities are kept (a read of the
+        frame table, with or without the lock: a frame that changes hands
+        meanwhile is being freed, or allocated and not written yet)."""
+        fr = self.m.k.nodes[node]
+        used = (fr.refcount > 0) & (fr.anon_vma >= 0)
+        self.lost_ids.setdefault(node, np.unique(_identity(fr.anon_vma[used], fr.index[used])))
         self.payload_lost.setdefault(node, why)
-
-    def _copy(self, src, si: np.ndarray, dst, di: np.ndarray, alone: bool = True) -> None:
-        """The data plane's copy, and where contents came from a lost node: the
-        destination pages have lost them too (a later copy carries that on)."""
-        ConcurrentMachine.copy(self.m, src, si, dst, di, alone=alone)
-        if not self.garbled and not getattr(src, "lost", False):
-            return
-        from emulator import pte as P
-        nodes = {id(fr.data): i for i, fr in enumerate(self.m.k.nodes)}
-        s, d = nodes.get(id(src)), nodes.get(id(dst))
-        if s is None or d is None:
-            return
-        dg = P.gpfn(d, np.asarray(di)).tolist()
-        if getattr(src, "lost", False):
-            origin = [s] * len(dg)
-        else:
-            origin = [self.garbled.get(g, -1) for g in P.gpfn(s, np.asarray(si)).tolist()]
-        for g, o in zip(dg, origin):
-            if o >= 0:
-                self.garbled[g] = o
-            else:
-                self.garbled.pop(g, None)
 
     def _local_faults(self, rows: np.ndarray) -> None:
         """The node actors' local faults since this actor last held the steps
@@ -289,8 +273,8 @@ class Coordinator:
     # -- a node actor lost ---------------------------------------------------------
     def node_lost(self, node: int) -> dict[int, int]:
         """The node's frames are gone with their owner: stop reaching them, and
-        say how many pages each process had resident there (or elsewhere with
-        contents that came from there after it died: ``garbled``)."""
+        say how many pages each process had there (resident, or with contents
+        that were there when a payload call found it gone: ``lost_ids``)."""
         from emulator import pte as P
         with self.cond:
             fr = self.m.k.nodes[node]
@@ -299,33 +283,35 @@ class Coordinator:
             fr.data = np.zeros(shape, dtype=np.int64 if self.m.payload == "token" else np.uint8)
             self.tlb.node_lost(self.m.k, node)
             out: dict[int, int] = {}
-            from_here = np.array([g for g, o in self.garbled.items() if o == node], dtype=np.int64)
+            ids = self.lost_ids.get(node, np.zeros(0, np.int64))
             for pid, mm in self.m.k.mms.items():
                 n = 0
                 for vma in mm.vmas:
                     p = vma.pte
-                    gp = p[(p & P.PRESENT) != 0] >> P.OFF_SHIFT
-                    n += int(((gp >> P.NODE_SHIFT) == node).sum()) + int(np.isin(gp, from_here).sum())
+                    here = ((p & P.PRESENT) != 0) & (((p >> P.OFF_SHIFT) >> P.NODE_SHIFT) == node)
+                    gone = (p != 0) & np.isin(_identity(vma.anon_vma.id, vma.start + np.arange(vma.npages)), ids)
+                    n += int((here | gone).sum())
                 if n:
                     out[int(pid)] = n
             return out
 
     def resident_nodes(self, pid: int, addr: int, npages: int) -> np.ndarray:
         """Node of each page, or a negative errno (move_pages' query)."""
-        from emulator import pte as P
         ps = self.m.page_size
         with self.cond:
             st = self.m.move_pages_status(pid, addr + np.arange(npages, dtype=np.int64) * ps, None)
-            if self.garbled:        # contents from a lost node: lost there too
-                g = np.full(npages, -1, dtype=np.int64)
-                done = 0
-                for vma, lo, hi in self.m._range(self.m._mm(pid), addr, npages):
-                    p = vma.pte[lo:hi]
-                    g[done:done + hi - lo] = np.where((p & P.PRESENT) != 0, p >> P.OFF_SHIFT, -1)
-                    done += hi - lo
-                origin = np.array([self.garbled.get(x, -1) for x in g.tolist()], dtype=np.int64)
-                st = np.where(origin >= 0, origin, st)
+            done = 0
+            for vma, lo, hi in self.m._range(self.m._mm(pid), addr, npages) if self.lost_ids else ():
+                mine = _identity(vma.anon_vma.id, vma.start + np.arange(lo, hi))
+                for node, ids in self.lost_ids.items():     # contents lost with a node: there too
+                    st[done:done + hi - lo][np.isin(mine, ids)] = node
+                done += hi - lo
             return st
+
+def _identity(anon_vma, index) -> np.ndarray:
+    """A page's identity across migration, swap and copy on write: its rmap."""
+    return (np.asarray(anon_vma, dtype=np.int64) << 32) | np.asarray(index, dtype=np.int64)
+
 
 def _plain(a: Any) -> Any:
     """Arguments and values as msgpack-able plain data."""

@@ -163,6 +163,10 @@ class Coordinator:
             ev["result"] = _plain(result)
         self.events.append(ev)
 
+    def lost_payloads(self) -> dict[int, str]:
+        """The nodes payload calls found gone (the runner ends the run with them lost)."""
+        return dict(self.payload_lost)
+
     def _payload_lost(self, node: int, why: str) -> None:
         """A payload call found node actor ``node`` gone (RemoteRows): its frames
         read as zeros from now on; the runner learns of the death from its own
@@ -303,7 +307,7 @@ class Coordinator:
             done = 0
             for vma, lo, hi in self.m._range(self.m._mm(pid), addr, npages) if self.lost_ids else ():
                 mine = _identity(vma.anon_vma.id, vma.start + np.arange(lo, hi))
-                for node, ids in self.lost_ids.items():     # contents lost with a node: there too
+                for node, ids in list(self.lost_ids.items()):     # contents lost with a node: there too
                     st[done:done + hi - lo][np.isin(mine, ids)] = node
                 done += hi - lo
             return st

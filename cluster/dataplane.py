@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -123,12 +124,23 @@ class RemoteRows:
             self.state["on_lost"](self.node, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
     def _call(self, submit: Callable[[], Any]) -> tuple[bool, Any]:
-        """(True, the call's answer), or (False, None) when the node is lost."""
+        """(True, the call's answer), or (False, None) when the node is lost: its
+        actor died, answers nothing, stays unavailable (UNAVAILABLE_TRIES
+        calls a second apart: a moment's network trouble is not a loss), or
+        the answer was lost with its host before it was fetched."""
         import ray
-        if self.state["local"] is None:
+        ex = ray.exceptions
+        for attempt in range(UNAVAILABLE_TRIES):
+            if self.state["local"] is not None:
+                break
             try:
                 return True, ray.get(submit(), timeout=PAYLOAD_TIMEOUT_S)
-            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+            except ex.ActorUnavailableError as exc:
+                if attempt + 1 < UNAVAILABLE_TRIES:
+                    time.sleep(1.0)
+                    continue
+                self._lose(exc)
+            except (ex.RayActorError, ex.GetTimeoutError, ex.ObjectLostError) as exc:
                 self._lose(exc)
         return False, None
 
@@ -152,12 +164,11 @@ class RemoteRows:
         import ray
         if not (self.lost or src.lost):
             try:
-                ok, _ = self._call(lambda: self.handle.rows_pull.remote(src.handle, si, di, src.view_dtype,
-                                                                          self.view_dtype))
-                if ok:
-                    return
-            except ray.exceptions.RayTaskError:     # this node could not read src's rows: src is gone
-                pass
+                ray.get(self.handle.rows_pull.remote(src.handle, si, di, src.view_dtype, self.view_dtype),
+                        timeout=PAYLOAD_TIMEOUT_S)
+                return
+            except Exception:   # noqa: BLE001 - src gone (a RayTaskError, also a RayActorError) or this node:
+                pass            # the two calls below tell which, each marking its own node lost
         self[di] = src[si]
 
     def tobytes(self) -> bytes:
@@ -168,6 +179,7 @@ class RemoteRows:
 
 
 PAYLOAD_TIMEOUT_S = 120.0       # a node actor that answers no payload call this long is lost
+UNAVAILABLE_TRIES = 3
 
 
 # A large copy between mapped payloads is split over this many threads

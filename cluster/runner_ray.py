@@ -329,6 +329,7 @@ class RayRun:
         except (CoordinatorGone, ray.exceptions.RayActorError) as exc:   # a node actor's death is _answers'
             raise RunnerError(f"the coordinator died: {_first_line(exc)}") from None
         results = self._stop(by_home)
+        self._payload_lost()
         self._count_lost()
         for r in results.values():
             for k, v in r["errors"].items():
@@ -445,6 +446,13 @@ class RayRun:
     def _lost(self, node: int, why: str) -> None:
         self.dead[node] = why
 
+    def _payload_lost(self) -> None:
+        """Nodes the coordinator's payload calls found gone are lost too (one
+        whose actor still answers polls included: its frames read as zeros)."""
+        for node, why in self.ray.get(self.coord.lost_payloads.remote()).items():
+            if int(node) not in self.dead:
+                self._lost(int(node), f"payload lost: {why}")
+
     def _count_lost(self) -> None:
         """Once every driver has stopped: the pages resident on the lost nodes."""
         for node in sorted(self.dead):
@@ -476,6 +484,9 @@ class RayRun:
     def _quiescent_check(self, by_home) -> None:
         self._pause(by_home)
         try:
+            self._payload_lost()
+            if self.dead:       # the run ends with its report; the oracle would read lost frames
+                return
             self.checks += 1
             self._oracle()
             self._verify(by_home, final=False)

@@ -10,8 +10,9 @@ Usage: python benchmarks/cluster.py [--quick]
   same machine. The benchmark is the coordinator's caller on its host, so its
   calls take the same-host channel (cluster/channel.py). Then where a
   one-caller migration's time goes: the same move_pages in this process on
-  payloads in /dev/shm (the model's steps and the copy, timed apart), and
-  the rest, crossing to the coordinator actor and back;
+  payloads in /dev/shm (the model's steps alone, and what the copy adds to
+  them: it runs beside the steps after it), and the rest, crossing to the
+  coordinator actor and back;
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode, a move_pages every 50 or
@@ -137,8 +138,11 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
 
 def in_process(rounds: int, policy: str) -> tuple[float, float]:
     """The same move_pages as migration()'s, in this process, on payloads in
-    /dev/shm as the node actors' are: the median seconds per move, and of it
-    the copy's (the data plane's copy_batch, timed around each call)."""
+    /dev/shm as the node actors' are: the median seconds per move, and per
+    move without its copy (the model's steps alone), rounds of the two
+    alternating. The copy runs beside the steps after it
+    (cluster.dataplane.CopyInFlight), so the difference is the part of the
+    copy those steps do not hide."""
     import uuid
 
     import cluster.concurrent as cc
@@ -150,13 +154,8 @@ def in_process(rounds: int, policy: str) -> tuple[float, float]:
     paths = [shm_dir() / f"numaemu-bench-{uuid.uuid4().hex}" for _ in m.k.nodes]
     for fr, path in zip(m.k.nodes, paths):
         fr.data = create_payload(path, fr.data.shape, fr.data.dtype)
-    copy, copies = cc.copy_batch, []
-
-    def timed(*a, **kw):
-        t0 = time.perf_counter()
-        copy(*a, **kw)
-        copies.append(time.perf_counter() - t0)
-    cc.copy_batch = timed
+    real = cc.CopyInFlight
+    times: dict[bool, list[float]] = {True: [], False: []}
     try:
         with m.cond:
             pid = m.spawn(0)
@@ -166,17 +165,28 @@ def in_process(rounds: int, policy: str) -> tuple[float, float]:
             to = [np.full(BATCH, n, dtype=np.int64) for n in (0, 1)]
             for r in range(2):      # warm up, as migration() does
                 m.move_pages(pid, addrs, to[1 - r % 2])
-            copies.clear()
-            moves = []
-            for r in range(rounds):
+            for r in range(2 * rounds):
+                copying = r % 4 < 2             # a round trip each way, then the same without copies
+                cc.CopyInFlight = real if copying else _NoCopy
                 t0 = time.perf_counter()
                 m.move_pages(pid, addrs, to[1 - r % 2])
-                moves.append(time.perf_counter() - t0)
+                times[copying].append(time.perf_counter() - t0)
     finally:
-        cc.copy_batch = copy
+        cc.CopyInFlight = real
         for path in paths:
             unlink(path)
-    return statistics.median(moves), statistics.median(copies)
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
+class _NoCopy:
+    """In place of CopyInFlight: the copy skipped, to time the steps alone."""
+
+    def __init__(self, copies):
+        pass
+
+    fits = staticmethod(lambda copies: True)
+    done = staticmethod(lambda: True)
+    join = staticmethod(lambda: None)
 
 
 def faults(rounds: int) -> tuple[float, float]:
@@ -300,12 +310,13 @@ def main() -> None:
         if streams == 1:
             one[policy] = (BATCH / mig, BATCH / cp)
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
-          "(the same call in this process on /dev/shm payloads: the copy, and the model's steps; the rest: "
+          "(the same call in this process on /dev/shm payloads: the model's steps, and what the copy adds to them, "
+          "running beside the steps after it; the rest: "
           "crossing to the coordinator actor and back):")
     print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'crossing':>9} {'numpy copy':>11}")
     for policy, (via, numpy_copy) in one.items():
-        here, copy = in_process(rounds, policy)
-        print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {copy * 1e3:>6.2f} {(here - copy) * 1e3:>6.2f} "
+        here, steps = in_process(rounds, policy)
+        print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {(here - steps) * 1e3:>6.2f} {steps * 1e3:>6.2f} "
               f"{(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f}")
     first, swapin = faults(4 if args.quick else 16)
     print(f"faults through the coordinator, {BATCH}-page batches: first touch {first:,.0f} pages/s, "

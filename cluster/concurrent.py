@@ -15,9 +15,13 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
 - A migration's payload copy, which the model's step asks for with
   Kernel.copy_payload, runs right after that step with the lock dropped:
   both pages are locked and frozen, so other operations step meanwhile and
-  the memcpy overlaps them, as folio_copy() does on another CPU (split over
-  two threads when no other operation is in flight to want the other core:
-  cluster.dataplane.copy_batch). Steps wait
+  the memcpy overlaps them, as folio_copy() does on another CPU
+  (cluster.dataplane.copy_batch). With no other operation in flight to
+  want the other core, a large copy instead runs on a copier thread while
+  this operation takes its next steps that need no contents (the remap walk
+  and the unlock: emulator.migrate.leaves_payloads), then on both threads;
+  the lock stays held until it is done, so nothing else sees the pages
+  first (cluster.dataplane.CopyInFlight). Steps wait
   on the locked pages as the kernel's do; a look at contents that does not
   fault (read_tokens, read's look after its faults) waits until no copy is
   in flight (``copying``), or it could see the new page before its data.
@@ -30,9 +34,10 @@ import threading
 from typing import Any
 
 from emulator import Machine
+from emulator.migrate import leaves_payloads
 from emulator.sched import Call, Deadlock
 
-from .dataplane import copy_batch
+from .dataplane import CopyInFlight, copy_batch
 
 WAIT_TIMEOUT = 60.0
 
@@ -41,51 +46,74 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
     """Run one operation to completion; the caller holds ``m.cond``.
     Returns its result and the number of steps it took. The payload copies
     its steps leave in ``m.k.deferred`` (Kernel.copy_payload) run with the
-    lock dropped, counted in ``m.copying`` meanwhile."""
+    lock dropped, counted in ``m.copying`` meanwhile; or, when no other
+    operation is in flight, on a copier thread while this one takes its next
+    steps that need no contents, the lock held until the copy is done
+    (``ahead``: no one else may see the pages before their data)."""
     cond, deferred = m.cond, m.k.deferred
     steps = 0
     send, throw = coro.send, coro.throw
     value: Any = None
     exc: BaseException | None = None
     yield_cpu = os.sched_yield if hasattr(os, "sched_yield") else (lambda: None)
-    while True:
-        try:
-            req = throw(exc) if exc is not None else send(value)
-        except StopIteration as stop:
-            return stop.value, steps
-        exc = None
-        if req.__class__ is Call:
+    ahead: CopyInFlight | None = None
+    try:
+        while True:
             try:
-                value = req.fn(*req.args)
-            except Exception as e:  # delivered to the operation, which may undo
-                exc, value = e, None
-            steps += 1
-            copies = None
-            if deferred:
-                copies = list(deferred)
-                deferred.clear()
-            if copies:
-                m.copying += 1
-            cond.notify_all()
-            cond.release()          # the preemption point
-            try:
-                if copies:          # the data plane: memcpy (without the GIL) while others step
-                    alone = m.k.inflight <= 1
-                    for args in copies:
-                        copy_batch(*args, alone=alone)
-                else:
-                    yield_cpu()
-            finally:                # a copy that fails (a remote payload gone) must not leave readers waiting
-                cond.acquire()
+                req = throw(exc) if exc is not None else send(value)
+            except StopIteration as stop:
+                return stop.value, steps
+            exc = None
+            if req.__class__ is Call:
+                if ahead is not None and not leaves_payloads(req.fn, req.args):
+                    ahead.join()
+                    ahead = None
+                try:
+                    value = req.fn(*req.args)
+                except Exception as e:  # delivered to the operation, which may undo
+                    exc, value = e, None
+                steps += 1
+                copies = None
+                if deferred:
+                    copies = list(deferred)
+                    deferred.clear()
+                    if ahead is not None:
+                        ahead.join()
+                        ahead = None
+                    if m.k.inflight <= 1 and CopyInFlight.fits(copies):
+                        ahead = CopyInFlight(copies)
+                        copies = None
+                if ahead is not None:
+                    if not ahead.done():
+                        continue    # no preemption point until the copy is done
+                    ahead = None
                 if copies:
-                    m.copying -= 1
-                    cond.notify_all()
-        else:
-            while not req.pred():
-                if not cond.wait(WAIT_TIMEOUT):
-                    coro.close()
-                    raise Deadlock(f"operation blocked on {req!r} for {WAIT_TIMEOUT:.0f} s")
-            value = None
+                    m.copying += 1
+                cond.notify_all()
+                cond.release()          # the preemption point
+                try:
+                    if copies:          # the data plane: memcpy (without the GIL) while others step
+                        for args in copies:
+                            copy_batch(*args)
+                    else:
+                        yield_cpu()
+                finally:                # a copy that fails (a remote payload gone) must not leave readers waiting
+                    cond.acquire()
+                    if copies:
+                        m.copying -= 1
+                        cond.notify_all()
+            else:
+                if ahead is not None:
+                    ahead.join()
+                    ahead = None
+                while not req.pred():
+                    if not cond.wait(WAIT_TIMEOUT):
+                        coro.close()
+                        raise Deadlock(f"operation blocked on {req!r} for {WAIT_TIMEOUT:.0f} s")
+                value = None
+    finally:
+        if ahead is not None:
+            ahead.join()
 
 
 class ConcurrentMachine(Machine):

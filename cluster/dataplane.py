@@ -182,31 +182,65 @@ PAYLOAD_TIMEOUT_S = 120.0       # a node actor that answers no payload call this
 UNAVAILABLE_TRIES = 3
 
 
-# A large copy between mapped payloads is split over this many threads
-# (numpy's memcpy drops the GIL), as the kernel's batched migration may copy
-# folios on several CPUs: one core does not saturate the memory bus here.
-COPY_THREADS = max(1, min(2, os.cpu_count() or 1))
+# A large copy between mapped payloads runs on two threads (numpy's memcpy
+# drops the GIL), as the kernel's batched migration may copy folios on
+# several CPUs: one core does not saturate the memory bus here.
 PARALLEL_MIN_BYTES = 4 << 20
-_copiers = ThreadPoolExecutor(COPY_THREADS - 1, thread_name_prefix="migrate-copy") if COPY_THREADS > 1 else None
+_copiers = ThreadPoolExecutor(1, thread_name_prefix="migrate-copy") if (os.cpu_count() or 1) > 1 else None
 
 
-def copy_batch(src, si: np.ndarray, dst, di: np.ndarray, alone: bool = True) -> None:
-    """A migration's copy (the data plane): one memcpy per run between mapped
-    payloads, split over COPY_THREADS when large and ``alone`` (no other
-    operation in flight, whose steps would want the other core); between two
-    remote node actors, one transfer from one to the other (rather than
-    through the coordinator, twice)."""
+def copy_batch(src, si: np.ndarray, dst, di: np.ndarray) -> None:
+    """A migration's copy (the data plane), while other operations step:
+    one memcpy per run between mapped payloads; between two remote node
+    actors, one transfer from one to the other (rather than through the
+    coordinator, twice)."""
     if isinstance(src, RemoteRows) and isinstance(dst, RemoteRows):
         if len(si):
             dst.pull(src, si, di)
         return
-    n = len(si)
-    if _copiers is None or not alone or not (isinstance(src, np.ndarray) and isinstance(dst, np.ndarray)) \
-            or src.ndim != 2 or n * src.shape[1] * src.itemsize < PARALLEL_MIN_BYTES:
-        copy_rows(src, si, dst, di)
-        return
-    cuts = [n * i // COPY_THREADS for i in range(COPY_THREADS + 1)]
-    helpers = [_copiers.submit(copy_rows, src, si[a:b], dst, di[a:b]) for a, b in zip(cuts[1:-1], cuts[2:])]
-    copy_rows(src, si[:cuts[1]], dst, di[:cuts[1]])
-    for f in helpers:
-        f.result()
+    copy_rows(src, si, dst, di)
+
+
+OVERLAP_CHUNK_BYTES = 4 << 20
+
+
+class CopyInFlight:
+    """Migration copies between payloads mapped here, running on a copier
+    thread while the operation that asked for them takes its next steps,
+    those that need no contents (emulator.migrate.leaves_payloads). Split in
+    chunks of 4 MiB (few, as the copier needs the GIL between two; 1 MiB
+    was slower here): whoever joins copies the chunks not taken yet beside
+    the copier, so the copy ends on both cores."""
+
+    def __init__(self, copies: list[tuple]):
+        self.chunks = []
+        for src, si, dst, di in copies:
+            rows = max(1, OVERLAP_CHUNK_BYTES // (src.shape[1] * src.itemsize))
+            self.chunks += [(src, si[a:a + rows], dst, di[a:a + rows]) for a in range(0, len(si), rows)]
+        self.taken = 0
+        self.lock = threading.Lock()
+        self.helper = _copiers.submit(self._work)
+
+    @staticmethod
+    def fits(copies: list[tuple]) -> bool:
+        """Large copies between payloads mapped in this process (not RemoteRows)."""
+        return _copiers is not None and all(
+            isinstance(src, np.ndarray) and isinstance(dst, np.ndarray) and src.ndim == 2
+            for src, _si, dst, _di in copies) and \
+            sum(len(si) * src.shape[1] * src.itemsize for src, si, _dst, _di in copies) >= PARALLEL_MIN_BYTES
+
+    def _work(self) -> None:
+        while True:
+            with self.lock:
+                i = self.taken
+                self.taken += 1
+            if i >= len(self.chunks):
+                return
+            copy_rows(*self.chunks[i])
+
+    def done(self) -> bool:
+        return self.helper.done()
+
+    def join(self) -> None:
+        self._work()
+        self.helper.result()

@@ -68,7 +68,9 @@ class Kernel:
     def copy_payload(self, src, si: np.ndarray, dst, di: np.ndarray) -> None:
         """A migration's copy: now, inside the step (in-process drivers), or,
         when a driver collects them in ``deferred``, right after the step and
-        outside its critical section, before the operation's next step. Both
+        outside its critical section, before the operation's next step (or
+        beside the next steps that read no payload, letting no other
+        operation in: cluster/concurrent.py). Both
         pages are locked and the old one frozen, so no other step reads or
         writes their payload meanwhile (as folio_copy() runs unlocked)."""
         if self.deferred is None:

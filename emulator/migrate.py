@@ -42,7 +42,7 @@ from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapca
 from .kernel import distinct, keep, split_nodes
 from .mm import MM, Mempolicy
 from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_planned, alloc_policy
-from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
+from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma, walk_step
 from .sched import call
 from .swap_state import add_to_migcache, add_to_swap, delete_from_swap_cache, pageout
 from .migcache_ops import migration_move_to_swap
@@ -295,6 +295,15 @@ async def _move(k, avs, sub: Batch, entries, added, dst: int, new: np.ndarray) -
         await _remap(k, ravs, msub, ment, dst, mnew)
         await call(dst_owner, finish_step, k, msub, ment, madd, dst, mnew)
     return moved
+
+
+def leaves_payloads(fn, args: tuple) -> bool:
+    """Whether step fn(*args) reads and writes no payload: the steps after the
+    copy in _move (the remap walk, finish_step), as 6.1's
+    remove_migration_ptes() and the unlock and putback need no contents. A
+    driver whose copies run apart from the steps (cluster/concurrent.py) may
+    run these while the copy is still going, letting nothing else in."""
+    return fn is finish_step or (fn is walk_step and args[4] is remap_vma)
 
 
 def gave_up(k, result: np.ndarray) -> bool:

@@ -79,10 +79,11 @@ def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", ["runs", "scattered"])
-def test_a_large_migration_copy_split_over_threads_copies_every_row(shape):
-    """copy_batch splits a copy of PARALLEL_MIN_BYTES or more over COPY_THREADS:
-    every row lands where the gather/scatter would put it, none elsewhere."""
-    from cluster.dataplane import PARALLEL_MIN_BYTES, copy_batch
+def test_a_copy_in_flight_copies_every_row_once_joined(shape):
+    """CopyInFlight splits its copies in chunks that the copier thread and the
+    joining thread share: every row lands where the gather/scatter would put
+    it, none elsewhere, whichever copies are in the list."""
+    from cluster.dataplane import PARALLEL_MIN_BYTES, CopyInFlight
     page = 4096
     n = PARALLEL_MIN_BYTES // page + 300
     rng = np.random.default_rng(7)
@@ -94,10 +95,17 @@ def test_a_large_migration_copy_split_over_threads_copies_every_row(shape):
     else:
         si = rng.permutation(2 * n)[:n]
         di = rng.permutation(2 * n + 10)[:n]
-    want = np.zeros_like(dst)
+    other = np.zeros((64, page), dtype=np.uint8)
+    copies = [(src, si, dst, di), (src, si[:64], other, np.arange(64)[::-1].copy())]
+    assert CopyInFlight.fits(copies)
+    want, want_other = np.zeros_like(dst), np.zeros_like(other)
     want[di] = src[si]
-    copy_batch(src, si, dst, di)
+    want_other[np.arange(64)[::-1]] = src[si[:64]]
+    job = CopyInFlight(copies)
+    job.join()
+    assert job.done()
     np.testing.assert_array_equal(dst, want)
+    np.testing.assert_array_equal(other, want_other)
 
 
 def test_payloads_larger_than_the_hosts_free_shared_memory_are_named():
@@ -109,3 +117,64 @@ def test_payloads_larger_than_the_hosts_free_shared_memory_are_named():
     (warning,) = overcommitted(descs)
     assert warning.startswith("host aaaaaaaaaaaa: the payloads of nodes 0, 2 take 12.0 GiB, with 9.0 GiB free")
     assert overcommitted(descs[1:2]) == []
+
+
+@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+def test_a_copy_running_ahead_of_the_remap_lands_before_anyone_sees_the_pages(monkeypatch, policy):
+    """With no other operation in flight, a large migration's copy runs on a
+    copier thread while the migration remaps and unlocks (the steps that need
+    no contents), and the lock stays held until the copy is done. Here the
+    copier is held mid-copy: a reader arriving meanwhile must not get in,
+    and once it does it reads every byte as written."""
+    import cluster.dataplane as D
+    page = 4096
+    n = D.PARALLEL_MIN_BYTES // page + 64
+    m = ConcurrentMachine.from_config({"nodes": 2, "frames_per_node": n + 256, "swap_pages": n,
+                                       "page_size": page, "policy": policy, "payload": "bytes"})
+    data = np.random.default_rng(3).integers(0, 256, n * page, dtype=np.uint8).tobytes()
+    with m.cond:
+        pid = m.spawn(0)
+        addr = m.mmap(pid, n)
+        m.write(pid, addr, data)
+    in_copy, go = threading.Event(), threading.Event()
+    real = D.copy_rows
+
+    def held(*args):
+        if threading.current_thread().name.startswith("migrate-copy") and not in_copy.is_set():
+            in_copy.set()
+            assert go.wait(30), "the copier was never let go"
+        real(*args)
+
+    real_join = D.CopyInFlight.join
+
+    def join_once_the_copier_copies(self):     # so that the joining thread takes no chunk first
+        assert in_copy.wait(30), "the copy did not run on a copier thread"
+        real_join(self)
+
+    monkeypatch.setattr(D, "copy_rows", held)
+    monkeypatch.setattr(D.CopyInFlight, "join", join_once_the_copier_copies)
+    out: dict[str, object] = {}
+
+    def migrate():
+        with m.cond:
+            out["status"] = m.move_pages(pid, [addr + i * page for i in range(n)], [1] * n)
+
+    def read():
+        with m.cond:
+            out["read"] = m.read(pid, addr, n * page)
+
+    a = threading.Thread(target=migrate)
+    a.start()
+    assert in_copy.wait(30), "the copy did not run on a copier thread"
+    b = threading.Thread(target=read)
+    b.start()
+    b.join(2.0)
+    assert "read" not in out, "a reader got in while the copy was still running"
+    go.set()
+    a.join(30)
+    b.join(30)
+    assert out["status"] == [1] * n
+    assert out["read"] == data
+    with m.cond:
+        m.check()
+        assert m.read(pid, addr, n * page) == data

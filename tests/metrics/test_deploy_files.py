@@ -3,7 +3,8 @@ the compose file, the Ray cluster launcher YAML and the KubeRay RayJob.
 
 Docker and Kubernetes are not available on these machines: the compose file
 and the Ray/KubeRay manifests are checked for YAML syntax and for what they
-must say, not run. The RayJob's entrypoint is run on a real Ray head (and
+must say, not run; the launcher config also goes through what `ray up` does
+with it before it reaches for a host (Ray's schema and provider bootstrap). The RayJob's entrypoint is run on a real Ray head (and
 submitted through its Job Submission API where ray[default] is installed) by
 tests/cluster/test_deploy_head.py.
 """
@@ -91,6 +92,21 @@ def test_ray_cluster_launcher_installs_numaemu_and_runs_a_scenario():
     runs = [c for c in cfg["head_start_ray_commands"] if "numaemu run" in c]
     assert runs and "--backend ray" in runs[0] and "--metrics-port" in runs[0]
     assert any("ray start --address" in c for c in cfg["worker_start_ray_commands"])
+
+
+def test_ray_up_accepts_the_launcher_config():
+    """What `ray up` does with the file before it reaches for any host: Ray's
+    own preparation (the local provider's node type from worker_ips),
+    schema validation and provider bootstrap. The commands keep their order,
+    and the cluster is the head and both workers."""
+    from ray.autoscaler._private.commands import _bootstrap_config
+    cfg = load("ray/cluster.yaml")
+    resolved = _bootstrap_config(cfg, no_config_cache=True)
+    (node_type,) = resolved["available_node_types"].values()
+    assert node_type["min_workers"] == node_type["max_workers"] == len(cfg["provider"]["worker_ips"]) == 2
+    assert resolved["head_start_ray_commands"] == cfg["head_start_ray_commands"]
+    assert resolved["worker_start_ray_commands"] == cfg["worker_start_ray_commands"]
+    assert resolved["file_mounts"] == {"~/numaemu": "."}
 
 
 def test_kuberay_rayjob_installs_numaemu_and_runs_a_scenario_on_the_head(tmp_path):

@@ -1,6 +1,7 @@
 """The ``numaemu`` command line.
 
     numaemu run SCENARIO [--backend local|ray] [--set KEY=VALUE ...] [--json PATH] [--metrics-port N ...]
+    numaemu compare SCENARIO [--policy NAME ...] [--backend local|ray] [--set KEY=VALUE ...] [--json PATH]
     numaemu explore SCENARIO [--bug NAME] [--mode dfs|random|pct] [--bound N] ...
     numaemu explore --list-bugs
     numaemu replay TOKEN
@@ -18,6 +19,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -25,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .metrics import MetricsError, metrics_options
-from .scenario import ScenarioError, load_scenario
+from .scenario import POLICIES, ScenarioError, load_scenario
 
 BACKENDS = ("local", "ray")
 
@@ -33,6 +35,90 @@ BACKENDS = ("local", "ray")
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _load(scenario: str, sets: tuple[str, ...], bugs: tuple[str, ...]):
+    from emulator import BUGS
+    for b in bugs:
+        if b not in BUGS:
+            _fail(f"--bug {b}: unknown bug injection (known: {', '.join(BUGS)})", 2)
+    try:
+        return load_scenario(scenario, overrides=sets)
+    except ScenarioError as exc:
+        _fail(str(exc), 2)
+
+
+def _check_json_path(json_path: str | None) -> None:
+    """--json's directory, created if missing, before any run."""
+    from .plots import ReportError, prepare_dir
+    if json_path is None:
+        return
+    if Path(json_path).is_dir():
+        _fail(f"--json {json_path}: is a directory", 2)
+    try:
+        prepare_dir(Path(json_path).parent)
+    except ReportError as exc:
+        _fail(f"--json {json_path}: {Path(json_path).parent}: {exc}", 2)
+
+
+def _write_json(json_path: str | None, obj: Any) -> None:
+    if json_path is None:
+        return
+    tmp = f"{json_path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, json_path)
+    except OSError as exc:
+        _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
+
+
+def _execute(spec, scenario: str, title: str, backend: str, address: str | None, stress: bool,
+             check_every: int | None, bugs: tuple[str, ...], json_path: str | None, on: dict,
+             err: Console) -> dict[str, Any]:
+    """One run with a progress bar titled ``title``: its summary. A failure
+    exits 1 with one line naming ``scenario``, Ctrl-C before the runner has a
+    summary exits 130."""
+    from .runner_local import run_local
+
+    ops = spec.run.operations
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=not err.is_terminal,
+        disable=not err.is_terminal,
+    )
+    try:
+        with progress:
+            task = progress.add_task(title, total=ops)
+            announced: list[int] = []
+
+            def tick(done: int) -> None:
+                progress.update(task, completed=done)
+                if not announced and not err.is_terminal:
+                    announced.append(done)   # one line, so a log (or a test) sees the run is under way
+                    where = "on Ray" if backend == "ray" else "in-process"
+                    limit = f" (or {spec.run.seconds:g} s)" if spec.run.seconds else ""
+                    click.echo(f"numaemu: {scenario}: running {ops} operations{limit} {where}", err=True)
+
+            stress = stress or spec.run.stress
+            every = check_every or spec.run.check_every or max(1, ops // 20)
+            if backend == "ray":
+                from .runner_ray import run_ray
+                return run_ray(spec, tick, address=address, stress=stress, check_every=every, bugs=bugs,
+                               dump_dir=str(Path(json_path).parent) if json_path else None, **on)
+            return run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
+    except OSError as exc:
+        _fail(f"{scenario}: the run failed: {exc}", 1)
+    except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
+        _fail(f"{scenario}: {exc}", 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    raise AssertionError("unreachable")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,32 +157,17 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     """Run the scenario file SCENARIO and print a per-node summary."""
     if backend == "local" and address:
         _fail("--address needs --backend ray", 2)
-    from emulator import BUGS
-    for b in bugs:
-        if b not in BUGS:
-            _fail(f"--bug {b}: unknown bug injection (known: {', '.join(BUGS)})", 2)
-    try:
-        spec = load_scenario(scenario, overrides=sets)
-    except ScenarioError as exc:
-        _fail(str(exc), 2)
+    spec = _load(scenario, sets, bugs)
     if check_every and not (stress or spec.run.stress):
         _fail("--check-every needs --stress (or [run] stress = true)", 2)
     # the output directories, created if missing (with their parents), before the run
     from .plots import ReportError, prepare_dir
-    if json_path is not None:
-        if Path(json_path).is_dir():
-            _fail(f"--json {json_path}: is a directory", 2)
-        try:
-            prepare_dir(Path(json_path).parent)
-        except ReportError as exc:
-            _fail(f"--json {json_path}: {Path(json_path).parent}: {exc}", 2)
+    _check_json_path(json_path)
     if report_dir is not None:
         try:
             prepare_dir(report_dir)
         except ReportError as exc:
             _fail(f"--report {report_dir}: {exc}", 2)
-
-    from .runner_local import run_local
 
     state = None
     if run_label is None and sets:     # runs of one file told apart by what they set
@@ -111,60 +182,17 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
 
     out = Console()
     err = Console(stderr=True)
-    ops = spec.run.operations
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=not err.is_terminal,
-        disable=not err.is_terminal,
-    )
-    try:
-        with progress:
-            task = progress.add_task(Path(scenario).name, total=ops)
-            on = {} if state is None else {"metrics": state}
-            if report_dir is not None:  # keep every duration for the latency plot
-                from .timeline import LatencyRecorder
-                on["latency"] = LatencyRecorder()
-            announced: list[int] = []
-
-            def tick(done: int) -> None:
-                progress.update(task, completed=done)
-                if not announced and not err.is_terminal:
-                    announced.append(done)   # one line, so a log (or a test) sees the run is under way
-                    where = "on Ray" if backend == "ray" else "in-process"
-                    limit = f" (or {spec.run.seconds:g} s)" if spec.run.seconds else ""
-                    click.echo(f"numaemu: {scenario}: running {ops} operations{limit} {where}", err=True)
-
-            stress = stress or spec.run.stress
-            every = check_every or spec.run.check_every or max(1, ops // 20)
-            if backend == "ray":
-                from .runner_ray import run_ray
-                summary = run_ray(spec, tick, address=address, stress=stress, check_every=every, bugs=bugs,
-                                  dump_dir=str(Path(json_path).parent) if json_path else None, **on)
-            else:
-                summary = run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
-    except OSError as exc:
-        _fail(f"{scenario}: the run failed: {exc}", 1)
-    except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
-        _fail(f"{scenario}: {exc}", 1)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    on = {} if state is None else {"metrics": state}
+    if report_dir is not None:  # keep every duration for the latency plot
+        from .timeline import LatencyRecorder
+        on["latency"] = LatencyRecorder()
+    summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
+                       json_path, on, err)
 
     from .report import print_summary
 
     print_summary(summary, out)
-    if json_path is not None:
-        tmp = f"{json_path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2, sort_keys=False)
-                fh.write("\n")
-            os.replace(tmp, json_path)
-        except OSError as exc:
-            _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
+    _write_json(json_path, summary)
     if report_dir is not None:
         from .plots import write_report
         try:
@@ -187,6 +215,53 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         sys.exit(1)
     sys.exit(1 if summary["violations"] > 0 else 0)
 
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICIES),
+              help="a migration design to run (repeatable, in this order) [default: migentry, migcache, swapcache]")
+@click.option("--backend", type=click.Choice(BACKENDS), default="ray", show_default=True,
+              help="'ray': node actors and a coordinator on Ray (an embedded local Ray for each run "
+                   "unless --address); 'local': the in-process model")
+@click.option("--address", default=None, metavar="ADDR", help="join the running Ray cluster at ADDR")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a value of the scenario file for every run (repeatable), as numaemu run's")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              metavar="PATH", help="also write every run's summary, by design, as JSON")
+def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str | None, sets: tuple[str, ...],
+            json_path: str | None) -> None:
+    """Run SCENARIO once under each migration design, with the same seeds, and
+    print the designs side by side."""
+    if backend == "local" and address:
+        _fail("--address needs --backend ray", 2)
+    if any(s.split("=", 1)[0].strip() == "machine.policy" for s in sets):
+        _fail("--set machine.policy: compare sets the policy itself (use --policy)", 2)
+    policies = tuple(dict.fromkeys(policies)) or ("migentry", "migcache", "swapcache")
+    _load(scenario, sets, ())           # the file and the --set values as given: errors name only those
+    specs = {p: _load(scenario, (*sets, f"machine.policy={p}"), ()) for p in policies}
+    _check_json_path(json_path)
+    from .report import print_comparison
+
+    out, err = Console(), Console(stderr=True)
+    runs: dict[str, dict[str, Any]] = {}
+    for p, spec in specs.items():
+        runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend, address,
+                           False, None, (), None, {}, err)
+        if runs[p].get("interrupted") or runs[p].get("lost"):
+            break
+    print_comparison(scenario, list(sets), runs, out)
+    _write_json(json_path, {"scenario": scenario, "overrides": list(sets), "backend": backend,
+                            "policies": list(runs), "runs": runs})
+    if any(r.get("interrupted") for r in runs.values()):
+        click.echo("interrupted: the comparison above is partial", err=True)
+        sys.exit(130)
+    for p, r in runs.items():
+        if r.get("lost"):
+            click.echo(f"error: policy {p}: node actor(s) lost: {r['lost']['nodes']}; the comparison above "
+                       "stops there", err=True)
+            sys.exit(1)
+    sys.exit(1 if any(r["violations"] for r in runs.values()) else 0)
 
 from .dashboards_cli import dashboards_cmd  # noqa: E402
 from .explore_cli import explore_cmd, replay_cmd  # noqa: E402

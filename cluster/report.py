@@ -141,3 +141,54 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             console.print(f"  {line}", markup=False)
     else:
         console.print("[green]violations: 0[/green] (data read back as written; invariants hold)")
+
+
+def _lat(summary: dict[str, Any], kind: str, stat: str) -> Any:
+    return ((summary.get("latency") or {}).get(kind) or {}).get(stat)
+
+
+# (row label, what it reads from a summary): numaemu compare's rows
+COMPARED = (
+    ("operations", _ops_done),
+    ("elapsed (s)", lambda s: f"{s['elapsed_s']:.2f}"),
+    ("operations/s", lambda s: round(s.get("operations_done", s["operations"]) / s["elapsed_s"])
+     if s["elapsed_s"] else None),
+    ("migration calls", lambda s: s["migration_events"]),
+    ("pgmigrate_success", lambda s: s["totals"]["pgmigrate_success"]),
+    ("pgmigrate_fail", lambda s: s["totals"]["pgmigrate_fail"]),
+    ("fallback to swap", lambda s: s["totals"]["pgmigrate_fallback_swap"]),
+    ("migrate_pages not moved", lambda s: s["totals"].get("migrate_pages_not_moved")),
+    ("pswpout", lambda s: s["totals"]["pswpout"]),
+    ("pswpin", lambda s: s["totals"]["pswpin"]),
+    ("pgfault", lambda s: s["totals"]["pgfault"]),
+    ("pgmajfault", lambda s: s["totals"]["pgmajfault"]),
+    ("numa_miss", lambda s: s["totals"]["numa_miss"]),
+    ("swap slots used at the end", lambda s: s.get("swap", {}).get("used")),
+    ("migration p50 (us)", lambda s: _lat(s, "migration_us", "p50")),
+    ("migration p99 (us)", lambda s: _lat(s, "migration_us", "p99")),
+    ("fault p50 (us)", lambda s: _lat(s, "fault_us", "p50")),
+    ("fault p99 (us)", lambda s: _lat(s, "fault_us", "p99")),
+    ("failed calls", lambda s: sum(s.get("errors", {}).values())),
+    ("violations", lambda s: s["violations"]),
+)
+
+
+def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
+    """One row per quantity, one column per design."""
+    table = Table(title_justify="left")
+    table.add_column("", justify="left", style="bold")
+    for policy in runs:
+        table.add_column(policy, justify="right")
+    for label, read in COMPARED:
+        table.add_row(label, *(_cell(read(s)) for s in runs.values()))
+    return table
+
+
+def print_comparison(scenario: str, sets: list[str], runs: dict[str, dict[str, Any]], console: Console) -> None:
+    """numaemu compare's output: what ran, then the designs side by side."""
+    first = next(iter(runs.values()), None)
+    if first is None:
+        return
+    console.print(f"{with_overrides(scenario, sets)}: payload {first['payload']}, backend {first['backend']}, "
+                  f"seed {first['seed']}, the same for every design", markup=False, soft_wrap=True)
+    console.print(comparison_table(runs))

@@ -269,3 +269,65 @@ def test_json_matches_an_in_process_run_and_node_info(quickstart_run):
         for node in status[status >= 0]:
             resident[int(node)] += 1
     assert resident == [row["used"] for row in info]
+
+
+# -- numaemu compare ----------------------------------------------------------
+
+def test_compare_runs_each_design_as_run_does_and_sets_them_side_by_side(tmp_path):
+    """Each column is the run `numaemu run --set machine.policy=P` gives for
+    the same file and seeds (the local backend is deterministic): its counters
+    in the table and in the JSON."""
+    args = ["--backend", "local", "--set", "run.operations=300"]
+    out = tmp_path / "cmp.json"
+    result = runner().invoke(main, ["compare", "examples/pressure.toml", "--policy", "swapcache",
+                                    "--policy", "migentry", "--json", str(out), *args])
+    assert result.exit_code == 0, result.stderr
+    cmp = json.loads(out.read_text())
+    assert cmp["policies"] == ["swapcache", "migentry"] and cmp["overrides"] == ["run.operations=300"]
+    rows = {line.split("│")[1].strip(): line.split("│")[2:4] for line in result.stdout.splitlines()
+            if line.count("│") == 4}
+    for col, policy in enumerate(cmp["policies"]):
+        alone = tmp_path / f"{policy}.json"
+        one = runner().invoke(main, ["run", "examples/pressure.toml", "--set", f"machine.policy={policy}",
+                                     "--json", str(alone), *args])
+        assert one.exit_code == 0, one.stderr
+        want, got = json.loads(alone.read_text()), cmp["runs"][policy]
+        assert got["policy"] == policy
+        for field in ("pgmigrate_success", "pswpout", "pswpin", "pgmajfault", "pgfault", "numa_miss"):
+            assert got["totals"][field] == want["totals"][field], (policy, field)
+            assert int(rows[field][col]) == want["totals"][field], (policy, field)
+        assert int(rows["fallback to swap"][col]) == want["totals"]["pgmigrate_fallback_swap"]
+    assert cmp["runs"]["migentry"]["totals"]["pswpout"] > 0       # the file's pressure: the designs' swap use differs
+
+
+def test_compare_refuses_bad_input_before_running(tmp_path):
+    bad = runner().invoke(main, ["compare", QUICKSTART, "--backend", "local", "--set", "machine.policy=migcache"])
+    assert bad.exit_code == 2 and "use --policy" in bad.stderr and bad.stdout == ""
+    bad = runner().invoke(main, ["compare", QUICKSTART, "--backend", "local", "--policy", "lru"])
+    assert bad.exit_code == 2 and "Invalid value for '--policy'" in bad.stderr
+    bad = runner().invoke(main, ["compare", QUICKSTART, "--backend", "local", "--set", "machine.nodes=0"])
+    assert bad.exit_code == 2 and bad.stderr.strip().endswith("(with --set machine.nodes=0)"), bad.stderr
+    assert "machine.policy" not in bad.stderr and bad.stdout == ""
+
+
+def test_ctrl_c_stops_a_comparison_and_prints_the_designs_done(tmp_path):
+    import signal
+    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(text)
+    out = tmp_path / "partial.json"
+    proc = subprocess.Popen(numaemu_cmd() + ["compare", str(scenario), "--backend", "local", "--json", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "running" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted: the comparison above is partial" in stderr
+    cmp = json.loads(out.read_text())
+    assert cmp["policies"] == ["migentry"] and cmp["runs"]["migentry"]["interrupted"] is True
+    assert "migentry" in stdout and "migcache" not in stdout

@@ -12,7 +12,7 @@ time Prometheus scrapes:
   ``numaemu_nr_swapcached``, ``numaemu_nr_migcache_entries``, ...), frames
   present, used and on the LRU per node, swap slots in use and in total;
 - histograms of fault latency (one observation per ``touch`` call, a batch
-  of pages) and migration latency (one per ``move_pages`` / ``migrate_pages``
+  of pages; on Ray, per one that faulted through the coordinator) and migration latency (one per ``move_pages`` / ``migrate_pages``
   call) in wall seconds and in emulated steps;
 - the run's progress (operations done and planned, migrations, failed calls,
   violations, done);
@@ -608,7 +608,7 @@ def metrics_options(func):
         click.option("--hold", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
                      help="keep serving metrics this long after the end, for a last scrape"),
         click.option("--run-label", default=None, metavar="LABEL",
-                     help="the metrics' run label (default: the scenario file's name, then any --set)"),
+                     help="the metrics' run label (default: the scenario file's name, then any --set of numaemu run)"),
         click.option("--sd-dir", default=None, metavar="DIR",
                      help="write a Prometheus file_sd target file for the endpoint here, removed at "
                           "exit (default: deploy/prometheus/targets if it exists; '' = none)"),

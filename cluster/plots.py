@@ -248,7 +248,9 @@ def plot_latency(path: Path, summary: dict, latencies: dict[str, np.ndarray]) ->
     fig, axes = _figure(1, 2)
     fault, mig = axes[0]
     fig.suptitle(f"Latency distribution ({_title(summary)})", fontsize="medium")
-    _histogram(fault, latencies.get("fault_us", np.empty(0)), "fault batches (one touch call each)",
+    ray = summary.get("tlb") is not None       # only the touch calls that faulted through the coordinator
+    _histogram(fault, latencies.get("fault_us", np.empty(0)),
+               "fault batches through the coordinator" if ray else "fault batches (one touch call each)",
                "touch calls", "tab:blue")
     _histogram(mig, latencies.get("migration_us", np.empty(0)), "migration calls (move_pages / migrate_pages)",
                "migration calls", "tab:orange")
@@ -292,17 +294,17 @@ def _fmt(v: Any) -> str:
 
 
 def index_html(summary: dict, images: list[str]) -> str:
-    from .report import COLUMNS, LATENCIES
-    from .scenario import with_overrides
+    from .report import LATENCIES, _ops_done, node_rows, run_name
 
     s = summary
-    name = with_overrides(s.get("scenario", "?"), s.get("overrides", []))
+    name = run_name(s)
+    ops = _ops_done(s) if "operations" in s else "?"
     facts = [
         ["scenario", name],
         ["backend", s.get("backend", "?")],
         ["policy", s.get("policy", "?")],
         ["payload", s.get("payload", "?")],
-        ["operations", s.get("operations", "?")],
+        ["operations", ops],
         ["seed", s.get("seed", "?")],
         ["processes", s.get("processes", "?")],
         ["migration events", s.get("migration_events", "?")],
@@ -310,9 +312,6 @@ def index_html(summary: dict, images: list[str]) -> str:
         ["violations", s.get("violations", "?")],
     ]
     nodes = s.get("nodes", [])
-    totals = s.get("totals", {})
-    node_rows = [[header, *(n.get(field, "") for n in nodes), totals.get(field, "")]
-                 for field, header in COLUMNS]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -320,10 +319,14 @@ def index_html(summary: dict, images: list[str]) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>numaemu run: {_e(name)}</h1>",
         f"<p>policy <b>{_e(s.get('policy', '?'))}</b>, payload <b>{_e(s.get('payload', '?'))}</b>, "
-        f"backend {_e(s.get('backend', '?'))}, {_e(s.get('operations', '?'))} operations, "
+        f"backend {_e(s.get('backend', '?'))}, {_e(ops)} operations, "
         f"{_e(s.get('processes', '?'))} processes, {_e(s.get('migration_events', '?'))} migrations, "
         f"{_e(s.get('elapsed_s', '?'))} s</p>",
     ]
+    if s.get("interrupted"):
+        parts.append('<p class="bad">interrupted (Ctrl-C): this run is partial</p>')
+    for line in s.get("warnings", []):
+        parts.append(f'<p class="bad">warning: {_e(line)}</p>')
     violations = s.get("violations", 0)
     if violations:
         parts.append(f'<p class="bad">violations: {_e(violations)}</p><ul>'
@@ -331,8 +334,9 @@ def index_html(summary: dict, images: list[str]) -> str:
     else:
         parts.append('<p class="good">violations: 0 (data read back as written; invariants hold)</p>')
     parts.append("<h2>Run</h2>" + _table(["", "value"], facts))
+    rows = [["" if c is None else c for c in row] for row in node_rows(s)] if nodes else []
     parts.append("<h2>Per node</h2>"
-                 + _table(["", *(f"node {n.get('node', i)}" for i, n in enumerate(nodes)), "all"], node_rows))
+                 + _table(["", *(f"node {n.get('node', i)}" for i, n in enumerate(nodes)), "all"], rows))
     swap = s.get("swap")
     if swap:
         parts.append("<h2>Swap</h2>" + _table(["", "value"], [[k, v] for k, v in swap.items()]))

@@ -36,6 +36,19 @@ def _cell(v: Any) -> str:
     return f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
+def node_rows(summary: dict[str, Any]) -> list[list[Any]]:
+    """The per-node table's rows: a label, a value per node, the total; on Ray
+    also the accesses each node actor ran on its own."""
+    nodes, totals = summary["nodes"], summary["totals"]
+    rows = [[header, *(entry.get(field) for entry in nodes), totals.get(field)] for field, header in COLUMNS]
+    tlb = summary.get("tlb")
+    if tlb:
+        for label, by_node, total in (("TLB hits", "hits_by_node", "hits"), ("page walks", "walks_by_node", "walks"),
+                                      ("local faults", "local_faults_by_node", "local_faults")):
+            rows.append([label, *(tlb.get(by_node, {}).get(str(e["node"]), 0) for e in nodes), tlb.get(total, 0)])
+    return rows
+
+
 def node_table(summary: dict[str, Any]) -> Table:
     """One row per counter, one column per node, and a total column."""
     table = Table(title_justify="left")
@@ -43,17 +56,8 @@ def node_table(summary: dict[str, Any]) -> Table:
     for entry in summary["nodes"]:
         table.add_column(f"node {entry['node']}", justify="right")
     table.add_column("all", justify="right", style="bold")
-    totals = summary["totals"]
-    for field, header in COLUMNS:
-        table.add_row(header, *(_cell(entry.get(field)) for entry in summary["nodes"]), _cell(totals.get(field)))
-    tlb = summary.get("tlb")
-    if tlb:     # Ray: accesses each node actor ran on its own
-        table.add_row("TLB hits", *(_cell(tlb["hits_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
-                      _cell(tlb["hits"]))
-        table.add_row("page walks", *(_cell(tlb["walks_by_node"].get(str(e["node"]), 0)) for e in summary["nodes"]),
-                      _cell(tlb["walks"]))
-        table.add_row("local faults", *(_cell(tlb.get("local_faults_by_node", {}).get(str(e["node"]), 0))
-                                        for e in summary["nodes"]), _cell(tlb.get("local_faults", 0)))
+    for label, *cells in node_rows(summary):
+        table.add_row(label, *(_cell(c) for c in cells))
     return table
 
 
@@ -83,6 +87,8 @@ def latency_lines(summary: dict[str, Any]) -> list[str]:
         st = latency.get(key)
         if st is None:
             continue
+        if key.startswith("fault") and summary.get("tlb") is not None:     # Ray
+            what += " that faulted through the coordinator (the node actors' own accesses are not timed)"
         if not st.get("count"):
             lines.append(f"{label}: no {what}")
             continue
@@ -98,8 +104,14 @@ def _ops_done(summary: dict[str, Any]) -> str:
     return f"{done}" if done == planned else f"{done} of {planned}"
 
 
+def run_name(summary: dict[str, Any]) -> str:
+    """The scenario as the run took it: its file, then any --set and --bug."""
+    bugs = "".join(f" --bug {b}" for b in summary.get("bugs", []))
+    return with_overrides(summary.get("scenario", "?"), summary.get("overrides", [])) + bugs
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
-    console.print(f"{with_overrides(summary['scenario'], summary.get('overrides', []))}: policy {summary['policy']}, payload {summary['payload']}, "
+    console.print(f"{run_name(summary)}: policy {summary['policy']}, payload {summary['payload']}, "
                   f"{_ops_done(summary)} operations, {summary['processes']} processes, "
                   f"{summary['migration_events']} migrations, {summary['elapsed_s']:.2f}s", markup=False, soft_wrap=True)
     for line in summary.get("warnings", []):
@@ -123,7 +135,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                       f"{via['actor']} as Ray actor calls (callers on other hosts)")
     if summary.get("schedule_late_ops"):
         console.print(f"schedule: events fired up to {summary['schedule_late_ops']} operations after theirs "
-                      "(the drivers run on while the runner catches up, one period at most)")
+                      "(the drivers run on while the runner catches up: one period at most, "
+                      "plus one operation per node actor)")
     if summary.get("forks"):
         console.print(f"forks: {summary['forks']} (each child read and wrote its parent's pages, then exited)")
     if summary.get("swapoff_events"):

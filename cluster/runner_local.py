@@ -278,7 +278,7 @@ class LocalRun:
         spec = self.scenario.run
         ops = spec.operations
         deadline = t0 + spec.seconds if spec.seconds else None
-        timeline = self.timeline = Timeline(ops, start=t0)
+        timeline = self.timeline = Timeline(ops, start=t0, seconds=spec.seconds or 0.0)
         lock = self.lock
         with lock:
             self.setup()

@@ -233,7 +233,7 @@ class RayRun:
         ops = sc.run.operations
         if self.stress:
             ray.get(self.coord.keep_checkpoint.remote())   # the first state a dump may start from
-        timeline = Timeline(ops, start=t0)
+        timeline = Timeline(ops, start=t0, seconds=sc.run.seconds or 0.0)
         timeline.sample(self._frozen(), 0)
         next_sample = timeline.every
         nprocs = len(loc.procs)
@@ -319,7 +319,7 @@ class RayRun:
                             break
                     else:
                         self._each(self._alive(by_home), lambda n: n.resume.remote())
-                if done >= next_sample and done < ops:
+                if done < ops and (done >= next_sample or timeline.late()):
                     timeline.sample(self._frozen(), done)
                     next_sample = (done // timeline.every + 1) * timeline.every
         except KeyboardInterrupt:

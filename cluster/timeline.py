@@ -97,11 +97,15 @@ class Timeline:
     """
 
     def __init__(self, operations: int, samples: int = SAMPLES_PER_RUN,
-                 clock: Callable[[], float] = time.perf_counter, start: float | None = None):
+                 clock: Callable[[], float] = time.perf_counter, start: float | None = None,
+                 seconds: float = 0.0):
         self.operations = int(operations)
         self.every = sample_every(operations, samples)
         self.clock = clock
         self.start = clock() if start is None else float(start)
+        # a run that ``seconds`` may end long before its operations: also a sample per share of those
+        self.period = float(seconds) / max(1, int(samples)) if seconds else 0.0
+        self.last = self.start
         self.samples: list[dict[str, Any]] = []
 
     def now(self) -> float:
@@ -109,12 +113,19 @@ class Timeline:
         return self.clock() - self.start
 
     def due(self, op: int) -> bool:
-        """Is a sample due after operation ``op``? (Never after the last
-        one: the end sample is taken by :meth:`sample` once the run is over.)"""
-        return op % self.every == 0 and op < self.operations
+        """Is a sample due after operation ``op``: every ``every`` operations
+        or, with ``seconds``, once that share of them passed since the last?
+        (Never after the last one: the end sample is taken by :meth:`sample`
+        once the run is over.)"""
+        return op < self.operations and (op % self.every == 0 or self.late())
+
+    def late(self) -> bool:
+        """A time-limited run's sample is due by the clock."""
+        return bool(self.period) and self.clock() - self.last >= self.period
 
     def sample(self, m, operations: int) -> dict[str, Any]:
-        s = machine_sample(m, self.now(), operations)
+        self.last = self.clock()
+        s = machine_sample(m, self.last - self.start, operations)
         self.samples.append(s)
         return s
 

@@ -331,3 +331,10 @@ def test_ctrl_c_stops_a_comparison_and_prints_the_designs_done(tmp_path):
     cmp = json.loads(out.read_text())
     assert cmp["policies"] == ["migentry"] and cmp["runs"]["migentry"]["interrupted"] is True
     assert "migentry" in stdout and "migcache" not in stdout
+
+
+def test_a_bug_injection_is_named_on_the_summarys_first_line():
+    result = runner().invoke(main, ["run", QUICKSTART, "--backend", "local", "--set", "run.operations=100",
+                                    "--bug", "r1-no-pte-recheck"])
+    assert result.exit_code in (0, 1), result.stderr
+    assert result.stdout.startswith(f"{QUICKSTART} --set run.operations=100 --bug r1-no-pte-recheck: policy ")

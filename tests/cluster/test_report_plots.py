@@ -271,6 +271,45 @@ def test_sample_every_and_due():
     assert [op for op in range(1, 4) if Timeline(3).due(op)] == [1, 2]
 
 
+def test_a_time_limited_run_samples_by_the_clock_too():
+    """run.seconds may end a run long before its operations: a sample is also
+    due once seconds/samples passed since the last one."""
+    now = [0.0]
+    tl = Timeline(10_000_000, samples=100, clock=lambda: now[0], seconds=10.0)
+    assert tl.every == 100_000 and not tl.due(7)
+    now[0] = 0.099
+    assert not tl.due(8)
+    now[0] = 0.1
+    assert tl.due(9)
+    tl.add({"t": 0.1})
+    assert tl.due(10)               # add() is a sample built elsewhere: the clock is sample()'s
+    from emulator import Machine
+    tl.sample(Machine.from_config({"nodes": 1, "frames_per_node": 8}), 10)
+    assert not tl.due(11) and tl.samples[-1]["t"] == 0.1
+    now[0] = 0.25
+    assert tl.due(12) and not tl.due(10_000_000)
+    assert not Timeline(1000, clock=lambda: now[0]).late()     # no seconds: by operations only
+
+
+def test_index_html_says_what_cut_the_run_short_and_what_it_ran_with(tmp_path):
+    summary = {"scenario": "x.toml", "overrides": ["run.seconds=2"], "bugs": ["r1-no-pte-recheck"],
+               "backend": "ray", "policy": "migcache", "payload": "token", "operations": 100000,
+               "operations_done": 8885, "interrupted": True, "warnings": ["host h: payloads larger than /dev/shm"],
+               "processes": 2, "migration_events": 3, "elapsed_s": 5.0,
+               "nodes": [{"node": 0, "frames": 8, "used": 2}, {"node": 1, "frames": 8, "used": 3}],
+               "totals": {"frames": 16, "used": 5},
+               "tlb": {"hits": 7, "walks": 2, "local_faults": 1, "misses": 4,
+                       "hits_by_node": {"0": 5, "1": 2}, "walks_by_node": {"1": 2}, "local_faults_by_node": {"0": 1}},
+               "violations": 0, "violation_details": []}
+    page = write_report(tmp_path / "r", summary, synthetic_timeline(2, 3), {})[-1].read_text()
+    assert "x.toml --set run.seconds=2 --bug r1-no-pte-recheck" in page
+    assert "8885 of 100000 operations" in page and "100000 operations" not in page.replace("of 100000", "")
+    assert "interrupted (Ctrl-C): this run is partial" in page
+    assert "warning: host h: payloads larger than /dev/shm" in page
+    assert "<td>TLB hits</td><td>5</td><td>2</td><td>7</td>" in page
+    assert "<td>page walks</td><td>0</td><td>2</td><td>2</td>" in page
+
+
 def test_machine_sample_reads_the_machine():
     from emulator import MPOL_MF_MOVE, Machine
 
@@ -405,3 +444,13 @@ def test_a_run_with_violations_still_writes_the_report(tmp_path, monkeypatch):
     page = (target / INDEX).read_text()
     assert "violations: 2" in page and "invariant: made up" in page
     assert all((target / name).stat().st_size > 0 for name in PLOTS)
+
+
+def test_on_ray_the_fault_latency_says_it_times_only_the_coordinators_faults():
+    from cluster.report import latency_lines
+    st = {"count": 6, "p50": 4388.9, "p90": 5000.0, "p99": 6000.0, "max": 6100.0}
+    local = {"latency": {"fault_us": st}}
+    ray = {"latency": {"fault_us": st}, "tlb": {"hits": 1598, "walks": 123, "local_faults": 273, "misses": 6}}
+    assert latency_lines(local)[0].endswith("(6 touch calls)")
+    assert latency_lines(ray)[0].endswith("(6 touch calls that faulted through the coordinator "
+                                          "(the node actors' own accesses are not timed))")

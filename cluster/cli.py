@@ -10,16 +10,19 @@
 
 Exit codes: 0 success; 1 the run found violations (data read back wrong or
 an invariant broken) or failed; 2 bad input (scenario file, options);
-130 interrupted (the partial summary is still printed and written).
+130 interrupted (the partial summary is still printed and written), 143
+terminated (SIGTERM, handled as Ctrl-C is: the partial summary too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 from rich.console import Console
@@ -30,6 +33,36 @@ from .metrics import MetricsError, metrics_options
 from .scenario import POLICIES, ScenarioError, load_scenario
 
 BACKENDS = ("local", "ray")
+
+
+_signalled: list[int] = []      # the signal that stopped the run, if one did
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    """SIGTERM (a job stopped, a pod deleted) is handled as Ctrl-C is, by
+    whichever SIGINT handler the run has (the local runner's stops between
+    two operations)."""
+    _signalled.append(signum)
+    if callable(signal.getsignal(signal.SIGINT)):
+        signal.raise_signal(signal.SIGINT)
+    else:           # SIGINT ignored (a background job of a shell) or not Python's
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_run() -> Iterator[None]:
+    """SIGTERM while the run runs: it stops and writes its partial summary
+    (after it, the handler before: --hold's ends the hold)."""
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+def _interrupted_code() -> int:
+    """130 for Ctrl-C, 128 + the signal for SIGTERM, as a shell reports them."""
+    return 128 + _signalled[-1] if _signalled else 130
 
 
 def _fail(message: str, code: int) -> None:
@@ -79,7 +112,7 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
              err: Console) -> dict[str, Any]:
     """One run with a progress bar titled ``title``: its summary. A failure
     exits 1 with one line naming ``scenario``, Ctrl-C before the runner has a
-    summary exits 130."""
+    summary exits 130 (143 for SIGTERM)."""
     from .runner_local import run_local
 
     ops = spec.run.operations
@@ -117,7 +150,7 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
     except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
         _fail(f"{scenario}: {exc}", 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        _fail("terminated" if _signalled else "interrupted", _interrupted_code())
     raise AssertionError("unreachable")
 
 
@@ -186,8 +219,9 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     if report_dir is not None:  # keep every duration for the latency plot
         from .timeline import LatencyRecorder
         on["latency"] = LatencyRecorder()
-    summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
-                       json_path, on, err)
+    with _sigterm_stops_the_run():
+        summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
+                           json_path, on, err)
 
     from .report import print_summary
 
@@ -206,8 +240,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         flags = "".join(f" --bug {b}" for b in summary.get("bugs", []))
         click.echo(f"dump: {summary['dump']} (search it: numaemu explore '{summary['dump']}#4'{flags})", err=True)
     if summary.get("interrupted"):
-        click.echo("interrupted: the summary above is partial", err=True)
-        sys.exit(130)
+        click.echo(f"{'terminated' if _signalled else 'interrupted'}: the summary above is partial", err=True)
+        sys.exit(_interrupted_code())
     if summary.get("lost"):
         lost = summary["lost"]
         click.echo(f"error: node actor(s) lost: {lost['nodes']}; {lost['pages']} pages were resident there; "
@@ -245,17 +279,18 @@ def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str
 
     out, err = Console(), Console(stderr=True)
     runs: dict[str, dict[str, Any]] = {}
-    for p, spec in specs.items():
-        runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend, address,
-                           False, None, (), None, {}, err)
-        if runs[p].get("interrupted") or runs[p].get("lost"):
-            break
+    with _sigterm_stops_the_run():
+        for p, spec in specs.items():
+            runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend,
+                               address, False, None, (), None, {}, err)
+            if runs[p].get("interrupted") or runs[p].get("lost"):
+                break
     print_comparison(scenario, list(sets), runs, out)
     _write_json(json_path, {"scenario": scenario, "overrides": list(sets), "backend": backend,
                             "policies": list(runs), "runs": runs})
     if any(r.get("interrupted") for r in runs.values()):
-        click.echo("interrupted: the comparison above is partial", err=True)
-        sys.exit(130)
+        click.echo(f"{'terminated' if _signalled else 'interrupted'}: the comparison above is partial", err=True)
+        sys.exit(_interrupted_code())
     for p, r in runs.items():
         if r.get("lost"):
             click.echo(f"error: policy {p}: node actor(s) lost: {r['lost']['nodes']}; the comparison above "

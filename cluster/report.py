@@ -88,7 +88,7 @@ def latency_lines(summary: dict[str, Any]) -> list[str]:
         if st is None:
             continue
         if key.startswith("fault") and summary.get("tlb") is not None:     # Ray
-            what += " that faulted through the coordinator (the node actors' own accesses are not timed)"
+            what += " through the coordinator"
         if not st.get("count"):
             lines.append(f"{label}: no {what}")
             continue

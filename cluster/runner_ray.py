@@ -20,11 +20,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from emulator.sched import Deadlock
 
@@ -73,10 +76,11 @@ def ensure_ray(address: str | None) -> bool:
     if address:
         reachable(address)
     try:
-        if address:
-            ray.init(address=address, **kw)
-        else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
-            ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
+        with _signals_after():
+            if address:
+                ray.init(address=address, **kw)
+            else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
+                ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
         hint = ""
@@ -87,6 +91,44 @@ def ensure_ray(address: str | None) -> bool:
                     "in this environment)")
         raise RunnerError(f"cannot start or reach {where}: {exc}{hint}") from None
     return True
+
+
+@contextlib.contextmanager
+def _signals_after() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during ray.init waits until it is done: interrupted
+    halfway, it left Ray's agents running for a minute after we exited, and
+    at times the exit crashed in Ray's threads. Then Ray is stopped and the
+    signal delivered. ray.init's own SIGTERM handler (sys.exit, or a C++
+    stack dump) is kept out: ours stops the run and writes the partial
+    summary."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import ray
+
+    caught: list[int] = []
+    before = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
+              if (h := signal.getsignal(sig)) is not signal.SIG_IGN}     # an ignored one stays ignored
+    for sig in before:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+    # ray.init sets its SIGTERM handler (sys.exit) first thing: not while we hold the signal back
+    utils = getattr(ray._private, "utils", None)
+    ray_sets = getattr(utils, "set_sigterm_handler", None)
+    if ray_sets is not None:
+        utils.set_sigterm_handler = lambda _handler: None
+    def restore() -> None:
+        for sig, handler in before.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        if ray_sets is not None:
+            utils.set_sigterm_handler = ray_sets
+        restore()
+    if caught:
+        ray.shutdown()
+        restore()           # Ray's shutdown leaves SIGTERM to the default action at the C level
+        signal.raise_signal(caught[0])
 
 
 REACH_TIMEOUT = 10.0
@@ -584,10 +626,8 @@ class RayRun:
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
             stress: bool = False, check_every: int = 0, metrics=None,
             dump_dir: str | None = None, latency=None, bugs: tuple[str, ...] = ()) -> dict[str, Any]:
-    import signal
-
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    started = ensure_ray(address)     # Ray installs its own handlers: ours come back after
+    started = ensure_ray(address)     # Ray may install handlers later too: ours come back after
     import ray
 
     run = None

@@ -149,7 +149,9 @@ def test_violations_give_exit_1(tmp_path, monkeypatch):
     assert json.loads(out.read_text())["violations"] == 3
 
 
-def test_ctrl_c_stops_a_local_run_between_operations_and_writes_the_partial_summary(tmp_path):
+@pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_ctrl_c_stops_a_local_run_between_operations_and_writes_the_partial_summary(tmp_path, sig, code, word):
+    """Ctrl-C, and SIGTERM (a stopped job, a deleted pod) the same way."""
     import signal
     text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
     assert "operations = 10000000" in text
@@ -162,12 +164,12 @@ def test_ctrl_c_stops_a_local_run_between_operations_and_writes_the_partial_summ
         for line in proc.stderr:       # the run announces itself once its operations run
             if "running" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted: the summary above is partial" in stderr
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and f"{word}: the summary above is partial" in stderr
     summary = json.loads(out.read_text())
     assert summary["interrupted"] is True and summary["violations"] == 0
     assert 0 < summary["operations_done"] < 10_000_000
@@ -338,3 +340,58 @@ def test_a_bug_injection_is_named_on_the_summarys_first_line():
                                     "--bug", "r1-no-pte-recheck"])
     assert result.exit_code in (0, 1), result.stderr
     assert result.stdout.startswith(f"{QUICKSTART} --set run.operations=100 --bug r1-no-pte-recheck: policy ")
+
+
+SIGNAL_IN_RAY_INIT = """
+import os, signal, sys
+import ray
+from cluster.runner_ray import ensure_ray
+
+class Stop(Exception):
+    pass
+
+def stop(signum, frame):
+    raise Stop(signum)
+
+signal.signal(signal.SIGTERM, stop)
+sig = getattr(signal, sys.argv[1])
+real_init, started = ray.init, []
+
+def init(*args, **kw):          # the signal arrives as ray.init begins
+    os.kill(os.getpid(), sig)
+    out = real_init(*args, **kw)
+    started.extend(p.process.pid for ps in ray._private.worker._global_node.all_processes.values() for p in ps)
+    return out
+
+ray.init = init
+try:
+    ensure_ray(None)
+    print("no signal came out")
+except (KeyboardInterrupt, Stop) as exc:
+    print("raised", type(exc).__name__, "ray up:", ray.is_initialized(), "processes:", len(started))
+    alive = []
+    for pid in started:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    print("alive after:", alive)
+"""
+
+
+@pytest.mark.parametrize("sig, raised", [("SIGINT", "KeyboardInterrupt"), ("SIGTERM", "Stop")])
+def test_a_signal_during_ray_init_waits_for_it_then_stops_ray(tmp_path, sig, raised):
+    """Interrupted halfway, ray.init left Ray's agents running after the
+    command had exited (and at times the exit crashed): the signal now waits
+    until Ray is up, Ray is stopped, and the caller's handler then runs.
+    ray.init's own SIGTERM handler (sys.exit mid-init) stays out."""
+    script = tmp_path / "init.py"
+    script.write_text(SIGNAL_IN_RAY_INIT)
+    proc = subprocess.run([sys.executable, str(script), sig], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 0, proc.stderr
+    assert lines[0].startswith(f"raised {raised} ray up: False processes: "), proc.stdout
+    assert int(lines[0].rsplit(" ", 1)[1]) > 0
+    assert lines[1] == "alive after: []", proc.stdout

@@ -452,5 +452,4 @@ def test_on_ray_the_fault_latency_says_it_times_only_the_coordinators_faults():
     local = {"latency": {"fault_us": st}}
     ray = {"latency": {"fault_us": st}, "tlb": {"hits": 1598, "walks": 123, "local_faults": 273, "misses": 6}}
     assert latency_lines(local)[0].endswith("(6 touch calls)")
-    assert latency_lines(ray)[0].endswith("(6 touch calls that faulted through the coordinator "
-                                          "(the node actors' own accesses are not timed))")
+    assert latency_lines(ray)[0].endswith("(6 touch calls through the coordinator)")

@@ -134,10 +134,13 @@ def explore_cmd(scenario, bugs, list_bugs, mode, bound, depth, seed, schedules, 
 
 @click.command("replay")
 @click.argument("token")
-def replay_cmd(token: str) -> None:
+@click.option("--scenario", default=None, metavar="FILE",
+              help="the scenario file (or DUMP#N) to replay on, where the token's own path, relative to "
+                   "where explore ran, does not reach it; it must be the same scenario")
+def replay_cmd(token: str, scenario: str | None) -> None:
     """Re-run the schedule a replay TOKEN names, exactly, and print its trace."""
     try:
-        sc, bugs, out = X.replay_token(token)
+        sc, bugs, out = X.replay_token(token, scenario)
     except ScenarioError as e:
         _fail(str(e))
     except ValueError as e:

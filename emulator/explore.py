@@ -19,6 +19,7 @@ results, which determines its coroutine).
 from __future__ import annotations
 
 import base64
+import os
 from hashlib import blake2b as _blake2b
 import random as _random
 import struct
@@ -556,9 +557,22 @@ def read_token(token: str) -> tuple[str, str, list[str], list[int]]:
         raise ValueError("replay token: corrupted (it does not decode)") from None
 
 
-def replay_token(token: str) -> tuple[Scenario, list[str], Outcome]:
+def _file_of(path: str) -> str:
+    """The file a scenario path names: a dump's, without its #N."""
+    base = path.partition("#")[0]
+    return base if base.endswith(".msgpack") else path
+
+
+def replay_token(token: str, scenario: str | None = None) -> tuple[Scenario, list[str], Outcome]:
+    """Replay a token's schedule on the scenario it names (as explore was given
+    it: a relative path is from where explore ran) or on ``scenario``, which
+    must be the same file's contents."""
     path, digest, bugs, sched = read_token(token)
-    sc = load(path)
+    if scenario is None and not os.path.exists(_file_of(path)):
+        raise ValueError(f"replay token: it names {path}, not found from {os.getcwd()} (a relative path is "
+                         "from where explore ran: replay there, or give the file with --scenario)")
+    sc = load(scenario if scenario is not None else path)
     if sc.digest != digest:
-        raise ValueError(f"replay token: {path} has changed since the token was made")
+        raise ValueError(f"replay token: {scenario or path} is not the scenario the token was made on "
+                         "(it has changed since, or it is another file)")
     return sc, bugs, replay(sc, bugs, sched)

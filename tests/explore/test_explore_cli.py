@@ -33,6 +33,24 @@ def test_violation_exit_1_with_trace_and_token_that_replays():
     assert again.stdout.strip() == first.strip()
 
 
+def test_a_token_replays_from_elsewhere_given_its_scenario(tmp_path):
+    """A token names the file as explore was given it: from another directory
+    replay says so, and --scenario points it at the file (the same one: its
+    digest is checked)."""
+    r = numaemu("explore", "examples/races/r1-no-pte-recheck.toml", "--bug", "r1-no-pte-recheck", "--quiet")
+    token = re.search(r"numaemu replay (\S+)", r.stdout).group(1)
+
+    def replay(*args):
+        return subprocess.run([sys.executable, "-m", "cluster.cli", "replay", token, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT)})
+    lost = replay()
+    assert lost.returncode == 2 and "not found from" in lost.stderr and "--scenario" in lost.stderr
+    found = replay("--scenario", str(ROOT / "examples/races/r1-no-pte-recheck.toml"))
+    assert found.returncode == 1 and "VIOLATION of invariant" in found.stdout, found.stderr
+    other = replay("--scenario", str(ROOT / "examples/races/r2-anon-vma-not-pinned.toml"))
+    assert other.returncode == 2 and "is not the scenario the token was made on" in other.stderr
+
+
 def test_clean_exit_0_with_summary():
     r = numaemu("explore", "examples/races/r2-anon-vma-not-pinned.toml", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -299,11 +299,12 @@ async def _move(k, avs, sub: Batch, entries, added, dst: int, new: np.ndarray) -
 
 def leaves_payloads(fn, args: tuple) -> bool:
     """Whether step fn(*args) reads and writes no payload: the steps after the
-    copy in _move (the remap walk, finish_step), as 6.1's
-    remove_migration_ptes() and the unlock and putback need no contents. A
+    copy in a migration (the remap walk, finish_step, then unpinning the
+    anon_vmas and putting back what did not move), as 6.1's
+    remove_migration_ptes(), the unlock and the putback need no contents. A
     driver whose copies run apart from the steps (cluster/concurrent.py) may
     run these while the copy is still going, letting nothing else in."""
-    return fn is finish_step or (fn is walk_step and args[4] is remap_vma)
+    return fn in _PAYLOAD_FREE or (fn is walk_step and args[4] is remap_vma)
 
 
 def gave_up(k, result: np.ndarray) -> bool:
@@ -418,3 +419,6 @@ async def migrate_batch(k, b: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarra
 def putback_step(k, b: Batch, sel: np.ndarray) -> None:
     """putback_movable_pages(): pages still isolated go back on the LRU."""
     k.putback(b.node, b.pfns[sel])
+
+
+_PAYLOAD_FREE = frozenset({finish_step, unpin_anon_vmas, putback_step})

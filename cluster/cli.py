@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,7 +53,13 @@ def _on_sigterm(signum: int, _frame: Any) -> None:
 @contextlib.contextmanager
 def _sigterm_stops_the_run() -> Iterator[None]:
     """SIGTERM while the run runs: it stops and writes its partial summary
-    (after it, the handler before: --hold's ends the hold)."""
+    (after it, the handler before: --hold's ends the hold). Only the main
+    thread sets handlers; an ignored SIGTERM stays ignored."""
+    _signalled.clear()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
     before = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
@@ -107,12 +114,20 @@ def _write_json(json_path: str | None, obj: Any) -> None:
         _fail(f"--json {json_path}: cannot write: {exc.strerror or exc}", 2)
 
 
+class _Stopped(Exception):
+    """A run ended without a summary: the one-line message and the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 def _execute(spec, scenario: str, title: str, backend: str, address: str | None, stress: bool,
              check_every: int | None, bugs: tuple[str, ...], json_path: str | None, on: dict,
              err: Console) -> dict[str, Any]:
-    """One run with a progress bar titled ``title``: its summary. A failure
-    exits 1 with one line naming ``scenario``, Ctrl-C before the runner has a
-    summary exits 130 (143 for SIGTERM)."""
+    """One run with a progress bar titled ``title``: its summary. Raises
+    _Stopped: a failure (1, naming ``scenario``), or Ctrl-C before the runner
+    has a summary (130; 143 for SIGTERM)."""
     from .runner_local import run_local
 
     ops = spec.run.operations
@@ -146,12 +161,11 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
                                dump_dir=str(Path(json_path).parent) if json_path else None, **on)
             return run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
     except OSError as exc:
-        _fail(f"{scenario}: the run failed: {exc}", 1)
+        raise _Stopped(f"{scenario}: the run failed: {exc}", 1) from None
     except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
-        _fail(f"{scenario}: {exc}", 1)
+        raise _Stopped(f"{scenario}: {exc}", 1) from None
     except KeyboardInterrupt:
-        _fail("terminated" if _signalled else "interrupted", _interrupted_code())
-    raise AssertionError("unreachable")
+        raise _Stopped("terminated" if _signalled else "interrupted", _interrupted_code()) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,9 +233,12 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     if report_dir is not None:  # keep every duration for the latency plot
         from .timeline import LatencyRecorder
         on["latency"] = LatencyRecorder()
-    with _sigterm_stops_the_run():
-        summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
-                           json_path, on, err)
+    try:
+        with _sigterm_stops_the_run():
+            summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
+                               json_path, on, err)
+    except _Stopped as stop:
+        _fail(stop.message, stop.code)
 
     from .report import print_summary
 
@@ -234,8 +251,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         except OSError as exc:
             _fail(f"--report {report_dir}: cannot write: {exc.strerror or exc}", 2)
         err.print(f"report: {Path(report_dir) / 'index.html'}", markup=False, highlight=False, soft_wrap=True)
-    if state is not None:
-        state.finish(summary)  # final values; --hold serves them a while longer
+    if state is not None:      # final values; --hold serves them a while longer, unless SIGTERM said go
+        state.finish(summary, hold=not _signalled)
     if summary.get("dump"):
         flags = "".join(f" --bug {b}" for b in summary.get("bugs", []))
         click.echo(f"dump: {summary['dump']} (search it: numaemu explore '{summary['dump']}#4'{flags})", err=True)
@@ -279,15 +296,22 @@ def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str
 
     out, err = Console(), Console(stderr=True)
     runs: dict[str, dict[str, Any]] = {}
+    stopped = None
     with _sigterm_stops_the_run():
         for p, spec in specs.items():
-            runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend,
-                               address, False, None, (), None, {}, err)
+            try:
+                runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend,
+                                   address, False, None, (), None, {}, err)
+            except _Stopped as stop:        # between two designs, or one failed: keep the ones done
+                stopped = stop
+                break
             if runs[p].get("interrupted") or runs[p].get("lost"):
                 break
     print_comparison(scenario, list(sets), runs, out)
     _write_json(json_path, {"scenario": scenario, "overrides": list(sets), "backend": backend,
                             "policies": list(runs), "runs": runs})
+    if stopped is not None:
+        _fail(stopped.message + (f" (the comparison above has {', '.join(runs)})" if runs else ""), stopped.code)
     if any(r.get("interrupted") for r in runs.values()):
         click.echo(f"{'terminated' if _signalled else 'interrupted'}: the comparison above is partial", err=True)
         sys.exit(_interrupted_code())

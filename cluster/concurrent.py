@@ -86,6 +86,7 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 if ahead is not None:
                     if not ahead.done():
                         continue    # no preemption point until the copy is done
+                    ahead.join()    # done: its error, if it had one, reaches the operation's caller
                     ahead = None
                 if copies:
                     m.copying += 1

@@ -177,13 +177,14 @@ class RunState:
         self.migration_seconds.observe(key, seconds)
         self.migration_steps.observe(key, steps)
 
-    def finish(self, summary: dict | None = None) -> None:
+    def finish(self, summary: dict | None = None, hold: bool = True) -> None:
+        """The run is over; ``hold`` False: no --hold after it (SIGTERM stopped it)."""
         if summary is not None:
             self.violations = int(summary.get("violations", 0))
         self.finished_at = time.time()
         self.done = True
         if self.endpoint is not None:
-            self.endpoint.finish()
+            self.endpoint.finish(hold)
 
 
 class ExploreState:
@@ -561,9 +562,12 @@ class MetricsEndpoint:
         os.replace(tmp, path)
         self.sd_file = path
 
-    def finish(self) -> None:
-        """The run has ended: its values are final and worth a last scrape."""
+    def finish(self, hold: bool = True) -> None:
+        """The run has ended: its values are final and worth a last scrape
+        (unless ``hold`` is False: a SIGTERM asked the process to go)."""
         self.finished = True
+        if not hold:
+            self.hold = 0.0
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

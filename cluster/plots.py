@@ -324,7 +324,7 @@ def index_html(summary: dict, images: list[str]) -> str:
         f"{_e(s.get('elapsed_s', '?'))} s</p>",
     ]
     if s.get("interrupted"):
-        parts.append('<p class="bad">interrupted (Ctrl-C): this run is partial</p>')
+        parts.append('<p class="bad">interrupted (Ctrl-C or SIGTERM): this run is partial</p>')
     for line in s.get("warnings", []):
         parts.append(f'<p class="bad">warning: {_e(line)}</p>')
     violations = s.get("violations", 0)

@@ -76,10 +76,10 @@ def ensure_ray(address: str | None) -> bool:
     if address:
         reachable(address)
     try:
-        with _signals_after():
-            if address:
-                ray.init(address=address, **kw)
-            else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
+        if address:         # may retry for minutes: Ctrl-C stops it at once
+            ray.init(address=address, **kw)
+        else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
+            with _signals_after():
                 ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
@@ -95,10 +95,11 @@ def ensure_ray(address: str | None) -> bool:
 
 @contextlib.contextmanager
 def _signals_after() -> Iterator[None]:
-    """Ctrl-C or SIGTERM during ray.init waits until it is done: interrupted
-    halfway, it left Ray's agents running for a minute after we exited, and
-    at times the exit crashed in Ray's threads. Then Ray is stopped and the
-    signal delivered. ray.init's own SIGTERM handler (sys.exit, or a C++
+    """Ctrl-C or SIGTERM while an embedded Ray starts (seconds) waits until
+    it is up: interrupted halfway, ray.init left Ray's agents running for a
+    minute after we exited, and at times the exit crashed in Ray's threads.
+    Then Ray is stopped and the signal delivered (also when ray.init failed);
+    a second signal meanwhile stops at once. ray.init's own SIGTERM handler (sys.exit, or a C++
     stack dump) is kept out: ours stops the run and writes the partial
     summary."""
     if threading.current_thread() is not threading.main_thread():
@@ -109,8 +110,13 @@ def _signals_after() -> Iterator[None]:
     caught: list[int] = []
     before = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
               if (h := signal.getsignal(sig)) is not signal.SIG_IGN}     # an ignored one stays ignored
+    def hold(signum: int, _frame: Any) -> None:
+        if caught:                  # asked twice: now
+            raise KeyboardInterrupt
+        caught.append(signum)
+
     for sig in before:
-        signal.signal(sig, lambda signum, _frame: caught.append(signum))
+        signal.signal(sig, hold)
     # ray.init sets its SIGTERM handler (sys.exit) first thing: not while we hold the signal back
     utils = getattr(ray._private, "utils", None)
     ray_sets = getattr(utils, "set_sigterm_handler", None)
@@ -125,10 +131,10 @@ def _signals_after() -> Iterator[None]:
         if ray_sets is not None:
             utils.set_sigterm_handler = ray_sets
         restore()
-    if caught:
-        ray.shutdown()
-        restore()           # Ray's shutdown leaves SIGTERM to the default action at the C level
-        signal.raise_signal(caught[0])
+        if caught:              # the signal wins over what ray.init raised, if it did
+            ray.shutdown()
+            restore()           # Ray's shutdown leaves SIGTERM to the default action at the C level
+            signal.raise_signal(caught[0])
 
 
 REACH_TIMEOUT = 10.0

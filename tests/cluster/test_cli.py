@@ -395,3 +395,113 @@ def test_a_signal_during_ray_init_waits_for_it_then_stops_ray(tmp_path, sig, rai
     assert lines[0].startswith(f"raised {raised} ray up: False processes: "), proc.stdout
     assert int(lines[0].rsplit(" ", 1)[1]) > 0
     assert lines[1] == "alive after: []", proc.stdout
+
+
+@pytest.mark.parametrize("stop, code, message", [
+    (KeyboardInterrupt, 130, "error: interrupted (the comparison above has migentry)"),
+    (lambda: RuntimeError("a workload driver failed: node 0: boom"), 1,
+     "a workload driver failed: node 0: boom (the comparison above has migentry)"),
+])
+def test_compare_keeps_the_designs_done_when_one_stops_before_its_summary(tmp_path, monkeypatch, stop, code,
+                                                                          message):
+    """Ctrl-C between two designs (Ray's teardown and start-up take seconds)
+    or a design that fails: the table and the JSON keep the ones done."""
+    import cluster.runner_local as rl
+
+    real, calls = rl.run_local, []
+
+    def second_stops(scenario, progress=None, machine=None, **kw):
+        calls.append(scenario.machine.policy)
+        if len(calls) == 2:
+            raise stop()
+        return real(scenario, progress, machine, **kw)
+
+    monkeypatch.setattr(rl, "run_local", second_stops)
+    out = tmp_path / "cmp.json"
+    result = runner().invoke(main, ["compare", QUICKSTART, "--backend", "local", "--set", "run.operations=100",
+                                    "--json", str(out)])
+    assert result.exit_code == code
+    assert calls == ["migentry", "migcache"]
+    assert message in result.stderr
+    assert "migentry" in result.stdout and "migcache" not in result.stdout
+    assert json.loads(out.read_text())["policies"] == ["migentry"]
+
+
+def test_run_works_from_a_thread_other_than_the_main_one():
+    """Signal handlers are the main thread's to set: elsewhere a run goes without them."""
+    import threading
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("r", runner().invoke(
+        main, ["run", QUICKSTART, "--backend", "local", "--set", "run.operations=50"])))
+    t.start()
+    t.join(120)
+    assert got["r"].exit_code == 0, (got["r"].stderr, got["r"].exception)
+
+
+def test_sigterm_skips_the_metrics_hold(tmp_path):
+    """--hold keeps the endpoint for a last scrape after a run; SIGTERM asks the
+    process to go (a pod being deleted): the partial summary, then exit 143 at once."""
+    import signal
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(text)
+    proc = subprocess.Popen(numaemu_cmd() + ["run", str(scenario), "--backend", "local", "--metrics-port",
+                                             str(port), "--hold", "600", "--sd-dir", ""],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if "running" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)     # not the 600 s hold
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "terminated: the summary above is partial" in stderr and "metrics: holding" not in stderr
+
+
+def test_ctrl_c_is_not_held_back_while_joining_a_cluster_that_does_not_answer(tmp_path):
+    """ray.init against an address that accepts connections but is no Ray
+    retries for minutes: only an embedded Ray's start is waited for."""
+    import signal
+    import socket
+    import threading
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)           # never answered
+
+    threading.Thread(target=accept, daemon=True).start()
+    seen = []
+    try:
+        proc = subprocess.Popen(numaemu_cmd() + ["run", QUICKSTART, "--address", f"127.0.0.1:{port}"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for line in proc.stderr:    # Ray's GCS client complaining: ray.init is retrying
+                seen.append(line)
+                if "GCS" in line:
+                    break
+            assert any("GCS" in line for line in seen), seen
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=90)
+        finally:
+            proc.kill()
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.rstrip().endswith("error: interrupted")

@@ -304,7 +304,7 @@ def test_index_html_says_what_cut_the_run_short_and_what_it_ran_with(tmp_path):
     page = write_report(tmp_path / "r", summary, synthetic_timeline(2, 3), {})[-1].read_text()
     assert "x.toml --set run.seconds=2 --bug r1-no-pte-recheck" in page
     assert "8885 of 100000 operations" in page and "100000 operations" not in page.replace("of 100000", "")
-    assert "interrupted (Ctrl-C): this run is partial" in page
+    assert "interrupted (Ctrl-C or SIGTERM): this run is partial" in page
     assert "warning: host h: payloads larger than /dev/shm" in page
     assert "<td>TLB hits</td><td>5</td><td>2</td><td>7</td>" in page
     assert "<td>page walks</td><td>0</td><td>2</td><td>2</td>" in page

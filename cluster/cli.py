@@ -5,6 +5,7 @@
     numaemu explore SCENARIO [--bug NAME] [--mode dfs|random|pct] [--bound N] ...
     numaemu explore --list-bugs
     numaemu replay TOKEN
+    numaemu bench core|cluster|explore [ARGS ...]
     numaemu dashboards export DIR | push --url URL
     numaemu --version
 
@@ -321,6 +322,28 @@ def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str
                        "stops there", err=True)
             sys.exit(1)
     sys.exit(1 if any(r["violations"] for r in runs.values()) else 0)
+
+
+BENCHMARKS = ("core", "cluster", "explore")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name", type=click.Choice(BENCHMARKS))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(name: str, args: tuple[str, ...]) -> None:
+    """Run benchmarks/NAME.py of this checkout with ARGS (e.g. --quick, --help):
+    core (the model), cluster (the Ray runtime), explore (the race explorer).
+    They print rates and ratios measured in one run."""
+    import subprocess
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        _fail(f"bench {name}: {script} not found: the benchmarks are a checkout's (benchmarks/), "
+              "not an installed package's", 2)
+    try:
+        code = subprocess.call([sys.executable, str(script), *args])
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
 
 from .dashboards_cli import dashboards_cmd  # noqa: E402
 from .explore_cli import explore_cmd, replay_cmd  # noqa: E402

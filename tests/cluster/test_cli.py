@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -505,3 +506,15 @@ def test_ctrl_c_is_not_held_back_while_joining_a_cluster_that_does_not_answer(tm
             c.close()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.rstrip().endswith("error: interrupted")
+
+
+def test_bench_runs_the_checkouts_benchmark_scripts():
+    """DESIGN.md's `numaemu bench`: the scripts of benchmarks/, arguments passed on."""
+    quick = run_numaemu("bench", "core", "--quick")
+    assert quick.returncode == 0, quick.stderr
+    assert re.search(r"^first-touch touch\(\), 4096-page batches: [\d,]+ pages/s .* ratio [\d.]+$", quick.stdout,
+                     flags=re.M), quick.stdout
+    usage = run_numaemu("bench", "explore", "--help")
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: explore.py")
+    bad = run_numaemu("bench", "nope")
+    assert bad.returncode == 2 and "'nope' is not one of 'core', 'cluster', 'explore'" in bad.stderr

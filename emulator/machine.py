@@ -28,12 +28,21 @@ from .vmstat import EVENTS, GAUGES
 MOVE_PAGES_MAX = 1 << 24
 
 
+RUN_KEYS = frozenset({"policy", "payload", "seed"})    # may be given beside a Topology
+
+
 class Machine:
     def __init__(self, topology: Topology | None = None, *, bugs: Iterable[str] = (), **config: Any):
+        """Machine(topology), Machine(topology, policy=..., payload=..., seed=...)
+        (the same nodes, run another way), or Machine(**configuration keys)."""
         if topology is None:
             topology = Topology.from_config(config)
         elif config:
-            raise TypeError("Machine(): pass a Topology or configuration keys, not both")
+            other = sorted(set(config) - RUN_KEYS)
+            if other:
+                raise TypeError(f"Machine(topology, ...): {other[0]} is the topology's; with a Topology "
+                                f"only {', '.join(sorted(RUN_KEYS))} may be given")
+            topology = Topology.from_config({**topology.to_config(), **config})
         self.topology = topology
         self.k = Kernel(topology, frozenset(bugs))
 

@@ -172,3 +172,23 @@ def test_bad_input_builds_nothing_partial():
         Machine.from_config(with_(policy="bogus"))
     m = Machine.from_config(with_(page_size=64))
     assert m.swap_info()["slots"] == 0
+
+
+def test_a_topology_runs_under_another_policy_payload_or_seed():
+    """DESIGN.md's Machine(topology, policy=..., payload=..., seed=...): the same
+    nodes, swap and distances, run another way; the topology's own keys stay its."""
+    from emulator import Machine
+    from emulator.topology import Topology
+    t = Topology.from_config({"nodes": [{"frames": 32}, {"frames": 64}], "swap_pages": 16,
+                              "distances": [[10, 30], [30, 10]]})
+    m = Machine(t, policy="swapcache", payload="bytes", seed=7)
+    assert (m.policy, m.payload, m.topology.seed) == ("swapcache", "bytes", 7)
+    assert (m.topology.frames, m.topology.swap_pages, m.topology.distances) == (t.frames, t.swap_pages, t.distances)
+    pid = m.spawn(0)
+    addr = m.mmap(pid, 4)
+    m.write(pid, addr, b"x" * 100)
+    assert m.read(pid, addr, 100) == b"x" * 100 and m.move_pages(pid, [addr], [1]) == [1]
+    with pytest.raises(TypeError, match="frames_per_node is the topology's"):
+        Machine(t, frames_per_node=8)
+    with pytest.raises(ValueError, match="machine.payload"):
+        Machine(t, payload="pages")

@@ -99,9 +99,9 @@ def _signals_after() -> Iterator[None]:
     it is up: interrupted halfway, ray.init left Ray's agents running for a
     minute after we exited, and at times the exit crashed in Ray's threads.
     Then Ray is stopped and the signal delivered (also when ray.init failed);
-    a second signal meanwhile stops at once. ray.init's own SIGTERM handler (sys.exit, or a C++
-    stack dump) is kept out: ours stops the run and writes the partial
-    summary."""
+    a second signal meanwhile stops at once. ray.init's own SIGTERM handler
+    (sys.exit, or a C++ stack dump) is kept out: ours stops the run and
+    writes the partial summary."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -110,6 +110,7 @@ def _signals_after() -> Iterator[None]:
     caught: list[int] = []
     before = {sig: h for sig in (signal.SIGINT, signal.SIGTERM)
               if (h := signal.getsignal(sig)) is not signal.SIG_IGN}     # an ignored one stays ignored
+
     def hold(signum: int, _frame: Any) -> None:
         if caught:                  # asked twice: now
             raise KeyboardInterrupt
@@ -122,6 +123,7 @@ def _signals_after() -> Iterator[None]:
     ray_sets = getattr(utils, "set_sigterm_handler", None)
     if ray_sets is not None:
         utils.set_sigterm_handler = lambda _handler: None
+
     def restore() -> None:
         for sig, handler in before.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

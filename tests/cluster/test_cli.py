@@ -34,6 +34,32 @@ def numaemu_cmd() -> list[str]:
     return [str(script)]
 
 
+def long_quickstart(tmp_path: Path) -> Path:
+    """The quickstart with 10^7 operations: a run that is still going when signalled."""
+    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
+    assert "operations = 10000000" in text
+    scenario = tmp_path / "long.toml"
+    scenario.write_text(text)
+    return scenario
+
+
+def signal_once_running(args: list[str], sig: str) -> tuple[subprocess.Popen, str, str]:
+    """numaemu ARGS, sent signal ``sig`` once it announces its operations run:
+    the process, its stdout and its stderr."""
+    import signal
+    proc = subprocess.Popen(numaemu_cmd() + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if "running" in line:
+                break
+        proc.send_signal(getattr(signal, sig))
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc, stdout, stderr
+
+
 def run_numaemu(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(numaemu_cmd() + list(args), cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
@@ -153,22 +179,9 @@ def test_violations_give_exit_1(tmp_path, monkeypatch):
 @pytest.mark.parametrize("sig, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
 def test_ctrl_c_stops_a_local_run_between_operations_and_writes_the_partial_summary(tmp_path, sig, code, word):
     """Ctrl-C, and SIGTERM (a stopped job, a deleted pod) the same way."""
-    import signal
-    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
-    assert "operations = 10000000" in text
-    scenario = tmp_path / "long.toml"
-    scenario.write_text(text)
     out = tmp_path / "partial.json"
-    proc = subprocess.Popen(numaemu_cmd() + ["run", str(scenario), "--backend", "local", "--json", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stderr:       # the run announces itself once its operations run
-            if "running" in line:
-                break
-        proc.send_signal(getattr(signal, sig))
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc, stdout, stderr = signal_once_running(["run", str(long_quickstart(tmp_path)), "--backend", "local",
+                                                "--json", str(out)], sig)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and f"{word}: the summary above is partial" in stderr
     summary = json.loads(out.read_text())
@@ -314,21 +327,9 @@ def test_compare_refuses_bad_input_before_running(tmp_path):
 
 
 def test_ctrl_c_stops_a_comparison_and_prints_the_designs_done(tmp_path):
-    import signal
-    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
-    scenario = tmp_path / "long.toml"
-    scenario.write_text(text)
     out = tmp_path / "partial.json"
-    proc = subprocess.Popen(numaemu_cmd() + ["compare", str(scenario), "--backend", "local", "--json", str(out)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stderr:
-            if "running" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc, stdout, stderr = signal_once_running(["compare", str(long_quickstart(tmp_path)), "--backend", "local",
+                                                "--json", str(out)], "SIGINT")
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted: the comparison above is partial" in stderr
     cmp = json.loads(out.read_text())
@@ -442,25 +443,13 @@ def test_run_works_from_a_thread_other_than_the_main_one():
 def test_sigterm_skips_the_metrics_hold(tmp_path):
     """--hold keeps the endpoint for a last scrape after a run; SIGTERM asks the
     process to go (a pod being deleted): the partial summary, then exit 143 at once."""
-    import signal
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    text = (REPO / QUICKSTART).read_text().replace("operations = 2000", "operations = 10000000")
-    scenario = tmp_path / "long.toml"
-    scenario.write_text(text)
-    proc = subprocess.Popen(numaemu_cmd() + ["run", str(scenario), "--backend", "local", "--metrics-port",
-                                             str(port), "--hold", "600", "--sd-dir", ""],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stderr:
-            if "running" in line:
-                break
-        proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)     # not the 600 s hold
-    finally:
-        proc.kill()
+    proc, stdout, stderr = signal_once_running(["run", str(long_quickstart(tmp_path)), "--backend", "local",
+                                                "--metrics-port", str(port), "--hold", "600", "--sd-dir", ""],
+                                               "SIGTERM")      # answered at once, not after the 600 s hold
     assert proc.returncode == 143, stderr
     assert "terminated: the summary above is partial" in stderr and "metrics: holding" not in stderr
 

@@ -11,8 +11,10 @@ Usage: python benchmarks/cluster.py [--quick]
   calls take the same-host channel (cluster/channel.py). Then where a
   one-caller migration's time goes: the same move_pages in this process on
   payloads in /dev/shm (the model's steps alone, and what the copy adds to
-  them: it runs beside the steps after it), and the rest, crossing to the
-  coordinator actor and back;
+  them: it runs beside the steps after it), and the difference, via the
+  actor less here: the crossing to the coordinator and back, less the tail
+  of the copy, which runs on after the coordinator answers (the machine
+  locked until it is done) while the answer and the next call travel;
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode, a move_pages every 50 or
@@ -311,9 +313,9 @@ def main() -> None:
             one[policy] = (BATCH / mig, BATCH / cp)
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
           "(the same call in this process on /dev/shm payloads: the model's steps, and what the copy adds to them, "
-          "running beside the steps after it; the rest: "
-          "crossing to the coordinator actor and back):")
-    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'crossing':>9} {'numpy copy':>11}")
+          "running beside the steps after it; via - here: the crossing to the coordinator actor and back, "
+          "less the copy's tail, which runs on after the coordinator answers):")
+    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'via-here':>9} {'numpy copy':>11}")
     for policy, (via, numpy_copy) in one.items():
         here, steps = in_process(rounds, policy)
         print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {(here - steps) * 1e3:>6.2f} {steps * 1e3:>6.2f} "

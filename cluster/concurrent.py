@@ -21,7 +21,11 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
   this operation takes its next steps that need no contents (the remap walk
   and the unlock: emulator.migrate.leaves_payloads), then on both threads;
   the lock stays held until it is done, so nothing else sees the pages
-  first (cluster.dataplane.CopyInFlight). Steps wait
+  first (cluster.dataplane.CopyInFlight). When the operation ends before
+  that copy, and its caller asked for it (``post_copies``: the coordinator,
+  for the calls that read no payload after their operation), the copy is
+  left in ``posted`` instead of joined, and the caller lets whoever copies
+  the last chunk release the lock. Steps wait
   on the locked pages as the kernel's do; a look at contents that does not
   fault (read_tokens, read's look after its faults) waits until no copy is
   in flight (``copying``), or it could see the new page before its data.
@@ -62,6 +66,8 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
             try:
                 req = throw(exc) if exc is not None else send(value)
             except StopIteration as stop:
+                if ahead is not None and m.post_copies:
+                    m.posted, ahead = ahead, None   # the caller releases the lock once it is done
                 return stop.value, steps
             exc = None
             if req.__class__ is Call:
@@ -131,9 +137,14 @@ class ConcurrentMachine(Machine):
         self.copying = 0                     # operations whose copy is running now
         self.steps = 0                       # every operation's steps so far
         self.mine = threading.local()        # .steps: this thread's, for its caller's latency
+        self.post_copies = False             # an operation may end before its copy (see posted)
+        self.posted: CopyInFlight | None = None   # that copy: the lock is held until it is done
 
     def _run(self, coro):
         k = self.k
+        if self.posted is not None:
+            self.posted.join()
+            self.posted = None
         k.inflight += 1
         try:
             value, steps = run_threaded(coro, self)

@@ -16,6 +16,13 @@ The frame tables and vmstat counters live in shared memory too
 itself (cluster/local_fault.py); this actor accounts for those faults the
 next time it takes the lock, before any step.
 
+A migration call (move_pages, migrate_pages) may answer while its last
+copy still runs on the copier thread (cluster/concurrent.py): its statuses
+are final by then, and the machine lock stays held until the copy is done,
+so no reader, here or in a node actor, sees those pages before their
+contents. The next caller helps copy while it waits for the lock. Its
+caller's latency is then the call's, without the tail of that copy.
+
 Calls go through :meth:`call` by name. Errors the syscall surface raises
 (OSError with an errno, ValueError) come back as values, so the caller can
 re-raise them with their errno intact; so does a deadlock of the model (an
@@ -26,8 +33,10 @@ anything else is a bug and propagates.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -50,6 +59,10 @@ CALLS = frozenset({
 })
 # calls answered with an array, which travels as one buffer; the proxy hands its caller a list
 AS_ARRAY = {"move_pages": "move_pages_status"}
+# calls that may answer while their migration's last copy runs (ConcurrentMachine.posted):
+# nothing after their one operation reads a payload, and the machine lock, held until the
+# copy is done, keeps every reader of those pages out until then
+POSTED = frozenset({"move_pages", "migrate_pages"})
 MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
 # calls that change a process's mappings or policy: where its node may fault locally is published again
 RESHAPE = frozenset({"mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind"})
@@ -115,7 +128,12 @@ class Coordinator:
         came through the same-host channel (cluster/channel.py), not Ray."""
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
-        with self.cond:
+        posted = self.m.posted
+        if posted is not None:
+            posted.help()
+        self.cond.acquire()
+        try:
+            self.m.post_copies = name in POSTED
             self.transport["channel" if _channel else "actor"] += 1
             self.m.mine.steps = 0
             self.seq += 1
@@ -147,6 +165,29 @@ class Coordinator:
                 mm = self.m._mm(pid)
                 out = out, self.tlb.fill(mm, self.m._range(mm, addr, npages), _fill, addr >> self.m.k.page_shift)
             return True, out, self.m.mine.steps
+        finally:
+            self.m.post_copies = False
+            self._release()
+
+    def _release(self) -> None:
+        """Let go of the machine lock, or, when the call's migration left its
+        copy running (POSTED), have whoever copies its last chunk let go."""
+        posted = self.m.posted
+        if posted is None:
+            self.cond.release()
+        else:
+            posted.post(self._release_posted)
+
+    def _release_posted(self) -> None:
+        """On the thread that copied the posted copy's last chunk."""
+        posted, self.m.posted = self.m.posted, None
+        self.steps.owner = threading.get_ident()
+        if posted is not None and posted.error is not None:     # a bug: the call has answered already
+            traceback.print_exception(posted.error)
+            print("numaemu: a migration's copy failed after its call answered: the contents of the pages "
+                  "it moved are undefined", file=sys.stderr)
+        self.cond.notify_all()
+        self.cond.release()
 
     def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
              result: Any = None) -> None:

@@ -210,7 +210,9 @@ class CopyInFlight:
     those that need no contents (emulator.migrate.leaves_payloads). Split in
     chunks of 4 MiB (few, as the copier needs the GIL between two; 1 MiB
     was slower here): whoever joins copies the chunks not taken yet beside
-    the copier, so the copy ends on both cores."""
+    the copier, so the copy ends on both cores. A copy may also outlive its
+    operation (``post``): whoever copies its last chunk then runs what the
+    operation's caller left to do, letting go of the machine lock."""
 
     def __init__(self, copies: list[tuple]):
         self.chunks = []
@@ -218,6 +220,9 @@ class CopyInFlight:
             rows = max(1, OVERLAP_CHUNK_BYTES // (src.shape[1] * src.itemsize))
             self.chunks += [(src, si[a:a + rows], dst, di[a:a + rows]) for a in range(0, len(si), rows)]
         self.taken = 0
+        self.finished = 0
+        self.then: Callable[[], None] | None = None
+        self.error: BaseException | None = None
         self.lock = threading.Lock()
         self.helper = _copiers.submit(self._work)
 
@@ -236,7 +241,25 @@ class CopyInFlight:
                 self.taken += 1
             if i >= len(self.chunks):
                 return
-            copy_rows(*self.chunks[i])
+            try:
+                copy_rows(*self.chunks[i])
+            except BaseException as exc:
+                self.error = exc
+                raise
+            finally:
+                with self.lock:
+                    self.finished += 1
+                    then = self.then if self.finished == len(self.chunks) else None
+                if then is not None:
+                    then()
+
+    def help(self) -> None:
+        """Copy chunks not taken yet: a caller waiting for the lock a posted
+        copy holds. A failed chunk is the copier's to report."""
+        try:
+            self._work()
+        except Exception:   # noqa: BLE001
+            pass
 
     def done(self) -> bool:
         return self.helper.done()
@@ -244,3 +267,13 @@ class CopyInFlight:
     def join(self) -> None:
         self._work()
         self.helper.result()
+
+    def post(self, then: Callable[[], None]) -> None:
+        """Run ``then`` once the last chunk is copied, on the thread that
+        copied it (this one, if that has happened already)."""
+        with self.lock:
+            now = self.finished == len(self.chunks)
+            if not now:
+                self.then = then
+        if now:
+            then()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import msgpack
@@ -674,3 +675,73 @@ def test_run_names_an_unknown_bug(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.startswith("error: --bug r9-nope: unknown bug injection (known: r1-no-pte-recheck, ")
+
+
+@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, monkeypatch,
+                                                                           policy):
+    """The coordinator answers a move_pages whose copy still runs (a copier
+    thread, held mid-copy here): its statuses are final. Until the copy is
+    done it holds the machine lock, the node actors' page-walk lock with it,
+    so a read arriving meanwhile waits, then reads every byte as written."""
+    import fcntl
+    import os
+
+    import cluster.dataplane as D
+    from cluster.coordinator import Coordinator
+    from cluster.dataplane import create_payload, payload_shape
+    page = 4096
+    n = D.PARALLEL_MIN_BYTES // page + 64
+    shape, dtype = payload_shape(n + 256, page, "bytes")
+    host = ray_session.get_runtime_context().get_node_id()
+    descs = []
+    for i in range(2):
+        create_payload(tmp_path / f"node{i}", shape, dtype)
+        descs.append({"host": host, "path": str(tmp_path / f"node{i}"), "shape": list(shape),
+                      "dtype": dtype.str, "handle": None})
+    c = Coordinator({"nodes": 2, "frames_per_node": n + 256, "swap_pages": n, "page_size": page,
+                     "policy": policy, "payload": "bytes"}, descs)
+    try:
+        data = np.random.default_rng(5).integers(0, 256, n * page, dtype=np.uint8).tobytes()
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, n)[1]
+        assert c.call("write", pid, addr, data)[0]
+        in_copy, go = threading.Event(), threading.Event()
+        real = D.copy_rows
+
+        def held(*args):
+            if threading.current_thread().name.startswith("migrate-copy") and not in_copy.is_set():
+                in_copy.set()
+                assert go.wait(30), "the copier was never let go"
+            real(*args)
+
+        monkeypatch.setattr(D, "copy_rows", held)
+        out: dict[str, object] = {}
+        a = threading.Thread(target=lambda: out.update(move=c.call("move_pages", pid, [addr + i * page for i in range(n)],
+                                                                   [1] * n)))
+        a.start()
+        a.join(30)
+        assert in_copy.is_set(), "the copy did not run on a copier thread"
+        assert "move" in out, "move_pages did not answer before its copy was done"
+        ok, status, _ = out["move"]
+        assert ok and list(status) == [1] * n
+        fd = os.open(c.steps.path, os.O_RDWR)
+        try:        # a node actor's page walk: LOCK_SH without waiting
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        b = threading.Thread(target=lambda: out.update(read=c.call("read", pid, addr, n * page)))
+        b.start()
+        b.join(2.0)
+        assert "read" not in out, "a read got in while the copy was still running"
+        go.set()
+        b.join(30)
+        ok, got, _ = out["read"]
+        assert ok and got == data
+        assert c.m.posted is None and c.check() is None
+        ok, status, _ = c.call("move_pages", pid, [addr + i * page for i in range(n)], [0] * n)
+        assert ok and list(status) == [0] * n and c.call("read", pid, addr, n * page)[1] == data
+    finally:
+        go.set()
+        c.forget_paths()

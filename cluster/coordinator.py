@@ -33,7 +33,6 @@ anything else is a bug and propagates.
 from __future__ import annotations
 
 import collections
-import sys
 import threading
 import time
 import traceback
@@ -109,6 +108,7 @@ class Coordinator:
         self.calls = collections.Counter()
         self.transport = collections.Counter()   # calls by how they came: "channel" or "actor"
         self.record = record
+        self.copy_failed: str | None = None     # see _release_posted
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0
@@ -133,6 +133,8 @@ class Coordinator:
             posted.help()
         self.cond.acquire()
         try:
+            if self.copy_failed is not None:
+                raise RuntimeError(self.copy_failed)
             self.m.post_copies = name in POSTED
             self.transport["channel" if _channel else "actor"] += 1
             self.m.mine.steps = 0
@@ -179,15 +181,18 @@ class Coordinator:
             posted.post(self._release_posted)
 
     def _release_posted(self) -> None:
-        """On the thread that copied the posted copy's last chunk."""
+        """On the thread that copied the posted copy's last chunk. A chunk
+        that failed (a bug: the call has answered) fails every call after."""
         posted, self.m.posted = self.m.posted, None
         self.steps.owner = threading.get_ident()
-        if posted is not None and posted.error is not None:     # a bug: the call has answered already
-            traceback.print_exception(posted.error)
-            print("numaemu: a migration's copy failed after its call answered: the contents of the pages "
-                  "it moved are undefined", file=sys.stderr)
-        self.cond.notify_all()
-        self.cond.release()
+        try:
+            if posted is not None and posted.error is not None:
+                self.copy_failed = ("a migration's copy failed after its call answered, the contents of the "
+                                    "pages it moved are undefined: "
+                                    + "".join(traceback.format_exception(posted.error)))
+            self.cond.notify_all()
+        finally:
+            self.cond.release()
 
     def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
              result: Any = None) -> None:
@@ -285,6 +290,8 @@ class Coordinator:
         between steps are checked."""
         from emulator import InvariantViolation
         with self.cond:
+            if self.copy_failed is not None:
+                raise RuntimeError(self.copy_failed)
             self.m._settled()          # no new frame looked at before its copy lands
             self.tlb.harvest(self.m.k)  # the writes made through the TLBs, into the record
             try:

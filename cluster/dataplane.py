@@ -243,9 +243,8 @@ class CopyInFlight:
                 return
             try:
                 copy_rows(*self.chunks[i])
-            except BaseException as exc:
-                self.error = exc
-                raise
+            except Exception as exc:    # noqa: BLE001 - the chunks after it still go, so the copy ends
+                self.error = self.error or exc
             finally:
                 with self.lock:
                     self.finished += 1
@@ -255,11 +254,8 @@ class CopyInFlight:
 
     def help(self) -> None:
         """Copy chunks not taken yet: a caller waiting for the lock a posted
-        copy holds. A failed chunk is the copier's to report."""
-        try:
-            self._work()
-        except Exception:   # noqa: BLE001
-            pass
+        copy holds."""
+        self._work()
 
     def done(self) -> bool:
         return self.helper.done()
@@ -267,6 +263,8 @@ class CopyInFlight:
     def join(self) -> None:
         self._work()
         self.helper.result()
+        if self.error is not None:
+            raise self.error
 
     def post(self, then: Callable[[], None]) -> None:
         """Run ``then`` once the last chunk is copied, on the thread that

@@ -4,6 +4,7 @@ plane, stress mode, a node actor killed mid-run, Ctrl-C."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -677,6 +678,26 @@ def test_run_names_an_unknown_bug(tmp_path):
     assert err.startswith("error: --bug r9-nope: unknown bug injection (known: r1-no-pte-recheck, ")
 
 
+def _posting_coordinator(ray_session, tmp_path, policy: str):
+    """A Coordinator in this process on two bytes-mode payloads in tmp_path,
+    with room for a migration large enough for its copy to run on the
+    copier thread: (coordinator, that many pages, page size)."""
+    import cluster.dataplane as D
+    from cluster.coordinator import Coordinator
+    page = 4096
+    n = D.PARALLEL_MIN_BYTES // page + 64
+    shape, dtype = payload_shape(n + 256, page, "bytes")
+    host = ray_session.get_runtime_context().get_node_id()
+    descs = []
+    for i in range(2):
+        D.create_payload(tmp_path / f"node{i}", shape, dtype)
+        descs.append({"host": host, "path": str(tmp_path / f"node{i}"), "shape": list(shape),
+                      "dtype": dtype.str, "handle": None})
+    c = Coordinator({"nodes": 2, "frames_per_node": n + 256, "swap_pages": n, "page_size": page,
+                     "policy": policy, "payload": "bytes"}, descs)
+    return c, n, page
+
+
 @pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
 def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, monkeypatch,
                                                                            policy):
@@ -688,25 +709,13 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
     import os
 
     import cluster.dataplane as D
-    from cluster.coordinator import Coordinator
-    from cluster.dataplane import create_payload, payload_shape
-    page = 4096
-    n = D.PARALLEL_MIN_BYTES // page + 64
-    shape, dtype = payload_shape(n + 256, page, "bytes")
-    host = ray_session.get_runtime_context().get_node_id()
-    descs = []
-    for i in range(2):
-        create_payload(tmp_path / f"node{i}", shape, dtype)
-        descs.append({"host": host, "path": str(tmp_path / f"node{i}"), "shape": list(shape),
-                      "dtype": dtype.str, "handle": None})
-    c = Coordinator({"nodes": 2, "frames_per_node": n + 256, "swap_pages": n, "page_size": page,
-                     "policy": policy, "payload": "bytes"}, descs)
+    c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
+    in_copy, go = threading.Event(), threading.Event()
     try:
         data = np.random.default_rng(5).integers(0, 256, n * page, dtype=np.uint8).tobytes()
         pid = c.call("spawn", 0)[1]
         addr = c.call("mmap", pid, n)[1]
         assert c.call("write", pid, addr, data)[0]
-        in_copy, go = threading.Event(), threading.Event()
         real = D.copy_rows
 
         def held(*args):
@@ -720,8 +729,8 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
         a = threading.Thread(target=lambda: out.update(move=c.call("move_pages", pid, [addr + i * page for i in range(n)],
                                                                    [1] * n)))
         a.start()
+        assert in_copy.wait(30), "the copy did not run on a copier thread"
         a.join(30)
-        assert in_copy.is_set(), "the copy did not run on a copier thread"
         assert "move" in out, "move_pages did not answer before its copy was done"
         ok, status, _ = out["move"]
         assert ok and list(status) == [1] * n
@@ -744,4 +753,60 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
         assert ok and list(status) == [0] * n and c.call("read", pid, addr, n * page)[1] == data
     finally:
         go.set()
+        c.forget_paths()
+
+
+def test_a_posted_copy_that_fails_lets_go_of_the_lock_and_fails_the_calls_after(ray_session, tmp_path,
+                                                                                 monkeypatch):
+    """A chunk of a posted copy that raises (a bug: the call has answered)
+    does not keep the machine lock, nor the node actors' page-walk lock:
+    the other chunks are copied, the lock goes, and every call after, and
+    the oracle, fail naming the copy."""
+    import fcntl
+    import os
+
+    import cluster.dataplane as D
+    c, n, page = _posting_coordinator(ray_session, tmp_path, "migentry")
+    try:
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, n)[1]
+        assert c.call("touch", pid, addr, n, write=True)[0]
+        real = D.copy_rows
+        failed, answered = threading.Event(), threading.Event()
+
+        def broken(*args):      # the copier's first chunk fails, once the call has answered
+            if threading.current_thread().name.startswith("migrate-copy") and not failed.is_set():
+                failed.set()
+                assert answered.wait(30), "move_pages did not answer before its copy was done"
+                raise MemoryError("a chunk that could not be copied")
+            real(*args)
+
+        monkeypatch.setattr(D, "copy_rows", broken)
+        ok, status, _ = c.call("move_pages", pid, [addr + i * page for i in range(n)], [1] * n)
+        answered.set()
+        assert ok and list(status) == [1] * n
+        seen: list[BaseException] = []
+
+        def check():    # the oracle helps no copy: the copier alone ends it, and lets go of the lock
+            try:
+                c.check()
+            except BaseException as exc:  # noqa: BLE001
+                seen.append(exc)
+
+        t = threading.Thread(target=check, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the oracle waited for a lock the failed copy kept"
+        assert len(seen) == 1 and isinstance(seen[0], RuntimeError)
+        assert re.search("(?s)a migration's copy failed after its call answered.*MemoryError: a chunk", str(seen[0]))
+        with pytest.raises(RuntimeError, match="a migration's copy failed"):
+            c.call("vmstat")
+        assert failed.is_set() and c.m.posted is None
+        fd = os.open(c.steps.path, os.O_RDWR)
+        try:        # a node actor's page walk gets in again
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
         c.forget_paths()

@@ -340,7 +340,7 @@ class LocalRun:
         )
         summary["operations_done"] = done
         summary["verified_pages"] = self.verified_pages
-        if interrupted and done < ops:      # a Ctrl-C during the last operation cut nothing short
+        if interrupted:     # even during the last operation: the caller stops too (compare's next design)
             summary["interrupted"] = True
         summary["reclaim_events"] = self.reclaim_events
         summary["forks"] = self.forks

@@ -507,3 +507,30 @@ def test_bench_runs_the_checkouts_benchmark_scripts():
     assert usage.returncode == 0 and usage.stdout.startswith("usage: explore.py")
     bad = run_numaemu("bench", "nope")
     assert bad.returncode == 2 and "'nope' is not one of 'core', 'cluster', 'explore'" in bad.stderr
+
+
+def test_ctrl_c_during_a_designs_last_operation_stops_the_comparison(tmp_path, monkeypatch):
+    """A Ctrl-C that lands in the last operation of a design cuts nothing
+    short, but the user asked to stop: the run says interrupted, and the
+    next design does not start."""
+    import signal
+
+    import cluster.runner_local as rl
+
+    real, seen = rl.LocalRun.access, []
+
+    def last_one_signalled(self, proc):
+        seen.append(self.scenario.machine.policy)
+        real(self, proc)
+        if len(seen) == 100:
+            signal.raise_signal(signal.SIGINT)      # the runner's handler: asked, no KeyboardInterrupt
+
+    monkeypatch.setattr(rl.LocalRun, "access", last_one_signalled)
+    out = tmp_path / "cmp.json"
+    result = runner().invoke(main, ["compare", QUICKSTART, "--backend", "local", "--set", "run.operations=100",
+                                    "--set", "migration.every=1000", "--json", str(out)])
+    assert result.exit_code == 130, result.stderr
+    assert set(seen) == {"migentry"} and len(seen) == 100
+    assert "interrupted: the comparison above is partial" in result.stderr
+    run = json.loads(out.read_text())["runs"]["migentry"]
+    assert run["interrupted"] is True and run["operations_done"] == 100

@@ -698,11 +698,12 @@ def _posting_coordinator(ray_session, tmp_path, policy: str):
     return c, n, page
 
 
-@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+@pytest.mark.parametrize("policy, syscall", [("migentry", "move_pages"), ("migcache", "move_pages"),
+                                             ("swapcache", "move_pages"), ("migentry", "migrate_pages")])
 def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, monkeypatch,
-                                                                           policy):
-    """The coordinator answers a move_pages whose copy still runs (a copier
-    thread, held mid-copy here): its statuses are final. Until the copy is
+                                                                           policy, syscall):
+    """The coordinator answers a move_pages or migrate_pages whose copy still
+    runs (a copier thread, held mid-copy here): its outcome is final. Until the copy is
     done it holds the machine lock, the node actors' page-walk lock with it,
     so a read arriving meanwhile waits, then reads every byte as written."""
     import fcntl
@@ -726,14 +727,14 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
 
         monkeypatch.setattr(D, "copy_rows", held)
         out: dict[str, object] = {}
-        a = threading.Thread(target=lambda: out.update(move=c.call("move_pages", pid, [addr + i * page for i in range(n)],
-                                                                   [1] * n)))
+        args = (pid, [addr + i * page for i in range(n)], [1] * n) if syscall == "move_pages" else (pid, [0], [1])
+        a = threading.Thread(target=lambda: out.update(move=c.call(syscall, *args)))
         a.start()
         assert in_copy.wait(30), "the copy did not run on a copier thread"
         a.join(30)
         assert "move" in out, "move_pages did not answer before its copy was done"
         ok, status, _ = out["move"]
-        assert ok and list(status) == [1] * n
+        assert ok and (list(status) == [1] * n if syscall == "move_pages" else status == 0)
         fd = os.open(c.steps.path, os.O_RDWR)
         try:        # a node actor's page walk: LOCK_SH without waiting
             with pytest.raises(BlockingIOError):

@@ -28,8 +28,11 @@ Usage: python benchmarks/cluster.py [--quick]
   every other access is a fault batch through the one coordinator). The
   runner keeps the schedule (the drivers wait rather than run more than
   one period past a migration not fired yet), so every 50 operations the
-  runner's migrations (a few ms each) bound the rate; every 500, the node
-  actors do;
+  runner's migrations bound the rate; every 500, the node actors do. A
+  migration takes longer with more node actors: its random batch holds
+  pages of more source nodes, each node's pages a batch of their own (about
+  65 steps with 8, as 6.1 migrates the list in order), and the 2 cores are
+  shared by more processes;
 - a TLB shootdown of 256 pages: in place in shared memory (a node on the
   coordinator's host) against an actor call (a node on another host).
 """

@@ -142,9 +142,6 @@ class ConcurrentMachine(Machine):
 
     def _run(self, coro):
         k = self.k
-        if self.posted is not None:
-            self.posted.join()
-            self.posted = None
         k.inflight += 1
         try:
             value, steps = run_threaded(coro, self)

@@ -120,7 +120,7 @@ def test_payloads_larger_than_the_hosts_free_shared_memory_are_named():
 
 
 @pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
-def test_a_copy_running_ahead_of_the_remap_lands_before_anyone_sees_the_pages(monkeypatch, policy):
+def test_a_copy_running_ahead_of_the_remap_lands_before_anyone_sees_the_pages(monkeypatch, held_copier, policy):
     """With no other operation in flight, a large migration's copy runs on a
     copier thread while the migration remaps and unlocks (the steps that need
     no contents), and the lock stays held until the copy is done. Here the
@@ -136,22 +136,13 @@ def test_a_copy_running_ahead_of_the_remap_lands_before_anyone_sees_the_pages(mo
         pid = m.spawn(0)
         addr = m.mmap(pid, n)
         m.write(pid, addr, data)
-    in_copy, go = threading.Event(), threading.Event()
-    real = D.copy_rows
-
-    def held(*args):
-        if threading.current_thread().name.startswith("migrate-copy") and not in_copy.is_set():
-            in_copy.set()
-            assert go.wait(30), "the copier was never let go"
-        real(*args)
-
+    in_copy, go = held_copier
     real_join = D.CopyInFlight.join
 
     def join_once_the_copier_copies(self):     # so that the joining thread takes no chunk first
         assert in_copy.wait(30), "the copy did not run on a copier thread"
         real_join(self)
 
-    monkeypatch.setattr(D, "copy_rows", held)
     monkeypatch.setattr(D.CopyInFlight, "join", join_once_the_copier_copies)
     out: dict[str, object] = {}
 

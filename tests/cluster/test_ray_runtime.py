@@ -700,7 +700,7 @@ def _posting_coordinator(ray_session, tmp_path, policy: str):
 
 @pytest.mark.parametrize("policy, syscall", [("migentry", "move_pages"), ("migcache", "move_pages"),
                                              ("swapcache", "move_pages"), ("migentry", "migrate_pages")])
-def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, monkeypatch,
+def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, held_copier,
                                                                            policy, syscall):
     """The coordinator answers a move_pages or migrate_pages whose copy still
     runs (a copier thread, held mid-copy here): its outcome is final. Until the copy is
@@ -709,23 +709,13 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
     import fcntl
     import os
 
-    import cluster.dataplane as D
     c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
-    in_copy, go = threading.Event(), threading.Event()
+    in_copy, go = held_copier
     try:
         data = np.random.default_rng(5).integers(0, 256, n * page, dtype=np.uint8).tobytes()
         pid = c.call("spawn", 0)[1]
         addr = c.call("mmap", pid, n)[1]
         assert c.call("write", pid, addr, data)[0]
-        real = D.copy_rows
-
-        def held(*args):
-            if threading.current_thread().name.startswith("migrate-copy") and not in_copy.is_set():
-                in_copy.set()
-                assert go.wait(30), "the copier was never let go"
-            real(*args)
-
-        monkeypatch.setattr(D, "copy_rows", held)
         out: dict[str, object] = {}
         args = (pid, [addr + i * page for i in range(n)], [1] * n) if syscall == "move_pages" else (pid, [0], [1])
         a = threading.Thread(target=lambda: out.update(move=c.call(syscall, *args)))

@@ -26,9 +26,48 @@ from .topology import Topology
 from .vmstat import EVENTS, GAUGES
 
 MOVE_PAGES_MAX = 1 << 24
-
-
 RUN_KEYS = frozenset({"policy", "payload", "seed"})    # may be given beside a Topology
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _is_int(v) -> bool:
+    """An integer argument: a Python or numpy integer, never a bool (True is an int)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _flag(v, what: str) -> bool:
+    """A yes/no argument: a bool, or 0/1; never any other truthy value ("no" is truthy)."""
+    if isinstance(v, (bool, np.bool_)) or (_is_int(v) and v in (0, 1)):
+        return bool(v)
+    raise OSError(errno.EINVAL, f"{what}: must be True or False, got {v!r}")
+
+
+def _int_array(values, what: str, wrap: bool = False) -> np.ndarray:
+    """A flat list of integers as int64, never by converting floats or strings.
+    Beyond int64 (a C unsigned long's upper half): -1, which no address or node
+    is; or, ``wrap``, the same 64 bits (a content token)."""
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError) as e:
+        raise OSError(errno.EINVAL, f"{what}: not a list of integers ({e})") from None
+    if a.ndim != 1:
+        if a.size == 0 and a.ndim > 0:
+            return np.zeros(0, np.int64)
+        raise OSError(errno.EINVAL, f"{what}: must be a flat list of integers, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.dtype.kind == "i":
+        return a.astype(np.int64, copy=False)
+    if a.dtype.kind == "O" and all(_is_int(v) for v in a.tolist()):     # ints beyond 64 bits among them
+        if wrap:
+            raise OSError(errno.EINVAL, f"{what}: a value does not fit in 64 bits")
+        return np.array([v if -_INT64_MAX - 1 <= v <= _INT64_MAX else -1 for v in a.tolist()], dtype=np.int64)
+    if a.dtype.kind == "u":
+        out = a.astype(np.int64)        # the same 64 bits
+        if not wrap:
+            out[a > _INT64_MAX] = -1
+        return out
+    raise OSError(errno.EINVAL, f"{what}: must be integers, got {a.dtype} values")
 
 
 class Machine:
@@ -65,22 +104,22 @@ class Machine:
             k.inflight -= 1
 
     def _mm(self, pid: int) -> MM:
-        mm = self.k.mms.get(pid) if isinstance(pid, int) and not isinstance(pid, bool) else None
+        mm = self.k.mms.get(int(pid)) if _is_int(pid) else None
         if mm is None or not mm.findable:   # an exited task's mm may live on while a migration holds it
             raise OSError(errno.ESRCH, f"no such process: {pid!r}")
         return mm
 
     def _node(self, node: int, what: str = "node") -> int:
-        if isinstance(node, bool) or not isinstance(node, (int, np.integer)) or not 0 <= node < self.nr_nodes:
+        if not _is_int(node) or not 0 <= node < self.nr_nodes:
             raise OSError(errno.EINVAL, f"{what}: {node!r} is not an online node (0..{self.nr_nodes - 1})")
         return int(node)
 
     def _range(self, mm: MM, addr: int, npages: int):
-        if isinstance(addr, bool) or not isinstance(addr, (int, np.integer)) or addr < 0:
+        if not _is_int(addr) or addr < 0:
             raise OSError(errno.EFAULT, f"bad address {addr!r}")
-        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:
+        if not _is_int(npages) or npages < 0:
             raise OSError(errno.EINVAL, f"bad page count {npages!r}")
-        return mm.ranges(int(addr) >> self.k.page_shift, int(npages))
+        return mm.ranges(int(addr) >> self.k.page_shift, int(npages), page_shift=self.k.page_shift)
 
     # -- processes ----------------------------------------------------------
     def spawn(self, node: int = 0) -> int:
@@ -93,20 +132,21 @@ class Machine:
 
     def mmap(self, pid: int, npages: int, shared: bool = False) -> int:
         mm = self._mm(pid)
-        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages <= 0:
+        if not _is_int(npages) or npages <= 0:
             raise OSError(errno.EINVAL, f"mmap: npages must be a positive integer, got {npages!r}")
+        shared = _flag(shared, "mmap: shared")
         if mm.next_vpn + npages >= 1 << 31:
             raise OSError(errno.ENOMEM, "mmap: address space exhausted")
-        vma = mmap_step(self.k, mm, int(npages), bool(shared))
+        vma = mmap_step(self.k, mm, int(npages), shared)
         return vma.start << self.k.page_shift
 
     def munmap(self, pid: int, addr: int, npages: int) -> None:
         mm = self._mm(pid)
-        if addr % self.page_size:
-            raise OSError(errno.EINVAL, f"munmap: address {addr:#x} is not page aligned")
-        if npages <= 0:
-            raise OSError(errno.EINVAL, f"munmap: npages must be positive, got {npages}")
-        munmap_step(self.k, mm, addr >> self.k.page_shift, int(npages))
+        if not _is_int(addr) or addr < 0 or addr % self.page_size:
+            raise OSError(errno.EINVAL, f"munmap: address {addr!r} is not a page-aligned address")
+        if not _is_int(npages) or npages <= 0:
+            raise OSError(errno.EINVAL, f"munmap: npages must be a positive integer, got {npages!r}")
+        munmap_step(self.k, mm, int(addr) >> self.k.page_shift, int(npages))
 
     def fork(self, pid: int) -> int:
         return self._run(_fork(self.k, self._mm(pid)))
@@ -129,13 +169,14 @@ class Machine:
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range
-        if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~MPOL_MF_VALID:
+        if not _is_int(flags) or flags & ~MPOL_MF_VALID:
             raise OSError(errno.EINVAL, f"mbind: unknown flags {flags!r}")
+        flags = int(flags)
         if flags & MPOL_MF_MOVE_ALL and not privileged:     # do_mbind(): before the start's alignment
             raise OSError(errno.EPERM, "mbind: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE")
-        if addr % self.page_size:
-            raise OSError(errno.EINVAL, f"mbind: address {addr:#x} is not page aligned")
-        if isinstance(npages, bool) or not isinstance(npages, (int, np.integer)) or npages < 0:
+        if not _is_int(addr) or addr < 0 or addr % self.page_size:
+            raise OSError(errno.EINVAL, f"mbind: address {addr!r} is not a page-aligned address")
+        if not _is_int(npages) or npages < 0:
             raise OSError(errno.EINVAL, f"mbind: bad page count {npages!r}")
         if npages == 0:
             return
@@ -146,17 +187,18 @@ class Machine:
     def touch(self, pid: int, addr: int, npages: int, write: bool = True, tokens=None):
         mm = self._mm(pid)
         ranges = self._range(mm, addr, npages)
+        write = _flag(write, "touch: write")
         toks = None
         if write:
             if tokens is None:
                 toks = self.k.next_tokens(int(npages))
             else:
-                toks = np.asarray(tokens, dtype=np.int64)
+                toks = _int_array(tokens, "touch: tokens", wrap=True)
                 if toks.shape != (npages,):
-                    raise ValueError(f"touch: tokens must hold {npages} values, got shape {toks.shape}")
+                    raise OSError(errno.EINVAL, f"touch: tokens must hold {npages} values, got {toks.shape[0]}")
         done = 0
         for vma, lo, hi in ranges:
-            self._run(_touch(self.k, vma, lo, hi, bool(write),
+            self._run(_touch(self.k, vma, lo, hi, write,
                              toks[done:done + hi - lo] if write else None))
             done += hi - lo
         return toks
@@ -247,6 +289,8 @@ class Machine:
 
     def write(self, pid: int, addr: int, data: bytes) -> None:
         mm = self._mm(pid)
+        if not isinstance(data, (bytes, bytearray, memoryview)):    # bytes(4096) would be 4096 zeros
+            raise OSError(errno.EINVAL, f"write: data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         if not data:
             return
@@ -256,12 +300,12 @@ class Machine:
         ranges = self._range(mm, first * ps, npages)
         if self.payload == "token":
             if addr % ps or len(data) % ps:
-                raise ValueError("write: token mode stores one 64-bit token per page: write whole, "
-                                 "page-aligned pages (or use payload='bytes')")
+                raise OSError(errno.EINVAL, "write: token mode stores one 64-bit token per page: write "
+                                            "whole, page-aligned pages (or use payload='bytes')")
             words = np.frombuffer(data, dtype=np.int64).reshape(npages, ps // 8)
             if (words != words[:, :1]).any():
-                raise ValueError("write: token mode pages must be one 8-byte value repeated "
-                                 "(or use payload='bytes')")
+                raise OSError(errno.EINVAL, "write: token mode pages must be one 8-byte value repeated "
+                                            "(or use payload='bytes')")
             self.touch(pid, first * ps, npages, True, words[:, 0].copy())
             return
         # bytes mode: each page's new contents (the bytes written over what it holds now)
@@ -288,32 +332,32 @@ class Machine:
                           caller: int | None = None) -> np.ndarray:
         """move_pages() with its status list as an int64 array: what a
         transport sends as one buffer instead of thousands of ints."""
-        if len(pages) > MOVE_PAGES_MAX:
-            raise OSError(errno.E2BIG, f"move_pages: {len(pages)} pages, more than {MOVE_PAGES_MAX}")
-        if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+        addrs = _int_array(pages, "move_pages: pages")
+        if len(addrs) > MOVE_PAGES_MAX:
+            raise OSError(errno.E2BIG, f"move_pages: {len(addrs)} pages, more than {MOVE_PAGES_MAX}")
+        if not _is_int(flags) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
             raise OSError(errno.EINVAL, f"move_pages: flags {flags!r}: only MPOL_MF_MOVE and MPOL_MF_MOVE_ALL")
+        flags = int(flags)
         if flags & MPOL_MF_MOVE_ALL and not privileged:
             raise OSError(errno.EPERM, "move_pages: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE")
         mm = self._mm(pid)
         if caller is not None and caller != pid and not privileged:
             raise OSError(errno.EPERM, f"move_pages: pid {caller} may not move pages of pid {pid}")
-        addrs = np.asarray(pages, dtype=np.int64) if len(pages) else np.zeros(0, np.int64)
-        if addrs.ndim != 1:
-            raise OSError(errno.EINVAL, "move_pages: pages must be a flat list of addresses")
         vpns = np.where(addrs >= 0, addrs >> self.k.page_shift, -1)
         if nodes is None:
             return stat_step(self.k, mm, vpns)
-        if len(nodes) != len(pages):
-            raise OSError(errno.EINVAL, f"move_pages: {len(nodes)} nodes for {len(pages)} pages")
-        tgt = np.asarray(nodes, dtype=np.int64) if len(nodes) else np.zeros(0, np.int64)
+        tgt = _int_array(nodes, "move_pages: nodes")
+        if len(tgt) != len(addrs):
+            raise OSError(errno.EINVAL, f"move_pages: {len(tgt)} nodes for {len(addrs)} pages")
         cpu = None if caller is None else self._mm(caller).node   # the caller allocates
         return self._run(mm_held(self.k, mm, do_pages_move(self.k, mm, vpns, tgt, flags, cpu)))  # MovePagesError: an OSError
 
     def migrate_pages(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int], *,
                       privileged: bool = True) -> int:
-        """kernel_migrate_pages(): the pid first (ESRCH), then new_nodes (a node
-        not online: EINVAL); old_nodes is only a mask to read, and a bit naming
-        no online node has no pages there, so it is no error."""
+        """kernel_migrate_pages(): both nodemasks read first (a number no
+        nodemask holds: EINVAL), then the pid (ESRCH), then new_nodes (a node
+        not online, or none: EINVAL); old_nodes is only a mask to read, and a
+        bit naming no online node has no pages there, so it is no error."""
         mm, mapping, old = self.migrate_pages_args(pid, old_nodes, new_nodes)
         if not mapping:
             return 0
@@ -321,22 +365,21 @@ class Machine:
 
     def migrate_pages_args(self, pid: int, old_nodes: Sequence[int], new_nodes: Sequence[int]):
         """The process, the node remap migrate_pages(2) would use and its from
-        nodes, in its order of checks (ESRCH, then EINVAL); an empty remap
-        moves nothing."""
+        nodes, in 6.1's order of checks; an empty remap moves nothing."""
+        old = list(get_nodes(old_nodes, "migrate_pages: old_nodes"))
+        new_mask = get_nodes(new_nodes, "migrate_pages: new_nodes")
         mm = self._mm(pid)
-        new = [self._node(n, "migrate_pages: new_nodes") for n in new_nodes]
-        bad = [n for n in old_nodes if isinstance(n, bool) or not isinstance(n, (int, np.integer))]
-        if bad:
-            raise OSError(errno.EINVAL, f"migrate_pages: old_nodes: {bad[0]!r} is not a node number")
-        old = [int(n) for n in old_nodes if n >= 0]
-        return mm, (nodes_remap(old, new) if old and new else {}), old
+        new = [self._node(n, "migrate_pages: new_nodes") for n in new_mask]
+        if not new:
+            raise OSError(errno.EINVAL, "migrate_pages: new_nodes names no node")
+        return mm, (nodes_remap(old, new) if old else {}), old
 
     # -- reclaim and swap -----------------------------------------------------
     def reclaim(self, node: int, nr_pages: int) -> int:
         node = self._node(node)
-        if isinstance(nr_pages, bool) or not isinstance(nr_pages, int) or nr_pages < 0:
+        if not _is_int(nr_pages) or nr_pages < 0:
             raise OSError(errno.EINVAL, f"reclaim: nr_pages must be >= 0, got {nr_pages!r}")
-        return self._run(shrink_node(self.k, node, nr_pages))
+        return self._run(shrink_node(self.k, node, int(nr_pages)))
 
     def swapoff(self) -> None:
         self._run(_swapoff(self.k))

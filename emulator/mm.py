@@ -92,17 +92,19 @@ class MM:
         starts = [v.start for v in self.vmas]
         self.vmas.insert(bisect.bisect_left(starts, vma.start), vma)
 
-    def ranges(self, vpn: int, npages: int, holes: bool = False) -> list[tuple[VMA, int, int]]:
+    def ranges(self, vpn: int, npages: int, holes: bool = False,
+               page_shift: int = 12) -> list[tuple[VMA, int, int]]:
         """Split [vpn, vpn+npages) by vma: (vma, lo, hi) page indexes in the vma.
         Raises EFAULT if any page is outside every vma (the access would SIGSEGV);
-        with holes (mbind's MPOL_MF_DISCONTIG_OK), only if every page is."""
+        with holes (mbind's MPOL_MF_DISCONTIG_OK), only if every page is.
+        page_shift: for the addresses in the error."""
         out = []
         start, end = vpn, vpn + npages
         while vpn < end:
             vma = self.find_vma(vpn)
             if vma is None:
                 if not holes:
-                    raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << 12:#x} (page {vpn:#x}) is not mapped")
+                    raise OSError(errno.EFAULT, f"pid {self.pid}: address {vpn << page_shift:#x} (page {vpn:#x}) is not mapped")
                 nxt = bisect.bisect_right([v.start for v in self.vmas], vpn)
                 vpn = self.vmas[nxt].start if nxt < len(self.vmas) else end
                 continue
@@ -110,7 +112,7 @@ class MM:
             out.append((vma, vpn - vma.start, hi - vma.start))
             vpn = hi
         if holes and not out and npages:
-            raise OSError(errno.EFAULT, f"pid {self.pid}: no page of {start << 12:#x} (page {start:#x}) "
+            raise OSError(errno.EFAULT, f"pid {self.pid}: no page of {start << page_shift:#x} (page {start:#x}) "
                                         f"+{npages} pages is mapped")
         return out
 
@@ -125,13 +127,21 @@ def parse_mode(mode) -> int:
     return mode
 
 
-def get_nodes(nodes) -> tuple[int, ...]:
-    """get_nodes(): the caller's nodemask as sorted node numbers. A number that no
-    nodemask can hold (negative, or MAX_NUMNODES and up) is EINVAL; one naming no
-    node of this machine is kept, for mpol_set_nodemask() to drop."""
-    ns = tuple(sorted(set(int(n) for n in (nodes or ()))))
+def get_nodes(nodes, what: str = "mempolicy nodes") -> tuple[int, ...]:
+    """get_nodes(): the caller's nodemask (node numbers in any iterable, a
+    numpy array too; None for none) as sorted node numbers. A number that no
+    nodemask can hold (negative, or MAX_NUMNODES and up) is EINVAL; one naming
+    no node of this machine is kept, for mpol_set_nodemask() to drop."""
+    try:
+        raw = [] if nodes is None else list(nodes)     # never an array's truth value
+    except TypeError:
+        raise OSError(errno.EINVAL, f"{what}: {nodes!r} is not a list of node numbers") from None
+    bad = [n for n in raw if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer))]
+    if bad:
+        raise OSError(errno.EINVAL, f"{what}: {bad[0]!r} is not a node number")
+    ns = tuple(sorted({int(n) for n in raw}))
     if ns and (ns[0] < 0 or ns[-1] >= MAX_NUMNODES):
-        raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names a node outside a nodemask "
+        raise OSError(errno.EINVAL, f"{what}: {list(ns)} names a node outside a nodemask "
                                     f"(0..{MAX_NUMNODES - 1})")
     return ns
 

@@ -123,8 +123,9 @@ def test_token_mode_rejects_non_pattern_writes_and_changes_nothing(case):
         "second-page-bad": (a, pattern(m, 9) + rnd),
         "short-tail": (a, pattern(m, 9) + pattern(m, 10)[:16]),
     }[case]
-    with pytest.raises(ValueError):
+    with pytest.raises(OSError) as ei:
         m.write(pid, addr, data)
+    assert ei.value.errno == errno.EINVAL
     assert m.read(pid, a, 3 * ps) == b"".join(pages)
     assert (free_all(m), m.vmstat()) == before
     m.check()
@@ -135,8 +136,9 @@ def test_token_mode_write_to_untouched_page_rejected_leaves_it_untouched():
     pid = m.spawn(node=0)
     a = m.mmap(pid, 1)
     before = free_all(m)
-    with pytest.raises(ValueError):
+    with pytest.raises(OSError) as ei:
         m.write(pid, a, b"\x01" * 7)
+    assert ei.value.errno == errno.EINVAL
     assert free_all(m) == before
     assert where(m, pid, a) == [-errno.EFAULT]
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from emulator import Machine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # measure this checkout's emulator, not an installed one
+from emulator import Machine  # noqa: E402
 
 BATCH = 4096
 

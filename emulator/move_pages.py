@@ -350,7 +350,8 @@ async def do_pages_move(k, mm: MM, vpns: np.ndarray, nodes: np.ndarray, flags: i
                     raise _enodev(int(nodes[b]), nr, b)
                 raise MovePagesError(errno.ENOMEM, f"move_pages: out of memory on node {target}: "
                                                    f"the {done} pages before the list that found no room "
-                                                   "were processed", done)
+                                                   "were processed, and that list's pages before the first "
+                                                   "one that found no frame have moved", done)
             pending = []
             w = max(COLLECT_WINDOW, 2 * used)
     return status

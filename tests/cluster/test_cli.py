@@ -505,6 +505,7 @@ def test_bench_runs_the_checkouts_benchmark_scripts():
                      flags=re.M), quick.stdout
     usage = run_numaemu("bench", "explore", "--help")
     assert usage.returncode == 0 and usage.stdout.startswith("usage: explore.py")
+    assert "--quick" in usage.stdout        # every script takes the --quick the README offers
     bad = run_numaemu("bench", "nope")
     assert bad.returncode == 2 and "'nope' is not one of 'core', 'cluster', 'explore'" in bad.stderr
 

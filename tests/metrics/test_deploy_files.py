@@ -123,7 +123,13 @@ def test_kuberay_rayjob_installs_numaemu_and_runs_a_scenario_on_the_head(tmp_pat
     head, workers = head_tpl["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]
     for pod in (head, workers):
         (init,) = pod["initContainers"]
-        assert "pip install" in " ".join(init["command"])
+        # --prefix, not --target: pip then installs no second Ray beside the image's
+        assert "pip install --no-cache-dir --prefix /opt/numaemu " in " ".join(init["command"])
+        # numaemu is on no index: an unedited manifest fails in its init container, saying why
+        spec_env = {e["name"]: e["value"] for e in init["env"]}["NUMAEMU_PIP_SPEC"]
+        fails = subprocess.run(init["command"], env={"NUMAEMU_PIP_SPEC": spec_env, "PATH": os.environ["PATH"]},
+                               capture_output=True, text=True, timeout=60)
+        assert fails.returncode == 1 and "set NUMAEMU_PIP_SPEC" in fails.stderr
         for c in [init] + pod["containers"]:
             assert c["image"] == f"rayproject/ray:{cluster['rayVersion']}-py311"   # ray[all]: Jobs API included
     # the submitter reaches the Job Submission API through the head's service
@@ -150,4 +156,37 @@ def test_kuberay_rayjob_installs_numaemu_and_runs_a_scenario_on_the_head(tmp_pat
     assert ports[9108] != "metrics"       # KubeRay's name for Ray's own metrics port
     assert ports[8265] == "dashboard"
     for c in ray_head, workers["containers"][0]:
-        assert {"name": "PYTHONPATH", "value": "/opt/numaemu"} in c["env"]
+        assert {"name": "PYTHONPATH", "value": "/opt/numaemu/lib/python3.11/site-packages"} in c["env"]
+
+
+def test_kuberay_init_container_installs_numaemu_beside_the_images_ray_not_a_second_one(tmp_path):
+    """The init container's own command, run here with this environment as
+    the image (Ray and numaemu's dependencies installed) and this checkout
+    as NUMAEMU_PIP_SPEC: the prefix gets numaemu and no Ray, and with the
+    containers' PYTHONPATH a process imports numaemu from the prefix and
+    Ray from the environment."""
+    import sys
+
+    import ray
+
+    rj = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kuberay/rayjob.yaml").read_text())}["RayJob"]
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (init,) = head["initContainers"]
+    prefix = tmp_path / "opt-numaemu"
+    command = [part.replace("/opt/numaemu", str(prefix)) for part in init["command"]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(NUMAEMU_PIP_SPEC=str(REPO), PATH=os.pathsep.join((str(Path(sys.executable).parent), env["PATH"])))
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (ray_head,) = head["containers"]
+    pythonpath = {e["name"]: e["value"] for e in ray_head["env"]}["PYTHONPATH"].replace("/opt/numaemu", str(prefix))
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    assert Path(pythonpath) == site and (site / "cluster" / "cli.py").is_file()
+    assert not list(site.glob("ray*")), "a second Ray in the prefix would shadow the image's"
+    where = subprocess.run([sys.executable, "-c", "import cluster, ray; print(cluster.__file__); print(ray.__file__)"],
+                           env={**env, "PYTHONPATH": pythonpath}, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert where.returncode == 0, where.stderr
+    numaemu_at, ray_at = where.stdout.split()
+    assert Path(numaemu_at).is_relative_to(site)
+    assert Path(ray_at) == Path(ray.__file__)

@@ -125,7 +125,7 @@ class _Stopped(Exception):
 
 def _execute(spec, scenario: str, title: str, backend: str, address: str | None, stress: bool,
              check_every: int | None, bugs: tuple[str, ...], json_path: str | None, on: dict,
-             err: Console) -> dict[str, Any]:
+             err: Console, min_hosts: int | None = None) -> dict[str, Any]:
     """One run with a progress bar titled ``title``: its summary. Raises
     _Stopped: a failure (1, naming ``scenario``), or Ctrl-C before the runner
     has a summary (130; 143 for SIGTERM)."""
@@ -159,7 +159,8 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
             if backend == "ray":
                 from .runner_ray import run_ray
                 return run_ray(spec, tick, address=address, stress=stress, check_every=every, bugs=bugs,
-                               dump_dir=str(Path(json_path).parent) if json_path else None, **on)
+                               dump_dir=str(Path(json_path).parent) if json_path else None,
+                               min_hosts=min_hosts or 0, **on)
             return run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
     except OSError as exc:
         raise _Stopped(f"{scenario}: the run failed: {exc}", 1) from None
@@ -167,6 +168,19 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
         raise _Stopped(f"{scenario}: {exc}", 1) from None
     except KeyboardInterrupt:
         raise _Stopped("terminated" if _signalled else "interrupted", _interrupted_code()) from None
+
+
+hosts_option = click.option(
+    "--hosts", "min_hosts", type=click.IntRange(min=1), default=None, metavar="N",
+    help="with --address: wait (up to 15 minutes) until the Ray cluster has N hosts before placing the "
+         "node actors, as for a cluster still starting (`ray up` brings its workers up after the head)")
+
+
+def _check_ray_args(backend: str, address: str | None, min_hosts: int | None) -> None:
+    if backend == "local" and address:
+        _fail("--address needs --backend ray", 2)
+    if min_hosts is not None and min_hosts > 1 and not address:
+        _fail("--hosts needs --address: an embedded Ray has one host", 2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -198,13 +212,14 @@ def main() -> None:
               metavar="PATH", help="also write the summary (per node, vmstat, totals, violations) as JSON")
 @click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
               help="also write PNG plots (memory, migrations, swap, latency) and an index.html into DIR")
+@hosts_option
 @metrics_options
 def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
-        bugs: tuple[str, ...], sets: tuple[str, ...], json_path: str | None, report_dir: str | None, metrics_port: int, metrics_bind: str,
-        hold: float, run_label: str | None, sd_dir: str | None) -> None:
+        bugs: tuple[str, ...], sets: tuple[str, ...], json_path: str | None, report_dir: str | None,
+        min_hosts: int | None, metrics_port: int, metrics_bind: str, hold: float, run_label: str | None,
+        sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
-    if backend == "local" and address:
-        _fail("--address needs --backend ray", 2)
+    _check_ray_args(backend, address, min_hosts)
     spec = _load(scenario, sets, bugs)
     if check_every and not (stress or spec.run.stress):
         _fail("--check-every needs --stress (or [run] stress = true)", 2)
@@ -237,7 +252,7 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     try:
         with _sigterm_stops_the_run():
             summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
-                               json_path, on, err)
+                               json_path, on, err, min_hosts)
     except _Stopped as stop:
         _fail(stop.message, stop.code)
 
@@ -281,12 +296,12 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
               help="override a value of the scenario file for every run (repeatable), as numaemu run's")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write every run's summary, by design, as JSON")
+@hosts_option
 def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str | None, sets: tuple[str, ...],
-            json_path: str | None) -> None:
+            json_path: str | None, min_hosts: int | None) -> None:
     """Run SCENARIO once under each migration design, with the same seeds, and
     print the designs side by side."""
-    if backend == "local" and address:
-        _fail("--address needs --backend ray", 2)
+    _check_ray_args(backend, address, min_hosts)
     if any(s.split("=", 1)[0].strip() == "machine.policy" for s in sets):
         _fail("--set machine.policy: compare sets the policy itself (use --policy)", 2)
     policies = tuple(dict.fromkeys(policies)) or ("migentry", "migcache", "swapcache")
@@ -302,7 +317,7 @@ def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str
         for p, spec in specs.items():
             try:
                 runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend,
-                                   address, False, None, (), None, {}, err)
+                                   address, False, None, (), None, {}, err, min_hosts)
             except _Stopped as stop:        # between two designs, or one failed: keep the ones done
                 stopped = stop
                 break

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -172,6 +173,28 @@ def hosts() -> list[str]:
         heads = [n["NodeID"] for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
         me = heads[0] if heads else alive[0]
     return [me] + [h for h in alive if h != me]
+
+
+HOSTS_WAIT_S = 900.0        # a `ray up` worker installs its packages before it joins: minutes
+
+
+def wait_for_hosts(n: int, say: Callable[[str], None], timeout: float = HOSTS_WAIT_S) -> list[str]:
+    """Wait until the cluster has at least n hosts (a cluster still
+    starting: the workers `ray up` or a job scheduler brings up after the
+    head), saying so each time one joins; then its hosts, as hosts()."""
+    deadline = time.monotonic() + timeout
+    seen = -1
+    while True:
+        now = hosts()
+        if len(now) >= n:
+            return now
+        if len(now) != seen:
+            seen = len(now)
+            say(f"waiting for {n} hosts in the Ray cluster: {seen} so far")
+        if time.monotonic() >= deadline:
+            raise RunnerError(f"only {seen} of the {n} hosts asked for (--hosts) joined the Ray cluster "
+                              f"in {timeout:g} s")
+        time.sleep(1.0)     # hosts join on their own time: nothing here can be told of it
 
 
 def _on(host: str):
@@ -633,13 +656,17 @@ class RayRun:
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
             stress: bool = False, check_every: int = 0, metrics=None,
-            dump_dir: str | None = None, latency=None, bugs: tuple[str, ...] = ()) -> dict[str, Any]:
+            dump_dir: str | None = None, latency=None, bugs: tuple[str, ...] = (),
+            min_hosts: int = 0) -> dict[str, Any]:
+    """``min_hosts``: wait until the cluster has that many hosts before placing the node actors."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = ensure_ray(address)     # Ray may install handlers later too: ours come back after
     import ray
 
     run = None
     try:
+        if min_hosts > 1:
+            wait_for_hosts(min_hosts, lambda msg: print(f"numaemu: {msg}", file=sys.stderr, flush=True))
         run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir,
                      latency=latency, bugs=tuple(bugs))
         return run.run(progress)

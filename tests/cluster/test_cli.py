@@ -535,3 +535,13 @@ def test_ctrl_c_during_a_designs_last_operation_stops_the_comparison(tmp_path, m
     assert "interrupted: the comparison above is partial" in result.stderr
     run = json.loads(out.read_text())["runs"]["migentry"]
     assert run["interrupted"] is True and run["operations_done"] == 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "local", "--address", "auto"], "--address needs --backend ray"),
+    (["--hosts", "3"], "--hosts needs --address: an embedded Ray has one host"),
+])
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_ray_only_options_that_cannot_apply_are_refused_before_anything_starts(command, args, message):
+    proc = run_numaemu(command, QUICKSTART, *args)
+    assert proc.returncode == 2 and f"error: {message}" in proc.stderr and "Traceback" not in proc.stderr

@@ -93,3 +93,33 @@ def test_node_actors_spread_over_hosts_and_migrate_across_them(cluster, tmp_path
     # checked at quiescent points
     assert s["forks"] > 0 and s["swapoff_events"] == 2 and s["totals"]["pswpout"] > 0
     assert s["quiescent_checks"] >= 2
+
+
+def test_a_run_waits_for_the_hosts_it_asks_for_then_spreads_over_them(cluster, tmp_path):
+    """--hosts 5 on a cluster of four, as on a cluster whose workers are still
+    starting (`ray up`): the run says it waits, a fifth host joins, and the
+    five node actors land one per host. Last in this module: it adds a host."""
+    import select
+
+    scenario = tmp_path / "five.toml"
+    scenario.write_text("[machine]\nnodes = 5\nframes_per_node = 128\n"
+                        + "".join(f"[[workload]]\nnode = {n}\nprocesses = 1\npages = 16\n" for n in range(5))
+                        + "[migration]\nevery = 10\n[run]\noperations = 100\n")
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("numaemu")), "run", str(scenario),
+                             "--address", cluster.address, "--hosts", "5", "--json", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert select.select([proc.stderr], [], [], 120)[0], "nothing said in 120 s"
+        line = proc.stderr.readline()
+        assert "waiting for 5 hosts in the Ray cluster: 4 so far" in line, line + proc.stderr.read()
+        cluster.add_node(num_cpus=1)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    s = json.loads(out.read_text())
+    assert s["violations"] == 0 and s["operations_done"] == 100
+    assert len({h["host"] for h in s["hosts"]}) == 5      # one node actor per host: it waited for the fifth

@@ -18,7 +18,7 @@ import pytest
 
 from cluster.dataplane import RemoteRows, copy_batch, payload_shape
 from cluster.node import NodeActor
-from cluster.runner_ray import RayRun
+from cluster.runner_ray import RayRun, RunnerError, wait_for_hosts
 from cluster.scenario import load_scenario
 from emulator import InvariantViolation, Machine
 from emulator.frames import copy_rows
@@ -801,3 +801,13 @@ def test_a_posted_copy_that_fails_lets_go_of_the_lock_and_fails_the_calls_after(
             os.close(fd)
     finally:
         c.forget_paths()
+
+
+def test_waiting_for_hosts_that_never_join_ends_naming_how_many_did(ray_session):
+    """--hosts on a cluster that stays short (one host here): a clear error
+    once the wait is over, not a hang; and no wait when they are there."""
+    said: list[str] = []
+    assert len(wait_for_hosts(1, said.append, timeout=0.0)) == 1 and said == []
+    with pytest.raises(RunnerError, match=r"only 1 of the 2 hosts asked for \(--hosts\) joined"):
+        wait_for_hosts(2, said.append, timeout=0.0)
+    assert said == ["waiting for 2 hosts in the Ray cluster: 1 so far"]

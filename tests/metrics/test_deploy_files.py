@@ -164,10 +164,20 @@ def test_kuberay_init_container_installs_numaemu_beside_the_images_ray_not_a_sec
     the image (Ray and numaemu's dependencies installed) and this checkout
     as NUMAEMU_PIP_SPEC: the prefix gets numaemu and no Ray, and with the
     containers' PYTHONPATH a process imports numaemu from the prefix and
-    Ray from the environment."""
+    Ray from the environment. The checkout goes in under another project
+    name: pip would uninstall the numaemu this environment has (the image
+    has none) before installing it into the prefix."""
     import sys
 
     import ray
+
+    src = tmp_path / "src"
+    for name in ("cluster", "emulator"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "README.md", src / "README.md")
+    project = (REPO / "pyproject.toml").read_text()
+    assert project.count('name = "numaemu"') == 1
+    (src / "pyproject.toml").write_text(project.replace('name = "numaemu"', 'name = "numaemu-init-check"'))
 
     rj = {d["kind"]: d for d in yaml.safe_load_all((DEPLOY / "kuberay/rayjob.yaml").read_text())}["RayJob"]
     head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
@@ -175,7 +185,7 @@ def test_kuberay_init_container_installs_numaemu_beside_the_images_ray_not_a_sec
     prefix = tmp_path / "opt-numaemu"
     command = [part.replace("/opt/numaemu", str(prefix)) for part in init["command"]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(NUMAEMU_PIP_SPEC=str(REPO), PATH=os.pathsep.join((str(Path(sys.executable).parent), env["PATH"])))
+    env.update(NUMAEMU_PIP_SPEC=str(src), PATH=os.pathsep.join((str(Path(sys.executable).parent), env["PATH"])))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (ray_head,) = head["containers"]

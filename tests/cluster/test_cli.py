@@ -157,6 +157,22 @@ def test_json_under_a_file_is_refused_before_running(tmp_path):
     assert result.stderr == f"error: --json {out}: {out.parent}: exists and is not a directory\n"
 
 
+def test_an_empty_output_path_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """Path("") is the current directory: --report '' would write index.html
+    and the PNGs there, --json '' fail late."""
+    monkeypatch.chdir(tmp_path)
+    for args, expected in ((["--report", ""], "error: --report: must not be empty (name a directory, "
+                                              "e.g. --report out/report)\n"),
+                           (["--json", ""], "error: --json: must not be empty (name a file, "
+                                            "e.g. --json out/summary.json)\n")):
+        result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", *args])
+        assert (result.exit_code, result.stderr, result.stdout) == (2, expected, "")
+        assert list(tmp_path.iterdir()) == []
+    result = runner().invoke(main, ["compare", str(REPO / QUICKSTART), "--backend", "local", "--json", ""])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --json: must not be empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["run", "compare"])
 def test_a_negative_run_seed_is_bad_input(command):
     result = runner().invoke(main, [command, str(REPO / QUICKSTART), "--backend", "local", "--set", "run.seed=-1"])
@@ -211,6 +227,21 @@ def test_a_machine_that_fits_the_host_but_not_the_process_is_bad_input(tmp_path)
     assert proc.stderr == (f"error: {path}: machine.frames_per_node: out of memory allocating the machine's arrays "
                            "(about 3.1 GiB): machine.nodes = 1 x machine.frames_per_node = 80000000 "
                            "(42 bytes a frame with the 'token' payload): 3.1 GiB\n")
+
+
+def test_running_out_of_memory_during_a_run_is_an_error_not_a_traceback(monkeypatch):
+    """Other processes may take the memory a scenario that fits the host needs."""
+    import cluster.runner_local as rl
+
+    def out_of_memory(*args, **kw):
+        raise MemoryError()
+
+    monkeypatch.setattr(rl, "run_local", out_of_memory)
+    for command in ("run", "compare"):
+        result = runner().invoke(main, [command, QUICKSTART, "--backend", "local"])
+        assert result.exit_code == 1
+        assert result.stderr.strip().endswith(": the run failed: out of memory"), result.stderr
+        assert result.stderr.startswith(f"error: {QUICKSTART}")
 
 
 def test_violations_give_exit_1(tmp_path, monkeypatch):

@@ -194,7 +194,34 @@ def test_an_unreachable_grafana_is_an_error():
     assert "Traceback" not in res.stderr
 
 
-def test_a_bad_url_is_bad_input():
-    res = push("--url", "grafana.local:3000", env={"GRAFANA_TOKEN": TOKEN})
+@pytest.mark.parametrize("url, expected", [
+    ("grafana.local:3000", "must be an http:// or https:// URL"),
+    ("http://127.0.0.1:99999", "http://127.0.0.1:99999: Port out of range 0-65535"),
+    ("http://[::1", "http://[::1: Invalid IPv6 URL"),
+    ("http://127.0.0.1:0", "the port must be 1..65535"),
+    ("http://127.0.0.1:3000x", "Port could not be cast to integer value"),
+    ("http://grafana .local", "must not contain spaces or control characters"),
+])
+def test_a_bad_url_is_bad_input(url, expected):
+    res = push("--url", url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 2, res.stderr
+    assert "Invalid value for '--url'" in res.stderr and expected in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfeglsa_token", "not UTF-8 text (byte 0)"),
+    ("glsa_\u2603".encode(), "the token must be printable ASCII without spaces"),
+    (b"glsa_one\nglsa_two", "the token must be printable ASCII without spaces"),
+])
+def test_a_token_that_cannot_be_sent_is_bad_input_and_sends_nothing(grafana, tmp_path, content, expected):
+    f = tmp_path / "token"
+    f.write_bytes(content)
+    res = push("--url", grafana.url, "--token-file", str(f))
     assert res.exit_code == 2
-    assert "must be an http:// or https:// URL" in res.stderr
+    assert res.stderr.strip() == f"error: --token-file {f}: {expected}" + \
+        ("" if "UTF-8" in expected else " (a Grafana service account token, glsa_...)")
+    assert grafana.requests == []
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": "glsa_\u2603"})
+    assert res.exit_code == 2 and res.stderr.startswith("error: GRAFANA_TOKEN: the token must be printable ASCII")
+    assert grafana.requests == []

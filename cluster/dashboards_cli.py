@@ -2,7 +2,8 @@
 
 ``push`` creates or updates numaemu's dashboards by uid in a Grafana server
 with grafana-client (``POST /api/dashboards/db`` with ``overwrite``), in a
-folder found or created by title with ``--folder``. The token comes from the
+folder found or created by title with ``--folder``; without it a dashboard
+already there stays in the folder it is in, a new one goes to General. The token comes from the
 GRAFANA_TOKEN environment variable or from ``--token-file``: never from the
 command line, where other users could read it.
 
@@ -104,7 +105,8 @@ def _token(token_file: str | None) -> str:
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=str), default=None, metavar="FILE",
               help="read the API token from FILE (default: the GRAFANA_TOKEN environment variable)")
 @click.option("--folder", default=None, metavar="NAME",
-              help="put the dashboards in this folder, created if missing (default: General)")
+              help="put the dashboards in this folder, created if missing (default: a dashboard "
+                   "already in Grafana stays in its folder, a new one goes to General)")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
               metavar="SECONDS", help="per request")
 def push_cmd(url: str, token_file: str | None, folder: str | None, timeout: float) -> None:
@@ -133,13 +135,21 @@ def push_cmd(url: str, token_file: str | None, folder: str | None, timeout: floa
         for uid, dash in dashboards.items():
             body = {"dashboard": {**dash, "id": None}, "overwrite": True,
                     "message": f"numaemu {__version__}"}
+            kept = ""
             if folder_uid is not None:
                 body["folderUid"] = folder_uid
+            elif uid in existing:
+                # without folderUid Grafana saves into General: a dashboard someone
+                # moved into a folder would move back, so it keeps the folder it is in
+                meta = (api.dashboard.get_dashboard(uid) or {}).get("meta") or {}
+                if meta.get("folderUid"):
+                    body["folderUid"] = meta["folderUid"]
+                    kept = f" in folder {meta.get('folderTitle') or meta['folderUid']!r}"
             res = api.dashboard.update_dashboard(body)
             verb = "updated" if uid in existing else "created"
             where = res.get("url", "") if isinstance(res, dict) else ""
             click.echo(f"{verb} {uid}" + (f" (version {res['version']})" if isinstance(res, dict)
-                                          and "version" in res else "") + (f": {where}" if where else ""))
+                                          and "version" in res else "") + kept + (f": {where}" if where else ""))
     except GrafanaUnauthorizedError:
         _fail(f"Grafana at {url} refused the token (401 Unauthorized)", 1)
     except GrafanaClientError as exc:

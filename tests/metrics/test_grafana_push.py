@@ -2,8 +2,8 @@
 
 There is no Grafana server on these machines: a small http.server on
 127.0.0.1 implements the calls the push makes (GET /api/folders, POST
-/api/folders, GET /api/search, POST /api/dashboards/db) as Grafana answers
-them, and records every request.
+/api/folders, GET /api/search, GET /api/dashboards/uid/UID, POST
+/api/dashboards/db) as Grafana answers them, and records every request.
 """
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ class FakeGrafana:
                     uids = parse_qs(url.query).get("dashboardUIDs", [])
                     return self._reply(200, [{"uid": u, "title": d["dashboard"]["title"], "type": "dash-db"}
                                              for u, d in fake.dashboards.items() if not uids or u in uids])
+                if method == "GET" and url.path.startswith("/api/dashboards/uid/"):
+                    d = fake.dashboards.get(url.path.rsplit("/", 1)[1])
+                    if d is None:
+                        return self._reply(404, {"message": "Dashboard not found"})
+                    titles = {f["uid"]: f["title"] for f in fake.folders}
+                    # a dashboard in General: folderUid "" and folderTitle "General", as Grafana 10 answers
+                    return self._reply(200, {"dashboard": d["dashboard"],
+                                             "meta": {"version": d["version"], "folderUid": d["folderUid"] or "",
+                                                      "folderTitle": titles.get(d["folderUid"], "General")}})
                 if route == ("POST", "/api/dashboards/db"):
                     d = body["dashboard"]
                     old = fake.dashboards.get(d["uid"])
@@ -146,6 +155,33 @@ def test_push_without_folder_goes_to_general(grafana):
     assert res.exit_code == 0, res.output + res.stderr
     assert not [r for r in grafana.requests if r["path"] == "/api/folders"]
     assert all("folderUid" not in p["body"] for p in grafana.posts("/api/dashboards/db"))
+
+
+def test_push_without_folder_keeps_each_dashboard_in_the_folder_it_is_in(grafana):
+    """POST /api/dashboards/db without folderUid saves into General: a
+    dashboard someone moved into a folder must stay there when pushed again."""
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    moved, *others = UIDS
+    grafana.folders.append({"uid": "team", "title": "Team"})
+    grafana.dashboards[moved]["folderUid"] = "team"          # moved in Grafana's UI
+    grafana.requests.clear()
+
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    assert grafana.dashboards[moved]["folderUid"] == "team" and grafana.dashboards[moved]["version"] == 2
+    for uid in others:
+        assert grafana.dashboards[uid]["folderUid"] is None and grafana.dashboards[uid]["version"] == 2
+    posts = {p["body"]["dashboard"]["uid"]: p["body"] for p in grafana.posts("/api/dashboards/db")}
+    assert posts[moved]["folderUid"] == "team"
+    assert all("folderUid" not in posts[uid] for uid in others)
+    assert f"updated {moved} (version 2) in folder 'Team'" in res.output
+    assert not [r for r in grafana.requests if r["path"] == "/api/folders"]
+
+    # --folder still says where they all go
+    res = push("--url", grafana.url, "--folder", "numaemu", env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    assert {grafana.dashboards[uid]["folderUid"] for uid in UIDS} == {"folder2"}
 
 
 def test_token_file_is_read_and_wins_over_the_environment(grafana, tmp_path):

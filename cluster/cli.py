@@ -94,6 +94,8 @@ def _check_json_path(json_path: str | None) -> None:
     from .plots import ReportError, prepare_dir
     if json_path is None:
         return
+    if not json_path:               # Path("") is the current directory
+        _fail("--json: must not be empty (name a file, e.g. --json out/summary.json)", 2)
     if Path(json_path).is_dir():
         _fail(f"--json {json_path}: is a directory", 2)
     try:
@@ -164,6 +166,8 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
             return run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
     except OSError as exc:
         raise _Stopped(f"{scenario}: the run failed: {exc}", 1) from None
+    except MemoryError:     # load_scenario refused what cannot fit the host; other processes took the rest
+        raise _Stopped(f"{scenario}: the run failed: out of memory", 1) from None
     except RuntimeError as exc:   # the Ray runtime: cannot start, a driver failed
         raise _Stopped(f"{scenario}: {exc}", 1) from None
     except KeyboardInterrupt:
@@ -227,6 +231,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
     from .plots import ReportError, prepare_dir
     _check_json_path(json_path)
     if report_dir is not None:
+        if not report_dir:          # Path("") is the current directory: index.html and PNGs would land there
+            _fail("--report: must not be empty (name a directory, e.g. --report out/report)", 2)
         try:
             prepare_dir(report_dir)
         except ReportError as exc:

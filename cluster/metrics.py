@@ -602,6 +602,21 @@ class MetricsEndpoint:
 
 # -- command-line options ---------------------------------------------------------
 
+# --hold is for a last scrape, which Prometheus takes within a scrape interval
+# (seconds, a few minutes at most); a day covers any interval and a slow
+# look by hand, and keeps a forgotten process from serving for ever (a hold
+# beyond ~292 years does not fit time.sleep at all: OverflowError after the
+# run). Ctrl-C or SIGTERM end a hold early.
+MAX_HOLD = 86400.0
+
+
+def _hold_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """--hold: finite, 0..MAX_HOLD (FloatRange lets nan through)."""
+    if not 0 <= value <= MAX_HOLD:
+        raise click.BadParameter(f"must be 0..{MAX_HOLD:g} seconds (a day), got {value:g}")
+    return value
+
+
 def metrics_options(func):
     """--metrics-port, --metrics-bind, --hold, --run-label, --sd-dir."""
     opts = [
@@ -609,8 +624,9 @@ def metrics_options(func):
                      metavar="N", help="serve Prometheus metrics on this port (0 = off)"),
         click.option("--metrics-bind", default="127.0.0.1", show_default=True, metavar="ADDR",
                      help="address the metrics endpoint listens on"),
-        click.option("--hold", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
-                     help="keep serving metrics this long after the end, for a last scrape"),
+        click.option("--hold", type=float, default=0.0, metavar="SECONDS", callback=_hold_seconds,
+                     help=f"keep serving metrics this long after the end, for a last scrape "
+                          f"(at most {MAX_HOLD:g}, a day)"),
         click.option("--run-label", default=None, metavar="LABEL",
                      help="the metrics' run label (default: the scenario file's name, then any --set of numaemu run)"),
         click.option("--sd-dir", default=None, metavar="DIR",

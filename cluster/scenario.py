@@ -15,6 +15,8 @@ Syntax errors name the line instead of the key.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -40,13 +42,23 @@ class ScenarioError(Exception):
     """A scenario file that cannot be read, parsed or validated.
 
     ``str(err)`` is the complete message, ``<file>: <key>: <problem>``.
+    ``lines`` pairs each line of it with the keys its problem depends on, so
+    that load_scenario can name, on that line, the --set that changed one of
+    them (and no other).
     """
 
-    def __init__(self, message: str, *, file: str = "", key: str = "", problem: str = ""):
+    def __init__(self, message: str, *, file: str = "", key: str = "", problem: str = "",
+                 keys: tuple[str, ...] = (), lines: tuple[tuple[tuple[str, ...], str], ...] = ()):
         super().__init__(message)
         self.file = file
         self.key = key
         self.problem = problem
+        self.lines = lines or ((keys or ((key,) if key else ()), message),)
+
+
+def _error(path: str, key: str, problem: str, *also: str) -> ScenarioError:
+    """``<file>: <key>: <problem>``; ``also``: other keys the problem depends on."""
+    return ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem, keys=(key, *also))
 
 
 # --------------------------------------------------------------------------
@@ -99,10 +111,18 @@ class MachineSpec(_Strict):
         return self.model_dump(exclude_unset=True)
 
 
+# A process maps its workload's pages once, at vpn emulator.mm.MMAP_BASE_VPN
+# (0x10000), and the model's mmap refuses a mapping that reaches vpn 2**31
+# (ENOMEM "address space exhausted", emulator/machine.py): a larger pages is
+# refused here, naming the key, rather than when the run starts.
+MMAP_BASE_VPN = 0x10000
+MAX_WORKLOAD_PAGES = (1 << 31) - MMAP_BASE_VPN - 1
+
+
 class WorkloadSpec(_Strict):
     node: int = Field(ge=0)
     processes: int = Field(1, ge=1)
-    pages: int = Field(ge=1)
+    pages: int = Field(ge=1, le=MAX_WORKLOAD_PAGES)
     shared: bool = False
     pattern: Literal["sequential", "uniform", "zipf"] = "uniform"
     zipf_s: float = Field(1.2, gt=1)
@@ -131,7 +151,7 @@ class SwapoffSpec(_Strict):
 class RunSpec(_Strict):
     operations: int = Field(ge=0)
     seconds: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=(1 << 63) - 1)     # numpy's generators take no negative seed; as machine.seed
     stress: bool = False
     check_every: int | None = Field(None, ge=1)
 
@@ -230,6 +250,9 @@ def _problem(err: dict[str, Any]) -> str:
     return msg[:1].lower() + msg[1:]
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _dotted(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -238,24 +261,25 @@ def _dotted(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            # a key TOML would quote ("" = 1, "a.b" = 1) is shown quoted, as it was written
+            text = str(part) if _BARE_KEY.fullmatch(str(part)) else json.dumps(str(part))
+            out += ("." if out else "") + text
     return out or "(top level)"
 
 
 def _from_validation_error(path: str, exc: ValidationError) -> ScenarioError:
-    lines = []
+    lines: list[tuple[tuple[str, ...], str]] = []
     first_key = first_problem = ""
     for err in exc.errors(include_url=False):
-        key, problem = _dotted(tuple(err["loc"])), _problem(err)
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("~")))
+        key, problem = _dotted(loc), _problem(err)
         if not lines:
             first_key, first_problem = key, problem
         line = f"{path}: {key}: {problem}"
-        if line not in lines:
-            lines.append(line)
-    message = lines[0]
-    if len(lines) > 1:
-        message += "".join(f"\n{line}" for line in lines[1:])
-    return ScenarioError(message, file=path, key=first_key, problem=first_problem)
+        if line not in [text for _, text in lines]:
+            lines.append(((".".join(str(p) for p in loc),), line))
+    message = "\n".join(text for _, text in lines)
+    return ScenarioError(message, file=path, key=first_key, problem=first_problem, lines=tuple(lines))
 
 
 _TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -279,14 +303,110 @@ def _from_toml_error(path: str, exc: tomllib.TOMLDecodeError) -> ScenarioError:
 # --------------------------------------------------------------------------
 # Loading.
 
-def build_machine(spec: MachineSpec, path: str = "<scenario>"):
-    """``Machine.from_config`` on the [machine] table; its ValueError (which
-    names the key) becomes a ScenarioError prefixed with the file name."""
-    from emulator import Machine  # the model; imported late so validation errors need no model
+GiB = 1 << 30
 
-    config = spec.config()
+
+def host_memory() -> int | None:
+    """Bytes of memory this process can have: the host's RAM, or its cgroup's
+    limit when lower (a container). None when neither can be read.
+
+    RAM rather than what is free now: the model's arrays are backed as a run
+    touches them, so what is free at load time says little about whether the
+    run fits; a scenario larger than the RAM itself can never be backed."""
     try:
-        return Machine.from_config(config)
+        total: int | None = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    if total is not None and total <= 0:
+        total = None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            total = int(text) if total is None else min(total, int(text))
+    return total
+
+
+def _array_bytes(obj: Any) -> int:
+    import numpy as np
+    return sum(a.nbytes for a in vars(obj).values() if isinstance(a, np.ndarray))
+
+
+def _bytes_per_unit(make, page_size: int, payload: str) -> int:
+    """Bytes the model's arrays take per frame (or swap slot), measured on
+    tiny instances (at 1 and 2 units, with 64-byte pages) so the estimate
+    follows the model's arrays as they change."""
+    per = _array_bytes(make(2, 64, payload)) - _array_bytes(make(1, 64, payload))
+    return per + (page_size - 64 if payload == "bytes" else 0)
+
+
+def memory_estimate(topo: Any, workloads: list[WorkloadSpec] | tuple[WorkloadSpec, ...] = ()
+                    ) -> list[tuple[int, str, tuple[str, ...]]]:
+    """What the scenario's arrays take, largest first: (bytes, what drives
+    it, as ``key = value`` text, and those keys). The machine's frame tables
+    and swap device (all allocated when it is built) and, per workload, its
+    processes' page tables (8 bytes a page), the shadow of what was written
+    (9 bytes a page of each mapping) and a zipf pattern's table (16)."""
+    from emulator.frames import Frames
+    from emulator.swap import SwapDevice
+
+    ps, payload = topo.page_size, topo.payload
+    each = f"{payload!r} payload" if payload == "token" else f"'bytes' payload of {ps}-byte pages"
+    pay_keys = ("machine.payload", "machine.page_size") if payload == "bytes" else ()
+    per_frame = _bytes_per_unit(lambda n, p, pl: Frames(0, n, p, pl), ps, payload)
+    per_slot = _bytes_per_unit(lambda n, p, pl: SwapDevice(n, p, pl), ps, payload)
+    frames = sum(topo.frames)
+    if len(set(topo.frames)) == 1:
+        what = f"machine.nodes = {topo.nr_nodes} x machine.frames_per_node = {topo.frames[0]}"
+        keys: tuple[str, ...] = ("machine.frames_per_node", "machine.nodes")
+    else:
+        what, keys = f"machine.nodes: {frames} frames in all", ("machine.nodes",)
+    parts = [(frames * per_frame, f"{what} ({per_frame} bytes a frame with the {each})", keys + pay_keys),
+             ((topo.swap_pages + 1) * per_slot,
+              f"machine.swap_pages = {topo.swap_pages} ({per_slot} bytes a slot with the {each})",
+              ("machine.swap_pages",) + pay_keys)]
+    for i, wl in enumerate(workloads):
+        mappings = 1 if wl.shared else wl.processes
+        per_page = 8 * wl.processes + 9 * mappings + (16 if wl.pattern == "zipf" else 0)
+        parts.append((wl.pages * per_page,
+                      f"workload[{i}].pages = {wl.pages} x workload[{i}].processes = {wl.processes} "
+                      f"({per_page} bytes a page)", (f"workload[{i}].pages", f"workload[{i}].processes")))
+    return sorted(parts, key=lambda part: -part[0])
+
+
+def _too_big(path: str, parts: list[tuple[int, str, tuple[str, ...]]], problem: str) -> ScenarioError:
+    """``problem`` about memory, naming the largest parts of ``parts`` (those
+    of at least a tenth of the total) and the keys that drive them."""
+    need = sum(n for n, _, _ in parts)
+    big = [part for part in parts if part[0] * 10 >= need] or parts[:1]
+    problem = f"{problem}: " + "; ".join(f"{what}: {n / GiB:.1f} GiB" for n, what, _ in big)
+    keys = tuple(dict.fromkeys(k for _, _, ks in big for k in ks))
+    return _error(path, keys[0], problem, *keys[1:])
+
+
+def check_memory(path: str, topo: Any, workloads: list[WorkloadSpec] | tuple[WorkloadSpec, ...] = ()) -> None:
+    """Refuse, before anything is allocated, a scenario whose arrays need
+    more memory than the host has (a MemoryError, or the OOM killer, later)."""
+    have = host_memory()
+    if have is None:
+        return
+    parts = memory_estimate(topo, workloads)
+    need = sum(n for n, _, _ in parts)
+    if need > have:
+        raise _too_big(path, parts, f"the scenario needs about {need / GiB:.1f} GiB of memory, "
+                                    f"more than this host's {have / GiB:.1f} GiB")
+
+
+def _topology(spec: MachineSpec, path: str):
+    """``Topology.from_config`` on the [machine] table (it checks values and
+    allocates nothing); its ValueError (which names the key) becomes a
+    ScenarioError prefixed with the file name."""
+    from emulator import Topology  # the model; imported late so validation errors need no model
+
+    try:
+        return Topology.from_config(spec.config())
     except ValueError as exc:
         text = str(exc).strip() or "invalid machine configuration"
         head, sep, rest = text.partition(":")
@@ -297,8 +417,25 @@ def build_machine(spec: MachineSpec, path: str = "<scenario>"):
             key, problem = f"machine.{head}", rest.strip()
         else:
             key, problem = "machine", text
-        problem = problem or text
-        raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem) from None
+        raise _error(path, key, problem or text) from None
+
+
+def build_machine(spec: MachineSpec, path: str = "<scenario>",
+                  workloads: list[WorkloadSpec] | tuple[WorkloadSpec, ...] = ()):
+    """The machine of the [machine] table, after check_memory (with the
+    ``workloads`` that will run on it). A MemoryError all the same (other
+    processes took the memory) is reported as check_memory's error is."""
+    from emulator import Machine
+
+    topo = _topology(spec, path)
+    check_memory(path, topo, workloads)
+    try:
+        return Machine(topo)
+    except MemoryError:
+        parts = memory_estimate(topo)
+        need = sum(n for n, _, _ in parts)
+        raise _too_big(path, parts, f"out of memory allocating the machine's arrays "
+                                    f"(about {need / GiB:.1f} GiB)") from None
 
 
 def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: bool = True) -> Scenario:
@@ -314,21 +451,21 @@ def parse_scenario(data: dict[str, Any], path: str = "<scenario>", *, machine: b
         raise _from_validation_error(path, exc) from None
     scenario._path = path
     if machine:
-        built = build_machine(scenario.machine, path)
+        built = build_machine(scenario.machine, path, scenario.workload)
         nr_nodes = int(built.nr_nodes)
         for i, wl in enumerate(scenario.workload):
             if wl.threads > wl.pages:
-                key, problem = f"workload[{i}].threads", f"{wl.threads} threads for {wl.pages} pages: at most one per page"
-                raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
+                raise _error(path, f"workload[{i}].threads",
+                             f"{wl.threads} threads for {wl.pages} pages: at most one per page", f"workload[{i}].pages")
         if scenario.swapoff.every and not built.k.swap.nslots:
-            key, problem = "swapoff.every", "the machine has no swap device (machine.swap_pages = 0)"
-            raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
+            raise _error(path, "swapoff.every", "the machine has no swap device (machine.swap_pages = 0)",
+                         "machine.swap_pages")
         nodes = [(f"workload[{i}].node", wl.node) for i, wl in enumerate(scenario.workload)]
         nodes += [("migration.target", scenario.migration.target), ("reclaim.node", scenario.reclaim.node)]
         for key, node in nodes:
             if node is not None and node >= nr_nodes:
-                problem = f"node {node} does not exist (the machine has {nr_nodes} nodes: 0..{nr_nodes - 1})"
-                raise ScenarioError(f"{path}: {key}: {problem}", file=path, key=key, problem=problem)
+                raise _error(path, key, f"node {node} does not exist (the machine has {nr_nodes} nodes: "
+                                        f"0..{nr_nodes - 1})", "machine.nodes")
         scenario._machine = built
     return scenario
 
@@ -338,12 +475,31 @@ def with_overrides(path: str, overrides) -> str:
     return path + "".join(f" --set {o}" for o in overrides)
 
 
+def _override_key(item: str) -> tuple[str, ...]:
+    """The dotted key of a ``--set KEY=VALUE``, as parts (TOML allows spaces around the dots)."""
+    return tuple(part.strip() for part in item.partition("=")[0].split("."))
+
+
+def _key_path(key: str) -> tuple[str, ...]:
+    """``workload[0].pages`` (an error's key) as ``workload.0.pages`` (an override's), in parts."""
+    return tuple(part for part in re.split(r"[.\[\]]+", key) if part)
+
+
+def _touches(override: tuple[str, ...], key: tuple[str, ...]) -> bool:
+    """Whether an override of ``override`` can be the cause of a problem at
+    ``key``: one is the other or holds it (machine.distances.0.0 and
+    machine.distances; workload.0 and workload.0.pages)."""
+    n = min(len(override), len(key))
+    return n > 0 and override[:n] == key[:n]
+
+
 def apply_overrides(data: dict[str, Any], sets: list[str] | tuple[str, ...], path: str) -> None:
     """``--set KEY=VALUE`` on the parsed file, before it is validated: KEY is
     dotted (``machine.policy``, ``run.operations``, ``workload.0.pages``: an
-    array of tables takes an index), VALUE a TOML value, a bare word being a
-    string (``machine.policy=migentry``). So one file serves a comparison of
-    designs or sizes without copies that drift apart."""
+    array takes an index, an array of tables an index then a key), VALUE a
+    TOML value, a bare word being a string (``machine.policy=migentry``). So
+    one file serves a comparison of designs or sizes without copies that
+    drift apart."""
     for item in sets:
         key, eq, text = item.partition("=")
         key = key.strip()
@@ -352,28 +508,52 @@ def apply_overrides(data: dict[str, Any], sets: list[str] | tuple[str, ...], pat
             raise ScenarioError(f"{path}: --set {item}: {problem}", file=path, key=key, problem=problem)
         if not eq or not key:
             fail("expected KEY=VALUE (for example machine.policy=migentry)")
+        parts = _override_key(item)
+        if not all(parts):
+            fail(f"{key}: a dotted key has an empty part (for example machine.policy)")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()        # a bare word: a string
-        parts = key.split(".")
         node: Any = data
         for i, part in enumerate(parts):
             here, last = ".".join(parts[:i + 1]), i == len(parts) - 1
-            if isinstance(node, list):              # an array of tables: an entry's index, then its key
-                if not part.isdigit() or int(part) >= len(node):
-                    fail(f"{here}: no such entry ({'.'.join(parts[:i])} has {len(node)}: 0..{len(node) - 1})")
-                if last:
+            if isinstance(node, list):              # an array: an entry's index (then a table's key)
+                if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
+                    where = ".".join(parts[:i])
+                    fail(f"{here}: no such entry ({where} has {len(node)}"
+                         + (f": 0..{len(node) - 1})" if node else ")"))
+                if last and isinstance(node[int(part)], dict):
                     fail(f"{here} is a table: set a key of it ({here}.KEY)")
-                node = node[int(part)]
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
             elif not isinstance(node, dict):
                 fail(f"{'.'.join(parts[:i])} is a value, not a table")
             elif last:
-                if isinstance(node.get(part), list):
+                old = node.get(part)
+                if isinstance(old, list) and old and all(isinstance(e, dict) for e in old):
                     fail(f"{here} is an array of tables: set a key of an entry ({here}.0.KEY)")
                 node[part] = value
+            elif part not in node and parts[i + 1].isascii() and parts[i + 1].isdigit():
+                fail(f"{here}: not in the file, so it has no entry {parts[i + 1]} to set (set it whole: {here}=[...])")
             else:
                 node = node.setdefault(part, {})
+
+
+def _blame(exc: ScenarioError, overrides: tuple[str, ...]) -> ScenarioError:
+    """``exc`` with, on each line, the --set that changed one of the keys
+    that line's problem depends on: ``(with --set KEY=VALUE)``."""
+    lines = []
+    for keys, line in exc.lines:
+        mine = {_override_key(o): o for o in overrides      # the last --set of a key is the one in effect
+                if any(_touches(_override_key(o), _key_path(k)) for k in keys)}
+        if mine:
+            line += f" (with {' '.join(f'--set {o}' for o in mine.values())})"
+        lines.append((keys, line))
+    return ScenarioError("\n".join(line for _, line in lines), file=exc.file, key=exc.key, problem=exc.problem,
+                         lines=tuple(lines))
 
 
 def load_scenario(path: str | Path, *, machine: bool = True, overrides: tuple[str, ...] = ()) -> Scenario:
@@ -396,11 +576,6 @@ def load_scenario(path: str | Path, *, machine: bool = True, overrides: tuple[st
     try:
         scenario = parse_scenario(data, name, machine=machine)
     except ScenarioError as exc:
-        table = exc.key.replace("[", ".").split(".")[0]     # an override of the same table may be the cause
-        mine = [o for o in overrides if table and o.partition("=")[0].strip().split(".")[0] == table]
-        if mine:
-            raise ScenarioError(f"{exc} (with --set {mine[-1]})", file=exc.file, key=exc.key,
-                                problem=exc.problem) from None
-        raise
+        raise _blame(exc, tuple(overrides)) from None
     scenario._overrides = tuple(overrides)
     return scenario

@@ -157,6 +157,93 @@ def test_json_under_a_file_is_refused_before_running(tmp_path):
     assert result.stderr == f"error: --json {out}: {out.parent}: exists and is not a directory\n"
 
 
+def test_an_empty_output_path_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """Path("") is the current directory: --report '' would write index.html
+    and the PNGs there, --json '' fail late."""
+    monkeypatch.chdir(tmp_path)
+    for args, expected in ((["--report", ""], "error: --report: must not be empty (name a directory, "
+                                              "e.g. --report out/report)\n"),
+                           (["--json", ""], "error: --json: must not be empty (name a file, "
+                                            "e.g. --json out/summary.json)\n")):
+        result = runner().invoke(main, ["run", str(REPO / QUICKSTART), "--backend", "local", *args])
+        assert (result.exit_code, result.stderr, result.stdout) == (2, expected, "")
+        assert list(tmp_path.iterdir()) == []
+    result = runner().invoke(main, ["compare", str(REPO / QUICKSTART), "--backend", "local", "--json", ""])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --json: must not be empty")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_a_negative_run_seed_is_bad_input(command):
+    result = runner().invoke(main, [command, str(REPO / QUICKSTART), "--backend", "local", "--set", "run.seed=-1"])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {REPO / QUICKSTART}: run.seed: must be >= 0 (got -1) (with --set run.seed=-1)\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("sets, key, names", [
+    (["machine.swap_pages=1099511627776"], "machine.swap_pages",
+     "machine.swap_pages = 1099511627776 (28 bytes a slot with the 'token' payload): 28672.0 GiB"),
+    (["machine.payload=bytes", "machine.nodes=4", "machine.frames_per_node=2147483648"], "machine.frames_per_node",
+     "machine.nodes = 4 x machine.frames_per_node = 2147483648 (4130 bytes a frame with the 'bytes' payload "
+     "of 4096-byte pages): 33040.0 GiB"),
+    (["workload.0.processes=1000", "workload.0.pages=2147418111"], "workload[0].pages",
+     "workload[0].pages = 2147418111 x workload[0].processes = 1000 (17016 bytes a page): 34031.0 GiB"),
+])
+def test_a_scenario_larger_than_the_hosts_memory_is_bad_input_naming_its_keys(sets, key, names):
+    """Refused before anything is allocated (a MemoryError traceback, or the
+    OOM killer, otherwise), in a real process: the keys that make it large,
+    what each takes, and the --set that changed them."""
+    args = [a for s in sets for a in ("--set", s)]
+    for command in ("run", "compare"):
+        proc = run_numaemu(command, QUICKSTART, "--backend", "local", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"error: {QUICKSTART}: {key}: the scenario needs about "), proc.stderr
+        assert " GiB of memory, more than this host's " in proc.stderr and names in proc.stderr
+        assert proc.stderr.endswith(f" (with {' '.join(f'--set {s}' for s in sets)})\n")
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1 and proc.stdout == ""
+
+
+def test_a_machine_that_fits_the_host_but_not_the_process_is_bad_input(tmp_path):
+    """The last resort: a MemoryError while the machine is allocated (here an
+    address-space limit below what it needs) is reported as the up-front
+    check's error is."""
+    import os
+    import resource
+
+    from cluster.scenario import host_memory
+
+    if (host_memory() or 0) < 6 << 30:
+        pytest.skip("needs a host of 6 GiB or more, so that only the process limit refuses the machine")
+    path = tmp_path / "big.toml"
+    path.write_text("[machine]\nframes_per_node = 80000000\n\n[[workload]]\nnode = 0\npages = 64\n\n"
+                    "[run]\noperations = 10\n")
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    proc = subprocess.run(numaemu_cmd() + ["run", str(path), "--backend", "local"], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"error: {path}: machine.frames_per_node: out of memory allocating the machine's arrays "
+                           "(about 3.1 GiB): machine.nodes = 1 x machine.frames_per_node = 80000000 "
+                           "(42 bytes a frame with the 'token' payload): 3.1 GiB\n")
+
+
+def test_running_out_of_memory_during_a_run_is_an_error_not_a_traceback(monkeypatch):
+    """Other processes may take the memory a scenario that fits the host needs."""
+    import cluster.runner_local as rl
+
+    def out_of_memory(*args, **kw):
+        raise MemoryError()
+
+    monkeypatch.setattr(rl, "run_local", out_of_memory)
+    for command in ("run", "compare"):
+        result = runner().invoke(main, [command, QUICKSTART, "--backend", "local"])
+        assert result.exit_code == 1
+        assert result.stderr.strip().endswith(": the run failed: out of memory"), result.stderr
+        assert result.stderr.startswith(f"error: {QUICKSTART}")
+
+
 def test_violations_give_exit_1(tmp_path, monkeypatch):
     import cluster.runner_local as rl
 

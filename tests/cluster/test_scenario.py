@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cluster.scenario import ScenarioError, Scenario, load_scenario
@@ -292,3 +293,118 @@ def test_a_bad_override_names_itself(tmp_path, item, expected):
     path = write(tmp_path, GOOD)
     err = error_of(path, overrides=(item,))
     assert str(err).startswith(f"{path}: {expected}"), str(err)
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("workload.\u00b2.pages=5", "--set workload.\u00b2.pages=5: workload.\u00b2: no such entry (workload has 2: 0..1)"),
+    ("workload.\u0663.pages=5", "--set workload.\u0663.pages=5: workload.\u0663: no such entry (workload has 2: 0..1)"),
+    (".=x", "--set .=x: .: a dotted key has an empty part (for example machine.policy)"),
+    ("machine..policy=lru", "--set machine..policy=lru: machine..policy: a dotted key has an empty part "
+                            "(for example machine.policy)"),
+    ("machine.distances.0.0=5", "--set machine.distances.0.0=5: machine.distances: not in the file, so it has "
+                                "no entry 0 to set (set it whole: machine.distances=[...])"),
+    ("run.seed=-1", "run.seed: must be >= 0 (got -1) (with --set run.seed=-1)"),
+])
+def test_more_bad_overrides_name_themselves(tmp_path, item, expected):
+    path = write(tmp_path, GOOD)
+    err = error_of(path, overrides=(item,))
+    assert str(err) == f"{path}: {expected}"
+
+
+def test_an_override_is_named_only_where_it_changed_the_key_at_fault(tmp_path):
+    path = write(tmp_path, GOOD.replace('policy = "migentry"', 'policy = "lru"'))
+    err = error_of(path, overrides=("machine.seed=1", "run.operations=5"))
+    assert str(err) == f"{path}: machine.policy: must be one of swapcache, migcache, migentry (got 'lru')"
+    # two problems, each with the --set that made it
+    err = error_of(write(tmp_path, GOOD), overrides=("machine.policy=lru", "run.seed=-1", "workload.0.pages=5"))
+    assert str(err).splitlines() == [
+        f"{path}: machine.policy: must be one of swapcache, migcache, migentry (got 'lru') "
+        "(with --set machine.policy=lru)",
+        f"{path}: run.seed: must be >= 0 (got -1) (with --set run.seed=-1)"]
+    # a problem of the machine the file and an override make together names the override
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, GOOD), overrides=("machine.nodes=1", "run.operations=5"))
+    assert str(info.value) == (f"{path}: workload[1].node: node 1 does not exist (the machine has 1 nodes: 0..0) "
+                               "(with --set machine.nodes=1)")
+
+
+DISTANCES = GOOD.replace('policy = "migentry"', 'policy = "migentry"\ndistances = [[10, 20], [20, 10]]')
+
+
+def test_an_override_sets_an_entry_of_an_array_of_arrays(tmp_path):
+    path = write(tmp_path, DISTANCES)
+    s = load_scenario(path, overrides=("machine.distances.0.1=30", "machine.distances.1.0=30"))
+    assert s.machine.distances == [[10, 30], [30, 10]]
+    assert s.take_machine().topology.distances == ((10, 30), (30, 10))
+    s = load_scenario(path, overrides=("machine.distances=[[10, 40], [40, 10]]",))
+    assert s.machine.distances == [[10, 40], [40, 10]]
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path, overrides=("machine.distances.0.0=5",))
+    assert str(info.value) == (f"{path}: machine.distances[0][0]: local distance must be 10, got 5 "
+                               "(with --set machine.distances.0.0=5)")
+    assert str(error_of(path, overrides=("machine.distances.2.0=5",))) == (
+        f"{path}: --set machine.distances.2.0=5: machine.distances.2: no such entry "
+        "(machine.distances has 2: 0..1)")
+    assert str(error_of(path, overrides=("machine.distances.0.0.1=5",))) == (
+        f"{path}: --set machine.distances.0.0.1=5: machine.distances.0.0 is a value, not a table")
+
+
+def test_a_key_toml_quotes_is_shown_quoted(tmp_path):
+    path = write(tmp_path, '"" = 1\n"a.b" = 2\n' + GOOD)
+    assert str(error_of(path)).splitlines() == [f'{path}: "": unknown key', f'{path}: "a.b": unknown key']
+
+
+# -- bounds the model needs, checked when the file is loaded -----------------------
+
+def test_the_run_seed_is_a_non_negative_64_bit_integer(tmp_path):
+    path = write(tmp_path, GOOD.replace("operations = 10", "operations = 10\nseed = -1"))
+    assert str(error_of(path)) == f"{path}: run.seed: must be >= 0 (got -1)"
+    top = (1 << 63) - 1
+    assert load_scenario(write(tmp_path, GOOD), machine=False, overrides=(f"run.seed={top}",)).run.seed == top
+
+
+def test_workload_pages_stop_where_the_models_address_space_does(tmp_path):
+    """A process maps its pages from vpn MMAP_BASE_VPN, and the model's mmap
+    refuses a mapping that reaches vpn 2**31 (ENOMEM): one page more than
+    MAX_WORKLOAD_PAGES is refused at load time, naming the key."""
+    import errno
+
+    from emulator import Machine
+    from emulator.mm import MMAP_BASE_VPN
+
+    from cluster.scenario import MAX_WORKLOAD_PAGES
+
+    assert MAX_WORKLOAD_PAGES == (1 << 31) - MMAP_BASE_VPN - 1
+    m = Machine.from_config({})
+    with pytest.raises(OSError) as info:
+        m.mmap(m.spawn(), MAX_WORKLOAD_PAGES + 1)
+    assert info.value.errno == errno.ENOMEM
+    path = write(tmp_path, GOOD)
+    err = error_of(path, overrides=(f"workload.1.pages={MAX_WORKLOAD_PAGES + 1}",))
+    assert str(err) == (f"{path}: workload[1].pages: must be <= {MAX_WORKLOAD_PAGES} (got {MAX_WORKLOAD_PAGES + 1}) "
+                        f"(with --set workload.1.pages={MAX_WORKLOAD_PAGES + 1})")
+    s = load_scenario(path, machine=False, overrides=(f"workload.1.pages={MAX_WORKLOAD_PAGES}",))
+    assert s.workload[1].pages == MAX_WORKLOAD_PAGES
+
+
+def test_the_memory_estimate_is_what_the_machine_allocates():
+    """memory_estimate's machine parts are the bytes of the arrays a built
+    machine holds (frame tables, swap device), for both payloads."""
+    from emulator import Machine, Topology
+
+    from cluster.scenario import memory_estimate
+
+    def array_bytes(obj) -> int:
+        return sum(a.nbytes for a in vars(obj).values() if isinstance(a, np.ndarray))
+
+    for cfg in ({"nodes": 3, "frames_per_node": 500, "swap_pages": 700},
+                {"nodes": [{"frames": 100}, {"frames": 300}], "swap_pages": 50, "payload": "bytes",
+                 "page_size": 1024}):
+        topo = Topology.from_config(cfg)
+        m = Machine(topo)
+        parts = {keys[0]: n for n, _, keys in memory_estimate(topo)}
+        assert set(parts) == {"machine.swap_pages", "machine.frames_per_node" if "frames_per_node" in cfg
+                              else "machine.nodes"}
+        frames = sum(array_bytes(fr) for fr in m.k.nodes)
+        assert abs(parts.pop("machine.swap_pages") - array_bytes(m.k.swap)) <= 64
+        assert abs(parts.popitem()[1] - frames) <= 64 * len(m.k.nodes)

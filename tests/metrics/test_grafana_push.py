@@ -2,8 +2,8 @@
 
 There is no Grafana server on these machines: a small http.server on
 127.0.0.1 implements the calls the push makes (GET /api/folders, POST
-/api/folders, GET /api/search, POST /api/dashboards/db) as Grafana answers
-them, and records every request.
+/api/folders, GET /api/search, GET /api/dashboards/uid/UID, POST
+/api/dashboards/db) as Grafana answers them, and records every request.
 """
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ class FakeGrafana:
                     uids = parse_qs(url.query).get("dashboardUIDs", [])
                     return self._reply(200, [{"uid": u, "title": d["dashboard"]["title"], "type": "dash-db"}
                                              for u, d in fake.dashboards.items() if not uids or u in uids])
+                if method == "GET" and url.path.startswith("/api/dashboards/uid/"):
+                    d = fake.dashboards.get(url.path.rsplit("/", 1)[1])
+                    if d is None:
+                        return self._reply(404, {"message": "Dashboard not found"})
+                    titles = {f["uid"]: f["title"] for f in fake.folders}
+                    # a dashboard in General: folderUid "" and folderTitle "General", as Grafana 10 answers
+                    return self._reply(200, {"dashboard": d["dashboard"],
+                                             "meta": {"version": d["version"], "folderUid": d["folderUid"] or "",
+                                                      "folderTitle": titles.get(d["folderUid"], "General")}})
                 if route == ("POST", "/api/dashboards/db"):
                     d = body["dashboard"]
                     old = fake.dashboards.get(d["uid"])
@@ -148,6 +157,33 @@ def test_push_without_folder_goes_to_general(grafana):
     assert all("folderUid" not in p["body"] for p in grafana.posts("/api/dashboards/db"))
 
 
+def test_push_without_folder_keeps_each_dashboard_in_the_folder_it_is_in(grafana):
+    """POST /api/dashboards/db without folderUid saves into General: a
+    dashboard someone moved into a folder must stay there when pushed again."""
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    moved, *others = UIDS
+    grafana.folders.append({"uid": "team", "title": "Team"})
+    grafana.dashboards[moved]["folderUid"] = "team"          # moved in Grafana's UI
+    grafana.requests.clear()
+
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    assert grafana.dashboards[moved]["folderUid"] == "team" and grafana.dashboards[moved]["version"] == 2
+    for uid in others:
+        assert grafana.dashboards[uid]["folderUid"] is None and grafana.dashboards[uid]["version"] == 2
+    posts = {p["body"]["dashboard"]["uid"]: p["body"] for p in grafana.posts("/api/dashboards/db")}
+    assert posts[moved]["folderUid"] == "team"
+    assert all("folderUid" not in posts[uid] for uid in others)
+    assert f"updated {moved} (version 2) in folder 'Team'" in res.output
+    assert not [r for r in grafana.requests if r["path"] == "/api/folders"]
+
+    # --folder still says where they all go
+    res = push("--url", grafana.url, "--folder", "numaemu", env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 0, res.output + res.stderr
+    assert {grafana.dashboards[uid]["folderUid"] for uid in UIDS} == {"folder2"}
+
+
 def test_token_file_is_read_and_wins_over_the_environment(grafana, tmp_path):
     f = tmp_path / "token"
     f.write_text(TOKEN + "\n")
@@ -194,7 +230,34 @@ def test_an_unreachable_grafana_is_an_error():
     assert "Traceback" not in res.stderr
 
 
-def test_a_bad_url_is_bad_input():
-    res = push("--url", "grafana.local:3000", env={"GRAFANA_TOKEN": TOKEN})
+@pytest.mark.parametrize("url, expected", [
+    ("grafana.local:3000", "must be an http:// or https:// URL"),
+    ("http://127.0.0.1:99999", "http://127.0.0.1:99999: Port out of range 0-65535"),
+    ("http://[::1", "http://[::1: Invalid IPv6 URL"),
+    ("http://127.0.0.1:0", "the port must be 1..65535"),
+    ("http://127.0.0.1:3000x", "Port could not be cast to integer value"),
+    ("http://grafana .local", "must not contain spaces or control characters"),
+])
+def test_a_bad_url_is_bad_input(url, expected):
+    res = push("--url", url, env={"GRAFANA_TOKEN": TOKEN})
+    assert res.exit_code == 2, res.stderr
+    assert "Invalid value for '--url'" in res.stderr and expected in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"\xff\xfeglsa_token", "not UTF-8 text (byte 0)"),
+    ("glsa_\u2603".encode(), "the token must be printable ASCII without spaces"),
+    (b"glsa_one\nglsa_two", "the token must be printable ASCII without spaces"),
+])
+def test_a_token_that_cannot_be_sent_is_bad_input_and_sends_nothing(grafana, tmp_path, content, expected):
+    f = tmp_path / "token"
+    f.write_bytes(content)
+    res = push("--url", grafana.url, "--token-file", str(f))
     assert res.exit_code == 2
-    assert "must be an http:// or https:// URL" in res.stderr
+    assert res.stderr.strip() == f"error: --token-file {f}: {expected}" + \
+        ("" if "UTF-8" in expected else " (a Grafana service account token, glsa_...)")
+    assert grafana.requests == []
+    res = push("--url", grafana.url, env={"GRAFANA_TOKEN": "glsa_\u2603"})
+    assert res.exit_code == 2 and res.stderr.startswith("error: GRAFANA_TOKEN: the token must be printable ASCII")
+    assert grafana.requests == []

@@ -231,6 +231,46 @@ def test_hold_needs_a_metrics_port(command, scenario):
     assert res.stderr.strip() == "error: --hold: needs --metrics-port"
 
 
+@pytest.mark.parametrize("command", ["run", "explore"])
+@pytest.mark.parametrize("hold", ["inf", "1e309", "nan", "-1", "86400.5"])
+def test_hold_is_finite_and_at_most_a_day(command, scenario, hold):
+    """A hold past a day is refused before the run (an endless one used to
+    crash after it: OverflowError from time.sleep)."""
+    target = str(scenario) if command == "run" else str(REPO / "examples/races/r1-no-pte-recheck.toml")
+    port = free_port()
+    res = runner().invoke(main, [command, target, "--metrics-port", str(port), "--hold", hold, "--sd-dir", ""])
+    assert res.exit_code == 2
+    shown = {"1e309": "inf", "86400.5": "86400.5"}.get(hold, hold)
+    assert f"Invalid value for '--hold': must be 0..86400 seconds (a day), got {shown}" in res.stderr
+    assert res.stdout == "" and "metrics: serving" not in res.stderr
+
+
+def test_a_hold_of_a_day_is_served_until_sigterm(tmp_path):
+    """The longest hold allowed runs (and SIGTERM ends it: the run's own exit status)."""
+    import signal
+    import subprocess
+
+    from metrics_support import numaemu_cmd, scrape, wait_for
+
+    port = free_port()
+    proc = subprocess.Popen(numaemu_cmd() + ["run", str(write_scenario(tmp_path / "s.toml", operations=50)),
+                                             "--backend", "local", "--metrics-port", str(port), "--hold", "86400",
+                                             "--sd-dir", ""], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if "metrics: holding" in line:
+                break
+        assert f"metrics: holding http://127.0.0.1:{port}/metrics for 86400 s (Ctrl-C ends it)" in line
+        wait_for("the held endpoint", lambda: value(scrape(port), "numaemu_run_done") == 1.0, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
 def test_bad_sd_dir_is_bad_input(scenario, tmp_path):
     res = runner().invoke(main, ["run", str(scenario), "--metrics-port", str(free_port()),
                                  "--sd-dir", str(tmp_path / "nope")])

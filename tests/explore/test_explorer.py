@@ -268,7 +268,10 @@ def test_migrate_pages_to_a_node_not_online_is_einval_and_a_page_past_the_mappin
             "[[task]]\nops=[{op='move_pages', pid=1, pages=[1, 9], node=1}]\n")
     out, _ = X.explore_dfs(load(write(tmp_path, text, "bad.toml")), bound=0)
     assert out is not None and out.violation == "operation failed" and "new_nodes: 5" in out.detail
-    sc = load(write(tmp_path, text.replace("to=[5]", "to=[]"), "empty.toml"))
+    out, _ = X.explore_dfs(load(write(tmp_path, text.replace("to=[5]", "to=[]"), "none.toml")), bound=0)
+    # kernel_migrate_pages(): no new node is EINVAL (nodes_empty(*new))
+    assert out is not None and out.violation == "operation failed" and "new_nodes names no node" in out.detail
+    sc = load(write(tmp_path, text.replace("from=[0], to=[5]", "from=[], to=[1]"), "empty.toml"))
     assert X.explore_dfs(sc, bound=1)[0] is None      # nothing to remap: 0 pages left, no error
     w = sc.fresh()
     assert w.m._run(w.start(sc.tasks[1].ops[0])).tolist() == [1, -errno.EFAULT]

@@ -85,7 +85,7 @@ def want_int(path: str, key: str, v: Any, lo: int = INT64_MIN, hi: int = INT64_M
     if isinstance(v, bool) or not isinstance(v, int):
         raise ScenarioError(f"{path}: {key}: must be an integer, got {v!r}")
     if not lo <= v <= hi:
-        span = "a 64-bit integer" if (lo, hi) == (INT64_MIN, INT64_MAX) else f"in {lo}..{hi}"
+        span = "a 64-bit integer" + (f" >= {lo}" if lo != INT64_MIN else "") if hi == INT64_MAX else f"in {lo}..{hi}"
         raise ScenarioError(f"{path}: {key}: must be {span}, got {v}")
     return v
 

@@ -268,7 +268,7 @@ BAD_DUMPS = [
                                                        "is not mapped at the checkpoint"),
     (_set("events", 1, "kw", {"write": "yes"}), "events[seq 5]: touch: write: must be true or false, got 'yes'"),
     (_set("events", 0, "args", [9, 2]), "events[seq 4]: reclaim: node: must be in 0..1, got 9"),
-    (_set("events", 0, "args", [0, -1]), "events[seq 4]: reclaim: nr_pages: must be in 0..9223372036854775807"),
+    (_set("events", 0, "args", [0, -1]), "events[seq 4]: reclaim: nr_pages: must be a 64-bit integer >= 0, got -1"),
     (_set("events", 3, "args", [1, [A, A + 4096], [9, 9], 0]), "events[seq 7]: move_pages: nodes[0]: must be in "
                                                                "0..1, got 9"),
     (_set("events", 3, "args", [1, [A, A + 4096], [1], 0]), "events[seq 7]: move_pages: nodes: 1 nodes for 2 pages"),

@@ -109,9 +109,7 @@ class _Event:
     and its arguments by name, each checked before an operation is made of it."""
 
     def __init__(self, base: str, i: int, ev: dict[str, Any]):
-        seq = ev.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int):
-            raise ScenarioError(f"{base}: events[{i}].seq: must be an integer, got {seq!r}")
+        seq = want_int(base, f"events[{i}].seq", ev.get("seq"))
         self.base, self.ev, self.seq, self.name = base, ev, seq, ev.get("op")
         self.where = f"events[seq {seq}]"
         args = want_list(base, f"{self.where}.args", ev.get("args", []))

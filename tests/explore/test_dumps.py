@@ -350,3 +350,24 @@ def test_a_touch_across_vmas_split_since_its_mmap_is_a_fault_in_each(tmp_path):
         [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
     out, st = X.explore_dfs(sc, [], bound=2)
     assert out is None, out and (out.violation, out.detail)
+
+
+def test_a_checkpoint_in_an_impossible_state_is_named(tmp_path, dump):
+    """A checkpoint whose next_pid is an existing process's (a fork in the
+    explored calls would replace it) is refused as the checkpoint's error,
+    with the snapshot's field."""
+    import hashlib
+
+    from emulator.snapshot import MAGIC
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False, strict_map_key=False)
+    blob = doc["checkpoint"]["snapshot"]
+    body = msgpack.unpackb(blob[len(MAGIC) + 32:], raw=False, strict_map_key=False)
+    body["next_pid"] = 1
+    packed = msgpack.packb(body, use_bin_type=True)
+    doc["checkpoint"]["snapshot"] = MAGIC + hashlib.sha256(packed).digest() + packed
+    path = tmp_path / "cp.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "explore", f"{path}#2", "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: {path}#2: checkpoint: snapshot: next_pid: 1, but pid 1 exists"), r.stderr

@@ -85,7 +85,10 @@ def want_int(path: str, key: str, v: Any, lo: int = INT64_MIN, hi: int = INT64_M
     if isinstance(v, bool) or not isinstance(v, int):
         raise ScenarioError(f"{path}: {key}: must be an integer, got {v!r}")
     if not lo <= v <= hi:
-        span = "a 64-bit integer" + (f" >= {lo}" if lo != INT64_MIN else "") if hi == INT64_MAX else f"in {lo}..{hi}"
+        if hi != INT64_MAX:
+            span = f"in {lo}..{hi}"
+        else:                       # int64's own bound: 19 digits say less than the words
+            span = "a 64-bit integer" + (f" >= {lo}" if lo != INT64_MIN else "")
         raise ScenarioError(f"{path}: {key}: must be {span}, got {v}")
     return v
 

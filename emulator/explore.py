@@ -32,6 +32,7 @@ import msgpack
 import numpy as np
 
 from . import invariants
+from .kernel import BUGS
 from .races import Scenario, World, load
 from .sched import Call, Wait
 
@@ -545,16 +546,31 @@ def make_token(sc: Scenario, bugs, schedule: list[int]) -> str:
 
 
 def read_token(token: str) -> tuple[str, str, list[str], list[int]]:
+    """(path, digest, bugs, schedule) of a token, each field's type checked: a
+    token is input (pasted, or made by hand), and a field of the wrong type
+    would fail far from here (a path that is no str, a bug name that is a list)."""
     if not isinstance(token, str) or not token.startswith("nx1-"):
         raise ValueError("replay token: not a numaemu replay token (they start with nx1-)")
     try:
         raw = token[4:]
-        body = zlib.decompress(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        ver, path, digest, bugs, sched = msgpack.unpackb(body, raw=False)
-        assert ver == 1
-        return path, digest, list(bugs), list(sched)
+        body = msgpack.unpackb(zlib.decompress(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))), raw=False)
     except Exception:
         raise ValueError("replay token: corrupted (it does not decode)") from None
+    if not isinstance(body, list) or len(body) != 5 or type(body[0]) is not int or body[0] != 1:
+        raise ValueError("replay token: corrupted (not [1, path, digest, bugs, schedule])")
+    _, path, digest, bugs, sched = body
+    for name, v, ok, want in (
+            ("path", path, isinstance(path, str) and bool(path), "a string (the scenario file)"),
+            ("digest", digest, isinstance(digest, str), "a string"),
+            ("bugs", bugs, isinstance(bugs, list) and all(isinstance(b, str) for b in bugs),
+             "a list of bug injection names"),
+            ("schedule", sched, isinstance(sched, bytes), "bytes (a task index per step)")):
+        if not ok:
+            raise ValueError(f"replay token: corrupted: {name} must be {want}, got {_short(v)}")
+    unknown = [b for b in bugs if b not in BUGS]
+    if unknown:
+        raise ValueError(f"replay token: bugs: unknown bug injection {unknown[0]!r} (known: {', '.join(BUGS)})")
+    return path, digest, list(bugs), list(sched)
 
 
 def _file_of(path: str) -> str:

@@ -25,7 +25,10 @@ flight goes on without them, as exit's teardown waits for it),
 (``if_off``: only if swap is off, as a dump's swapon after a swapoff that
 may go otherwise in the replay than in the run).
 A forked child gets the next pid and its parent's mappings.
-Every error names the file, the key and the problem.
+Every error names the file, the key and the problem. Values are checked as
+they are read: integers are not booleans and fit in 64 bits, flags are true
+or false; and a race's machine is small (at most MAX_RACE_PAGES frames, swap
+slots and mapped pages), as the explorer copies it for every schedule.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from . import fault, move_pages, process, reclaim, swapfile, tlb
 from .kernel import clone
 from .machine import Machine
 from .sched import call
+from .topology import Topology
 
 OPS: dict[str, dict[str, type | tuple]] = {
     "fault": {"pid": int, "mapping": int, "page": int, "npages": int, "write": bool},
@@ -63,6 +67,69 @@ REQUIRED = {"fault": ("pid", "page"), "access": ("pid", "page"), "gup_write": ("
 
 class ScenarioError(ValueError):
     """A scenario file problem: ``<file>: <key>: <problem>``."""
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Machine.mmap hands out vpns below this: a page number at or past it is no page of any mapping
+ADDRESS_PAGES = 1 << 31
+# the explorer copies the whole starting state for every schedule it runs: a race
+# needs a handful of pages, and a size past these is a typo, not a scenario
+MAX_RACE_PAGES = 1 << 20        # frames, swap slots, and mapped pages, each
+MAX_RACE_BYTES = 1 << 30        # a bytes-payload machine's page contents
+
+
+# Shared by races and dumps: TOML and msgpack both have true/false, and Python's
+# bool is an int, so each check says what the value must be, bools apart.
+def want_int(path: str, key: str, v: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+    """An integer (not a bool) in lo..hi: the model keeps them in int64 arrays."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ScenarioError(f"{path}: {key}: must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        if hi != INT64_MAX:
+            span = f"in {lo}..{hi}"
+        else:                       # int64's own bound: 19 digits say less than the words
+            span = "a 64-bit integer" + (f" >= {lo}" if lo != INT64_MIN else "")
+        raise ScenarioError(f"{path}: {key}: must be {span}, got {v}")
+    return v
+
+
+def want_bool(path: str, key: str, v: Any) -> bool:
+    """true or false, not a truthy string ("no" is true)."""
+    if not isinstance(v, bool):
+        raise ScenarioError(f"{path}: {key}: must be true or false, got {v!r}")
+    return v
+
+
+def want_str(path: str, key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ScenarioError(f"{path}: {key}: must be a string, got {v!r}")
+    return v
+
+
+def want_list(path: str, key: str, v: Any, what: str = "a list") -> list:
+    if not isinstance(v, list):
+        raise ScenarioError(f"{path}: {key}: must be {what}, got {v!r}")
+    return v
+
+
+def want_table(path: str, key: str, v: Any, what: str = "a table") -> dict:
+    if not isinstance(v, dict):
+        raise ScenarioError(f"{path}: {key}: must be {what}, got {v!r}")
+    return v
+
+
+def want_ints(path: str, key: str, v: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> list[int]:
+    """A list of integers, each in lo..hi (named by its index)."""
+    for i, x in enumerate(want_list(path, key, v, "a list of integers")):
+        want_int(path, f"{key}[{i}]", x, lo, hi)
+    return v
+
+
+def want_strs(path: str, key: str, v: Any, what: str) -> list[str]:
+    """A list of strings: ``what`` says which."""
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ScenarioError(f"{path}: {key}: must be a list of {what}, got {v!r}")
+    return v
 
 
 @dataclass
@@ -217,7 +284,7 @@ def _parse_op(path: str, key: str, d: Any) -> Op:
     if not isinstance(d, dict) or "op" not in d:
         raise ScenarioError(f"{path}: {key}: must be a table with an 'op' key")
     kind = d["op"]
-    if kind not in OPS:
+    if not isinstance(kind, str) or kind not in OPS:
         raise ScenarioError(f"{path}: {key}.op: unknown operation {kind!r} (known: {', '.join(OPS)})")
     args = {k: v for k, v in d.items() if k != "op"}
     spec = OPS[kind]
@@ -225,10 +292,12 @@ def _parse_op(path: str, key: str, d: Any) -> Op:
         if name not in spec:
             raise ScenarioError(f"{path}: {key}.{name}: not an argument of {kind} (arguments: {', '.join(spec) or 'none'})")
         t = spec[name]
-        if (t is int and (isinstance(v, bool) or not isinstance(v, int))) or (t is not int and not isinstance(v, t)):
-            raise ScenarioError(f"{path}: {key}.{name}: must be {t.__name__}, got {v!r}")
-        if t is list and not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
-            raise ScenarioError(f"{path}: {key}.{name}: must be a list of integers")
+        if t is int:
+            want_int(path, f"{key}.{name}", v)
+        elif t is bool:
+            want_bool(path, f"{key}.{name}", v)
+        else:
+            want_ints(path, f"{key}.{name}", v)
     for name in REQUIRED[kind]:
         if name not in args:
             raise ScenarioError(f"{path}: {key}.{name}: required for {kind}")
@@ -264,6 +333,7 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
     npids = len(procs) + forks
     # a child's mappings are its parent's: any process's, as far as a load can tell
     widest = max((len(p.get("mappings", [])) for p in procs), default=0)
+    largest = max((mp["pages"] for p in procs for mp in p.get("mappings", [])), default=0)
     for key, op in ops:
         a = op.args
         if "pid" in a:
@@ -276,19 +346,27 @@ def _check_targets(path: str, nodes: int, procs: list, setup: list[Op], tasks: l
             m = a.get("mapping", 0)
             if not 0 <= m < (len(maps) if maps is not None else widest):
                 raise ScenarioError(f"{path}: {key}.mapping: process {pid} has no mapping {m}")
-            pages = maps[m]["pages"] if maps is not None else None
-            first = a["pages"] if op.kind == "move_pages" else [a.get("page", 0)]
-            last = [p + a.get("npages", 1) - 1 for p in first]
+            if op.kind == "move_pages":
+                # pages past the mapping are a hole, whose status is -EFAULT; but no page is
+                # past the address space (the explorer adds them to the mapping's vpn in int64)
+                bad = next((p for p in a["pages"] if not 0 <= p < ADDRESS_PAGES), None)
+                if bad is not None:
+                    raise ScenarioError(f"{path}: {key}.pages: outside mapping {m} of process {pid} and its "
+                                        f"address space: page {bad} (pages 0..{ADDRESS_PAGES - 1}; past the "
+                                        "mapping is a hole)")
+                continue
             if op.kind in ("fault", "access") and a.get("npages", 1) < 1:
                 raise ScenarioError(f"{path}: {key}.npages: must be at least 1")
-            # move_pages may name pages past the mapping: a hole, whose status is -EFAULT
-            beyond = pages is not None and op.kind != "move_pages" and any(p >= pages for p in last)
-            if any(p < 0 for p in first) or beyond:
-                raise ScenarioError(f"{path}: {key}.{'pages' if op.kind == 'move_pages' else 'page'}: "
-                                    f"outside mapping {m} of process {pid}"
-                                    + (f" (pages 0..{pages - 1})" if pages is not None else ""))
-        if op.kind == "reclaim" and not 0 <= a["node"] < nodes:
-            raise ScenarioError(f"{path}: {key}.node: no node {a['node']} (nodes 0..{nodes - 1})")
+            # a child's mapping is its parent's: no larger than the largest
+            limit = maps[m]["pages"] if maps is not None else largest
+            first = a.get("page", 0)
+            if first < 0 or first + a.get("npages", 1) > limit:
+                raise ScenarioError(f"{path}: {key}.page: outside mapping {m} of process {pid} (pages 0..{limit - 1})")
+        if op.kind == "reclaim":
+            if not 0 <= a["node"] < nodes:
+                raise ScenarioError(f"{path}: {key}.node: no node {a['node']} (nodes 0..{nodes - 1})")
+            if a["pages"] < 0:
+                raise ScenarioError(f"{path}: {key}.pages: must be at least 0, got {a['pages']}")
 
 
 def load(path: str | Path) -> Scenario:
@@ -314,52 +392,80 @@ def load(path: str | Path) -> Scenario:
             raise ScenarioError(f"{path}: {key}: unknown key (known: {', '.join(sorted(known))})")
     machine = doc.get("machine", {})
     try:
-        nodes = Machine.from_config(machine).nr_nodes
+        topo = Topology.from_config(machine)    # checked before anything is allocated
     except ValueError as e:
         raise ScenarioError(f"{path}: {e}") from None
-    procs = doc.get("process", [])
-    if not isinstance(procs, list):
-        raise ScenarioError(f"{path}: process: must be an array of tables ([[process]])")
+    _check_size(path, machine, topo)
+    nodes = topo.nr_nodes
+    procs = want_list(path, "process", doc.get("process", []), "an array of tables ([[process]])")
+    mapped = 0
     for i, p in enumerate(procs):
         if not isinstance(p, dict) or set(p) - {"node", "mappings"}:
             raise ScenarioError(f"{path}: process[{i}]: keys are node and mappings")
-        node = p.get("node", 0)
-        if isinstance(node, bool) or not isinstance(node, int):
-            raise ScenarioError(f"{path}: process[{i}].node: must be an integer")
-        for j, mp in enumerate(p.get("mappings", [])):
-            if not isinstance(mp, dict) or set(mp) - {"pages", "shared", "touched"} or \
-                    not isinstance(mp.get("pages"), int) or mp["pages"] <= 0:
-                raise ScenarioError(f"{path}: process[{i}].mappings[{j}]: needs pages (a positive integer); "
-                                    "optional shared, touched")
-    setup = [_parse_op(path, f"setup[{i}]", d) for i, d in enumerate(doc.get("setup", []))]
+        want_int(path, f"process[{i}].node", p.get("node", 0), 0, nodes - 1)
+        maps = want_list(path, f"process[{i}].mappings", p.get("mappings", []),
+                         "a list of tables ({pages = N, shared = false, touched = true})")
+        for j, mp in enumerate(maps):
+            key = f"process[{i}].mappings[{j}]"
+            if not isinstance(mp, dict) or set(mp) - {"pages", "shared", "touched"} or "pages" not in mp:
+                raise ScenarioError(f"{path}: {key}: needs pages (a positive integer); optional shared, touched")
+            mapped += want_int(path, f"{key}.pages", mp["pages"], 1, MAX_RACE_PAGES)
+            for flag in ("shared", "touched"):
+                if flag in mp:
+                    want_bool(path, f"{key}.{flag}", mp[flag])
+    if mapped > MAX_RACE_PAGES:
+        raise ScenarioError(f"{path}: process: {mapped} pages mapped in all; a race scenario maps at most "
+                            f"{MAX_RACE_PAGES} (the explorer copies them for every schedule)")
+    setup = [_parse_op(path, f"setup[{i}]", d)
+             for i, d in enumerate(want_list(path, "setup", doc.get("setup", []), "an array of tables ([[setup]])"))]
     tasks = []
-    for i, t in enumerate(doc.get("task", [])):
+    for i, t in enumerate(want_list(path, "task", doc.get("task", []), "an array of tables ([[task]])")):
         if not isinstance(t, dict) or "ops" not in t or not isinstance(t["ops"], list) or not t["ops"]:
             raise ScenarioError(f"{path}: task[{i}]: needs ops, a non-empty list of operations")
         if set(t) - {"name", "ops"}:
             raise ScenarioError(f"{path}: task[{i}]: keys are name and ops")
-        tasks.append(Task(str(t.get("name", f"task{i}")), [_parse_op(path, f"task[{i}].ops[{j}]", d)
-                                                          for j, d in enumerate(t["ops"])]))
+        tasks.append(Task(want_str(path, f"task[{i}].name", t.get("name", f"task{i}")),
+                          [_parse_op(path, f"task[{i}].ops[{j}]", d) for j, d in enumerate(t["ops"])]))
     if not tasks:
         raise ScenarioError(f"{path}: task: a race scenario needs at least one [[task]]")
     _check_targets(path, nodes, procs, setup, tasks)
     expect = doc.get("expect", {})
     if not isinstance(expect, dict) or set(expect) - {"may_fail"}:
         raise ScenarioError(f"{path}: expect: the only key is may_fail (a list of errno names)")
-    mf = expect.get("may_fail", [])
-    if not isinstance(mf, list):
-        raise ScenarioError(f"{path}: expect.may_fail: must be a list of errno names")
     codes = set()
-    for name in mf:
-        if not isinstance(name, str) or not hasattr(errno, name):
+    for name in want_list(path, "expect.may_fail", expect.get("may_fail", []), "a list of errno names"):
+        # errno holds more than codes (errorcode, __name__): only an int attribute is one
+        code = getattr(errno, name, None) if isinstance(name, str) else None
+        if not isinstance(code, int):
             raise ScenarioError(f"{path}: expect.may_fail: {name!r} is not an errno name")
-        codes.add(getattr(errno, name))
+        codes.add(code)
+    description = want_str(path, "description", doc.get("description", ""))
     sc = Scenario(path, machine, procs, setup, tasks, frozenset(codes),
-                  hashlib.sha256(raw).hexdigest()[:12], str(doc.get("description", "")))
+                  hashlib.sha256(raw).hexdigest()[:12], description)
     try:
         sc.build()
     except ScenarioError:
         raise
     except (OSError, IndexError, KeyError) as e:
         raise ScenarioError(f"{path}: setup: the starting state cannot be built: {e}") from None
+    except MemoryError:
+        raise ScenarioError(f"{path}: machine: the starting state does not fit in memory") from None
     return sc
+
+
+def _check_size(path: str, machine: dict[str, Any], topo: Topology) -> None:
+    """A race scenario's machine is small: the explorer copies it for every
+    schedule, and a size that does not fit is better refused by key than met
+    as a MemoryError (or the OOM killer) halfway through allocating it."""
+    frames = sum(topo.frames)
+    if frames > MAX_RACE_PAGES:
+        key = "nodes" if isinstance(machine.get("nodes"), list) else "frames_per_node"
+        raise ScenarioError(f"{path}: machine.{key}: {frames} frames in all; a race scenario's machine has at "
+                            f"most {MAX_RACE_PAGES} (the explorer copies it for every schedule)")
+    if topo.swap_pages > MAX_RACE_PAGES:
+        raise ScenarioError(f"{path}: machine.swap_pages: {topo.swap_pages}; a race scenario's machine has at "
+                            f"most {MAX_RACE_PAGES} swap slots (the explorer copies it for every schedule)")
+    if topo.payload == "bytes" and (frames + topo.swap_pages + 1) * topo.page_size > MAX_RACE_BYTES:
+        raise ScenarioError(f"{path}: machine.page_size: {frames} frames and {topo.swap_pages} swap slots of "
+                            f"{topo.page_size} bytes; a race scenario's pages hold at most {MAX_RACE_BYTES} bytes "
+                            "(payload = \"bytes\")")

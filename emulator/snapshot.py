@@ -14,8 +14,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from . import pte as P
 from .invariants import InvariantViolation, check
-from .mm import MM, VMA, AnonVMA, Mempolicy
+from .mm import MM, MPOL_DEFAULT, MPOL_LOCAL, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -28,17 +29,85 @@ def _arr(a: np.ndarray) -> dict:
     return {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.tobytes()}
 
 
-def _unarr(d: Any, what: str) -> np.ndarray:
+class SnapshotError(ValueError):
+    """A snapshot that cannot be restored: ``snapshot: <field>: <problem>``."""
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def _get(d: Any, key: str, what: str) -> Any:
+    """d[key]; ``what`` names d in the error when d is no map or has no key."""
+    if not isinstance(d, dict):
+        raise SnapshotError(f"snapshot: {what}: not a map")
+    if key not in d:
+        raise SnapshotError(f"snapshot: {what + '.' if what else ''}{key}: missing")
+    return d[key]
+
+
+def _isint(v: Any) -> bool:
+    """An integer: msgpack has booleans, and Python's bool is an int."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(v: Any, what: str, lo: int = 0, hi: int = INT64_MAX) -> int:
+    """An integer in lo..hi."""
+    if not _isint(v):
+        raise SnapshotError(f"snapshot: {what}: must be an integer, got {v!r}")
+    if not lo <= v <= hi:
+        span = f"a 64-bit integer >= {lo}" if hi == INT64_MAX else f"in {lo}..{hi}"
+        raise SnapshotError(f"snapshot: {what}: must be {span}, got {v}")
+    return v
+
+
+def _list(v: Any, what: str) -> list:
+    if not isinstance(v, list):
+        raise SnapshotError(f"snapshot: {what}: must be a list, got {type(v).__name__}")
+    return v
+
+
+def _unarr(d: Any, what: str, dtype: str | None = None, shape: tuple | None = None) -> np.ndarray:
+    """An array record, with the dtype and shape the machine's array has when given
+    (``-1`` in shape: any length), so nothing later indexes past it or mixes types."""
     try:
-        dtype, shape, data = d["dtype"], d["shape"], d["data"]
+        dt, shp, data = d["dtype"], d["shape"], d["data"]
     except (TypeError, KeyError):
-        raise ValueError(f"snapshot: {what}: not an array record") from None
-    if dtype not in DTYPES or not isinstance(data, bytes) or not isinstance(shape, list):
-        raise ValueError(f"snapshot: {what}: unsupported array encoding ({dtype!r})")
-    n = int(np.prod(shape)) if shape else 1
-    if n * np.dtype(dtype).itemsize != len(data):
-        raise ValueError(f"snapshot: {what}: {len(data)} bytes do not fill shape {shape} of {dtype}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        raise SnapshotError(f"snapshot: {what}: not an array record") from None
+    if dt not in DTYPES or not isinstance(data, bytes) or not isinstance(shp, list):
+        raise SnapshotError(f"snapshot: {what}: unsupported array encoding ({dt!r})")
+    if any(not _isint(n) or not 0 <= n < 1 << 62 for n in shp):
+        raise SnapshotError(f"snapshot: {what}: shape {shp!r} is not a list of sizes")
+    n = int(np.prod(shp, dtype=object)) if shp else 1
+    if n * np.dtype(dt).itemsize != len(data):
+        raise SnapshotError(f"snapshot: {what}: {len(data)} bytes do not fill shape {shp} of {dt}")
+    if dtype is not None and dt != dtype:
+        raise SnapshotError(f"snapshot: {what}: dtype {dt}, not {dtype}")
+    if shape is not None and (len(shp) != len(shape) or any(w not in (-1, g) for w, g in zip(shape, shp))):
+        want = "x".join("N" if w == -1 else str(w) for w in shape)
+        raise SnapshotError(f"snapshot: {what}: shape {shp}, not {want}")
+    return np.frombuffer(data, dtype=dt).reshape(shp).copy()
+
+
+def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
+    """[mode, nodes] as make_policy() leaves it: a known mode; no node for
+    default and local; for bind and interleave at least one, for preferred
+    exactly one, online, sorted and distinct (allocation indexes by them)."""
+    if not isinstance(v, list) or len(v) != 2 or not isinstance(v[1], list):
+        raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
+    mode = v[0]
+    if not _isint(mode) or mode not in MPOL_NAMES.values():
+        raise SnapshotError(f"snapshot: {what}: mode {mode!r} is not a mempolicy mode "
+                            f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())})")
+    nodes = tuple(_int(n, f"{what} nodes", 0, nr_nodes - 1) for n in v[1])
+    if mode in (MPOL_DEFAULT, MPOL_LOCAL):
+        if nodes:
+            raise SnapshotError(f"snapshot: {what}: mode {mode} takes no nodes, got {list(nodes)}")
+    elif not nodes or (mode == MPOL_PREFERRED and len(nodes) != 1):
+        raise SnapshotError(f"snapshot: {what}: mode {mode} needs {'one node' if mode == MPOL_PREFERRED else 'nodes'}, "
+                            f"got {list(nodes)}")
+    elif list(nodes) != sorted(set(nodes)):
+        raise SnapshotError(f"snapshot: {what}: nodes {list(nodes)} are not sorted and distinct")
+    return Mempolicy(mode, nodes)
 
 
 def dump(machine) -> bytes:
@@ -106,72 +175,183 @@ def load(cls, blob: bytes, checked: bool = True):
     try:
         body = msgpack.unpackb(packed, raw=False, strict_map_key=False)
         return _build(cls, body, checked)
-    except ValueError:
+    except SnapshotError:
         raise
     except InvariantViolation as e:
         raise ValueError(f"snapshot: inconsistent state: {e}") from None
-    except Exception as e:  # a structurally wrong body: name what was missing
+    except Exception as e:  # what no check above names (a ValueError of numpy's too): still prefixed
         raise ValueError(f"snapshot: malformed body: {type(e).__name__}: {e}") from None
 
 
 def _build(cls, body: dict, checked: bool = True):
-    if body.get("version") != 1:
-        raise ValueError(f"snapshot: unsupported version {body.get('version')!r}")
-    topo = Topology.from_config(body["topology"])
-    m = cls(topo, bugs=body["bugs"])
+    """The machine a body describes, every field checked before it is used:
+    the oracle checks the state's consistency, but it (and every call after a
+    restore) takes for granted what is checked here: array shapes and dtypes,
+    ids in range and never handed out again, nodes online, policies valid."""
+    if _get(body, "version", "") != 1:
+        raise SnapshotError(f"snapshot: version: unsupported version {body.get('version')!r}")
+    try:
+        topo = Topology.from_config(_get(body, "topology", ""))
+    except SnapshotError:
+        raise
+    except ValueError as e:
+        raise SnapshotError(f"snapshot: topology: {e}") from None
+    bugs = _list(_get(body, "bugs", ""), "bugs")
+    if not all(isinstance(b, str) for b in bugs):
+        raise SnapshotError(f"snapshot: bugs: must be a list of bug injection names, got {bugs!r}")
+    try:
+        m = cls(topo, bugs=bugs)
+    except ValueError as e:
+        raise SnapshotError(f"snapshot: {e}") from None
     k = m.k
-    if len(body["nodes"]) != topo.nr_nodes:
-        raise ValueError("snapshot: node count does not match the topology")
-    for i, (fr, d) in enumerate(zip(k.nodes, body["nodes"])):
+    nr = topo.nr_nodes
+    nodes = _list(_get(body, "nodes", ""), "nodes")
+    if len(nodes) != nr:
+        raise SnapshotError(f"snapshot: nodes: {len(nodes)} nodes, the topology has {nr}")
+    for i, (fr, d) in enumerate(zip(k.nodes, nodes)):
         for name in NODE_ARRAYS:
-            a = _unarr(d[name], f"nodes[{i}].{name}")
             cur = getattr(fr, name)
-            if a.shape != cur.shape or a.dtype != cur.dtype:
-                raise ValueError(f"snapshot: nodes[{i}].{name}: shape {a.shape} does not match the topology")
-            setattr(fr, name, a)
-        free = _unarr(d["free"], f"nodes[{i}].free")
+            setattr(fr, name, _unarr(_get(d, name, f"nodes[{i}]"), f"nodes[{i}].{name}", cur.dtype.name, cur.shape))
+        free = _unarr(_get(d, "free", f"nodes[{i}]"), f"nodes[{i}].free", fr.free_stack.dtype.name, (-1,))
+        if len(free) > fr.nframes or (len(free) and not (0 <= free.min() and free.max() < fr.nframes)):
+            raise SnapshotError(f"snapshot: nodes[{i}].free: not a stack of the node's {fr.nframes} frames")
         fr.free_stack[:len(free)] = free
         fr.nr_free = len(free)
-        fr.tick = int(d["tick"])
-    sw, s = k.swap, body["swap"]
+        fr.tick = _int(_get(d, "tick", f"nodes[{i}]"), f"nodes[{i}].tick")
+    sw, s = k.swap, _get(body, "swap", "")
     for name in ("swap_map", "cache_page", "store"):
-        a = _unarr(s[name], f"swap.{name}")
-        if a.shape != getattr(sw, name).shape:
-            raise ValueError(f"snapshot: swap.{name}: shape does not match the topology")
-        setattr(sw, name, a)
-    free = _unarr(s["free"], "swap.free")
+        cur = getattr(sw, name)
+        setattr(sw, name, _unarr(_get(s, name, "swap"), f"swap.{name}", cur.dtype.name, cur.shape))
+    free = _unarr(_get(s, "free", "swap"), "swap.free", sw.free_stack.dtype.name, (-1,))
+    if len(free) > sw.nslots or (len(free) and not (1 <= free.min() and free.max() <= sw.nslots)):
+        raise SnapshotError(f"snapshot: swap.free: not a stack of the device's slots 1..{sw.nslots}")
     sw.free_stack[:len(free)] = free
     sw.nr_free = len(free)
-    sw.on = bool(s["on"])
-    mc, c = k.migcache, body["migcache"]
-    mc.counter, mc.page = _unarr(c["counter"], "migcache.counter"), _unarr(c["page"], "migcache.page")
-    mc.next_id, mc.free_ids, mc.nr_entries = int(c["next_id"]), sorted(int(i) for i in c["free_ids"]), int(c["nr_entries"])
-    bases = [_unarr(b, f"shadows[{i}]") for i, b in enumerate(body["shadows"])]
-    avs = {a["id"]: AnonVMA(a["id"]) for a in body["anon_vmas"]}
+    on = _get(s, "on", "swap")
+    if not isinstance(on, bool):
+        raise SnapshotError(f"snapshot: swap.on: must be true or false, got {on!r}")
+    if on and not sw.nslots:
+        raise SnapshotError("snapshot: swap.on: true, but the topology has no swap device (swap_pages = 0)")
+    sw.on = on
+    _migcache(k, _get(body, "migcache", ""))
+    bases = [_unarr(b, f"shadows[{i}]", "int64", (-1,)) for i, b in enumerate(_list(_get(body, "shadows", ""),
+                                                                                     "shadows"))]
+    avs: dict[int, AnonVMA] = {}
+    for i, a in enumerate(_list(_get(body, "anon_vmas", ""), "anon_vmas")):
+        av = _int(_get(a, "id", f"anon_vmas[{i}]"), f"anon_vmas[{i}].id", 1)
+        if av in avs:
+            raise SnapshotError(f"snapshot: anon_vmas[{i}].id: anon_vma {av} twice")
+        avs[av] = AnonVMA(av)
     k.anon_vmas = avs
-    for d in body["mms"]:
-        mm = MM(d["pid"], d["node"], policy=Mempolicy(d["policy"][0], tuple(d["policy"][1])),
-                next_vpn=d["next_vpn"], rss=d["rss"])
-        for v in d["vmas"]:
-            b, off = v["shadow"]
-            shadow = bases[b][off:off + v["npages"]]
-            if not v["shared"]:
-                shadow = shadow.copy()
-            pol = None if v["policy"] is None else Mempolicy(v["policy"][0], tuple(v["policy"][1]))
-            pte = _unarr(v["pte"], f"pid {d['pid']} pte")
-            if pte.shape != (v["npages"],) or shadow.shape != (v["npages"],):
-                raise ValueError(f"snapshot: pid {d['pid']}: vma at {v['start']:#x} has the wrong size")
-            mm.vmas.append(VMA(mm, v["start"], v["npages"], v["shared"], avs[v["av"]], pte, shadow, pol))
+    for i, d in enumerate(_list(_get(body, "mms", ""), "mms")):
+        mm = _mm(d, f"mms[{i}]", nr, avs, bases)
+        if mm.pid in k.mms:
+            raise SnapshotError(f"snapshot: mms[{i}].pid: process {mm.pid} twice")
         k.mms[mm.pid] = mm
-    for a in body["anon_vmas"]:
-        avs[a["id"]].vmas = [k.mms[pid].vmas[i] for pid, i in a["vmas"]]
-    stat = _unarr(body["stat"], "stat")
+    on_list: set[int] = set()
+    for i, a in enumerate(body["anon_vmas"]):
+        av = avs[a["id"]]
+        for j, ref in enumerate(_list(_get(a, "vmas", f"anon_vmas[{i}]"), f"anon_vmas[{i}].vmas")):
+            what = f"anon_vmas[{i}].vmas[{j}]"
+            if not isinstance(ref, list) or len(ref) != 2:
+                raise SnapshotError(f"snapshot: {what}: must be [pid, vma index], got {ref!r}")
+            mm = k.mms.get(ref[0]) if _isint(ref[0]) else None
+            if mm is None or not _isint(ref[1]) or not 0 <= ref[1] < len(mm.vmas):
+                raise SnapshotError(f"snapshot: {what}: {ref!r} names no vma")
+            v = mm.vmas[ref[1]]
+            if v.anon_vma is not av or id(v) in on_list:
+                raise SnapshotError(f"snapshot: {what}: pid {mm.pid}'s vma at {v.start:#x} hangs on anon_vma "
+                                    f"{v.anon_vma.id}" + (", and is listed once already" if id(v) in on_list else ""))
+            on_list.add(id(v))
+            av.vmas.append(v)
+    for mm in k.mms.values():       # an rmap walk finds a page's ptes through these lists only
+        for v in mm.vmas:
+            if id(v) not in on_list:
+                raise SnapshotError(f"snapshot: anon_vmas: pid {mm.pid}'s vma at {v.start:#x} is on no list "
+                                    f"(of anon_vma {v.anon_vma.id})")
+    stat = _unarr(_get(body, "stat", ""), "stat", "int64")
     want = k.stat.counts.shape
     if stat.ndim != 2 or stat.shape[0] != want[0] or stat.shape[1] > want[1]:
-        raise ValueError("snapshot: vmstat counters do not match this version's counters")
+        raise SnapshotError("snapshot: stat: vmstat counters do not match this version's counters")
     # counters only ever join at the end: an older snapshot has never counted the new ones
     k.stat.counts[:, :stat.shape[1]] = stat
-    k.next_pid, k.next_av, k.token_seq = int(body["next_pid"]), int(body["next_av"]), int(body["token_seq"])
+    # ids are never handed out twice: spawn, fork and mmap take the next ones as new
+    k.next_pid = _next_id(body, "next_pid", k.mms, "pid")
+    k.next_av = _next_id(body, "next_av", avs, "anon_vma id")
+    k.token_seq = _int(_get(body, "token_seq", ""), "token_seq")
     if checked:
         check(k)
     return m
+
+
+def _next_id(body: dict, key: str, taken: dict[int, Any], what: str) -> int:
+    """A counter past every id in use: spawn, fork and mmap take it as a new id
+    (next_pid = 1 beside a process 1: the next spawn replaced it)."""
+    v = _int(_get(body, key, ""), key, 1)
+    top = max(taken, default=0)
+    if v <= top:
+        raise SnapshotError(f"snapshot: {key}: {v}, but {what} {top} exists (the next one must be new)")
+    return v
+
+
+def _migcache(k, c: Any) -> None:
+    """The migration cache's index: its two arrays alike, long enough for every id
+    handed out, the free ids among those, and every entry's page a frame."""
+    mc = k.migcache
+    mc.counter = _unarr(_get(c, "counter", "migcache"), "migcache.counter", "int64", (-1,))
+    mc.page = _unarr(_get(c, "page", "migcache"), "migcache.page", "int64", (len(mc.counter),))
+    mc.next_id = _int(_get(c, "next_id", "migcache"), "migcache.next_id", 1, len(mc.page))
+    free = _list(_get(c, "free_ids", "migcache"), "migcache.free_ids")
+    bad = next((i for i in free if not _isint(i) or not 0 < i < mc.next_id), None)
+    if bad is not None:
+        raise SnapshotError(f"snapshot: migcache.free_ids: {bad!r} is no id handed out (1..next_id - 1 = "
+                            f"1..{mc.next_id - 1})")
+    mc.free_ids = sorted(set(free))
+    if len(mc.free_ids) != len(free):
+        raise SnapshotError("snapshot: migcache.free_ids: an id is free twice")
+    mc.nr_entries = _int(_get(c, "nr_entries", "migcache"), "migcache.nr_entries")
+    live = mc.page[mc.page >= 0]
+    nd, pfn = live >> P.NODE_SHIFT, live & P.PFN_MASK
+    sizes = np.array([fr.nframes for fr in k.nodes])
+    if (mc.page < -1).any() or (nd >= len(sizes)).any() or (pfn >= sizes[np.minimum(nd, len(sizes) - 1)]).any():
+        raise SnapshotError("snapshot: migcache.page: an entry names no frame")
+
+
+def _mm(d: Any, what: str, nr: int, avs: dict[int, AnonVMA], bases: list[np.ndarray]) -> MM:
+    """A process: its home node online, valid policies, and vmas in order, apart,
+    below next_vpn (where its next mmap goes), each on a listed anon_vma."""
+    pid = _int(_get(d, "pid", what), f"{what}.pid", 1)
+    mm = MM(pid, _int(_get(d, "node", what), f"{what}.node", 0, nr - 1),
+            policy=_policy(_get(d, "policy", what), f"{what}.policy", nr),
+            next_vpn=_int(_get(d, "next_vpn", what), f"{what}.next_vpn"),
+            rss=_int(_get(d, "rss", what), f"{what}.rss"))
+    end = 0
+    for j, v in enumerate(_list(_get(d, "vmas", what), f"{what}.vmas")):
+        vw = f"{what}.vmas[{j}]"
+        start = _int(_get(v, "start", vw), f"{vw}.start")
+        if start < end:             # find_vma bisects: in order, apart
+            raise SnapshotError(f"snapshot: {vw}.start: {start:#x} is not past the vma before it (ends at {end:#x})")
+        npages = _int(_get(v, "npages", vw), f"{vw}.npages", 1)
+        end = start + npages
+        if end > mm.next_vpn:       # the next mmap would map over it
+            raise SnapshotError(f"snapshot: {vw}: ends at page {end:#x}, past {what}.next_vpn {mm.next_vpn:#x}")
+        shared = _get(v, "shared", vw)
+        if not isinstance(shared, bool):
+            raise SnapshotError(f"snapshot: {vw}.shared: must be true or false, got {shared!r}")
+        av = _get(v, "av", vw)
+        av = avs.get(av) if _isint(av) else None
+        if av is None:
+            raise SnapshotError(f"snapshot: {vw}.av: {v['av']!r} is no anon_vma of the snapshot")
+        ref = _get(v, "shadow", vw)
+        if not isinstance(ref, list) or len(ref) != 2:
+            raise SnapshotError(f"snapshot: {vw}.shadow: must be [base, offset], got {ref!r}")
+        b = _int(ref[0], f"{vw}.shadow base", 0, len(bases) - 1)
+        off = _int(ref[1], f"{vw}.shadow offset", 0, len(bases[b]) - npages)
+        shadow = bases[b][off:off + npages]
+        if not shared:
+            shadow = shadow.copy()
+        pol = _get(v, "policy", vw)
+        pol = None if pol is None else _policy(pol, f"{vw}.policy", nr)
+        pte = _unarr(_get(v, "pte", vw), f"{vw}.pte", "int64", (npages,))
+        mm.vmas.append(VMA(mm, start, npages, shared, av, pte, shadow, pol))
+    return mm

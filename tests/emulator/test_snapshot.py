@@ -238,3 +238,114 @@ def test_a_snapshot_from_before_a_counter_was_added_restores_with_it_at_zero():
     assert r.vmstat()["pgmigrate_success"] == m.vmstat()["pgmigrate_success"] == 2
     with pytest.raises(ValueError, match="vmstat counters do not match"):
         Machine.restore(_with_stat(m.snapshot(), len(EVENTS) + 1))   # a newer version's
+
+
+# -- impossible states: refused at restore, before a later call corrupts them ------------------
+def _edit(blob: bytes, change) -> bytes:
+    """The snapshot with ``change(body)`` applied, its checksum made right again:
+    a well-formed blob describing another state."""
+    import hashlib
+
+    import msgpack
+
+    from emulator.snapshot import MAGIC
+    body = msgpack.unpackb(blob[len(MAGIC) + 32:], raw=False, strict_map_key=False)
+    change(body)
+    packed = msgpack.packb(body, use_bin_type=True)
+    return MAGIC + hashlib.sha256(packed).digest() + packed
+
+
+def _arr_of(a: np.ndarray) -> dict:
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "data": a.tobytes()}
+
+
+def _set_at(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(body):
+        d = body
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return change
+
+
+def _pop_av_ref(body):
+    body["anon_vmas"][0]["vmas"].pop()
+
+
+def _overlap(body):
+    v0, v1 = body["mms"][0]["vmas"][:2]
+    v1["start"] = v0["start"] + 1
+
+
+IMPOSSIBLE = [
+    # pids and anon_vma ids are never handed out twice: spawn would replace process 1
+    (_set_at("next_pid", 1), "snapshot: next_pid: 1, but pid 3 exists"),
+    (_set_at("next_av", 1), "snapshot: next_av: 1, but anon_vma id 3 exists"),
+    (_set_at("mms", 0, "node", 99), "snapshot: mms[0].node: must be in 0..2, got 99"),
+    (_set_at("mms", 0, "node", -1), "snapshot: mms[0].node: must be in 0..2, got -1"),
+    (_set_at("mms", 0, "node", True), "snapshot: mms[0].node: must be an integer, got True"),
+    (_set_at("mms", 1, "policy", [2, [99]]), "snapshot: mms[1].policy nodes: must be in 0..2, got 99"),
+    (_set_at("mms", 1, "policy", [2, []]), "snapshot: mms[1].policy: mode 2 needs nodes, got []"),
+    (_set_at("mms", 1, "policy", [99, []]), "snapshot: mms[1].policy: mode 99 is not a mempolicy mode"),
+    (_set_at("mms", 1, "policy", [1.0, [0]]), "snapshot: mms[1].policy: mode 1.0 is not a mempolicy mode"),
+    (_set_at("mms", 1, "policy", [1, [0, 1]]), "snapshot: mms[1].policy: mode 1 needs one node, got [0, 1]"),
+    (_set_at("mms", 1, "policy", [0, [1]]), "snapshot: mms[1].policy: mode 0 takes no nodes, got [1]"),
+    (_set_at("mms", 1, "policy", [3, [1, 0]]), "snapshot: mms[1].policy: nodes [1, 0] are not sorted and distinct"),
+    (_set_at("mms", 1, "policy", "bind"), "snapshot: mms[1].policy: must be [mode, [nodes]]"),
+    (_set_at("mms", 0, "vmas", 0, "policy", [2, [99]]), "snapshot: mms[0].vmas[0].policy nodes: must be in 0..2"),
+    (_set_at("mms", 2, "pid", 1), "snapshot: mms[2].pid: process 1 twice"),
+    (lambda b: b["mms"][0].pop("node"), "snapshot: mms[0].node: missing"),
+    (_overlap, "snapshot: mms[0].vmas[1].start: 0x10001 is not past the vma before it"),
+    (_set_at("mms", 0, "next_vpn", 0x10000), "snapshot: mms[0].vmas[0]: ends at page 0x10008, past mms[0].next_vpn"),
+    (_set_at("mms", 0, "vmas", 0, "av", 999), "snapshot: mms[0].vmas[0].av: 999 is no anon_vma of the snapshot"),
+    (_set_at("mms", 0, "vmas", 0, "shadow", [0, -1]), "snapshot: mms[0].vmas[0].shadow offset: must be in 0.."),
+    (_set_at("mms", 0, "vmas", 0, "pte", _arr_of(np.zeros(7, np.int64))),
+     "snapshot: mms[0].vmas[0].pte: shape [7], not 8"),
+    (_set_at("anon_vmas", 0, "vmas", [[99, 0]]), "snapshot: anon_vmas[0].vmas[0]: [99, 0] names no vma"),
+    (_pop_av_ref, "snapshot: anon_vmas: pid "),
+    (_set_at("migcache", "counter", _arr_of(np.zeros((2, 32), np.int64))),
+     "snapshot: migcache.counter: shape [2, 32], not N"),
+    (_set_at("migcache", "page", _arr_of(np.full(65, -1, np.int64))), "snapshot: migcache.page: shape [65], not 64"),
+    (_set_at("migcache", "page", _arr_of(np.full(64, -1, np.int32))), "snapshot: migcache.page: dtype int32, not int64"),
+    (_set_at("migcache", "next_id", 65), "snapshot: migcache.next_id: must be in 1..64, got 65"),
+    (_set_at("migcache", "free_ids", [0]), "snapshot: migcache.free_ids: 0 is no id handed out"),
+    (_set_at("migcache", "page", _arr_of(np.array([99 << 32] + [-1] * 63, np.int64))),
+     "snapshot: migcache.page: an entry names no frame"),
+    # numpy's own ValueErrors (a reshape, a broadcast) used to pass through without the prefix
+    (_set_at("stat", {"dtype": "int64", "shape": [-2, -4], "data": bytes(64)}),
+     "snapshot: stat: shape [-2, -4] is not a list of sizes"),
+    (_set_at("nodes", 0, "free", _arr_of(np.zeros(25, np.int32))),
+     "snapshot: nodes[0].free: not a stack of the node's 24 frames"),
+    (_set_at("swap", "free", _arr_of(np.array([0], np.int64))), "snapshot: swap.free: not a stack of the device's"),
+    (_set_at("topology", "nodes", 0), "snapshot: topology: machine.nodes: must be 1..1024, got 0"),
+    (_set_at("bugs", ["nope"]), "snapshot: bugs: unknown bug injection 'nope'"),
+]
+
+
+@pytest.fixture(scope="module")
+def token_blob():
+    m, _ = busy_machine("migcache", "token")
+    return m.snapshot()
+
+
+@pytest.mark.parametrize("checked", [True, False])
+@pytest.mark.parametrize("change, message", IMPOSSIBLE, ids=[m.split(":")[1].strip() + f"-{i}"
+                                                              for i, (_, m) in enumerate(IMPOSSIBLE)])
+def test_an_impossible_state_is_refused_naming_the_field(token_blob, change, message, checked):
+    """Checked or not (the oracle's verdict aside), a restore refuses what later
+    calls would corrupt the machine with, with the snapshot prefix and the field."""
+    with pytest.raises(ValueError) as e:
+        Machine.restore(_edit(token_blob, change), checked=checked)
+    assert str(e.value).startswith(message) or message in str(e.value), str(e.value)
+    assert str(e.value).startswith("snapshot: ") and "malformed body" not in str(e.value), str(e.value)
+
+
+def test_a_restored_machine_hands_out_new_pids(token_blob):
+    """What next_pid = 1 let happen: spawn replaced process 1. A valid snapshot's
+    counters are past every id, so a spawn (and a fork) gets a new one."""
+    m = Machine.restore(token_blob)
+    before = set(m.processes())
+    pid = m.spawn(0)
+    assert pid not in before and set(m.processes()) == before | {pid}

@@ -225,3 +225,149 @@ def test_a_migration_that_outlived_an_exit_replays_without_a_false_violation(tmp
     path.write_bytes(msgpack.packb(doc, use_bin_type=True))
     out, st = X.explore_dfs(load(f"{path}#1"), bound=2)
     assert out is None and st.schedules >= 1
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _set(*path_and_value):
+    """A change to a dump's document: the keys to follow, then the new value."""
+    *keys, value = path_and_value
+
+    def change(doc):
+        d = doc
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return change
+
+
+A = 0x10000000              # the fixture's mapping (MMAP_BASE_VPN << 12)
+BAD_DUMPS = [
+    # (change to the fixture's document, what the error names)
+    (_set("events", [1]), "events[0]: must be a table (one logged call), got 1"),
+    (_set("events", 3, "seq", "x"), "events[3].seq: must be an integer, got 'x'"),
+    (_set("events", 1, "args", 5), "events[seq 5].args: must be a list, got 5"),
+    (_set("events", 1, "kw", 5), "events[seq 5].kw: must be a table, got 5"),
+    (_set("events", 1, "kw", [1, 2]), "events[seq 5].kw: must be a table, got [1, 2]"),
+    (_set("events", 1, "kw", {1: 2}), "events[seq 5].kw: 1: keyword names are strings"),
+    (_set("events", 1, "kw", {"bogus": 1}), "events[seq 5]: touch: arguments [1, 268435456, 1], {'bogus': 1}: "
+                                            "got an unexpected keyword argument 'bogus'"),
+    (_set("events", 1, "args", [1]), "events[seq 5]: touch: arguments [1], {'write': False}: "
+                                     "missing a required argument: 'addr'"),
+    (_set("events", 1, "caller", [1]), "events[seq 5].caller: must be a string, got [1]"),
+    (_set("violations", 5), "violations: must be a list of strings (what the run saw), got 5"),
+    (_set("violations", [5]), "violations: must be a list of strings (what the run saw), got [5]"),
+    (_set("bugs", [1]), "bugs: must be a list of bug injection names, got [1]"),
+    (_set("events", 1, "args", ["1", A, 1]), "events[seq 5]: touch: pid: must be an integer, got '1'"),
+    (_set("events", 1, "args", [1, A, 10**6]), "events[seq 5]: touch: npages: 1000000 pages from 0x10000000 run "
+                                               "past pid 1's mapping at the checkpoint (address 0x10002000"),
+    (_set("events", 1, "args", [1, A, 2**64 - 1]), "events[seq 5]: touch: npages: must be in 0..2147483648, "
+                                                   "got 18446744073709551615"),
+    (_set("events", 1, "args", [1, A + (1 << 40), 1]), "events[seq 5]: touch: addr: pid 1 address 0x10010000000 "
+                                                       "is not mapped at the checkpoint"),
+    (_set("events", 1, "kw", {"write": "yes"}), "events[seq 5]: touch: write: must be true or false, got 'yes'"),
+    (_set("events", 0, "args", [9, 2]), "events[seq 4]: reclaim: node: must be in 0..1, got 9"),
+    (_set("events", 0, "args", [0, -1]), "events[seq 4]: reclaim: nr_pages: must be a 64-bit integer >= 0, got -1"),
+    (_set("events", 3, "args", [1, [A, A + 4096], [9, 9], 0]), "events[seq 7]: move_pages: nodes[0]: must be in "
+                                                               "0..1, got 9"),
+    (_set("events", 3, "args", [1, [A, A + 4096], [1], 0]), "events[seq 7]: move_pages: nodes: 1 nodes for 2 pages"),
+    (_set("events", 3, "args", [1, [A, A + (1 << 40)], [1, 1], 0]), "events[seq 7]: move_pages: pages[1]: pid 1 "
+                                                                    "address 0x10010000000 is not mapped"),
+    (_set("events", 3, ev(7, "migrate_pages", 1, [0], [9])), "events[seq 7]: migrate_pages: new_nodes[0]: "
+                                                              "must be in 0..1, got 9"),
+    (_set("events", 3, {**ev(7, "fork", 1), "result": 1}), "events[seq 7]: fork: result: 1 cannot be a new "
+                                                           "process's pid"),
+    (_set("events", 3, ev(7, "swapoff", 1)), "events[seq 7]: swapoff: arguments [1], {}: too many positional"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_DUMPS, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in
+                                                             enumerate(BAD_DUMPS)])
+def test_a_malformed_dump_is_an_error_naming_the_event_and_field(tmp_path, dump, change, message):
+    """Before, each of these was a traceback (or, for the reclaim of node 9, a
+    'VIOLATION operation failed: IndexError' of the explored run)."""
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False, strict_map_key=False)
+    change(doc)
+    path = tmp_path / "bad.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(ScenarioError) as e:
+        load(f"{path}#4")
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+    assert str(e.value).count(str(path)) == 1, str(e.value)      # one prefix: not wrapped again
+
+
+def test_a_bad_call_replayed_before_the_explored_ones_is_refused_too(tmp_path, dump):
+    """A reclaim of node 9 in the setup (the calls before the last N) is a
+    load error, not a crash of the build."""
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False, strict_map_key=False)
+    doc["events"][0]["args"] = [9, 2]
+    path = tmp_path / "bad.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    with pytest.raises(ScenarioError, match=r"events\[seq 4\]: reclaim: node: must be in 0\.\.1, got 9"):
+        load(f"{path}#2")
+
+
+@pytest.mark.parametrize("n", ["²", "0", "-1", "x", "9" * 5000, ""])
+def test_the_number_after_the_hash_is_a_positive_ascii_integer(dump, n):
+    with pytest.raises(ScenarioError, match="the number of calls to explore must be a positive integer"):
+        load(f"{dump}#{n}")
+
+
+@pytest.mark.parametrize("i", [0, 2, 8, 9, 13, 17, 19])
+def test_numaemu_explore_exits_2_on_a_malformed_dump_without_a_traceback(tmp_path, dump, i):
+    change, message = BAD_DUMPS[i]
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False, strict_map_key=False)
+    change(doc)
+    path = tmp_path / "bad.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    for arg in (f"{path}#4", f"{path}#²"):
+        r = subprocess.run([sys.executable, "-m", "cluster.cli", "explore", arg, "--quiet"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "Traceback" not in r.stderr and r.stderr.startswith(f"error: {path}"), r.stderr
+    assert message in subprocess.run([sys.executable, "-m", "cluster.cli", "explore", f"{path}#4", "--quiet"],
+                                     cwd=ROOT, capture_output=True, text=True, timeout=120).stderr
+
+
+def test_a_touch_across_vmas_split_since_its_mmap_is_a_fault_in_each(tmp_path):
+    """An mbind before the checkpoint split the mapping: a touch of all of it
+    crosses three vmas, as Machine.touch walks them (one op of npages=3 on
+    the first vma ran past its end: an IndexError the explorer called a
+    violation)."""
+    m = Machine.from_config({"nodes": 2, "frames_per_node": 8, "swap_pages": 8, "policy": "migcache"})
+    pid = m.spawn(0)
+    a = m.mmap(pid, 3)
+    m.touch(pid, a, 3)
+    m.mbind(pid, a + m.page_size, 1, "bind", [1])
+    assert len(m.k.mms[pid].vmas) == 3
+    path = swapoff_dump(tmp_path, m, [ev(4, "touch", pid, a, 3, write=True), ev(5, "reclaim", 0, 2),
+                                      ev(6, "touch", pid, a + m.page_size, 0)], "split.msgpack")
+    sc = load_dump(f"{path}#3")
+    # the touch of no page (npages 0) touches nothing, as Machine.touch: no task of its own
+    assert [[op.kind for op in t.ops] for t in sc.tasks] == [["fault", "fault", "fault"], ["reclaim"]]
+    assert [(op.args["mapping"], op.args["page"], op.args["npages"]) for op in sc.tasks[0].ops] == \
+        [(0, 0, 1), (1, 0, 1), (2, 0, 1)]
+    out, st = X.explore_dfs(sc, [], bound=2)
+    assert out is None, out and (out.violation, out.detail)
+
+
+def test_a_checkpoint_in_an_impossible_state_is_named(tmp_path, dump):
+    """A checkpoint whose next_pid is an existing process's (a fork in the
+    explored calls would replace it) is refused as the checkpoint's error,
+    with the snapshot's field."""
+    import hashlib
+
+    from emulator.snapshot import MAGIC
+    doc = msgpack.unpackb(dump.read_bytes(), raw=False, strict_map_key=False)
+    blob = doc["checkpoint"]["snapshot"]
+    body = msgpack.unpackb(blob[len(MAGIC) + 32:], raw=False, strict_map_key=False)
+    body["next_pid"] = 1
+    packed = msgpack.packb(body, use_bin_type=True)
+    doc["checkpoint"]["snapshot"] = MAGIC + hashlib.sha256(packed).digest() + packed
+    path = tmp_path / "cp.msgpack"
+    path.write_bytes(msgpack.packb(doc, use_bin_type=True))
+    r = subprocess.run([sys.executable, "-m", "cluster.cli", "explore", f"{path}#2", "--quiet"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: {path}#2: checkpoint: snapshot: next_pid: 1, but pid 1 exists"), r.stderr

@@ -76,3 +76,39 @@ def test_random_modes_do_not_claim_distinct_states():
                 "--quiet")
     assert r.returncode == 0, r.stderr
     assert re.search(r"explored 20 schedules in ", r.stdout) and "distinct states" not in r.stdout
+
+
+def _token(body) -> str:
+    """A token made by hand: the encoding make_token uses, around any body."""
+    import base64
+    import zlib
+
+    import msgpack
+    return "nx1-" + base64.urlsafe_b64encode(zlib.compress(msgpack.packb(body, use_bin_type=True), 9)).decode()
+
+
+def test_a_hand_made_token_with_a_field_of_the_wrong_type_exits_2_naming_it():
+    """A path that is None or a list was an AttributeError, bugs [[1]] an
+    unhashable TypeError, a schedule that is a list or a string replayed as if
+    it were one: each is now 'replay token: ... <field> ...', exit 2."""
+    from emulator.races import load
+    r1 = "examples/races/r1-no-pte-recheck.toml"
+    digest = load(ROOT / r1).digest     # right, so that only the field at fault is wrong
+    for body, field in (([1, None, digest, [], b"\x00"], "path must be a string"),
+                        ([1, [1], digest, [], b"\x00"], "path must be a string"),
+                        ([1, "", digest, [], b"\x00"], "path must be a string"),
+                        ([1, r1, 5, [], b"\x00"], "digest must be a string"),
+                        ([1, r1, digest, [[1]], b"\x00"], "bugs must be a list of bug injection names"),
+                        ([1, r1, digest, "r1-no-pte-recheck", b"\x00"], "bugs must be a list of bug injection names"),
+                        ([1, r1, digest, ["nope"], b"\x00"], "bugs: unknown bug injection 'nope'"),
+                        ([1, r1, digest, [], [0, 1]], "schedule must be bytes"),
+                        ([1, r1, digest, [], "ab"], "schedule must be bytes"),
+                        ([True, r1, digest, [], b"\x00"], "corrupted (not [1, path, digest, bugs, schedule])"),
+                        ({"path": r1}, "corrupted (not [1, path, digest, bugs, schedule])")):
+        r = numaemu("replay", _token(body))
+        assert r.returncode == 2, (body, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.startswith("error: replay token: ") and field in r.stderr, \
+            (body, r.stderr)
+    # the same fields right: the token replays
+    ok = numaemu("replay", _token([1, r1, digest, ["r1-no-pte-recheck"], b"\x00"]))
+    assert ok.returncode in (0, 1) and "Traceback" not in ok.stderr, ok.stderr

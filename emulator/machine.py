@@ -15,7 +15,7 @@ import numpy as np
 from . import invariants, pte as P
 from .fault import touch as _touch
 from .kernel import Kernel
-from .mm import MM, get_nodes, make_policy, parse_mode
+from .mm import ADDRESS_PAGES, MM, get_nodes, is_int, make_policy, parse_mode
 from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_VALID, do_mbind, do_migrate_pages,
                          do_pages_move, nodes_remap, stat_step)
 from .process import exit_mm, fork as _fork, mm_held, mmap_step, munmap_step
@@ -30,14 +30,9 @@ RUN_KEYS = frozenset({"policy", "payload", "seed"})    # may be given beside a T
 _INT64_MAX = np.iinfo(np.int64).max
 
 
-def _is_int(v) -> bool:
-    """An integer argument: a Python or numpy integer, never a bool (True is an int)."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _flag(v, what: str) -> bool:
     """A yes/no argument: a bool, or 0/1; never any other truthy value ("no" is truthy)."""
-    if isinstance(v, (bool, np.bool_)) or (_is_int(v) and v in (0, 1)):
+    if isinstance(v, (bool, np.bool_)) or (is_int(v) and v in (0, 1)):
         return bool(v)
     raise OSError(errno.EINVAL, f"{what}: must be True or False, got {v!r}")
 
@@ -58,7 +53,7 @@ def _int_array(values, what: str, wrap: bool = False) -> np.ndarray:
         return np.zeros(0, np.int64)
     if a.dtype.kind == "i":
         return a.astype(np.int64, copy=False)
-    if a.dtype.kind == "O" and all(_is_int(v) for v in a.tolist()):     # ints beyond 64 bits among them
+    if a.dtype.kind == "O" and all(is_int(v) for v in a.tolist()):     # ints beyond 64 bits among them
         if wrap:
             raise OSError(errno.EINVAL, f"{what}: a value does not fit in 64 bits")
         return np.array([v if -_INT64_MAX - 1 <= v <= _INT64_MAX else -1 for v in a.tolist()], dtype=np.int64)
@@ -104,20 +99,20 @@ class Machine:
             k.inflight -= 1
 
     def _mm(self, pid: int) -> MM:
-        mm = self.k.mms.get(int(pid)) if _is_int(pid) else None
+        mm = self.k.mms.get(int(pid)) if is_int(pid) else None
         if mm is None or not mm.findable:   # an exited task's mm may live on while a migration holds it
             raise OSError(errno.ESRCH, f"no such process: {pid!r}")
         return mm
 
     def _node(self, node: int, what: str = "node") -> int:
-        if not _is_int(node) or not 0 <= node < self.nr_nodes:
+        if not is_int(node) or not 0 <= node < self.nr_nodes:
             raise OSError(errno.EINVAL, f"{what}: {node!r} is not an online node (0..{self.nr_nodes - 1})")
         return int(node)
 
     def _range(self, mm: MM, addr: int, npages: int):
-        if not _is_int(addr) or addr < 0:
+        if not is_int(addr) or addr < 0:
             raise OSError(errno.EFAULT, f"bad address {addr!r}")
-        if not _is_int(npages) or npages < 0:
+        if not is_int(npages) or npages < 0:
             raise OSError(errno.EINVAL, f"bad page count {npages!r}")
         return mm.ranges(int(addr) >> self.k.page_shift, int(npages), page_shift=self.k.page_shift)
 
@@ -132,19 +127,19 @@ class Machine:
 
     def mmap(self, pid: int, npages: int, shared: bool = False) -> int:
         mm = self._mm(pid)
-        if not _is_int(npages) or npages <= 0:
+        if not is_int(npages) or npages <= 0:
             raise OSError(errno.EINVAL, f"mmap: npages must be a positive integer, got {npages!r}")
         shared = _flag(shared, "mmap: shared")
-        if mm.next_vpn + npages >= 1 << 31:
+        if mm.next_vpn + npages >= ADDRESS_PAGES:
             raise OSError(errno.ENOMEM, "mmap: address space exhausted")
         vma = mmap_step(self.k, mm, int(npages), shared)
         return vma.start << self.k.page_shift
 
     def munmap(self, pid: int, addr: int, npages: int) -> None:
         mm = self._mm(pid)
-        if not _is_int(addr) or addr < 0 or addr % self.page_size:
+        if not is_int(addr) or addr < 0 or addr % self.page_size:
             raise OSError(errno.EINVAL, f"munmap: address {addr!r} is not a page-aligned address")
-        if not _is_int(npages) or npages <= 0:
+        if not is_int(npages) or npages <= 0:
             raise OSError(errno.EINVAL, f"munmap: npages must be a positive integer, got {npages!r}")
         munmap_step(self.k, mm, int(addr) >> self.k.page_shift, int(npages))
 
@@ -169,14 +164,14 @@ class Machine:
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range
-        if not _is_int(flags) or flags & ~MPOL_MF_VALID:
+        if not is_int(flags) or flags & ~MPOL_MF_VALID:
             raise OSError(errno.EINVAL, f"mbind: unknown flags {flags!r}")
         flags = int(flags)
         if flags & MPOL_MF_MOVE_ALL and not privileged:     # do_mbind(): before the start's alignment
             raise OSError(errno.EPERM, "mbind: MPOL_MF_MOVE_ALL needs CAP_SYS_NICE")
-        if not _is_int(addr) or addr < 0 or addr % self.page_size:
+        if not is_int(addr) or addr < 0 or addr % self.page_size:
             raise OSError(errno.EINVAL, f"mbind: address {addr!r} is not a page-aligned address")
-        if not _is_int(npages) or npages < 0:
+        if not is_int(npages) or npages < 0:
             raise OSError(errno.EINVAL, f"mbind: bad page count {npages!r}")
         if npages == 0:
             return
@@ -335,7 +330,7 @@ class Machine:
         addrs = _int_array(pages, "move_pages: pages")
         if len(addrs) > MOVE_PAGES_MAX:
             raise OSError(errno.E2BIG, f"move_pages: {len(addrs)} pages, more than {MOVE_PAGES_MAX}")
-        if not _is_int(flags) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
+        if not is_int(flags) or flags & ~(MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
             raise OSError(errno.EINVAL, f"move_pages: flags {flags!r}: only MPOL_MF_MOVE and MPOL_MF_MOVE_ALL")
         flags = int(flags)
         if flags & MPOL_MF_MOVE_ALL and not privileged:
@@ -377,7 +372,7 @@ class Machine:
     # -- reclaim and swap -----------------------------------------------------
     def reclaim(self, node: int, nr_pages: int) -> int:
         node = self._node(node)
-        if not _is_int(nr_pages) or nr_pages < 0:
+        if not is_int(nr_pages) or nr_pages < 0:
             raise OSError(errno.EINVAL, f"reclaim: nr_pages must be >= 0, got {nr_pages!r}")
         return self._run(shrink_node(self.k, node, int(nr_pages)))
 

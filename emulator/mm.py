@@ -27,6 +27,7 @@ MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL = 0, 1, 2, 
 MPOL_NAMES = {"default": MPOL_DEFAULT, "preferred": MPOL_PREFERRED, "bind": MPOL_BIND,
               "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL}
 MMAP_BASE_VPN = 0x10000
+ADDRESS_PAGES = 1 << 31     # mmap hands out vpns below this: a page number at or past it is no page
 
 
 @dataclass
@@ -127,6 +128,12 @@ def parse_mode(mode) -> int:
     return mode
 
 
+def is_int(v) -> bool:
+    """An integer argument or field: a Python or numpy integer, never a bool
+    (Python's True is an int, and TOML and msgpack both have booleans)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def get_nodes(nodes, what: str = "mempolicy nodes") -> tuple[int, ...]:
     """get_nodes(): the caller's nodemask (node numbers in any iterable, a
     numpy array too; None for none) as sorted node numbers. A number that no
@@ -136,7 +143,7 @@ def get_nodes(nodes, what: str = "mempolicy nodes") -> tuple[int, ...]:
         raw = [] if nodes is None else list(nodes)     # never an array's truth value
     except TypeError:
         raise OSError(errno.EINVAL, f"{what}: {nodes!r} is not a list of node numbers") from None
-    bad = [n for n in raw if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer))]
+    bad = [n for n in raw if not is_int(n)]
     if bad:
         raise OSError(errno.EINVAL, f"{what}: {bad[0]!r} is not a node number")
     ns = tuple(sorted({int(n) for n in raw}))

@@ -44,6 +44,7 @@ import numpy as np
 from . import fault, move_pages, process, reclaim, swapfile, tlb
 from .kernel import clone
 from .machine import Machine
+from .mm import ADDRESS_PAGES, is_int
 from .sched import call
 from .topology import Topology
 
@@ -70,8 +71,6 @@ class ScenarioError(ValueError):
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-# Machine.mmap hands out vpns below this: a page number at or past it is no page of any mapping
-ADDRESS_PAGES = 1 << 31
 # the explorer copies the whole starting state for every schedule it runs: a race
 # needs a handful of pages, and a size past these is a typo, not a scenario
 MAX_RACE_PAGES = 1 << 20        # frames, swap slots, and mapped pages, each
@@ -82,7 +81,7 @@ MAX_RACE_BYTES = 1 << 30        # a bytes-payload machine's page contents
 # bool is an int, so each check says what the value must be, bools apart.
 def want_int(path: str, key: str, v: Any, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
     """An integer (not a bool) in lo..hi: the model keeps them in int64 arrays."""
-    if isinstance(v, bool) or not isinstance(v, int):
+    if not is_int(v):
         raise ScenarioError(f"{path}: {key}: must be an integer, got {v!r}")
     if not lo <= v <= hi:
         if hi != INT64_MAX:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import pte as P
 from .invariants import InvariantViolation, check
-from .mm import MM, MPOL_DEFAULT, MPOL_LOCAL, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy
+from .mm import MM, MPOL_DEFAULT, is_int, MPOL_LOCAL, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -45,14 +45,9 @@ def _get(d: Any, key: str, what: str) -> Any:
     return d[key]
 
 
-def _isint(v: Any) -> bool:
-    """An integer: msgpack has booleans, and Python's bool is an int."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _int(v: Any, what: str, lo: int = 0, hi: int = INT64_MAX) -> int:
     """An integer in lo..hi."""
-    if not _isint(v):
+    if not is_int(v):
         raise SnapshotError(f"snapshot: {what}: must be an integer, got {v!r}")
     if not lo <= v <= hi:
         span = f"a 64-bit integer >= {lo}" if hi == INT64_MAX else f"in {lo}..{hi}"
@@ -75,7 +70,7 @@ def _unarr(d: Any, what: str, dtype: str | None = None, shape: tuple | None = No
         raise SnapshotError(f"snapshot: {what}: not an array record") from None
     if dt not in DTYPES or not isinstance(data, bytes) or not isinstance(shp, list):
         raise SnapshotError(f"snapshot: {what}: unsupported array encoding ({dt!r})")
-    if any(not _isint(n) or not 0 <= n < 1 << 62 for n in shp):
+    if any(not is_int(n) or not 0 <= n < 1 << 62 for n in shp):
         raise SnapshotError(f"snapshot: {what}: shape {shp!r} is not a list of sizes")
     n = int(np.prod(shp, dtype=object)) if shp else 1
     if n * np.dtype(dt).itemsize != len(data):
@@ -95,7 +90,7 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
     if not isinstance(v, list) or len(v) != 2 or not isinstance(v[1], list):
         raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
     mode = v[0]
-    if not _isint(mode) or mode not in MPOL_NAMES.values():
+    if not is_int(mode) or mode not in MPOL_NAMES.values():
         raise SnapshotError(f"snapshot: {what}: mode {mode!r} is not a mempolicy mode "
                             f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())})")
     nodes = tuple(_int(n, f"{what} nodes", 0, nr_nodes - 1) for n in v[1])
@@ -255,8 +250,8 @@ def _build(cls, body: dict, checked: bool = True):
             what = f"anon_vmas[{i}].vmas[{j}]"
             if not isinstance(ref, list) or len(ref) != 2:
                 raise SnapshotError(f"snapshot: {what}: must be [pid, vma index], got {ref!r}")
-            mm = k.mms.get(ref[0]) if _isint(ref[0]) else None
-            if mm is None or not _isint(ref[1]) or not 0 <= ref[1] < len(mm.vmas):
+            mm = k.mms.get(ref[0]) if is_int(ref[0]) else None
+            if mm is None or not is_int(ref[1]) or not 0 <= ref[1] < len(mm.vmas):
                 raise SnapshotError(f"snapshot: {what}: {ref!r} names no vma")
             v = mm.vmas[ref[1]]
             if v.anon_vma is not av or id(v) in on_list:
@@ -302,7 +297,7 @@ def _migcache(k, c: Any) -> None:
     mc.page = _unarr(_get(c, "page", "migcache"), "migcache.page", "int64", (len(mc.counter),))
     mc.next_id = _int(_get(c, "next_id", "migcache"), "migcache.next_id", 1, len(mc.page))
     free = _list(_get(c, "free_ids", "migcache"), "migcache.free_ids")
-    bad = next((i for i in free if not _isint(i) or not 0 < i < mc.next_id), None)
+    bad = next((i for i in free if not is_int(i) or not 0 < i < mc.next_id), None)
     if bad is not None:
         raise SnapshotError(f"snapshot: migcache.free_ids: {bad!r} is no id handed out (1..next_id - 1 = "
                             f"1..{mc.next_id - 1})")
@@ -339,7 +334,7 @@ def _mm(d: Any, what: str, nr: int, avs: dict[int, AnonVMA], bases: list[np.ndar
         if not isinstance(shared, bool):
             raise SnapshotError(f"snapshot: {vw}.shared: must be true or false, got {shared!r}")
         av = _get(v, "av", vw)
-        av = avs.get(av) if _isint(av) else None
+        av = avs.get(av) if is_int(av) else None
         if av is None:
             raise SnapshotError(f"snapshot: {vw}.av: {v['av']!r} is no anon_vma of the snapshot")
         ref = _get(v, "shadow", vw)

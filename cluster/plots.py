@@ -222,6 +222,8 @@ def plot_swap(path: Path, summary: dict, timeline: list[dict]) -> Path:
 
 
 def _histogram(ax, values_us: np.ndarray, title: str, what: str, color: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_title(title, fontsize="small")
     v = np.asarray(values_us, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -235,13 +237,58 @@ def _histogram(ax, values_us: np.ndarray, title: str, what: str, color: str) -> 
     bins = np.geomspace(lo, hi, 50)
     ax.hist(v, bins=bins, color=color, alpha=0.75, label=f"{v.size} {what}")
     ax.set_xscale("log")
-    ax.set_xlabel("latency (µs, log scale)")
+    _duration_axis(ax)
+    ax.set_xlabel("latency (log scale)")
     ax.set_ylabel(what)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))      # a count of calls
     ax.grid(True, alpha=0.3, which="both")
     for p, style in ((50, "-"), (90, "--"), (99, ":")):
         x = float(np.percentile(v, p))
-        ax.axvline(x, color="0.15", linestyle=style, linewidth=1.2, label=f"p{p} {x:.3g} µs")
+        ax.axvline(x, color="0.15", linestyle=style, linewidth=1.2, label=f"p{p} {duration(x)}")
     ax.legend(loc="best", fontsize="small")
+
+
+def duration(us: float) -> str:
+    """Microseconds as a reader says them: 850 µs, 5.1 ms, 2 s."""
+    for scale, unit in ((1e6, "s"), (1e3, "ms"), (1.0, "µs")):
+        if us >= scale:
+            return f"{us / scale:.3g} {unit}"
+    return f"{us * 1e3:.3g} ns"
+
+
+def _duration_axis(ax) -> None:
+    """Label a log axis of microseconds in durations, at 1, 2 and 5 of each
+    decade over a few decades, at every decade or every few over more, and
+    at round values inside a range narrower than that. Matplotlib's default
+    labels every minor tick of a range under a decade wide, in scientific
+    notation, and those run into each other (2×10³3×10⁴×10³...)."""
+    from matplotlib.ticker import FuncFormatter, Locator, LogLocator, NullFormatter
+
+    class DurationTicks(Locator):
+        def __call__(self):
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def tick_values(self, vmin, vmax):
+            return _duration_ticks(*sorted((float(vmin), float(vmax))))
+
+    ax.xaxis.set_major_locator(DurationTicks())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: duration(x)))
+    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10)), numticks=40))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _duration_ticks(vmin: float, vmax: float) -> list[float]:
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = int(np.floor(np.log10(vmin))), int(np.ceil(np.log10(vmax)))
+    subs = (1, 2, 5) if hi - lo <= 3 else (1,)
+    step = max(1, -(-(hi - lo) // 7))           # at most about 7 decades labelled
+    ticks = [s * 10.0 ** e for e in range(lo - lo % step, hi + 1, step) for s in subs]
+    ticks = [t for t in ticks if vmin <= t <= vmax]
+    if len(ticks) < 2:                          # under a 1-2-5 step wide
+        ticks = [t for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+                 if vmin <= t <= vmax]
+    return ticks
 
 
 def plot_latency(path: Path, summary: dict, latencies: dict[str, np.ndarray]) -> Path:

@@ -453,3 +453,28 @@ def test_on_ray_the_fault_latency_says_it_times_only_the_coordinators_faults():
     ray = {"latency": {"fault_us": st}, "tlb": {"hits": 1598, "walks": 123, "local_faults": 273, "misses": 6}}
     assert latency_lines(local)[0].endswith("(6 touch calls)")
     assert latency_lines(ray)[0].endswith("(6 touch calls through the coordinator)")
+
+
+@pytest.mark.parametrize("lo, hi", [(1900.0, 41000.0), (3.0, 9.0), (1e-3, 1e6), (250.0, 260.0), (40.0, 40.0)])
+def test_latency_axis_labels_are_durations_that_do_not_overlap(lo, hi):
+    """The latency histograms' x labels: readable durations at 1-2-5 steps,
+    two at least, none drawn over another, whatever the range's width."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cluster.plots import _figure, _histogram, duration
+
+    fig, axes = _figure(1, 2)                       # latency.png's two panels
+    ax = axes[0][0]
+    _histogram(ax, np.geomspace(lo, hi, 200), "t", "calls", "tab:blue")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    x0, x1 = ax.get_xlim()
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_text() and x0 <= t.get_position()[0] <= x1]
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: b.x0)
+    for a, b in zip(boxes, boxes[1:]):
+        assert a.x1 <= b.x0, f"tick labels overlap: {[t.get_text() for t in labels]}"
+    for t in labels:
+        assert t.get_text() == duration(t.get_position()[0])
+    assert (duration(850), duration(5140), duration(2e6), duration(0.5)) == ("850 µs", "5.14 ms", "2 s", "500 ns")

@@ -111,6 +111,49 @@ def _time_axis(ax, t: np.ndarray, ops: np.ndarray, top: bool = True) -> None:
     if top and len(t) >= 2 and np.all(np.diff(t) > 0) and np.all(np.diff(ops) >= 0) and ops[-1] > ops[0]:
         sec = ax.secondary_xaxis("top", functions=(lambda x: _interp(x, t, ops), lambda o: _interp(o, ops, t)))
         sec.set_xlabel("operations")
+        _ops_ticks(ax, sec, t, ops)
+
+
+# a tick label's width in pixels per character, at the default 10-point font and DPI (with room)
+LABEL_PX_PER_CHAR = 9.0
+GAP_CHARS = 4           # and the least room between two, in characters
+
+
+def _ops_ticks(ax, sec, t: np.ndarray, ops: np.ndarray) -> None:
+    """Round operation counts on the top axis, none drawn over another. The
+    operations do not advance evenly in wall time (a run slows down while
+    it migrates or swaps), so evenly spaced counts crowd where they advance
+    fast: of the round counts, keep those at least a label's width apart
+    on the panel as drawn."""
+    from matplotlib.ticker import FuncFormatter, Locator, MaxNLocator
+
+    label = "{:,.0f}".format
+
+    class SpacedTicks(Locator):
+        def __call__(self):
+            # the run's counts only: beyond its samples the axis is an extrapolation
+            lo, hi = max(min(self.axis.get_view_interval()), ops[0]), min(max(self.axis.get_view_interval()), ops[-1])
+            fit = int(ax.bbox.width // (LABEL_PX_PER_CHAR * (len(label(hi)) + GAP_CHARS)))   # labels if even
+            cands = [c for c in MaxNLocator(nbins=max(4, 2 * fit), steps=[1, 2, 5, 10],
+                                            integer=True).tick_values(lo, hi) if lo <= c <= hi]
+            x = ax.transData.transform(np.column_stack([_interp(cands, ops, t), np.zeros(len(cands))]))[:, 0]
+            half = [LABEL_PX_PER_CHAR * len(label(c)) / 2 for c in cands]
+
+            def overlaps(j: int, i: int) -> bool:
+                return x[i] - half[i] < x[j] + half[j] + GAP_CHARS * LABEL_PX_PER_CHAR
+
+            keep: list[int] = []            # indexes into cands, left to right, the last one always
+            for i in range(len(cands)):
+                if i == len(cands) - 1:
+                    while keep and overlaps(keep[-1], i):
+                        keep.pop()
+                elif keep and overlaps(keep[-1], i):
+                    continue
+                keep.append(i)
+            return [cands[i] for i in keep]
+
+    sec.xaxis.set_major_locator(SpacedTicks())
+    sec.xaxis.set_major_formatter(FuncFormatter(lambda x, _: label(x)))
 
 
 def _interp(x, xp: np.ndarray, fp: np.ndarray):

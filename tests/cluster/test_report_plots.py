@@ -478,3 +478,32 @@ def test_latency_axis_labels_are_durations_that_do_not_overlap(lo, hi):
     for t in labels:
         assert t.get_text() == duration(t.get_position()[0])
     assert (duration(850), duration(5140), duration(2e6), duration(0.5)) == ("850 µs", "5.14 ms", "2 s", "500 ns")
+
+
+@pytest.mark.parametrize("ops_end", [2000, 10**7])
+def test_operations_axis_labels_do_not_overlap_where_the_run_sped_up(ops_end):
+    """The top axis counts operations, which advance unevenly in wall time:
+    the labels kept are round counts none of which is drawn over another,
+    in a half-width panel, and the axis still names the start and the end."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cluster.plots import _figure, _time_axis
+
+    t = np.linspace(0.0, 1.3, 60)
+    ops = np.round(ops_end * np.clip((t - 0.4) / 0.9, 0, 1) ** 0.5).astype(np.int64)  # idle, then a burst
+    ops[0] = 0
+    fig, axes = _figure(1, 2)
+    ax = axes[0][0]
+    ax.plot(t, ops)
+    _time_axis(ax, t, ops)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (top,) = ax.child_axes
+    labels = [lb for lb in top.xaxis.get_ticklabels() if lb.get_text() and lb.get_visible()]
+    texts = [lb.get_text() for lb in labels]
+    assert len(labels) >= 3, texts
+    assert texts[0] == "0" and texts[-1] == f"{ops_end:,}", texts
+    boxes = sorted((lb.get_window_extent(renderer) for lb in labels), key=lambda b: b.x0)
+    for a, b in zip(boxes, boxes[1:]):
+        assert a.x1 <= b.x0, f"operation labels overlap: {texts}"

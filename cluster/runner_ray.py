@@ -80,7 +80,7 @@ def ensure_ray(address: str | None) -> bool:
         if address:         # may retry for minutes: Ctrl-C stops it at once
             ray.init(address=address, **kw)
         else:   # "local": a Ray of our own, even where `ray start` left one that a bare init would join
-            with _signals_after():
+            with _signals_after(), _quiet_auth_default():
                 ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "an embedded Ray"
@@ -92,6 +92,27 @@ def ensure_ray(address: str | None) -> bool:
                     "in this environment)")
         raise RunnerError(f"cannot start or reach {where}: {exc}{hint}") from None
     return True
+
+
+class _AuthDefaultNotice(logging.Filter):
+    """Ray (2.5x and on) opens every new local cluster with a warning that it
+    turned token authentication on, its default, and how to opt out. For
+    the Ray a run starts for itself that is noise on the first line of
+    every run; a warning that authentication is off still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_auth_default() -> Iterator[None]:
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    notice = _AuthDefaultNotice()
+    log.addFilter(notice)
+    try:
+        yield
+    finally:
+        log.removeFilter(notice)
 
 
 @contextlib.contextmanager

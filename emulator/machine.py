@@ -150,6 +150,10 @@ class Machine:
         self._run(exit_mm(self.k, self._mm(pid)))
 
     def set_mempolicy(self, pid: int, mode, nodes: Sequence[int] | None = None) -> None:
+        """set_mempolicy(2) of the process, as Linux 6.1's: mode a name
+        ("bind", "preferred_many", "bind=static": see mm.parse_mode) or an
+        int with its mode flags or'ed in (MPOL_BIND | MPOL_F_STATIC_NODES);
+        mm.make_policy() for the rest."""
         mm = self._mm(pid)
         mm.policy = make_policy(mode, nodes, self.nr_nodes)
 

@@ -43,7 +43,7 @@ import numpy as np
 from . import pte as P
 from .frames import PG_locked, PG_swapcache
 from .kernel import split_nodes
-from .mm import MM, VMA, Mempolicy
+from .mm import MM, VMA
 from .rmap import entry_dup, entry_free
 from .sched import call
 from .swap import add_at, ascending_unique
@@ -182,7 +182,7 @@ def exit_mmap(k, mm: MM) -> None:
 
 def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
     """dup_mmap() up to copy_page_range: the child's vmas, linked on the anon_vmas."""
-    child = MM(k.next_pid, parent.node, policy=Mempolicy(parent.policy.mode, parent.policy.nodes),
+    child = MM(k.next_pid, parent.node, policy=parent.policy,      # a Mempolicy never changes: mpol_dup()
                next_vpn=parent.next_vpn, forking=bool(parent.vmas))
     k.next_pid += 1
     pairs = []

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import pte as P
 from .invariants import InvariantViolation, check
-from .mm import MM, MPOL_DEFAULT, is_int, MPOL_LOCAL, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy
+from .mm import (MM, MPOL_BIND, MPOL_DEFAULT, MPOL_F_NUMA_BALANCING, MPOL_F_RELATIVE_NODES, MPOL_F_STATIC_NODES,
+                 MPOL_LOCAL, MPOL_MODE_FLAGS, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy, is_int)
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -84,17 +85,31 @@ def _unarr(d: Any, what: str, dtype: str | None = None, shape: tuple | None = No
 
 
 def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
-    """[mode, nodes] as make_policy() leaves it: a known mode; no node for
-    default and local; for bind and interleave at least one, for preferred
-    exactly one, online, sorted and distinct (allocation indexes by them)."""
+    """[mode, nodes] as make_policy() leaves it, the mode with its mode flags
+    or'ed in (as get_mempolicy() gives it): a known mode; not both STATIC and
+    RELATIVE, NUMA_BALANCING only for bind, no flag for default and local; no
+    node for default and local; for bind, interleave and preferred_many at
+    least one, for preferred exactly one, online, sorted and distinct
+    (allocation indexes by them)."""
     if not isinstance(v, list) or len(v) != 2 or not isinstance(v[1], list):
         raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
     mode = v[0]
-    if not is_int(mode) or mode not in MPOL_NAMES.values():
+    if not is_int(mode) or mode & ~MPOL_MODE_FLAGS not in MPOL_NAMES.values():
         raise SnapshotError(f"snapshot: {what}: mode {mode!r} is not a mempolicy mode "
-                            f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())})")
+                            f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())}, with flags "
+                            f"{MPOL_F_STATIC_NODES:#x} static, {MPOL_F_RELATIVE_NODES:#x} relative, "
+                            f"{MPOL_F_NUMA_BALANCING:#x} numa_balancing)")
+    mode, flags = int(mode) & ~MPOL_MODE_FLAGS, int(mode) & MPOL_MODE_FLAGS
+    if flags & MPOL_F_STATIC_NODES and flags & MPOL_F_RELATIVE_NODES:
+        raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} has both MPOL_F_STATIC_NODES and "
+                            f"MPOL_F_RELATIVE_NODES")
+    if flags & MPOL_F_NUMA_BALANCING and mode != MPOL_BIND:
+        raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} has MPOL_F_NUMA_BALANCING, which is for bind "
+                            f"({MPOL_BIND}) only")
     nodes = tuple(_int(n, f"{what} nodes", 0, nr_nodes - 1) for n in v[1])
     if mode in (MPOL_DEFAULT, MPOL_LOCAL):
+        if flags:
+            raise SnapshotError(f"snapshot: {what}: mode {mode} takes no mode flags, got {flags:#x}")
         if nodes:
             raise SnapshotError(f"snapshot: {what}: mode {mode} takes no nodes, got {list(nodes)}")
     elif not nodes or (mode == MPOL_PREFERRED and len(nodes) != 1):
@@ -102,7 +117,12 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
                             f"got {list(nodes)}")
     elif list(nodes) != sorted(set(nodes)):
         raise SnapshotError(f"snapshot: {what}: nodes {list(nodes)} are not sorted and distinct")
-    return Mempolicy(mode, nodes)
+    return Mempolicy(mode, nodes, flags)
+
+
+def _policy_record(pol: Mempolicy) -> list:
+    """What _policy() reads back: [mode | mode flags, nodes]."""
+    return [pol.mode | pol.flags, list(pol.nodes)]
 
 
 def dump(machine) -> bytes:
@@ -127,8 +147,8 @@ def dump(machine) -> bytes:
         for v in mm.vmas:
             vmas.append({"start": v.start, "npages": v.npages, "shared": v.shared, "av": v.anon_vma.id,
                          "pte": _arr(v.pte), "shadow": shadow_ref(v),
-                         "policy": None if v.policy is None else [v.policy.mode, list(v.policy.nodes)]})
-        mms.append({"pid": pid, "node": mm.node, "policy": [mm.policy.mode, list(mm.policy.nodes)],
+                         "policy": None if v.policy is None else _policy_record(v.policy)})
+        mms.append({"pid": pid, "node": mm.node, "policy": _policy_record(mm.policy),
                     "next_vpn": mm.next_vpn, "rss": mm.rss, "vmas": vmas})
     avs = []
     for av in k.anon_vmas.values():

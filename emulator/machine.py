@@ -164,7 +164,9 @@ class Machine:
         EINVAL and EPERM (MOVE_ALL without CAP_SYS_NICE: ``privileged``) before
         EFAULT (a hole in the range, met as 6.1's walk meets it, after the
         pages before it: see move_pages.mbind_step; for MPOL_DEFAULT only a
-        range with no mapping at all); EIO from MPOL_MF_STRICT."""
+        range with no mapping at all); EIO from MPOL_MF_STRICT. On a shared
+        mapping the policy is the shared memory object's, which every process
+        mapping it allocates by (shmem_set_policy())."""
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range

@@ -17,6 +17,15 @@ Rules:
   child and snapshots share or copy it whole. Default has no nodes and no
   flags; local no nodes; preferred one node; bind, interleave and
   preferred-many at least one, online, sorted.
+- A shared mapping's anon_vma stands for its shared memory object (the
+  inode of anonymous shmem): every process maps it at the same addresses
+  (fork; there is no mremap), so a page's offset in it is its vpn minus the
+  object's ``base`` (the vpn of its page 0; a private mapping's vm_pgoff is
+  its address: base 0, the offset is the vpn). It holds the object's shared
+  policy (shmem's info->policy): sorted, apart ranges of offsets with their
+  policy, set by mbind() of any mapping of it (mpol_set_shared_policy()),
+  looked up by every fault on it (shmem_get_policy(); page_alloc's
+  get_vma_policy()), and gone with the object.
 """
 from __future__ import annotations
 
@@ -52,12 +61,14 @@ class Mempolicy:
     MPOL_F_RELATIVE_NODES decide the nodes when the policy is made; after
     that they matter only when a cpuset changes the nodes a task may use
     (mpol_rebind_*()), which never happens here (every online node is
-    allowed), so the user's nodemask 6.1 keeps for them is not kept.
+    allowed), and in mpol_equal(), which compares the nodes given
+    (``user_nodes``) too: mbind() sets no policy equal to the vma's.
     MPOL_F_NUMA_BALANCING (bind only) is recorded and does nothing: there is
     no NUMA balancing (no hinting faults) in this model."""
     mode: int = MPOL_DEFAULT
     nodes: tuple[int, ...] = ()
     flags: int = 0
+    user_nodes: tuple[int, ...] = ()    # w.user_nodemask: the nodes as given, kept with STATIC or RELATIVE
 
 
 @dataclass(eq=False)
@@ -65,6 +76,8 @@ class AnonVMA:
     id: int
     vmas: list["VMA"] = field(default_factory=list)
     pins: int = 0
+    base: int = 0       # a shared memory object's: the vpn of its page 0 (see the rules)
+    policy: list[tuple[int, int, Mempolicy]] = field(default_factory=list)   # its shared policy: [start, end)
 
 
 @dataclass(eq=False)
@@ -237,4 +250,34 @@ def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
         got = tuple(n for n in ns if n < nr_nodes)
     if not got:
         raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names no online node (0..{nr_nodes - 1})")
-    return Mempolicy(mode, got[:1] if mode == MPOL_PREFERRED else got, flags)
+    return Mempolicy(mode, got[:1] if mode == MPOL_PREFERRED else got, flags,
+                     ns if flags & MPOL_USER_NODEMASK else ())
+
+
+# -- shared policy: a shared memory object's (mm/mempolicy.c, mm/shmem.c) --
+def shared_policy_replace(av: AnonVMA, start: int, end: int, pol: Mempolicy | None) -> None:
+    """shared_policy_replace(): offsets [start, end) of the object get pol
+    (None: none, each task's own applies there again); a range it overlaps
+    keeps its policy outside [start, end), cut in two if it spans it. Ranges
+    are not merged, as 6.1's sp_nodes are not."""
+    out = []
+    for s, e, p in av.policy:
+        if s < start:
+            out.append((s, min(e, start), p))
+        if e > end:
+            out.append((max(s, end), e, p))
+    if pol is not None:
+        out.append((start, end, pol))
+    av.policy = sorted(out, key=lambda r: r[0])
+
+
+def vma_replace_policy(vma: VMA, pol: Mempolicy | None) -> None:
+    """vma_replace_policy() of mbind_range(), the vma cut to the range first: a
+    shared mapping's set_policy (shmem_set_policy(), mpol_set_shared_policy())
+    gives the object's pages under the vma the policy, for every process
+    mapping it; the vma keeps it too (what fork copies, and what
+    mpol_equal() compares), though no fault on it looks at it."""
+    if vma.shared:
+        av = vma.anon_vma
+        shared_policy_replace(av, vma.start - av.base, vma.end - av.base, pol)
+    vma.policy = pol

@@ -1,10 +1,17 @@
 """Page allocation under a mempolicy (mm/mempolicy.c, mm/page_alloc.c).
 
 Rules:
+- A page allocates by get_vma_policy(): a private mapping's own policy, else
+  the task's; a shared mapping's by its offset in the shared memory object
+  (shmem_get_policy(): the object's shared policy there, else the task's;
+  the vma's own is not looked at). So one fault's pages may allocate by
+  several policies, a group each.
 - The intended node of a page: the CPU's node (default/local), the preferred
   node, the nearest bound node to the CPU (bind), the nearest preferred node
-  to the CPU (preferred-many), or the vma-offset interleave node
-  (interleave: nodes[vpn % n], as offset_il_node()).
+  to the CPU (preferred-many), or the interleave node by the page's offset
+  (interleave: nodes[off % n], as offset_il_node()). The offset is the vpn
+  in a private mapping (vm_pgoff is the address), the offset in the object
+  in a shared one (vpn - base): what the allocators below take as ``vpns``.
 - Fast path: walk the intended node's zonelist (nearest first, restricted to
   the bound nodes for bind) taking frames while a node stays above its low
   watermark; slow path: the same walk down to the min watermark. Direct
@@ -33,9 +40,36 @@ from .mm import MM, VMA, MPOL_BIND, MPOL_INTERLEAVE, MPOL_PREFERRED, MPOL_PREFER
 NOT_ALLOCATED = -1
 
 
-def policy_of(mm: MM, vma: VMA) -> Mempolicy:
-    """get_vma_policy(): the vma's own policy, else the task's."""
-    return vma.policy if vma.policy is not None else mm.policy
+def get_vma_policy(mm: MM, vma: VMA, vpns: np.ndarray) -> list[tuple[Mempolicy, slice | np.ndarray]]:
+    """get_vma_policy() of the pages of vma at vpns: (policy, their selection)
+    per policy (see the rules)."""
+    if not vma.shared:
+        return [(vma.policy if vma.policy is not None else mm.policy, slice(None))]
+    av = vma.anon_vma
+    if not av.policy:
+        return [(mm.policy, slice(None))]
+    off = vpns - av.base
+    left = np.ones(len(vpns), dtype=bool)
+    out = []
+    for start, end, pol in av.policy:       # mpol_shared_policy_lookup()
+        sel = (off >= start) & (off < end)
+        if sel.any():
+            out.append((pol, sel))
+            left &= ~sel
+    if left.any():
+        out.append((mm.policy, left))
+    return out
+
+
+def policy_of(mm: MM, vma: VMA, vpn: int | None = None) -> Mempolicy:
+    """get_vma_policy() of one page of vma (the vma's first without vpn)."""
+    return get_vma_policy(mm, vma, np.array([vma.start if vpn is None else vpn], dtype=np.int64))[0][0]
+
+
+def offsets(vma: VMA, vpns: np.ndarray) -> np.ndarray:
+    """The pages' offsets (interleave's index): in the shared memory object for
+    a shared mapping, the vpns themselves for a private one (base 0)."""
+    return vpns - vma.anon_vma.base if vma.anon_vma.base else vpns
 
 
 def intended_nodes(k, mm: MM, pol: Mempolicy, vpns: np.ndarray) -> tuple[np.ndarray, tuple | None, int]:
@@ -67,8 +101,16 @@ def zonelist_walks(k, mm: MM, pol: Mempolicy, t: int, allowed: tuple | None) -> 
 
 
 def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:
-    """Allocate one frame per vpn; gpfn per page, NOT_ALLOCATED where memory ran out."""
-    return alloc_policy(k, mm, policy_of(mm, vma), vpns)
+    """Allocate one frame per vpn of vma, each by its policy (get_vma_policy());
+    gpfn per page, NOT_ALLOCATED where memory ran out."""
+    groups = get_vma_policy(mm, vma, vpns)
+    off = offsets(vma, vpns)
+    if len(groups) == 1:
+        return alloc_policy(k, mm, groups[0][0], off)
+    out = np.full(len(vpns), NOT_ALLOCATED, dtype=np.int64)
+    for pol, sel in groups:
+        out[sel] = alloc_policy(k, mm, pol, off[sel])
+    return out
 
 
 def alloc_policy(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, zero: bool = True) -> np.ndarray:

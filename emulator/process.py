@@ -53,6 +53,8 @@ from .tlb import flush_tlb
 
 def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
     av = k.anon_vma_new()
+    if shared:
+        av.base = mm.next_vpn       # a new shared memory object: its page 0 (vm_pgoff 0) is here
     vma = VMA(mm, mm.next_vpn, npages, shared, av, np.zeros(npages, dtype=np.int64),
               np.zeros(npages, dtype=np.int64))
     av.vmas.append(vma)

@@ -66,19 +66,20 @@ from emulator import pte as P
 from emulator.fault import map_anon_step, read_ptes, wp_step
 from emulator.frames import PG_locked, PG_swapcache
 from emulator.kernel import split_nodes
-from emulator.mm import MM, MPOL_DEFAULT, VMA, AnonVMA, Mempolicy
+from emulator.mm import MM, VMA, AnonVMA, Mempolicy
 from emulator.tlb import TLB, pte_bits_to_page
 
 RING = 1024                     # local faults the coordinator has not read yet, at most
 ROW = 8                         # pid, addr, npages, write, pages mapped, node, workload thread, flushes
 RING_BYTES = 8 * (1 + RING * ROW)
+DEFAULT_POLICY = Mempolicy()    # MPOL_DEFAULT, no node, no mode flag: any other policy faults through the coordinator
 
 
 def eligible(mm: MM | None, node: int, lo: int, n: int) -> np.ndarray:
     """Per page of [lo, lo + n): the anon_vma id of the mapping there if a
     node actor ``node`` may fault it in itself, else -1 (see the rules)."""
     out = np.full(n, -1, dtype=np.int32)
-    if mm is None or not mm.alive or not mm.findable or mm.node != node or mm.policy.mode != MPOL_DEFAULT:
+    if mm is None or not mm.alive or not mm.findable or mm.node != node or mm.policy != DEFAULT_POLICY:
         return out
     for vma in mm.vmas:
         a, b = max(vma.start - lo, 0), min(vma.end - lo, n)

@@ -313,7 +313,7 @@ async def do_anonymous_page(k, vma: VMA, idx: np.ndarray, defer: bool = False) -
         await wait(owner, lambda: not any_locked(k, busy), "shared page under migration")
     if not len(left) or defer or len(left) < len(idx):
         return left, False
-    await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma), len(left))
+    await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma, vma.start + int(left[0])), len(left))
     n = len(left)
     left, _ = await call(owner, map_anon_step, k, vma, left)
     if len(left) == n:
@@ -395,7 +395,8 @@ async def do_wp_page(k, vma: VMA, idx: np.ndarray, defer: bool = False) -> tuple
     left, held, _ = await call(owner, wp_step, k, vma, idx, not defer)
     if not len(held):
         return left, False
-    freed = await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma), len(left))
+    freed = await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma, vma.start + int(left[0]) if len(left) else None),
+                                 len(left))
     left, _, done = await call(owner, wp_retry_step, k, vma, left, held)
     if not done and (len(left) or not freed):
         raise OSError(errno.ENOMEM, f"out of memory: pid {vma.mm.pid} could not copy "
@@ -528,7 +529,8 @@ async def do_swap_page(k, vma: VMA, idx: np.ndarray, entries: np.ndarray, write:
         gp[sub] = got
         if nomem.any() and not defer and not (gp >= 0).any():
             reclaimed = True
-            await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma), int(nomem.sum()))
+            first = vma.start + int(idx[sub[nomem][0]])      # the policy of the first page short
+            await direct_reclaim(k, vma.mm, policy_of(vma.mm, vma, first), int(nomem.sum()))
             s2 = sub[nomem]
             got2, nomem2 = await call("coord", read_swap_cache_async, k, vma.mm, vma,
                                       vma.start + idx[s2], entries[s2])

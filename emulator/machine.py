@@ -150,6 +150,10 @@ class Machine:
         self._run(exit_mm(self.k, self._mm(pid)))
 
     def set_mempolicy(self, pid: int, mode, nodes: Sequence[int] | None = None) -> None:
+        """set_mempolicy(2) of the process, as Linux 6.1's: mode a name
+        ("bind", "preferred_many", "bind=static": see mm.parse_mode) or an
+        int with its mode flags or'ed in (MPOL_BIND | MPOL_F_STATIC_NODES);
+        mm.make_policy() for the rest."""
         mm = self._mm(pid)
         mm.policy = make_policy(mode, nodes, self.nr_nodes)
 
@@ -160,7 +164,9 @@ class Machine:
         EINVAL and EPERM (MOVE_ALL without CAP_SYS_NICE: ``privileged``) before
         EFAULT (a hole in the range, met as 6.1's walk meets it, after the
         pages before it: see move_pages.mbind_step; for MPOL_DEFAULT only a
-        range with no mapping at all); EIO from MPOL_MF_STRICT."""
+        range with no mapping at all); EIO from MPOL_MF_STRICT. On a shared
+        mapping the policy is the shared memory object's, which every process
+        mapping it allocates by (shmem_set_policy())."""
         mm = self._mm(pid)
         parse_mode(mode)
         raw = get_nodes(nodes)      # kernel_mbind() reads the nodemask before do_mbind() looks at the range

@@ -225,14 +225,23 @@ class ByPolicy:
     (interleave by its offset), falling back along the zonelist. ``plan``:
     (vpns, sorted; node of each, -1 for none), the nodes 6.1 would give the
     pages allocating them in address order, where that order matters
-    (move_pages._in_list_order); a page not in it allocates by the policy."""
+    (move_pages._in_list_order); a page not in it allocates by the policy.
+    ``base``: the pages' shared memory object's (mm.AnonVMA): the policy takes
+    a page's offset in it, vpn - base, where a page is named by its vpn
+    (``off()``; 0 for private pages, whose offset is the vpn); the plan is
+    by offset."""
     mm: MM
     pol: Mempolicy
     plan: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False)
+    base: int = 0
+
+    def off(self, vpns: np.ndarray) -> np.ndarray:
+        return vpns - self.base if self.base else vpns
 
 
 def policy_alloc_step(k, mm: MM, pol: Mempolicy, vpns: np.ndarray, plan=None) -> np.ndarray:
-    """new_page() for each page: gpfn of its target frame, NOT_ALLOCATED where none."""
+    """new_page() for each page (vpns: their offsets, ByPolicy.off()): gpfn of
+    its target frame, NOT_ALLOCATED where none."""
     if plan is None:
         g = alloc_policy(k, mm, pol, vpns, zero=False)
     else:
@@ -255,11 +264,12 @@ async def alloc_new(k, sub: Batch, dst: int | ByPolicy, cpu: int) -> np.ndarray:
     from .reclaim import direct_reclaim, shrink_node
     if isinstance(dst, ByPolicy):
         owner = k.node_owner(dst.mm.node)
-        new = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index, dst.plan)
+        off = dst.off(sub.index)
+        new = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, off, dst.plan)
         short = np.flatnonzero(new < 0)
         if len(short):
             await direct_reclaim(k, dst.mm, dst.pol, len(short))
-            new[short] = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, sub.index[short], dst.plan)
+            new[short] = await call(owner, policy_alloc_step, k, dst.mm, dst.pol, off[short], dst.plan)
         return new
     owner = k.node_owner(dst)
     pfns = await call(owner, alloc_step, k, dst, len(sub), cpu)

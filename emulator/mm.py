@@ -12,6 +12,20 @@ Rules:
   has already started can miss it). Shared vmas share their page table
   semantics through the anon_vma too: fork never write-protects them.
 - An anon_vma lives while a vma is on it or an operation pins it (R2).
+- A mempolicy is made once (make_policy(): sanitize_mpol_flags(), mpol_new(),
+  mpol_set_nodemask(), as Linux 6.1) and never changed after: vmas, a forked
+  child and snapshots share or copy it whole. Default has no nodes and no
+  flags; local no nodes; preferred one node; bind, interleave and
+  preferred-many at least one, online, sorted.
+- A shared mapping's anon_vma stands for its shared memory object (the
+  inode of anonymous shmem): every process maps it at the same addresses
+  (fork; there is no mremap), so a page's offset in it is its vpn minus the
+  object's ``base`` (the vpn of its page 0; a private mapping's vm_pgoff is
+  its address: base 0, the offset is the vpn). It holds the object's shared
+  policy (shmem's info->policy): sorted, apart ranges of offsets with their
+  policy, set by mbind() of any mapping of it (mpol_set_shared_policy()),
+  looked up by every fault on it (shmem_get_policy(); page_alloc's
+  get_vma_policy()), and gone with the object.
 """
 from __future__ import annotations
 
@@ -23,17 +37,38 @@ import numpy as np
 
 from .topology import MAX_NODES as MAX_NUMNODES    # a nodemask's bits: CONFIG_NODES_SHIFT=10, as Debian's 6.1
 
-MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL = 0, 1, 2, 3, 4
+MPOL_DEFAULT, MPOL_PREFERRED, MPOL_BIND, MPOL_INTERLEAVE, MPOL_LOCAL, MPOL_PREFERRED_MANY = 0, 1, 2, 3, 4, 5
+MPOL_MAX = 6
 MPOL_NAMES = {"default": MPOL_DEFAULT, "preferred": MPOL_PREFERRED, "bind": MPOL_BIND,
-              "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL}
+              "interleave": MPOL_INTERLEAVE, "local": MPOL_LOCAL, "preferred_many": MPOL_PREFERRED_MANY}
+# mode flags (include/uapi/linux/mempolicy.h), or'ed into the mode
+MPOL_F_NUMA_BALANCING = 1 << 13
+MPOL_F_RELATIVE_NODES = 1 << 14
+MPOL_F_STATIC_NODES = 1 << 15
+MPOL_MODE_FLAGS = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES | MPOL_F_NUMA_BALANCING
+MPOL_USER_NODEMASK = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES
+# a string mode's flag, as tmpfs's mpol= option spells it (mpol_parse_str(): "bind=static")
+MPOL_FLAG_NAMES = {"static": MPOL_F_STATIC_NODES, "relative": MPOL_F_RELATIVE_NODES}
 MMAP_BASE_VPN = 0x10000
 ADDRESS_PAGES = 1 << 31     # mmap hands out vpns below this: a page number at or past it is no page
 
 
-@dataclass
+@dataclass(frozen=True)
 class Mempolicy:
+    """struct mempolicy: the mode, the nodes it allocates on (pol->nodes: after
+    mpol_set_nodemask()) and the mode flags the caller gave (what
+    get_mempolicy() or's into the mode). MPOL_F_STATIC_NODES and
+    MPOL_F_RELATIVE_NODES decide the nodes when the policy is made; after
+    that they matter only when a cpuset changes the nodes a task may use
+    (mpol_rebind_*()), which never happens here (every online node is
+    allowed), and in mpol_equal(), which compares the nodes given
+    (``user_nodes``) too: mbind() sets no policy equal to the vma's.
+    MPOL_F_NUMA_BALANCING (bind only) is recorded and does nothing: there is
+    no NUMA balancing (no hinting faults) in this model."""
     mode: int = MPOL_DEFAULT
     nodes: tuple[int, ...] = ()
+    flags: int = 0
+    user_nodes: tuple[int, ...] = ()    # w.user_nodemask: the nodes as given, kept with STATIC or RELATIVE
 
 
 @dataclass(eq=False)
@@ -41,6 +76,8 @@ class AnonVMA:
     id: int
     vmas: list["VMA"] = field(default_factory=list)
     pins: int = 0
+    base: int = 0       # a shared memory object's: the vpn of its page 0 (see the rules)
+    policy: list[tuple[int, int, Mempolicy]] = field(default_factory=list)   # its shared policy: [start, end)
 
 
 @dataclass(eq=False)
@@ -118,14 +155,29 @@ class MM:
         return out
 
 
-def parse_mode(mode) -> int:
+def parse_mode(mode) -> tuple[int, int]:
+    """sanitize_mpol_flags(): (mode, mode flags). An int carries its flags as
+    Linux's does (``MPOL_BIND | MPOL_F_STATIC_NODES``); a name may carry
+    ``=static`` or ``=relative`` as tmpfs's mpol= spells them ("bind=static"),
+    MPOL_F_NUMA_BALANCING only an int. EINVAL: a mode past the last one,
+    STATIC with RELATIVE, NUMA_BALANCING with any mode but bind."""
     if isinstance(mode, str):
-        if mode not in MPOL_NAMES:
-            raise OSError(errno.EINVAL, f"mempolicy mode: must be one of {', '.join(MPOL_NAMES)}, got {mode!r}")
-        return MPOL_NAMES[mode]
-    if isinstance(mode, bool) or not isinstance(mode, int) or mode not in MPOL_NAMES.values():
-        raise OSError(errno.EINVAL, f"mempolicy mode: unknown mode {mode!r}")
-    return mode
+        name, eq, flag = mode.partition("=")
+        if name not in MPOL_NAMES or (eq and flag not in MPOL_FLAG_NAMES):
+            raise OSError(errno.EINVAL, f"mempolicy mode: must be one of {', '.join(MPOL_NAMES)}, optionally "
+                                        f"with ={' or ='.join(MPOL_FLAG_NAMES)}, got {mode!r}")
+        m, flags = MPOL_NAMES[name], MPOL_FLAG_NAMES[flag] if eq else 0
+    else:
+        if not is_int(mode):
+            raise OSError(errno.EINVAL, f"mempolicy mode: unknown mode {mode!r}")
+        m, flags = int(mode) & ~MPOL_MODE_FLAGS, int(mode) & MPOL_MODE_FLAGS
+        if not 0 <= m < MPOL_MAX:
+            raise OSError(errno.EINVAL, f"mempolicy mode: unknown mode {mode!r}")
+    if flags & MPOL_F_STATIC_NODES and flags & MPOL_F_RELATIVE_NODES:
+        raise OSError(errno.EINVAL, "mempolicy mode: MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES together")
+    if flags & MPOL_F_NUMA_BALANCING and m != MPOL_BIND:
+        raise OSError(errno.EINVAL, "mempolicy mode: MPOL_F_NUMA_BALANCING is for MPOL_BIND only")
+    return m, flags
 
 
 def is_int(v) -> bool:
@@ -153,23 +205,79 @@ def get_nodes(nodes, what: str = "mempolicy nodes") -> tuple[int, ...]:
     return ns
 
 
+def mpol_relative_nodemask(nodes: tuple[int, ...], allowed: tuple[int, ...]) -> tuple[int, ...]:
+    """MPOL_F_RELATIVE_NODES: the user's node n means the (n mod |allowed|)-th
+    allowed node (nodes_fold() onto |allowed| bits, then nodes_onto() the
+    allowed ones): on three nodes, {4} is node 1."""
+    return tuple(sorted({allowed[n % len(allowed)] for n in nodes}))
+
+
 def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
     """mpol_new() then mpol_set_nodemask(), as do_set_mempolicy() and do_mbind()
-    call them (Linux 6.1): default and local take no node; preferred with none
-    is local; bind, preferred and interleave keep the nodes that exist (the
-    caller's nodemask and the online nodes: a cpuset allows them all here) and
-    are EINVAL only if none is left; preferred keeps the first."""
-    mode = parse_mode(mode)
+    call them (Linux 6.1). mpol_new(): default takes no node (its flags are
+    dropped with it: no policy is made); local takes no node and neither
+    STATIC nor RELATIVE; preferred with none is local, but EINVAL with STATIC
+    or RELATIVE; every other mode needs a node. mpol_set_nodemask(): the
+    nodes allowed are the online ones (a cpuset allows them all here); with
+    RELATIVE the caller's nodes are folded onto them
+    (mpol_relative_nodemask()), else (STATIC too) intersected with them;
+    EINVAL if none is left; preferred keeps the first (mpol_ops[]'s create)."""
+    mode, flags = parse_mode(mode)
     ns = get_nodes(nodes)
-    if mode == MPOL_PREFERRED and not ns:
-        mode = MPOL_LOCAL
-    if mode in (MPOL_DEFAULT, MPOL_LOCAL):
+    if mode == MPOL_DEFAULT:
         if ns:
             raise OSError(errno.EINVAL, "mempolicy nodes: must be empty for default and local")
-        return Mempolicy(mode)
-    if not ns:
-        raise OSError(errno.EINVAL, "mempolicy nodes: bind and interleave need at least one node")
-    online = tuple(n for n in ns if n < nr_nodes)
-    if not online:
+        return Mempolicy()
+    if mode == MPOL_PREFERRED and not ns:
+        if flags & MPOL_USER_NODEMASK:
+            raise OSError(errno.EINVAL, "mempolicy nodes: preferred with no node (local) takes neither "
+                                        "MPOL_F_STATIC_NODES nor MPOL_F_RELATIVE_NODES")
+        mode = MPOL_LOCAL
+    elif mode == MPOL_LOCAL:
+        if ns:
+            raise OSError(errno.EINVAL, "mempolicy nodes: must be empty for default and local")
+        if flags & MPOL_USER_NODEMASK:
+            raise OSError(errno.EINVAL, "mempolicy mode: local takes neither MPOL_F_STATIC_NODES nor "
+                                        "MPOL_F_RELATIVE_NODES")
+    elif not ns:
+        raise OSError(errno.EINVAL, "mempolicy nodes: bind, interleave and preferred_many need at least one node")
+    if mode == MPOL_LOCAL:
+        return Mempolicy(MPOL_LOCAL)
+    allowed = tuple(range(nr_nodes))
+    if flags & MPOL_F_RELATIVE_NODES:
+        got = mpol_relative_nodemask(ns, allowed)
+    else:
+        got = tuple(n for n in ns if n < nr_nodes)
+    if not got:
         raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names no online node (0..{nr_nodes - 1})")
-    return Mempolicy(mode, online[:1] if mode == MPOL_PREFERRED else online)
+    return Mempolicy(mode, got[:1] if mode == MPOL_PREFERRED else got, flags,
+                     ns if flags & MPOL_USER_NODEMASK else ())
+
+
+# -- shared policy: a shared memory object's (mm/mempolicy.c, mm/shmem.c) --
+def shared_policy_replace(av: AnonVMA, start: int, end: int, pol: Mempolicy | None) -> None:
+    """shared_policy_replace(): offsets [start, end) of the object get pol
+    (None: none, each task's own applies there again); a range it overlaps
+    keeps its policy outside [start, end), cut in two if it spans it. Ranges
+    are not merged, as 6.1's sp_nodes are not."""
+    out = []
+    for s, e, p in av.policy:
+        if s < start:
+            out.append((s, min(e, start), p))
+        if e > end:
+            out.append((max(s, end), e, p))
+    if pol is not None:
+        out.append((start, end, pol))
+    av.policy = sorted(out, key=lambda r: r[0])
+
+
+def vma_replace_policy(vma: VMA, pol: Mempolicy | None) -> None:
+    """vma_replace_policy() of mbind_range(), the vma cut to the range first: a
+    shared mapping's set_policy (shmem_set_policy(), mpol_set_shared_policy())
+    gives the object's pages under the vma the policy, for every process
+    mapping it; the vma keeps it too (what fork copies, and what
+    mpol_equal() compares), though no fault on it looks at it."""
+    if vma.shared:
+        av = vma.anon_vma
+        shared_policy_replace(av, vma.start - av.base, vma.end - av.base, pol)
+    vma.policy = pol

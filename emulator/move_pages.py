@@ -36,10 +36,16 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   MPOL_MF_STRICT (EIO: see do_mbind()). A hole in the range (but for
   MPOL_DEFAULT) is EFAULT where 6.1's walk meets it, vma by vma (hole_at()),
   after the pages of the vmas before it were looked at.
+- mbind() gives a shared mapping's range policy to its shared memory object
+  (vma_replace_policy()), for every process mapping it, and leaves a vma
+  whose own policy equals the new one as it is (mpol_equal()), so the pages
+  it moves go where each one's policy now places it: the object's, which
+  may not be the one given (policy_runs()).
 """
 from __future__ import annotations
 
 import errno
+from dataclasses import replace
 
 import numpy as np
 
@@ -47,8 +53,8 @@ from . import pte as P
 from .frames import PG_isolated, PG_lru
 from .kernel import distinct, keep
 from .migrate import MIGRATE_BATCH, ByPolicy, gave_up, isolate_step, migrate_batch, putback_step
-from .mm import MM, MPOL_DEFAULT, MPOL_INTERLEAVE, Mempolicy
-from .page_alloc import intended_nodes, nodes_in_order
+from .mm import MM, MPOL_DEFAULT, MPOL_INTERLEAVE, Mempolicy, vma_replace_policy
+from .page_alloc import get_vma_policy, intended_nodes, nodes_in_order
 from .rmap import Batch
 from .sched import call
 
@@ -243,7 +249,7 @@ async def _in_list_order(k, batches: list, target: int | ByPolicy) -> tuple[list
     owner = k.node_owner(target.mm.node if policy else target)
     pos = np.concatenate([p for p, _ in batches])
     order = np.argsort(pos, kind="stable")
-    vpns = np.concatenate([b.index for _, b in batches])[order] if policy else None
+    vpns = target.off(np.concatenate([b.index for _, b in batches])[order]) if policy else None
     total = len(pos)
 
     async def fit() -> tuple[int, np.ndarray | None]:
@@ -261,7 +267,7 @@ async def _in_list_order(k, batches: list, target: int | ByPolicy) -> tuple[list
     if policy:
         v, n = vpns[:room + 1], nodes[:room + 1]
         s = np.argsort(v)
-        target = ByPolicy(target.mm, target.pol, (v[s], n[s]))
+        target = replace(target, plan=(v[s], n[s]))
     if total <= room:
         return batches, target
     which = np.concatenate([np.full(len(p), i) for i, (p, _) in enumerate(batches)])
@@ -529,18 +535,20 @@ def hole_at(ranges, vpn: int, npages: int) -> int:
     return len(ranges)
 
 
-def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int,
-               dst: ByPolicy):
+def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[int, ...], flags: int):
     """do_mbind() under mmap_write_lock: queue the pages to move (queue_pages()),
-    then give the range its policy (mbind_range(), splitting vmas; default is no
-    vma policy: the task's applies). With MPOL_DEFAULT a range may have holes
+    then give the range its policy (mbind_range(): a vma whose policy is
+    equal already is left as it is, not even split (mpol_equal()); the
+    others are split to the range and take it (vma_replace_policy(): a
+    shared mapping's shared memory object too); default is no vma policy:
+    the task's applies). With MPOL_DEFAULT a range may have holes
     (MPOL_MF_DISCONTIG_OK), not be all one. Otherwise the walk meets a hole
     vma by vma (hole_at()): the pages of the vmas before it are looked at
     first (EIO from STRICT alone; an unisolatable page under STRICT ends the
     walk before the hole); then EFAULT, the pages queued put back, the policy
     not set. No page of the range mapped is EFAULT in every mode. Returns the
     queued pages (positions in address order, Batch) by node, whether one was
-    unmovable, and whether they fit as their policy intends (fits_intended())."""
+    unmovable, and the runs they move in (policy_runs())."""
     from .process import split_vma
     ranges = mm.ranges(vpn, npages, holes=True)
     hole = len(ranges) if pol.mode == MPOL_DEFAULT else hole_at(ranges, vpn, npages)
@@ -550,21 +558,66 @@ def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[in
             k.putback(b.node, b.pfns)       # do_mbind()'s up_out: putback_movable_pages()
         raise OSError(errno.EFAULT, f"mbind: pid {mm.pid}: {vpn << k.page_shift:#x} +{npages} pages: "
                                     f"a hole in the range, met at {ranges[hole][0]!r}")
+    new = None if pol.mode == MPOL_DEFAULT else pol
     for vma, lo, hi in ranges:
+        if vma.policy == new:       # mpol_equal(vma_policy(vma), new_pol): nothing to do
+            continue
         if lo > 0:
             vma = split_vma(k, vma, lo)
             hi -= lo
         if hi < vma.npages:
             split_vma(k, vma, hi)
-        vma.policy = None if pol.mode == MPOL_DEFAULT else pol
-    return batches, unmovable, bool(batches) and fits_intended(k, dst, batches)
+        vma_replace_policy(vma, new)
+    return batches, unmovable, policy_runs(k, mm, vpn, npages, batches)
+
+
+def policy_runs(k, mm: MM, vpn: int, npages: int, batches: list) -> list:
+    """Where new_page() allocates each queued page once the range has its
+    policy: by get_vma_policy() (a shared mapping's page by its object's
+    policy there, which an mbind that found its vma's policy equal did not
+    set), by its offset (ByPolicy.base). Returns the runs of pages in
+    address order that allocate alike, in order, as (ByPolicy, their
+    (positions, Batch) by node, whether they fit as it intends:
+    fits_intended(), which do_mbind() asks again of a later run when it
+    moves); one run unless the range holds several."""
+    if not batches:
+        return []
+    pos = np.concatenate([p for p, _ in batches])
+    order = np.argsort(pos, kind="stable")
+    vpns = np.concatenate([b.index for _, b in batches])[order]
+    key = np.zeros(len(vpns), dtype=np.int64)
+    dsts: dict[tuple, int] = {}
+    for vma, lo, hi in mm.ranges(vpn, npages, holes=True):
+        inr = np.flatnonzero((vpns >= vma.start + lo) & (vpns < vma.start + hi))
+        if not len(inr):
+            continue
+        for p, sel in get_vma_policy(mm, vma, vpns[inr]):
+            key[inr[sel]] = dsts.setdefault((p, vma.anon_vma.base), len(dsts))
+    if len(dsts) == 1:
+        ((p, base),) = dsts
+        dst = ByPolicy(mm, p, base=base)
+        return [(dst, batches, fits_intended(k, dst, batches))]
+    kinds = {i: kb for kb, i in dsts.items()}
+    cut = np.flatnonzero(np.diff(key)) + 1
+    out = []
+    for a, b in zip(np.concatenate(([0], cut)).tolist(), np.concatenate((cut, [len(key)])).tolist()):
+        lo_pos, hi_pos = pos[order[a]], pos[order[b - 1]]
+        run = []
+        for p, bt in batches:
+            sel = (p >= lo_pos) & (p <= hi_pos)
+            if sel.any():
+                run.append((p[sel], bt.take(sel)))
+        p, base = kinds[int(key[a])]
+        dst = ByPolicy(mm, p, base=base)
+        out.append((dst, run, fits_intended(k, dst, run)))
+    return out
 
 
 def fits_intended(k, dst: ByPolicy, batches: list) -> bool:
     """Has every page room above low on the node its policy intends? Then none
     falls back, so a batch per node places them as 6.1's new_page() one at a
     time in address order would: migrate_isolated()'s batches stand."""
-    vpns = batches[0][1].index if len(batches) == 1 else np.concatenate([b.index for _, b in batches])
+    vpns = dst.off(batches[0][1].index if len(batches) == 1 else np.concatenate([b.index for _, b in batches]))
     ns = dst.pol.nodes
     if dst.pol.mode == MPOL_INTERLEAVE:      # by offset: intended_nodes()
         need = dict(zip(ns, np.bincount(vpns % len(ns), minlength=len(ns)).tolist()))
@@ -578,20 +631,29 @@ async def do_mbind(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tupl
     """mbind(2) of [vpn, vpn+npages) as 6.1's do_mbind(): the pages queued move
     as the range's new policy allocates them (new_page(): interleave by offset,
     bind and preferred on their nodes, with the zonelist's fallback; default,
-    the task's policy). EIO when a page could not be isolated under
-    MPOL_MF_STRICT, or when, with STRICT, some page did not move (ENOMEM
-    included: migrate_pages() returns -ENOMEM as nr_failed, so do_mbind()
-    says EIO under STRICT and 0 without); without STRICT the call succeeds
-    whatever did not move. The pages migrate as one list in address order
-    where memory may run out (migrate_isolated())."""
+    the task's policy; a shared mapping's page, its object's policy there).
+    EIO when a page could not be isolated under MPOL_MF_STRICT, or when,
+    with STRICT, some page did not move (ENOMEM included: migrate_pages()
+    returns -ENOMEM as nr_failed, so do_mbind() says EIO under STRICT and 0
+    without); without STRICT the call succeeds whatever did not move. The
+    pages migrate as one list in address order where memory may run out
+    (migrate_isolated()), a run of pages that allocate alike at a time
+    (policy_runs()): where one gives up, the later ones are put back, as
+    6.1's migrate_pages() stops the whole list there."""
     if pol.mode == MPOL_DEFAULT:
         flags &= ~MPOL_MF_STRICT
     owner = k.node_owner(mm.node)
-    dst = ByPolicy(mm, mm.policy if pol.mode == MPOL_DEFAULT else pol)
-    batches, unmovable, fits = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags, dst)
+    batches, unmovable, runs = await call(owner, mbind_step, k, mm, vpn, npages, pol, nmask, flags)
     failed = 0
-    if batches:
-        failed = await migrate_isolated(k, batches, dst, mm.node, fits=fits)
+    for i, (dst, run, fits) in enumerate(runs):
+        if i:       # the runs before took memory: does this one fit now?
+            fits = await call(owner, fits_intended, k, dst, run)
+        got = await migrate_isolated(k, run, dst, mm.node, fits=fits)
+        if got < 0:
+            await putback_batches(k, [b for _, later, _ in runs[i + 1:] for _, b in later])
+            failed = got
+            break
+        failed += got
     if unmovable or (failed and flags & MPOL_MF_STRICT):
         raise OSError(errno.EIO, f"mbind: {'a page could not be isolated' if unmovable else 'pages did not move'} "
                                  f"(MPOL_MF_STRICT)")

@@ -43,7 +43,7 @@ import numpy as np
 from . import pte as P
 from .frames import PG_locked, PG_swapcache
 from .kernel import split_nodes
-from .mm import MM, VMA, Mempolicy
+from .mm import MM, VMA
 from .rmap import entry_dup, entry_free
 from .sched import call
 from .swap import add_at, ascending_unique
@@ -53,6 +53,8 @@ from .tlb import flush_tlb
 
 def mmap_step(k, mm: MM, npages: int, shared: bool) -> VMA:
     av = k.anon_vma_new()
+    if shared:
+        av.base = mm.next_vpn       # a new shared memory object: its page 0 (vm_pgoff 0) is here
     vma = VMA(mm, mm.next_vpn, npages, shared, av, np.zeros(npages, dtype=np.int64),
               np.zeros(npages, dtype=np.int64))
     av.vmas.append(vma)
@@ -182,7 +184,7 @@ def exit_mmap(k, mm: MM) -> None:
 
 def fork_mm_step(k, parent: MM) -> tuple[MM, list[tuple[VMA, VMA]]]:
     """dup_mmap() up to copy_page_range: the child's vmas, linked on the anon_vmas."""
-    child = MM(k.next_pid, parent.node, policy=Mempolicy(parent.policy.mode, parent.policy.nodes),
+    child = MM(k.next_pid, parent.node, policy=parent.policy,      # a Mempolicy never changes: mpol_dup()
                next_vpn=parent.next_vpn, forking=bool(parent.vmas))
     k.next_pid += 1
     pairs = []

@@ -107,7 +107,8 @@ async def shrink_node(k, node: int, nr: int, kswapd: bool = False) -> int:
 
 async def direct_reclaim(k, mm, pol, nr: int) -> int:
     """try_to_free_pages(): reclaim along the allocating task's zonelist, within
-    the nodes its policy pol allows."""
+    the nodes its policy pol allows: bind's nodes; every node for the others
+    (preferred-many reclaims only in its second walk, which has no nodemask)."""
     from .mm import MPOL_BIND
     if not k.swap.on:
         return 0

@@ -16,7 +16,9 @@ import numpy as np
 
 from . import pte as P
 from .invariants import InvariantViolation, check
-from .mm import MM, MPOL_DEFAULT, is_int, MPOL_LOCAL, MPOL_NAMES, MPOL_PREFERRED, VMA, AnonVMA, Mempolicy
+from .mm import (MAX_NUMNODES, MM, MPOL_BIND, MPOL_DEFAULT, MPOL_F_NUMA_BALANCING, MPOL_F_RELATIVE_NODES,
+                 MPOL_F_STATIC_NODES, MPOL_LOCAL, MPOL_MODE_FLAGS, MPOL_NAMES, MPOL_PREFERRED, MPOL_USER_NODEMASK, VMA,
+                 AnonVMA, Mempolicy, is_int, make_policy)
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -84,17 +86,32 @@ def _unarr(d: Any, what: str, dtype: str | None = None, shape: tuple | None = No
 
 
 def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
-    """[mode, nodes] as make_policy() leaves it: a known mode; no node for
-    default and local; for bind and interleave at least one, for preferred
-    exactly one, online, sorted and distinct (allocation indexes by them)."""
-    if not isinstance(v, list) or len(v) != 2 or not isinstance(v[1], list):
+    """[mode, nodes] as make_policy() leaves it, the mode with its mode flags
+    or'ed in (as get_mempolicy() gives it): a known mode; not both STATIC and
+    RELATIVE, NUMA_BALANCING only for bind, no flag for default and local; no
+    node for default and local; for bind, interleave and preferred_many at
+    least one, for preferred exactly one, online, sorted and distinct
+    (allocation indexes by them). With STATIC or RELATIVE, [mode, nodes,
+    nodes given], the nodes what make_policy() makes of those given."""
+    if not isinstance(v, list) or len(v) not in (2, 3) or not all(isinstance(x, list) for x in v[1:]):
         raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
     mode = v[0]
-    if not is_int(mode) or mode not in MPOL_NAMES.values():
+    if not is_int(mode) or mode & ~MPOL_MODE_FLAGS not in MPOL_NAMES.values():
         raise SnapshotError(f"snapshot: {what}: mode {mode!r} is not a mempolicy mode "
-                            f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())})")
+                            f"({', '.join(f'{n} {m}' for m, n in MPOL_NAMES.items())}, with flags "
+                            f"{MPOL_F_STATIC_NODES:#x} static, {MPOL_F_RELATIVE_NODES:#x} relative, "
+                            f"{MPOL_F_NUMA_BALANCING:#x} numa_balancing)")
+    mode, flags = int(mode) & ~MPOL_MODE_FLAGS, int(mode) & MPOL_MODE_FLAGS
+    if flags & MPOL_F_STATIC_NODES and flags & MPOL_F_RELATIVE_NODES:
+        raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} has both MPOL_F_STATIC_NODES and "
+                            f"MPOL_F_RELATIVE_NODES")
+    if flags & MPOL_F_NUMA_BALANCING and mode != MPOL_BIND:
+        raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} has MPOL_F_NUMA_BALANCING, which is for bind "
+                            f"({MPOL_BIND}) only")
     nodes = tuple(_int(n, f"{what} nodes", 0, nr_nodes - 1) for n in v[1])
     if mode in (MPOL_DEFAULT, MPOL_LOCAL):
+        if flags:
+            raise SnapshotError(f"snapshot: {what}: mode {mode} takes no mode flags, got {flags:#x}")
         if nodes:
             raise SnapshotError(f"snapshot: {what}: mode {mode} takes no nodes, got {list(nodes)}")
     elif not nodes or (mode == MPOL_PREFERRED and len(nodes) != 1):
@@ -102,7 +119,44 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
                             f"got {list(nodes)}")
     elif list(nodes) != sorted(set(nodes)):
         raise SnapshotError(f"snapshot: {what}: nodes {list(nodes)} are not sorted and distinct")
-    return Mempolicy(mode, nodes)
+    if (len(v) == 3) != bool(flags & MPOL_USER_NODEMASK):
+        raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} " + ("keeps the nodes given: must be [mode, [nodes], "
+                                                                    "[nodes given]]" if len(v) == 2 else
+                                                                    "keeps no nodes given: must be [mode, [nodes]]"))
+    if len(v) == 2:
+        return Mempolicy(mode, nodes, flags)
+    given = tuple(_int(n, f"{what} nodes given", 0, MAX_NUMNODES - 1) for n in v[2])
+    if list(given) != sorted(set(given)):
+        raise SnapshotError(f"snapshot: {what}: nodes given {list(given)} are not sorted and distinct")
+    pol = Mempolicy(mode, nodes, flags, given)
+    try:
+        made = make_policy(mode | flags, given, nr_nodes)
+    except OSError as e:
+        raise SnapshotError(f"snapshot: {what}: nodes given {list(given)}: {e.strerror}") from None
+    if made != pol:
+        raise SnapshotError(f"snapshot: {what}: nodes {list(nodes)} are not what mode {v[0]:#x} makes of the nodes "
+                            f"given {list(given)}: {list(made.nodes)}")
+    return pol
+
+
+def _policy_record(pol: Mempolicy) -> list:
+    """What _policy() reads back: [mode | mode flags, nodes(, nodes given)]."""
+    rec = [pol.mode | pol.flags, list(pol.nodes)]
+    return rec + [list(pol.user_nodes)] if pol.flags & MPOL_USER_NODEMASK else rec
+
+
+def _shared_policy(v: Any, what: str, nr_nodes: int) -> list:
+    """A shared memory object's policy: [[start, end, policy], ...], offsets
+    apart and in order, each range non-empty."""
+    out, end = [], 0
+    for i, r in enumerate(_list(v, what)):
+        if not isinstance(r, list) or len(r) != 3:
+            raise SnapshotError(f"snapshot: {what}[{i}]: must be [start, end, policy], got {r!r}")
+        s = _int(r[0], f"{what}[{i}] start", end)
+        e = _int(r[1], f"{what}[{i}] end", s + 1)
+        out.append((s, e, _policy(r[2], f"{what}[{i}].policy", nr_nodes)))
+        end = e
+    return out
 
 
 def dump(machine) -> bytes:
@@ -127,15 +181,16 @@ def dump(machine) -> bytes:
         for v in mm.vmas:
             vmas.append({"start": v.start, "npages": v.npages, "shared": v.shared, "av": v.anon_vma.id,
                          "pte": _arr(v.pte), "shadow": shadow_ref(v),
-                         "policy": None if v.policy is None else [v.policy.mode, list(v.policy.nodes)]})
-        mms.append({"pid": pid, "node": mm.node, "policy": [mm.policy.mode, list(mm.policy.nodes)],
+                         "policy": None if v.policy is None else _policy_record(v.policy)})
+        mms.append({"pid": pid, "node": mm.node, "policy": _policy_record(mm.policy),
                     "next_vpn": mm.next_vpn, "rss": mm.rss, "vmas": vmas})
     avs = []
     for av in k.anon_vmas.values():
         order = []
         for v in av.vmas:
             order.append([v.mm.pid, next(i for i, x in enumerate(v.mm.vmas) if x is v)])
-        avs.append({"id": av.id, "vmas": order})
+        avs.append({"id": av.id, "vmas": order, "base": av.base,
+                    "policy": [[a, b, _policy_record(p)] for a, b, p in av.policy]})
     nodes = []
     for fr in k.nodes:
         d = {name: _arr(getattr(fr, name)) for name in NODE_ARRAYS}
@@ -236,7 +291,8 @@ def _build(cls, body: dict, checked: bool = True):
         av = _int(_get(a, "id", f"anon_vmas[{i}]"), f"anon_vmas[{i}].id", 1)
         if av in avs:
             raise SnapshotError(f"snapshot: anon_vmas[{i}].id: anon_vma {av} twice")
-        avs[av] = AnonVMA(av)
+        avs[av] = AnonVMA(av, base=_int(a.get("base", 0), f"anon_vmas[{i}].base"),
+                          policy=_shared_policy(a.get("policy", []), f"anon_vmas[{i}].policy", nr))
     k.anon_vmas = avs
     for i, d in enumerate(_list(_get(body, "mms", ""), "mms")):
         mm = _mm(d, f"mms[{i}]", nr, avs, bases)
@@ -264,6 +320,13 @@ def _build(cls, body: dict, checked: bool = True):
             if id(v) not in on_list:
                 raise SnapshotError(f"snapshot: anon_vmas: pid {mm.pid}'s vma at {v.start:#x} is on no list "
                                     f"(of anon_vma {v.anon_vma.id})")
+            av = v.anon_vma
+            if not v.shared and (av.base or av.policy):     # a private mapping's offsets are its vpns
+                raise SnapshotError(f"snapshot: anon_vmas: anon_vma {av.id} of pid {mm.pid}'s private vma at "
+                                    f"{v.start:#x} has a shared memory object's base or policy")
+            if v.start < av.base:
+                raise SnapshotError(f"snapshot: anon_vmas: pid {mm.pid}'s vma at {v.start:#x} starts before "
+                                    f"its shared memory object (anon_vma {av.id}, base {av.base:#x})")
     stat = _unarr(_get(body, "stat", ""), "stat", "int64")
     want = k.stat.counts.shape
     if stat.ndim != 2 or stat.shape[0] != want[0] or stat.shape[1] > want[1]:

@@ -455,12 +455,21 @@ def test_a_read_of_untouched_pages_reads_the_zero_page_on_the_node(tmp_path):
 
 
 def test_no_local_fault_for_a_shared_mapping_or_another_policy(tmp_path):
-    from emulator.mm import MPOL_INTERLEAVE
+    from emulator.mm import (MPOL_BIND, MPOL_F_NUMA_BALANCING, MPOL_F_STATIC_NODES, MPOL_INTERLEAVE, MPOL_PREFERRED,
+                             MPOL_PREFERRED_MANY)
     _denied(Rig(tmp_path / "shared", shared=True, local=True))  # shmem: the sibling's page may exist
     r = Rig(tmp_path / "policy", local=True)
     r.m.set_mempolicy(r.pid, MPOL_INTERLEAVE, [0, 1])
     r.port.adopt(r.m._mm(r.pid), 0)                   # published again, as after the call on Ray
     _denied(r)
+    # a policy that allocates as the default one would while the node has room is still
+    # not the default one: where the node runs short it falls back otherwise
+    for i, (mode, nodes) in enumerate([(MPOL_PREFERRED_MANY, [0]), (MPOL_BIND | MPOL_F_NUMA_BALANCING, [0, 1]),
+                                       (MPOL_PREFERRED | MPOL_F_STATIC_NODES, [0])]):
+        r = Rig(tmp_path / f"flags{i}", local=True)
+        r.m.set_mempolicy(r.pid, mode, nodes)
+        r.port.adopt(r.m._mm(r.pid), 0)
+        _denied(r)
     r = Rig(tmp_path / "mbind", local=True)
     r.m.mbind(r.pid, r.addr, 1, MPOL_INTERLEAVE, [0, 1])
     r.port.adopt(r.m._mm(r.pid), 0)

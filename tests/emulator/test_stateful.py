@@ -31,7 +31,7 @@ PS = 128
 ENOMEM = errno.ENOMEM
 PAGE_STATUS_ERRORS = {-errno.EFAULT, -errno.ENOENT, -errno.EACCES, -errno.EBUSY,
                       -errno.ENOMEM, -errno.EAGAIN}
-MODES = ("default", "local", "bind", "preferred", "interleave")
+MODES = ("default", "local", "bind", "preferred", "interleave", "preferred_many")
 
 SETTINGS = settings(max_examples=30, stateful_step_count=30, deadline=None, database=None,
                     report_multiple_bugs=False,
@@ -183,7 +183,8 @@ class NumaMachine(RuleBasedStateMachine):
         if mode in ("default", "local"):
             nodes = []
         real = [x for x in nodes if x < self.nodes]
-        einval = mode in ("bind", "interleave", "preferred") and not real and bool(nodes or mode != "preferred")
+        einval = mode in ("bind", "interleave", "preferred", "preferred_many") and not real \
+            and bool(nodes or mode != "preferred")
         try:
             self.m.mbind(pid, addr + lo * PS, n, mode, nodes, flags)
         except OSError as e:

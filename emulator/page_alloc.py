@@ -12,8 +12,8 @@ Rules:
   (interleave: nodes[off % n], as offset_il_node()). The offset is the vpn
   in a private mapping (vm_pgoff is the address), the offset in the object
   in a shared one (vpn - base): what the allocators below take as ``vpns``.
-- Fast path: walk the intended node's zonelist (nearest first, restricted to
-  the bound nodes for bind) taking frames while a node stays above its low
+- Fast path: walk the intended node's zonelist (nearest first; for bind, the
+  CPU's zonelist restricted to the bound nodes) taking frames while a node stays above its low
   watermark; slow path: the same walk down to the min watermark. Direct
   reclaim and OOM are the caller's (a step never sleeps).
 - Preferred-many (alloc_pages_preferred_many()) walks twice: the CPU's
@@ -89,15 +89,20 @@ def zonelist_walks(k, mm: MM, pol: Mempolicy, t: int, allowed: tuple | None) -> 
     """The walks of an allocation intended for node t (intended_nodes()), in
     turn, each down to the low then the min watermark: (nodes in zonelist
     order, the node its zone_statistics() count as the preferred one). One
-    walk, of t's zonelist within the allowed nodes; preferred-many's two
+    walk: of t's zonelist (preferred, interleave and local name the node,
+    with no nodemask), or under bind of the CPU's zonelist within the bound
+    nodes (policy_node() keeps the local node, policy_nodemask() gives the
+    mask; preferred zone: t, the first of them). Preferred-many's two
     (alloc_pages_preferred_many()): the CPU's zonelist within the preferred
-    nodes (preferred zone: t, the first of them), then the CPU's whole
-    zonelist (nodemask NULL: preferred zone, the CPU's node). The second
-    walk meets the preferred nodes again below min: they give nothing."""
+    nodes (preferred zone: t), then the CPU's whole zonelist (nodemask NULL:
+    preferred zone, the CPU's node). The second walk meets the preferred
+    nodes again below min: they give nothing."""
+    if allowed is None:
+        return [(k.zonelists[t], t)]
+    within = [z for z in k.zonelists[mm.node] if z in allowed]
     if pol.mode == MPOL_PREFERRED_MANY:
-        zl = k.zonelists[mm.node]
-        return [([z for z in zl if z in allowed], t), (list(zl), mm.node)]
-    return [([z for z in k.zonelists[t] if allowed is None or z in allowed], t)]
+        return [(within, t), (list(k.zonelists[mm.node]), mm.node)]
+    return [(within, t)]
 
 
 def alloc_for(k, mm: MM, vma: VMA, vpns: np.ndarray) -> np.ndarray:

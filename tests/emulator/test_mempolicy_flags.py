@@ -96,6 +96,25 @@ def test_bind_to_the_same_full_nodes_reclaims_them_where_preferred_many_falls_ba
         m.check()
 
 
+def test_bind_walks_the_cpus_zonelist_within_the_bound_nodes():
+    """MPOL_BIND allocates from the CPU's node's zonelist limited to the bound
+    nodes (policy_node() keeps the local node, policy_nodemask() gives the
+    mask), not from the zonelist of the nearest bound node: from node 0,
+    bound to 1, 2 and 3, the order is 1, 3 (30 from node 0), 2 (40), where
+    node 1's own zonelist would have 2 (30 from node 1) before 3."""
+    m = make(nodes=4, frames=256, swap=256, distances=DIST)
+    to_min(m, 256, 1)
+    pid = m.spawn(0)
+    m.set_mempolicy(pid, MPOL_BIND, [1, 2, 3])
+    a = m.mmap(pid, 4)
+    before = numa(m)
+    m.touch(pid, a, 4)
+    assert where(m, pid, a, 4) == [3] * 4
+    d = numa_delta(numa(m), before)
+    assert d[3]["numa_miss"] == 4 and d[1]["numa_foreign"] == 4      # the preferred zone: node 1's
+    m.check()
+
+
 def test_preferred_many_goes_down_to_min_on_the_preferred_nodes_first():
     """The first pass's slow path (no reclaim) takes the preferred nodes to
     min before the second pass looks at any other node; MPOL_PREFERRED walks

@@ -80,7 +80,6 @@ def test_the_policy_outlives_the_process_that_set_it():
 
 def test_default_drops_the_objects_policy_for_every_process():
     m, p, c, a = shared()
-    ps = m.page_size
     m.mbind(p, a, 6, "bind", [1])
     m.mbind(p, a, 2, "default", None)
     m.touch(c, a, 6)
@@ -135,7 +134,6 @@ def test_moved_pages_go_where_the_object_places_each_one():
     process's vma was skipped as equal, by the object's policy there, which
     another process set."""
     m, p, c, a = shared()
-    ps = m.page_size
     m.touch(p, a, 4)                                 # on node 0, mapped by both
     m.touch(c, a, 4, write=False)
     m.mbind(p, a, 2, "bind", [1])

@@ -47,6 +47,8 @@ MPOL_F_RELATIVE_NODES = 1 << 14
 MPOL_F_STATIC_NODES = 1 << 15
 MPOL_MODE_FLAGS = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES | MPOL_F_NUMA_BALANCING
 MPOL_USER_NODEMASK = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES
+# the flags with which a policy keeps the nodes given (mpol_store_user_nodemask(): any mode flag, in 6.1)
+MPOL_KEEPS_USER_NODES = MPOL_MODE_FLAGS
 # a string mode's flag, as tmpfs's mpol= option spells it (mpol_parse_str(): "bind=static")
 MPOL_FLAG_NAMES = {"static": MPOL_F_STATIC_NODES, "relative": MPOL_F_RELATIVE_NODES}
 MMAP_BASE_VPN = 0x10000
@@ -64,11 +66,13 @@ class Mempolicy:
     allowed), and in mpol_equal(), which compares the nodes given
     (``user_nodes``) too: mbind() sets no policy equal to the vma's.
     MPOL_F_NUMA_BALANCING (bind only) is recorded and does nothing: there is
-    no NUMA balancing (no hinting faults) in this model."""
+    no NUMA balancing (no hinting faults) in this model; but, a mode flag,
+    it keeps the nodes given too (mpol_store_user_nodemask() is any mode
+    flag in 6.1), so mpol_equal() compares them."""
     mode: int = MPOL_DEFAULT
     nodes: tuple[int, ...] = ()
     flags: int = 0
-    user_nodes: tuple[int, ...] = ()    # w.user_nodemask: the nodes as given, kept with STATIC or RELATIVE
+    user_nodes: tuple[int, ...] = ()    # w.user_nodemask: the nodes as given, kept with any mode flag
 
 
 @dataclass(eq=False)
@@ -251,7 +255,7 @@ def make_policy(mode, nodes, nr_nodes: int) -> Mempolicy:
     if not got:
         raise OSError(errno.EINVAL, f"mempolicy nodes: {list(ns)} names no online node (0..{nr_nodes - 1})")
     return Mempolicy(mode, got[:1] if mode == MPOL_PREFERRED else got, flags,
-                     ns if flags & MPOL_USER_NODEMASK else ())
+                     ns if flags & MPOL_KEEPS_USER_NODES else ())
 
 
 # -- shared policy: a shared memory object's (mm/mempolicy.c, mm/shmem.c) --

@@ -17,8 +17,8 @@ import numpy as np
 from . import pte as P
 from .invariants import InvariantViolation, check
 from .mm import (MAX_NUMNODES, MM, MPOL_BIND, MPOL_DEFAULT, MPOL_F_NUMA_BALANCING, MPOL_F_RELATIVE_NODES,
-                 MPOL_F_STATIC_NODES, MPOL_LOCAL, MPOL_MODE_FLAGS, MPOL_NAMES, MPOL_PREFERRED, MPOL_USER_NODEMASK, VMA,
-                 AnonVMA, Mempolicy, is_int, make_policy)
+                 MPOL_F_STATIC_NODES, MPOL_KEEPS_USER_NODES, MPOL_LOCAL, MPOL_MODE_FLAGS, MPOL_NAMES, MPOL_PREFERRED,
+                 VMA, AnonVMA, Mempolicy, is_int, make_policy)
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -91,8 +91,10 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
     RELATIVE, NUMA_BALANCING only for bind, no flag for default and local; no
     node for default and local; for bind, interleave and preferred_many at
     least one, for preferred exactly one, online, sorted and distinct
-    (allocation indexes by them). With STATIC or RELATIVE, [mode, nodes,
-    nodes given], the nodes what make_policy() makes of those given."""
+    (allocation indexes by them). With a mode flag, [mode, nodes, nodes
+    given], the nodes what make_policy() makes of those given; a bind with
+    NUMA_BALANCING alone may be [mode, nodes], as written before it kept
+    the nodes given: they are taken as given."""
     if not isinstance(v, list) or len(v) not in (2, 3) or not all(isinstance(x, list) for x in v[1:]):
         raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
     mode = v[0]
@@ -119,12 +121,13 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
                             f"got {list(nodes)}")
     elif list(nodes) != sorted(set(nodes)):
         raise SnapshotError(f"snapshot: {what}: nodes {list(nodes)} are not sorted and distinct")
-    if (len(v) == 3) != bool(flags & MPOL_USER_NODEMASK):
+    keeps = bool(flags & MPOL_KEEPS_USER_NODES)
+    if (len(v) == 3) != keeps and not (len(v) == 2 and flags == MPOL_F_NUMA_BALANCING):
         raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} " + ("keeps the nodes given: must be [mode, [nodes], "
                                                                     "[nodes given]]" if len(v) == 2 else
                                                                     "keeps no nodes given: must be [mode, [nodes]]"))
     if len(v) == 2:
-        return Mempolicy(mode, nodes, flags)
+        return Mempolicy(mode, nodes, flags, nodes if keeps else ())
     given = tuple(_int(n, f"{what} nodes given", 0, MAX_NUMNODES - 1) for n in v[2])
     if list(given) != sorted(set(given)):
         raise SnapshotError(f"snapshot: {what}: nodes given {list(given)} are not sorted and distinct")
@@ -142,7 +145,7 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
 def _policy_record(pol: Mempolicy) -> list:
     """What _policy() reads back: [mode | mode flags, nodes(, nodes given)]."""
     rec = [pol.mode | pol.flags, list(pol.nodes)]
-    return rec + [list(pol.user_nodes)] if pol.flags & MPOL_USER_NODEMASK else rec
+    return rec + [list(pol.user_nodes)] if pol.flags & MPOL_KEEPS_USER_NODES else rec
 
 
 def _shared_policy(v: Any, what: str, nr_nodes: int) -> list:

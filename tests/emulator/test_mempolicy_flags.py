@@ -320,3 +320,27 @@ def test_a_policy_with_flags_or_preferred_many_survives_a_snapshot():
         assert sorted(loc[:2]) == [0, 1] and loc[2:4] == [3, 3] and loc[4:] == [1] * 4
     assert m2.snapshot() == m.snapshot()
     m2.check()
+
+
+def test_numa_balancing_keeps_the_nodes_given_in_a_snapshot():
+    """A bind|NUMA_BALANCING policy keeps the nodes given (6.1's
+    mpol_store_user_nodemask() is any mode flag): a snapshot records them; a
+    record without them, as written before, takes its nodes as given."""
+    import hashlib
+
+    import msgpack
+
+    from emulator.snapshot import MAGIC
+    m = make(nodes=2, frames=64)
+    pid = m.spawn(0)
+    m.set_mempolicy(pid, MPOL_BIND | BALANCING, [1, 5])
+    body = msgpack.unpackb(m.snapshot()[len(MAGIC) + 32:], raw=False, strict_map_key=False)
+    assert body["mms"][0]["policy"] == [MPOL_BIND | BALANCING, [1], [1, 5]]
+    body["mms"][0]["policy"] = [MPOL_BIND | BALANCING, [1]]
+    packed = msgpack.packb(body, use_bin_type=True)
+    m2 = Machine.restore(MAGIC + hashlib.sha256(packed).digest() + packed)
+    a = m2.mmap(pid, 2)
+    m2.mbind(pid, a, 2, MPOL_BIND | BALANCING, [1])
+    m2.touch(pid, a, 2)
+    assert where(m2, pid, a, 2) == [1, 1]
+    m2.check()

@@ -129,6 +129,23 @@ def test_mpol_equal_compares_the_nodes_given_with_relative_nodes():
     m.check()
 
 
+def test_mpol_equal_compares_the_nodes_given_with_numa_balancing():
+    """6.1's mpol_store_user_nodemask() is any mode flag, MPOL_F_NUMA_BALANCING
+    too: a bind|NUMA_BALANCING policy keeps the nodes given, and
+    __mpol_equal() compares them. [1, 5] and [1] are both node 1 on three
+    nodes, but not equal: the second mbind sets the object's policy."""
+    from emulator import MPOL_F_NUMA_BALANCING
+    nb = MPOL_BIND | MPOL_F_NUMA_BALANCING
+    m, p, c, a = shared()
+    m.mbind(p, a, 6, nb, [1, 5])
+    m.mbind(c, a, 6, "bind", [2])
+    m.mbind(p, a, 3, nb, [1, 5])            # equal to the vma's: the object keeps bind 2 there
+    m.mbind(p, a + 3 * m.page_size, 3, nb, [1])
+    m.touch(c, a, 6)
+    assert where(m, c, a, 6) == [2, 2, 2, 1, 1, 1]
+    m.check()
+
+
 def test_moved_pages_go_where_the_object_places_each_one():
     """new_page() allocates each page by get_vma_policy(): where the mbinding
     process's vma was skipped as equal, by the object's policy there, which

@@ -85,7 +85,7 @@ def _unarr(d: Any, what: str, dtype: str | None = None, shape: tuple | None = No
     return np.frombuffer(data, dtype=dt).reshape(shp).copy()
 
 
-def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
+def _policy(v: Any, what: str, nr_nodes: int, none: str = "") -> Mempolicy:
     """[mode, nodes] as make_policy() leaves it, the mode with its mode flags
     or'ed in (as get_mempolicy() gives it): a known mode; not both STATIC and
     RELATIVE, NUMA_BALANCING only for bind, no flag for default and local; no
@@ -94,7 +94,9 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
     (allocation indexes by them). With a mode flag, [mode, nodes, nodes
     given], the nodes what make_policy() makes of those given; a bind with
     NUMA_BALANCING alone may be [mode, nodes], as written before it kept
-    the nodes given: they are taken as given."""
+    the nodes given: they are taken as given. ``none``: where a policy is
+    a vma's own or a shared memory object's, what stands for none there:
+    mpol_new() makes no policy for default (NULL), so default is never one."""
     if not isinstance(v, list) or len(v) not in (2, 3) or not all(isinstance(x, list) for x in v[1:]):
         raise SnapshotError(f"snapshot: {what}: must be [mode, [nodes]], got {v!r}")
     mode = v[0]
@@ -110,6 +112,8 @@ def _policy(v: Any, what: str, nr_nodes: int) -> Mempolicy:
     if flags & MPOL_F_NUMA_BALANCING and mode != MPOL_BIND:
         raise SnapshotError(f"snapshot: {what}: mode {v[0]:#x} has MPOL_F_NUMA_BALANCING, which is for bind "
                             f"({MPOL_BIND}) only")
+    if none and mode == MPOL_DEFAULT:
+        raise SnapshotError(f"snapshot: {what}: mode {MPOL_DEFAULT} (default) is no policy here: {none}")
     nodes = tuple(_int(n, f"{what} nodes", 0, nr_nodes - 1) for n in v[1])
     if mode in (MPOL_DEFAULT, MPOL_LOCAL):
         if flags:
@@ -157,7 +161,7 @@ def _shared_policy(v: Any, what: str, nr_nodes: int) -> list:
             raise SnapshotError(f"snapshot: {what}[{i}]: must be [start, end, policy], got {r!r}")
         s = _int(r[0], f"{what}[{i}] start", end)
         e = _int(r[1], f"{what}[{i}] end", s + 1)
-        out.append((s, e, _policy(r[2], f"{what}[{i}].policy", nr_nodes)))
+        out.append((s, e, _policy(r[2], f"{what}[{i}].policy", nr_nodes, "an offset with none is in no range")))
         end = e
     return out
 
@@ -412,7 +416,7 @@ def _mm(d: Any, what: str, nr: int, avs: dict[int, AnonVMA], bases: list[np.ndar
         if not shared:
             shadow = shadow.copy()
         pol = _get(v, "policy", vw)
-        pol = None if pol is None else _policy(pol, f"{vw}.policy", nr)
+        pol = None if pol is None else _policy(pol, f"{vw}.policy", nr, "a vma with none has null")
         pte = _unarr(_get(v, "pte", vw), f"{vw}.pte", "int64", (npages,))
         mm.vmas.append(VMA(mm, start, npages, shared, av, pte, shadow, pol))
     return mm

@@ -231,6 +231,9 @@ def _private(body):
     (lambda b: _object(b).update(policy=[[0, 2, [2, [7]]]]),
      "snapshot: anon_vmas[1].policy[0].policy nodes: must be in 0..2, got 7"),
     (lambda b: _object(b).update(policy=[[0, 2]]), "snapshot: anon_vmas[1].policy[0]: must be [start, end, policy]"),
+    # no offset has the default policy: mbind(MPOL_DEFAULT) takes the range out (shared_policy_replace())
+    (lambda b: _object(b).update(policy=[[0, 2, [0, []]]]),
+     "snapshot: anon_vmas[1].policy[0].policy: mode 0 (default) is no policy here: an offset with none is in no range"),
     (lambda b: _object(b).update(base=-1), "snapshot: anon_vmas[1].base: must be a 64-bit integer >= 0, got -1"),
     (lambda b: _object(b).update(base=1 << 40), "starts before its shared memory object (anon_vma 2, base"),
     (lambda b: _private(b).update(policy=[[0, 2, [2, [1]]]]), "has a shared memory object's base or policy"),

@@ -307,6 +307,9 @@ IMPOSSIBLE = [
     (_set_at("mms", 0, "vmas", 1, "policy", [5 | 1 << 13, [1]]),
      "snapshot: mms[0].vmas[1].policy: mode 0x2005 has MPOL_F_NUMA_BALANCING"),
     (_set_at("mms", 0, "vmas", 0, "policy", [2, [99]]), "snapshot: mms[0].vmas[0].policy nodes: must be in 0..2"),
+    # a vma with no policy of its own has null: mpol_new() makes no policy for default
+    (_set_at("mms", 0, "vmas", 0, "policy", [0, []]),
+     "snapshot: mms[0].vmas[0].policy: mode 0 (default) is no policy here: a vma with none has null"),
     (_set_at("mms", 2, "pid", 1), "snapshot: mms[2].pid: process 1 twice"),
     (lambda b: b["mms"][0].pop("node"), "snapshot: mms[0].node: missing"),
     (_overlap, "snapshot: mms[0].vmas[1].start: 0x10001 is not past the vma before it"),

@@ -18,7 +18,7 @@ from . import pte as P
 from .invariants import InvariantViolation, check
 from .mm import (MAX_NUMNODES, MM, MPOL_BIND, MPOL_DEFAULT, MPOL_F_NUMA_BALANCING, MPOL_F_RELATIVE_NODES,
                  MPOL_F_STATIC_NODES, MPOL_KEEPS_USER_NODES, MPOL_LOCAL, MPOL_MODE_FLAGS, MPOL_NAMES, MPOL_PREFERRED,
-                 VMA, AnonVMA, Mempolicy, is_int, make_policy)
+                 VMA, AnonVMA, Mempolicy, is_int, make_policy, shared_policy_replace)
 from .topology import Topology
 
 MAGIC = b"NUMAEMU\x01"
@@ -334,6 +334,14 @@ def _build(cls, body: dict, checked: bool = True):
             if v.start < av.base:
                 raise SnapshotError(f"snapshot: anon_vmas: pid {mm.pid}'s vma at {v.start:#x} starts before "
                                     f"its shared memory object (anon_vma {av.id}, base {av.base:#x})")
+    for a in body["anon_vmas"]:
+        if "policy" not in a:
+            # written before shared memory objects had a policy: each shared mapping allocated by its
+            # vma's own; the object takes those, in the order of its list (a later one's where they overlap)
+            av = avs[a["id"]]
+            for v in av.vmas:
+                if v.shared and v.policy is not None:
+                    shared_policy_replace(av, v.start - av.base, v.end - av.base, v.policy)
     stat = _unarr(_get(body, "stat", ""), "stat", "int64")
     want = k.stat.counts.shape
     if stat.ndim != 2 or stat.shape[0] != want[0] or stat.shape[1] > want[1]:

@@ -206,6 +206,25 @@ def test_the_objects_policy_survives_a_snapshot():
     m2.check()
 
 
+def test_an_older_snapshot_gives_the_object_its_mappings_policies():
+    """A snapshot written before shared memory objects had a policy (anon_vma
+    records without base and policy) had each shared mapping allocate by its
+    vma's own policy: restored, the object takes those, so its mappers
+    allocate as they did (offsets being vpns: base 0)."""
+    m, p, c, a = shared()
+    m.mbind(p, a, 6, "bind", [1])
+    late = m.fork(p)
+
+    def old(body):
+        for rec in body["anon_vmas"]:
+            del rec["base"], rec["policy"]
+    m2 = Machine.restore(_edit(m.snapshot(), old))
+    m2.touch(late, a, 3)
+    m2.touch(c, a, 6)
+    assert where(m2, c, a, 6) == [1] * 6 == where(m2, late, a, 6)[:3] + [1] * 3
+    m2.check()
+
+
 def _edit(blob: bytes, change) -> bytes:
     from emulator.snapshot import MAGIC
     body = msgpack.unpackb(blob[len(MAGIC) + 32:], raw=False, strict_map_key=False)

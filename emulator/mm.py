@@ -275,13 +275,39 @@ def shared_policy_replace(av: AnonVMA, start: int, end: int, pol: Mempolicy | No
     av.policy = sorted(out, key=lambda r: r[0])
 
 
+def merged_span(vma: VMA, pol: Mempolicy | None) -> tuple[int, int]:
+    """The vpns [start, end) of the vma that 6.1's mbind_range() gives pol
+    when it gives it to vma: vma_merge() first merges the range with the vma
+    before it and the one after it where they touch it, map the same object
+    at the next offsets and have a policy of their own equal to pol
+    (mpol_equal(); NULL with NULL too), and vma_replace_policy() then sets
+    the merged vma. The model keeps vmas apart, so a run of touching vmas of
+    one object with equal policies stands for the one vma that 6.1 would
+    have merged them into (only mbind changes a vma's policy here, and it
+    merges each time): the span covers the run on either side."""
+    vmas = vma.mm.vmas
+    lo = hi = next(i for i, v in enumerate(vmas) if v is vma)
+
+    def merges(a: VMA, b: VMA, other: VMA) -> bool:        # a ends where b starts; other: not vma
+        return a.end == b.start and other.shared and other.anon_vma is vma.anon_vma and other.policy == pol
+    while lo > 0 and merges(vmas[lo - 1], vmas[lo], vmas[lo - 1]):
+        lo -= 1
+    while hi + 1 < len(vmas) and merges(vmas[hi], vmas[hi + 1], vmas[hi + 1]):
+        hi += 1
+    return vmas[lo].start, vmas[hi].end
+
+
 def vma_replace_policy(vma: VMA, pol: Mempolicy | None) -> None:
     """vma_replace_policy() of mbind_range(), the vma cut to the range first: a
     shared mapping's set_policy (shmem_set_policy(), mpol_set_shared_policy())
     gives the object's pages under the vma the policy, for every process
-    mapping it; the vma keeps it too (what fork copies, and what
-    mpol_equal() compares), though no fault on it looks at it."""
+    mapping it, over the whole vma that vma_merge() made of it and its
+    neighbours (merged_span()): where such a neighbour's offsets have
+    another policy, set by another mapper, that goes too; the vma keeps it
+    too (what fork copies, and what mpol_equal() compares), though no fault
+    on it looks at it."""
     if vma.shared:
         av = vma.anon_vma
-        shared_policy_replace(av, vma.start - av.base, vma.end - av.base, pol)
+        start, end = merged_span(vma, pol)
+        shared_policy_replace(av, start - av.base, end - av.base, pol)
     vma.policy = pol

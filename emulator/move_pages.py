@@ -37,10 +37,12 @@ Rules (KERNEL.md, with Linux 6.1 where the man page is vague):
   MPOL_DEFAULT) is EFAULT where 6.1's walk meets it, vma by vma (hole_at()),
   after the pages of the vmas before it were looked at.
 - mbind() gives a shared mapping's range policy to its shared memory object
-  (vma_replace_policy()), for every process mapping it, and leaves a vma
-  whose own policy equals the new one as it is (mpol_equal()), so the pages
-  it moves go where each one's policy now places it: the object's, which
-  may not be the one given (policy_runs()).
+  (vma_replace_policy()), for every process mapping it, over the vma that
+  vma_merge() makes of the range and its neighbours with an equal policy
+  (mm.merged_span()), and leaves a vma whose own policy equals the new one
+  as it is (mpol_equal()), so the pages it moves go where each one's policy
+  now places it: the object's, which may not be the one given
+  (policy_runs()).
 """
 from __future__ import annotations
 
@@ -540,7 +542,8 @@ def mbind_step(k, mm: MM, vpn: int, npages: int, pol: Mempolicy, nmask: tuple[in
     then give the range its policy (mbind_range(): a vma whose policy is
     equal already is left as it is, not even split (mpol_equal()); the
     others are split to the range and take it (vma_replace_policy(): a
-    shared mapping's shared memory object too); default is no vma policy:
+    shared mapping's shared memory object too, over the vma merged with its
+    neighbours of equal policy); default is no vma policy:
     the task's applies). With MPOL_DEFAULT a range may have holes
     (MPOL_MF_DISCONTIG_OK), not be all one. Otherwise the walk meets a hole
     vma by vma (hole_at()): the pages of the vmas before it are looked at

@@ -146,6 +146,31 @@ def test_mpol_equal_compares_the_nodes_given_with_numa_balancing():
     m.check()
 
 
+def test_the_vma_merged_with_its_neighbour_sets_the_object_over_both():
+    """mbind_range() tries vma_merge() before it splits: the range merges with
+    a neighbouring vma of the same object whose own policy equals the new
+    one, and vma_replace_policy() sets the merged vma, so the object's policy
+    is set over the neighbour's offsets too, whatever another mapper set
+    there meanwhile. With MPOL_DEFAULT, a neighbour with no policy of its own
+    merges (mpol_equal(NULL, NULL)), and the object's policy goes from its
+    offsets too."""
+    m, p, c, a = shared()
+    ps = m.page_size
+    m.mbind(p, a, 3, "bind", [1])                  # p: [0, 3) bind 1, [3, 6) none
+    m.mbind(c, a, 6, "bind", [2])                  # the object: bind 2 over all
+    m.mbind(p, a + 3 * ps, 3, "bind", [1])         # merges with [0, 3): bind 1 over [0, 6)
+    m.touch(c, a, 6)
+    assert where(m, c, a, 6) == [1] * 6
+    m.check()
+    m, p, c, a = shared()
+    m.mbind(p, a + 3 * ps, 3, "bind", [1])         # p: [0, 3) none, [3, 6) bind 1
+    m.mbind(c, a, 3, "bind", [2])                  # the object: [0, 3) bind 2, [3, 6) bind 1
+    m.mbind(p, a + 3 * ps, 3, "default", None)     # merges with [0, 3): none over [0, 6)
+    m.touch(c, a, 6)
+    assert where(m, c, a, 6) == [0] * 6
+    m.check()
+
+
 def test_moved_pages_go_where_the_object_places_each_one():
     """new_page() allocates each page by get_vma_policy(): where the mbinding
     process's vma was skipped as equal, by the object's policy there, which
@@ -153,9 +178,11 @@ def test_moved_pages_go_where_the_object_places_each_one():
     m, p, c, a = shared()
     m.touch(p, a, 4)                                 # on node 0, mapped by both
     m.touch(c, a, 4, write=False)
-    m.mbind(p, a, 2, "bind", [1])
-    late = m.fork(p)                                 # its vmas: [0, 2) bind 1, [2, 6) none
+    m.mbind(p, a, 4, "bind", [1])
+    late = m.fork(p)                                 # its vmas: [0, 4) bind 1, [4, 6) none
     m.mbind(p, a, 2, "bind", [2])                    # the object's [0, 2): bind 2
+    # late's vma is left as it is, and so the object's policy (had a vma of the range
+    # changed, it would have merged with this one, and set the object over both)
     m.mbind(late, a, 4, "bind", [1], MPOL_MF_MOVE_ALL)
     assert where(m, late, a, 4) == [2, 2, 1, 1] == where(m, c, a, 4)
     assert where(m, p, a, 4) == [2, 2, 1, 1]

@@ -12,6 +12,8 @@ Rules:
   (interleave: nodes[off % n], as offset_il_node()). The offset is the vpn
   in a private mapping (vm_pgoff is the address), the offset in the object
   in a shared one (vpn - base): what the allocators below take as ``vpns``.
+  (6.1's shmem faults add the object's inode number, which the model has
+  none of: README, Status.)
 - Fast path: walk the intended node's zonelist (nearest first; for bind, the
   CPU's zonelist restricted to the bound nodes) taking frames while a node stays above its low
   watermark; slow path: the same walk down to the min watermark. Direct

@@ -161,6 +161,43 @@ async def touch(k, vma: VMA, lo: int, hi: int, write: bool, toks: np.ndarray | N
         span = max(w, len(fault))   # the next access covers every page just faulted
 
 
+# the node of the zero page, which a read of an untouched private page finds:
+# empty_zero_page is in the kernel image, which x86-64 loads low, on node 0
+ZERO_PAGE_NODE = 0
+
+
+def page_node_step(k, vma: VMA, i: int) -> int | None:
+    """follow_page() for a read of page i of vma, under the pte lock: the node
+    of the page a present pte maps, the zero page's for an untouched page of a
+    private mapping; None: not there for a read (get_user_pages faults)."""
+    if vma.mm.find_vma(vma.start + i) is not vma:
+        raise OSError(errno.EFAULT, f"pid {vma.mm.pid}: page {vma.start + i:#x} was unmapped")
+    pte = int(vma.pte[i])
+    if pte & P.PRESENT:
+        return (pte >> P.OFF_SHIFT) >> P.NODE_SHIFT
+    if pte == 0 and not vma.shared:
+        return ZERO_PAGE_NODE
+    return None
+
+
+async def lookup_node(k, vma: VMA, i: int) -> int:
+    """lookup_node() of get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR), Linux 6.1:
+    get_user_pages_fast(addr, 1, 0) (no FOLL_WRITE: a read), then
+    page_to_nid(). A page not there for a read is faulted in as a read fault
+    (touch(): do_swap_page, migration_entry_wait, a shared page allocated by
+    the object's policy at its offset, or the sibling's page mapped), each
+    counted in pgfault, then looked at again, as __get_user_pages() loops on
+    follow_page_mask() and faultin_page(). An untouched private page is the
+    zero page's (6.1 maps it and counts a pgfault: the model maps no zero
+    page and counts none, as any read of such a page here; README, Status)."""
+    owner = k.node_owner(vma.mm.node)
+    while True:
+        node = await call(owner, page_node_step, k, vma, i)
+        if node is not None:
+            return node
+        await touch(k, vma, i, i + 1, False, None)
+
+
 # -- the fault ------------------------------------------------------------
 def read_ptes(k, vma: VMA, idx: np.ndarray, counted: np.ndarray | None = None) -> np.ndarray:
     """The pte read before taking the pte lock (orig_pte). counted (a mask over idx):

@@ -13,11 +13,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import invariants, pte as P
-from .fault import touch as _touch
+from .fault import lookup_node, touch as _touch
 from .kernel import Kernel
-from .mm import ADDRESS_PAGES, MM, get_nodes, is_int, make_policy, parse_mode
+from .mm import (ADDRESS_PAGES, MM, MPOL_F_ADDR, MPOL_F_MEMS_ALLOWED, MPOL_F_NODE, MPOL_INTERLEAVE,
+                 MPOL_KEEPS_USER_NODES, MPOL_MODE_FLAGS, Mempolicy, get_nodes, is_int, make_policy, parse_mode)
 from .move_pages import (MPOL_MF_MOVE, MPOL_MF_MOVE_ALL, MPOL_MF_VALID, do_mbind, do_migrate_pages,
                          do_pages_move, nodes_remap, stat_step)
+from .page_alloc import vma_policy
 from .process import exit_mm, fork as _fork, mm_held, mmap_step, munmap_step
 from .reclaim import shrink_node
 from .sched import run_inline
@@ -183,6 +185,75 @@ class Machine:
             return
         pol = make_policy(mode, nodes, self.nr_nodes)
         self._run(do_mbind(self.k, mm, int(addr) >> self.k.page_shift, int(npages), pol, raw, flags))
+
+    def get_mempolicy(self, pid: int, addr: int | None = None, flags: int = 0) -> tuple[int, list[int]]:
+        """get_mempolicy(2) of the process, as do_get_mempolicy() in Linux 6.1
+        (mm/mempolicy.c): (mode, nodes), the mode with its mode flags or'ed
+        in, the nodemask as sorted node numbers. addr None is NULL.
+        - flags: any bit but MPOL_F_NODE, MPOL_F_ADDR, MPOL_F_MEMS_ALLOWED is
+          EINVAL; MEMS_ALLOWED with either other is EINVAL; MEMS_ALLOWED alone
+          is (0, the nodes the task may use: every node, no cpuset here),
+          addr not looked at.
+        - MPOL_F_ADDR: the policy at addr, "Do NOT fall back to task policy":
+          a shared mapping's get_policy (shmem_get_policy(): the object's at
+          the page's offset), else the vma's own; none is MPOL_DEFAULT. No vma
+          at addr (vma_lookup()): EFAULT. Without it, the task's policy, and
+          an addr other than NULL is EINVAL.
+        - no policy is MPOL_DEFAULT with no node; MPOL_LOCAL (set as
+          preferred with no node too) shows as MPOL_LOCAL.
+        - nodes: a policy made with a mode flag gives the nodes as given
+          (mpol_store_user_nodemask(): w.user_nodemask), else pol->nodes
+          (get_policy_nodemask(): none for default and local), as many bits
+          as copy_nodes_to_user() copies out: a long per 64 nodes of the
+          machine (a caller's maxnode covering them all).
+        - MPOL_F_NODE: with MPOL_F_ADDR the mode is the node of the page at
+          addr, faulted in for a read if it is not there (lookup_node():
+          get_user_pages without FOLL_WRITE; fault.lookup_node); without it,
+          for an interleave task policy, next_node_in(il_prev, nodes): the
+          policy's first node here, as il_prev stays where set_mempolicy()
+          put it (MAX_NUMNODES-1): only allocations with no vma move it
+          (interleave_nodes(): slab, page tables), which the model has none
+          of; any other policy, EINVAL. The nodes are the policy's, as
+          above.
+        6.1's EINVAL for a maxnode below the machine's node count and its
+        EFAULTs for bad user pointers have no counterpart: the results are
+        returned."""
+        mm = self._mm(pid)
+        if not is_int(flags) or flags & ~(MPOL_F_NODE | MPOL_F_ADDR | MPOL_F_MEMS_ALLOWED):
+            raise OSError(errno.EINVAL, f"get_mempolicy: unknown flags {flags!r}")
+        if addr is not None and not is_int(addr):
+            raise OSError(errno.EINVAL, f"get_mempolicy: address {addr!r} is not an address")
+        flags, addr = int(flags), 0 if addr is None else int(addr)
+        if flags & MPOL_F_MEMS_ALLOWED:
+            if flags & (MPOL_F_NODE | MPOL_F_ADDR):
+                raise OSError(errno.EINVAL, "get_mempolicy: MPOL_F_MEMS_ALLOWED with MPOL_F_NODE or MPOL_F_ADDR")
+            return 0, list(range(self.nr_nodes))    # cpuset_current_mems_allowed: every node has memory
+        vma = None
+        if flags & MPOL_F_ADDR:
+            vpn = addr >> self.k.page_shift
+            vma = mm.find_vma(vpn) if addr >= 0 else None
+            if vma is None:
+                raise OSError(errno.EFAULT, f"get_mempolicy: address {addr:#x} is not mapped")
+            pol = vma_policy(vma, vpn)
+        elif addr:
+            raise OSError(errno.EINVAL, f"get_mempolicy: address {addr:#x} without MPOL_F_ADDR")
+        else:
+            pol = mm.policy
+        if pol is None:
+            pol = Mempolicy()           # &default_policy: MPOL_DEFAULT, no node
+        if flags & MPOL_F_NODE:
+            if vma is not None:
+                mode = self._run(lookup_node(self.k, vma, vpn - vma.start))
+            elif pol.mode == MPOL_INTERLEAVE:
+                mode = pol.nodes[0]     # next_node_in(MAX_NUMNODES - 1, pol->nodes)
+            else:
+                raise OSError(errno.EINVAL, "get_mempolicy: MPOL_F_NODE without MPOL_F_ADDR needs an "
+                                            "interleave task policy")
+        else:
+            mode = pol.mode | (pol.flags & MPOL_MODE_FLAGS)
+        nodes = pol.user_nodes if pol.flags & MPOL_KEEPS_USER_NODES else pol.nodes   # none: default, local
+        width = -(-self.nr_nodes // 64) * 64       # copy_nodes_to_user(): BITS_TO_LONGS(nr_node_ids) longs
+        return mode, [n for n in nodes if n < width]
 
     # -- memory access ------------------------------------------------------
     def touch(self, pid: int, addr: int, npages: int, write: bool = True, tokens=None):

@@ -51,6 +51,8 @@ MPOL_USER_NODEMASK = MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES
 MPOL_KEEPS_USER_NODES = MPOL_MODE_FLAGS
 # a string mode's flag, as tmpfs's mpol= option spells it (mpol_parse_str(): "bind=static")
 MPOL_FLAG_NAMES = {"static": MPOL_F_STATIC_NODES, "relative": MPOL_F_RELATIVE_NODES}
+# get_mempolicy()'s flags (include/uapi/linux/mempolicy.h)
+MPOL_F_NODE, MPOL_F_ADDR, MPOL_F_MEMS_ALLOWED = 1 << 0, 1 << 1, 1 << 2
 MMAP_BASE_VPN = 0x10000
 ADDRESS_PAGES = 1 << 31     # mmap hands out vpns below this: a page number at or past it is no page
 

@@ -63,6 +63,19 @@ def get_vma_policy(mm: MM, vma: VMA, vpns: np.ndarray) -> list[tuple[Mempolicy, 
     return out
 
 
+def vma_policy(vma: VMA, vpn: int) -> Mempolicy | None:
+    """__get_vma_policy() of one page, with no fallback to the task's policy
+    (what get_mempolicy(MPOL_F_ADDR) reports): a shared mapping's
+    vm_ops->get_policy, shmem_get_policy(), the object's shared policy at the
+    page's offset (mpol_shared_policy_lookup(); the vma's own is not looked
+    at); a private mapping's vma->vm_policy. None: it has none."""
+    if not vma.shared:
+        return vma.policy
+    av = vma.anon_vma
+    off = vpn - av.base
+    return next((pol for start, end, pol in av.policy if start <= off < end), None)
+
+
 def policy_of(mm: MM, vma: VMA, vpn: int | None = None) -> Mempolicy:
     """get_vma_policy() of one page of vma (the vma's first without vpn)."""
     return get_vma_policy(mm, vma, np.array([vma.start if vpn is None else vpn], dtype=np.int64))[0][0]

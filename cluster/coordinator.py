@@ -52,16 +52,19 @@ from .tlb import RayPort, ShmPort, StepsLock, regions
 
 # What callers may ask of the machine through call().
 CALLS = frozenset({
-    "spawn", "mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind",
+    "spawn", "mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind", "get_mempolicy",
     "touch", "read_tokens", "read", "write", "move_pages", "migrate_pages",
     "reclaim", "swapoff", "swapon", "vmstat", "node_info", "swap_info", "processes", "hot_pages",
 })
 # calls answered with an array, which travels as one buffer; the proxy hands its caller a list
 AS_ARRAY = {"move_pages": "move_pages_status"}
+# calls answered with a tuple, which the same-host channel (msgpack) carries as a list
+AS_TUPLE = frozenset({"get_mempolicy"})
 # calls that may answer while their migration's last copy runs (ConcurrentMachine.posted):
 # nothing after their one operation reads a payload, and the machine lock, held until the
 # copy is done, keeps every reader of those pages out until then
 POSTED = frozenset({"move_pages", "migrate_pages"})
+# get_mempolicy is one: MPOL_F_NODE | MPOL_F_ADDR faults the page in
 MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
 # calls that change a process's mappings or policy: where its node may fault locally is published again
 RESHAPE = frozenset({"mmap", "munmap", "fork", "exit", "set_mempolicy", "mbind"})
@@ -414,7 +417,7 @@ class CoordMachine:
             ok, out, self.last_steps = ray.get(self.coord.call.remote(name, *args, _caller=self.caller, **kw))
         self.steps += self.last_steps
         if ok:
-            return out.tolist() if name in AS_ARRAY else out
+            return out.tolist() if name in AS_ARRAY else tuple(out) if name in AS_TUPLE else out
         cls, err, msg = out
         if cls == "Deadlock":
             raise Deadlock(msg)

@@ -18,7 +18,9 @@ Usage: python benchmarks/cluster.py [--quick]
   actor less here: the crossing to the coordinator and back, less what the
   next call saves by helping copy the tail of the last one's copy, which
   runs on after the coordinator answers (the machine locked until it is
-  done) while the answer and the next call travel;
+  done) while the answer and the next call travel; and a plain numpy copy
+  between the two /dev/shm payloads, next to the baseline's (shared memory
+  gets no huge pages here, the baseline's anonymous memory does);
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode, a move_pages every 50 or
@@ -157,13 +159,17 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
     return BATCH * streams / statistics.median(mig), BATCH / statistics.median(cp)
 
 
-def in_process(rounds: int, policy: str) -> tuple[float, float]:
+def in_process(rounds: int, policy: str) -> tuple[float, float, float]:
     """The same move_pages as migration()'s, in this process, on payloads in
     /dev/shm as the node actors' are: the median seconds per move, and per
     move without its copy (the model's steps alone), rounds of the two
     alternating. The copy runs beside the steps after it
     (cluster.dataplane.CopyInFlight), so the difference is the part of the
-    copy those steps do not hide."""
+    copy those steps do not hide. Third: a plain numpy copy of one batch
+    between the two /dev/shm payloads, the memory a migration copies
+    between (shared memory: 4 KiB pages where the kernel gives shmem no
+    huge pages, as here, against the baseline's anonymous memory, which
+    numpy asks huge pages for)."""
     import uuid
 
     import cluster.concurrent as cc
@@ -192,11 +198,18 @@ def in_process(rounds: int, policy: str) -> tuple[float, float]:
                 t0 = time.perf_counter()
                 m.move_pages(pid, addrs, to[1 - r % 2])
                 times[copying].append(time.perf_counter() - t0)
+        src, dst = (fr.data for fr in m.k.nodes)
+        shm = []
+        for r in range(2 * rounds):
+            a = (r % 2) * BATCH
+            t0 = time.perf_counter()
+            dst[a:a + BATCH] = src[a:a + BATCH]
+            shm.append(time.perf_counter() - t0)
     finally:
         cc.CopyInFlight = real
         for path in paths:
             unlink(path)
-    return statistics.median(times[True]), statistics.median(times[False])
+    return statistics.median(times[True]), statistics.median(times[False]), statistics.median(shm)
 
 
 class _NoCopy:
@@ -333,12 +346,14 @@ def main() -> None:
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
           "(via actor: sustained, as above; here: the same call in this process on /dev/shm payloads: the model's "
           "steps, and what the copy adds to them, running beside the steps after it; via - here: the crossing to "
-          "the coordinator actor and back, less what the next call saves by helping copy the last one's tail):")
-    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'via-here':>9} {'numpy copy':>11}")
+          "the coordinator actor and back, less what the next call saves by helping copy the last one's tail; "
+          "numpy copy: the baseline; shm copy: the same numpy copy between the two /dev/shm payloads):")
+    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'via-here':>9} {'numpy copy':>11} "
+          f"{'shm copy':>9}")
     for policy, (via, numpy_copy) in one.items():
-        here, steps = in_process(rounds, policy)
+        here, steps, shm = in_process(rounds, policy)
         print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {(here - steps) * 1e3:>6.2f} {steps * 1e3:>6.2f} "
-              f"{(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f}")
+              f"{(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f} {shm * 1e3:>9.2f}")
     first, swapin = faults(4 if args.quick else 16)
     print(f"faults through the coordinator, {BATCH}-page batches: first touch {first:,.0f} pages/s, "
           f"swap-in {swapin:,.0f} pages/s (target >= 200,000)")

@@ -78,7 +78,8 @@ def vma_policy(vma: VMA, vpn: int) -> Mempolicy | None:
 
 def policy_of(mm: MM, vma: VMA, vpn: int | None = None) -> Mempolicy:
     """get_vma_policy() of one page of vma (the vma's first without vpn)."""
-    return get_vma_policy(mm, vma, np.array([vma.start if vpn is None else vpn], dtype=np.int64))[0][0]
+    pol = vma_policy(vma, vma.start if vpn is None else vpn)
+    return mm.policy if pol is None else pol
 
 
 def offsets(vma: VMA, vpns: np.ndarray) -> np.ndarray:

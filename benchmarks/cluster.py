@@ -1,5 +1,11 @@
 """Ray runtime speed (issue 4's targets), measured in one run on an embedded Ray.
-Usage: python benchmarks/cluster.py [--quick]
+Usage: python benchmarks/cluster.py [--quick] [--shm-dir DIR]
+
+The shared files (payloads, frame tables) go where numaemu run puts them:
+``--shm-dir``, else $NUMAEMU_SHM_DIR, else /dev/shm. The first line says
+where, and whether that tmpfs gives them huge pages (/dev/shm does not by
+default; a tmpfs mounted with huge=always does, and a migration's copy is
+then about as fast as the baseline's).
 
 - cross-node migration, 2 node actors, bytes mode, 4096-page batches, as a
   ratio of a plain numpy copy of the same bytes in one process (target >=
@@ -13,14 +19,15 @@ Usage: python benchmarks/cluster.py [--quick]
   beside another. The benchmark is the coordinator's caller on its host, so its
   calls take the same-host channel (cluster/channel.py). Then where a
   one-caller migration's time goes: the same move_pages in this process on
-  payloads in /dev/shm (the model's steps alone, and what the copy adds to
+  payloads in the same shared files (the model's steps alone, and what the copy adds to
   them: it runs beside the steps after it), and the difference, via the
   actor less here: the crossing to the coordinator and back, less what the
   next call saves by helping copy the tail of the last one's copy, which
   runs on after the coordinator answers (the machine locked until it is
   done) while the answer and the next call travel; and a plain numpy copy
-  between the two /dev/shm payloads, next to the baseline's (shared memory
-  gets no huge pages here, the baseline's anonymous memory does);
+  between the two shared payloads, next to the baseline's (/dev/shm gives
+  shared memory no huge pages by default, the baseline's anonymous memory
+  has them);
 - faults resolved through the coordinator, 4096-page batches: first touch
   and swap-in (do_swap_page), pages/s (target >= 200,000);
 - a workload run (quickstart-like, token mode, a move_pages every 50 or
@@ -161,15 +168,15 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
 
 def in_process(rounds: int, policy: str) -> tuple[float, float, float]:
     """The same move_pages as migration()'s, in this process, on payloads in
-    /dev/shm as the node actors' are: the median seconds per move, and per
+    shared files as the node actors' are: the median seconds per move, and per
     move without its copy (the model's steps alone), rounds of the two
     alternating. The copy runs beside the steps after it
     (cluster.dataplane.CopyInFlight), so the difference is the part of the
     copy those steps do not hide. Third: a plain numpy copy of one batch
-    between the two /dev/shm payloads, the memory a migration copies
-    between (shared memory: 4 KiB pages where the kernel gives shmem no
-    huge pages, as here, against the baseline's anonymous memory, which
-    numpy asks huge pages for)."""
+    between the two shared payloads, the memory a migration copies
+    between (4 KiB pages on a tmpfs mounted without huge pages, /dev/shm's
+    default, against the baseline's anonymous memory, which numpy asks
+    huge pages for)."""
     import uuid
 
     import cluster.concurrent as cc
@@ -330,9 +337,21 @@ def shootdown(rounds: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    ap.add_argument("--shm-dir", metavar="DIR", default="",
+                    help="where the shared files go (default: $NUMAEMU_SHM_DIR, else /dev/shm)")
     args = ap.parse_args()
+    import os
+
     import ray
 
+    from cluster.dataplane import SHM_DIR_ENV, shm_dir, shm_huge
+    try:
+        where = shm_dir(args.shm_dir)
+    except ValueError as exc:
+        ap.error(str(exc))
+    os.environ[SHM_DIR_ENV] = str(where)    # before Ray starts: its workers inherit it
+    huge = shm_huge(where)
+    print(f"shared files in {where} ({f'tmpfs, huge={huge}' if huge else 'not a tmpfs'})")
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rounds = 6 if args.quick else 40
     print(f"cross-node migration, bytes, {BATCH}-page batches, against a numpy copy (target >= 0.50):")
@@ -344,10 +363,10 @@ def main() -> None:
         if streams == 1:
             one[policy] = (BATCH / mig, BATCH / cp)
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
-          "(via actor: sustained, as above; here: the same call in this process on /dev/shm payloads: the model's "
+          "(via actor: sustained, as above; here: the same call in this process on payloads in shared files: the model's "
           "steps, and what the copy adds to them, running beside the steps after it; via - here: the crossing to "
           "the coordinator actor and back, less what the next call saves by helping copy the last one's tail; "
-          "numpy copy: the baseline; shm copy: the same numpy copy between the two /dev/shm payloads):")
+          "numpy copy: the baseline; shm copy: the same numpy copy between the two shared payloads):")
     print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'via-here':>9} {'numpy copy':>11} "
           f"{'shm copy':>9}")
     for policy, (via, numpy_copy) in one.items():

@@ -125,10 +125,11 @@ class _Stopped(Exception):
         self.message, self.code = message, code
 
 
-def _execute(spec, scenario: str, title: str, backend: str, address: str | None, stress: bool,
+def _execute(spec, scenario: str, title: str, backend: str, ray_opts: dict[str, Any], stress: bool,
              check_every: int | None, bugs: tuple[str, ...], json_path: str | None, on: dict,
-             err: Console, min_hosts: int | None = None) -> dict[str, Any]:
-    """One run with a progress bar titled ``title``: its summary. Raises
+             err: Console) -> dict[str, Any]:
+    """One run with a progress bar titled ``title``: its summary. ``ray_opts``:
+    run_ray's address, min_hosts and shm (_ray_opts). Raises
     _Stopped: a failure (1, naming ``scenario``), or Ctrl-C before the runner
     has a summary (130; 143 for SIGTERM)."""
     from .runner_local import run_local
@@ -160,9 +161,8 @@ def _execute(spec, scenario: str, title: str, backend: str, address: str | None,
             every = check_every or spec.run.check_every or max(1, ops // 20)
             if backend == "ray":
                 from .runner_ray import run_ray
-                return run_ray(spec, tick, address=address, stress=stress, check_every=every, bugs=bugs,
-                               dump_dir=str(Path(json_path).parent) if json_path else None,
-                               min_hosts=min_hosts or 0, **on)
+                return run_ray(spec, tick, stress=stress, check_every=every, bugs=bugs,
+                               dump_dir=str(Path(json_path).parent) if json_path else None, **ray_opts, **on)
             return run_local(spec, tick, stress=stress, check_every=every, bugs=bugs, **on)
     except OSError as exc:
         raise _Stopped(f"{scenario}: the run failed: {exc}", 1) from None
@@ -180,11 +180,28 @@ hosts_option = click.option(
          "node actors, as for a cluster still starting (`ray up` brings its workers up after the head)")
 
 
-def _check_ray_args(backend: str, address: str | None, min_hosts: int | None) -> None:
+shm_option = click.option(
+    "--shm-dir", "shm", default=None, metavar="DIR",
+    help="where the node actors' payloads and the other shared files go, on every host "
+         "[default: $NUMAEMU_SHM_DIR, else /dev/shm]: a tmpfs mounted with huge=always gives the "
+         "payloads huge pages, which /dev/shm has not, and migrations copy faster")
+
+
+def _ray_opts(backend: str, address: str | None, min_hosts: int | None, shm: str | None) -> dict[str, Any]:
+    """The Ray options checked (exit 2 naming the one that is wrong), as run_ray takes them."""
     if backend == "local" and address:
         _fail("--address needs --backend ray", 2)
     if min_hosts is not None and min_hosts > 1 and not address:
         _fail("--hosts needs --address: an embedded Ray has one host", 2)
+    if backend == "local" and shm:
+        _fail("--shm-dir needs --backend ray: the in-process model keeps its frames in its own memory", 2)
+    if backend == "ray" and not address:    # the embedded Ray runs on this host: its directory must be here
+        from .dataplane import SHM_DIR_ENV, shm_dir
+        try:
+            shm_dir(shm or "")
+        except ValueError as exc:
+            _fail(f"{'--shm-dir' if shm else SHM_DIR_ENV}: {exc}", 2)
+    return {"address": address, "min_hosts": min_hosts or 0, "shm": shm or ""}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -217,13 +234,14 @@ def main() -> None:
 @click.option("--report", "report_dir", type=click.Path(path_type=str), default=None, metavar="DIR",
               help="also write PNG plots (memory, migrations, swap, latency) and an index.html into DIR")
 @hosts_option
+@shm_option
 @metrics_options
 def run(scenario: str, backend: str, address: str | None, stress: bool, check_every: int | None,
         bugs: tuple[str, ...], sets: tuple[str, ...], json_path: str | None, report_dir: str | None,
-        min_hosts: int | None, metrics_port: int, metrics_bind: str, hold: float, run_label: str | None,
-        sd_dir: str | None) -> None:
+        min_hosts: int | None, shm: str | None, metrics_port: int, metrics_bind: str, hold: float,
+        run_label: str | None, sd_dir: str | None) -> None:
     """Run the scenario file SCENARIO and print a per-node summary."""
-    _check_ray_args(backend, address, min_hosts)
+    ray_opts = _ray_opts(backend, address, min_hosts, shm)
     spec = _load(scenario, sets, bugs)
     if check_every and not (stress or spec.run.stress):
         _fail("--check-every needs --stress (or [run] stress = true)", 2)
@@ -257,8 +275,8 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
         on["latency"] = LatencyRecorder()
     try:
         with _sigterm_stops_the_run():
-            summary = _execute(spec, scenario, Path(scenario).name, backend, address, stress, check_every, bugs,
-                               json_path, on, err, min_hosts)
+            summary = _execute(spec, scenario, Path(scenario).name, backend, ray_opts, stress, check_every, bugs,
+                               json_path, on, err)
     except _Stopped as stop:
         _fail(stop.message, stop.code)
 
@@ -303,11 +321,12 @@ def run(scenario: str, backend: str, address: str | None, stress: bool, check_ev
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str), default=None,
               metavar="PATH", help="also write every run's summary, by design, as JSON")
 @hosts_option
+@shm_option
 def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str | None, sets: tuple[str, ...],
-            json_path: str | None, min_hosts: int | None) -> None:
+            json_path: str | None, min_hosts: int | None, shm: str | None) -> None:
     """Run SCENARIO once under each migration design, with the same seeds, and
     print the designs side by side."""
-    _check_ray_args(backend, address, min_hosts)
+    ray_opts = _ray_opts(backend, address, min_hosts, shm)
     if any(s.split("=", 1)[0].strip() == "machine.policy" for s in sets):
         _fail("--set machine.policy: compare sets the policy itself (use --policy)", 2)
     policies = tuple(dict.fromkeys(policies)) or ("migentry", "migcache", "swapcache")
@@ -323,7 +342,7 @@ def compare(scenario: str, policies: tuple[str, ...], backend: str, address: str
         for p, spec in specs.items():
             try:
                 runs[p] = _execute(spec, f"{scenario} (policy {p})", f"{Path(scenario).name} [{p}]", backend,
-                                   address, False, None, (), None, {}, err, min_hosts)
+                                   ray_opts, False, None, (), None, {}, err)
             except _Stopped as stop:        # between two designs, or one failed: keep the ones done
                 stopped = stop
                 break

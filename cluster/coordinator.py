@@ -73,22 +73,23 @@ EVENT_LOG = 10_000
 
 class Coordinator:
     def __init__(self, config: dict[str, Any], nodes: list[dict[str, Any]], bugs: tuple[str, ...] = (),
-                 record: bool = False, run_id: str = ""):
+                 record: bool = False, run_id: str = "", shm: str = ""):
         """``nodes[i]``: node actor i's payload: {"host", "path", "shape", "dtype", "handle"}.
         ``record``: log every mutating call for dumps (stress mode); off, calls cost nothing extra.
         ``run_id``: in the names of its files in /dev/shm, as in the node actors' (numaemu-<run_id>-*),
-        so that whoever started the run can remove them all, whatever died when."""
+        so that whoever started the run can remove them all, whatever died when.
+        ``shm``: the directory of those files (cluster.dataplane.shm_dir)."""
         import ray
 
         self.host = ray.get_runtime_context().get_node_id()
         self.m = ConcurrentMachine.from_config(config, bugs=bugs)
         # the node actors on this host walk page tables only while no thread of ours is in the model
         run = run_id or uuid.uuid4().hex
-        self.steps = StepsLock(str(shm_dir() / f"numaemu-{run}-steps"))
+        self.steps = StepsLock(str(shm_dir(shm) / f"numaemu-{run}-steps"))
         self.steps.drain = self._local_faults
         self.cond = self.m.cond = threading.Condition(self.steps)
         # the frame tables and counters, where the node actors on this host fault locally
-        self.frames = frames_shm.share(self.m.k, str(shm_dir() / f"numaemu-{run}-frames"))
+        self.frames = frames_shm.share(self.m.k, str(shm_dir(shm) / f"numaemu-{run}-frames"))
         self.local_faults = collections.Counter()   # by node
         self.reshaping: collections.Counter = collections.Counter()   # pid -> its RESHAPE calls in flight
         self.remote_nodes: list[int] = []

@@ -13,6 +13,7 @@ arrays, slices and ``view``), so the model runs unchanged on either.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 import threading
@@ -26,9 +27,48 @@ import numpy as np
 from emulator.frames import copy_rows
 
 
-def shm_dir() -> Path:
+SHM_DIR_ENV = "NUMAEMU_SHM_DIR"
+
+
+def shm_dir(path: str = "") -> Path:
+    """Where this host's shared files go: ``path`` when given (``--shm-dir``),
+    else ``$NUMAEMU_SHM_DIR`` when set, else /dev/shm, else the temporary
+    directory. A tmpfs mounted with ``huge=always`` gives the payloads huge
+    pages, which /dev/shm does not under its default ``huge=never``: a
+    migration's copy is then as fast as one between anonymous arrays."""
+    path = path or os.environ.get(SHM_DIR_ENV, "")
+    if path:
+        return checked_shm_dir(path)
     d = Path("/dev/shm")
     return d if d.is_dir() and os.access(d, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def checked_shm_dir(path: str) -> Path:
+    """``path`` as a directory for shared files, or ValueError saying why not."""
+    d = Path(path)
+    if not d.is_dir():
+        raise ValueError(f"shared memory directory {path}: no such directory")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ValueError(f"shared memory directory {path}: not writable")
+    return d
+
+
+def shm_huge(d: Path, mounts: Path = Path("/proc/self/mounts")) -> str:
+    """The huge page setting of the tmpfs that holds ``d`` (its ``huge=``
+    mount option, "never" when it has none), or "" when it is no tmpfs."""
+    best, opts = "", ""
+    try:
+        with open(mounts) as fh:
+            table = [line.split() for line in fh]
+    except OSError:
+        return ""
+    real = os.path.realpath(d)
+    for m in table:
+        if len(m) >= 4 and (real == m[1] or real.startswith(m[1].rstrip("/") + "/")) and len(m[1]) >= len(best):
+            best, opts = m[1], (m[3] if m[2] == "tmpfs" else "")
+    if not opts:
+        return ""
+    return next((o.split("=", 1)[1] for o in opts.split(",") if o.startswith("huge=")), "never")
 
 
 def payload_shape(nframes: int, page_size: int, payload: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -42,7 +82,7 @@ def create_payload(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
     size = int(np.prod(shape)) * dtype.itemsize
     with open(path, "xb") as fh:
         fh.truncate(max(size, 1))
-    return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+    return _advise_huge(np.memmap(path, dtype=dtype, mode="r+", shape=shape))
 
 
 def overcommitted(descs: list[dict[str, Any]]) -> list[str]:
@@ -52,18 +92,31 @@ def overcommitted(descs: list[dict[str, Any]]) -> list[str]:
     a new page dies of SIGBUS (the run reports the node actor lost)."""
     hosts: dict[str, dict[str, Any]] = {}
     for i, d in enumerate(descs):
-        h = hosts.setdefault(d["host"], {"nodes": [], "bytes": 0, "free": d["shm_free"]})
+        h = hosts.setdefault(d["host"], {"nodes": [], "bytes": 0, "free": d["shm_free"],
+                                         "dir": str(Path(d["path"]).parent)})
         h["nodes"].append(i)
         h["bytes"] += d["bytes"]
         h["free"] = min(h["free"], d["shm_free"])
     return [f"host {host[:12]}: the payloads of nodes {', '.join(map(str, h['nodes']))} take "
-            f"{h['bytes'] / 2**30:.1f} GiB, with {h['free'] / 2**30:.1f} GiB free in {shm_dir()}: "
+            f"{h['bytes'] / 2**30:.1f} GiB, with {h['free'] / 2**30:.1f} GiB free in {h['dir']}: "
             "a run that writes more than that loses a node actor (SIGBUS)"
             for host, h in hosts.items() if h["bytes"] > h["free"]]
 
 
 def attach_payload(path: str | Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape))
+    return _advise_huge(np.memmap(path, dtype=dtype, mode="r+", shape=tuple(shape)))
+
+
+def _advise_huge(a: np.memmap) -> np.memmap:
+    """Ask for huge pages (MADV_HUGEPAGE): a tmpfs mounted ``huge=advise``
+    then gives them, as ``huge=always`` does unasked; ``never`` ignores it."""
+    mm = getattr(a, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return a
 
 
 def unlink(path: str | Path) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from emulator.sched import Deadlock
 
-from .dataplane import attach_payload, create_payload, payload_shape, shm_dir, unlink
+from .dataplane import attach_payload, create_payload, payload_shape, shm_dir, shm_huge, unlink
 from .tlb import NodeTLB
 from .workload import AccessPattern, Proc, fork_cycle
 
@@ -41,13 +41,14 @@ MAX_DETAILS = 20
 
 
 class NodeActor:
-    def __init__(self, node: int, nframes: int, page_size: int, payload: str, run_id: str):
+    def __init__(self, node: int, nframes: int, page_size: int, payload: str, run_id: str, shm: str = ""):
+        """``shm``: the directory for its shared files (cluster.dataplane.shm_dir)."""
         import ray
 
         self.node = node
         self.host = ray.get_runtime_context().get_node_id()
         self.shape, self.dtype = payload_shape(nframes, page_size, payload)
-        self.path = shm_dir() / f"numaemu-{run_id}-node{node}"
+        self.path = shm_dir(shm) / f"numaemu-{run_id}-node{node}"
         self.data = create_payload(self.path, self.shape, self.dtype)
         self.page_size = page_size
         self.reach: dict[int, np.ndarray] = {node: self.data}   # payloads this node's CPUs access
@@ -74,7 +75,8 @@ class NodeActor:
     def payload(self) -> dict[str, Any]:
         return {"host": self.host, "path": str(self.path), "shape": list(self.shape),
                 "dtype": self.dtype.str, "handle": None,
-                "bytes": int(self.data.nbytes), "shm_free": shutil.disk_usage(self.path.parent).free}
+                "bytes": int(self.data.nbytes), "shm_free": shutil.disk_usage(self.path.parent).free,
+                "huge": shm_huge(self.path.parent)}
 
     def rows_get(self, key, view=None) -> np.ndarray:
         a = self.data if view is None else self.data.view(view)

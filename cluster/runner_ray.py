@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from emulator.sched import Deadlock
@@ -251,7 +252,10 @@ class RayRun:
     """One run of a scenario on Ray actors."""
 
     def __init__(self, scenario: Scenario, *, stress: bool = False, check_every: int = 0,
-                 bugs: tuple[str, ...] = (), metrics=None, dump_dir: str | None = None, latency=None):
+                 bugs: tuple[str, ...] = (), metrics=None, dump_dir: str | None = None, latency=None,
+                 shm: str = ""):
+        """``shm``: the directory, on every host, for the shared files (payloads, frame tables,
+        TLBs): cluster.dataplane.shm_dir."""
         import ray
 
         self.ray = ray
@@ -260,6 +264,7 @@ class RayRun:
         self.check_every = check_every
         self.run_id = uuid.uuid4().hex[:12]
         self.bugs = tuple(bugs)
+        self.shm = shm
         cfg = scenario.machine.config()
         probe = scenario.take_machine()          # validated already: sizes and the topology
         self.nr_nodes = int(probe.nr_nodes)
@@ -276,17 +281,18 @@ class RayRun:
             Node = ray.remote(NodeActor)
             self.nodes = [Node.options(num_cpus=0, max_concurrency=8, scheduling_strategy=_on(h),
                                        name=f"numaemu-{self.run_id}-node{i}").remote(i, frames[i], page_size,
-                                                                                     payload, self.run_id)
+                                                                                     payload, self.run_id, shm)
                           for i, h in enumerate(self.placement)]
             descs = ray.get([n.payload.remote() for n in self.nodes])
             self.warnings = overcommitted(descs)
+            self.payload_dirs = [{"dir": str(Path(d["path"]).parent), "huge": d["huge"]} for d in descs]
             for d, h in zip(descs, self.nodes):
                 d["handle"] = h
             Coord = ray.remote(Coordinator)
             self.coord = Coord.options(num_cpus=0, max_concurrency=self.nr_nodes + 8,
                                        scheduling_strategy=_on(self.hosts[0]),
                                        name=f"numaemu-{self.run_id}-coord").remote(cfg, descs, tuple(bugs), stress,
-                                                                                   self.run_id)
+                                                                                   self.run_id, shm)
             self.info = ray.get(self.coord.info.remote())   # the coordinator has mapped the payloads
             plain = [{k: v for k, v in d.items() if k != "handle"} for d in descs]
             ray.get([n.peers.remote(plain) for n in self.nodes])    # and so has every node on the same host
@@ -473,7 +479,8 @@ class RayRun:
         summary["swapoff_events"] = loc.swapoff_events
         summary["schedule_late_ops"] = self.late
         summary["verified_pages"] = int(self.verified["pages"])
-        summary["hosts"] = [{"node": i, "host": h} for i, h in enumerate(self.placement)]
+        # where each node's payload lives, and whether its tmpfs gives it huge pages ("" : no tmpfs)
+        summary["hosts"] = [{"node": i, "host": h, **self.payload_dirs[i]} for i, h in enumerate(self.placement)]
         summary["remote_nodes"] = list(self.info["remote_nodes"])
         summary["warnings"] = list(self.warnings)
         # how calls reached the coordinator: the same-host channel, or Ray actor calls
@@ -671,15 +678,20 @@ class RayRun:
             ray.kill(self.coord)
         # whatever the actors on this host left, should they have died first: every name is numaemu-<run_id>-*
         from .dataplane import shm_dir, unlink
-        for path in shm_dir().glob(f"numaemu-{self.run_id}-*"):
+        try:
+            here = shm_dir(self.shm)
+        except ValueError:      # no such directory on this host (a driver off the cluster): nothing left here
+            return
+        for path in here.glob(f"numaemu-{self.run_id}-*"):
             unlink(path)
 
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,
             stress: bool = False, check_every: int = 0, metrics=None,
             dump_dir: str | None = None, latency=None, bugs: tuple[str, ...] = (),
-            min_hosts: int = 0) -> dict[str, Any]:
-    """``min_hosts``: wait until the cluster has that many hosts before placing the node actors."""
+            min_hosts: int = 0, shm: str = "") -> dict[str, Any]:
+    """``min_hosts``: wait until the cluster has that many hosts before placing the node actors.
+    ``shm``: where the shared files go on every host (cluster.dataplane.shm_dir)."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = ensure_ray(address)     # Ray may install handlers later too: ours come back after
     import ray
@@ -689,7 +701,7 @@ def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: 
         if min_hosts > 1:
             wait_for_hosts(min_hosts, lambda msg: print(f"numaemu: {msg}", file=sys.stderr, flush=True))
         run = RayRun(scenario, stress=stress, check_every=check_every, metrics=metrics, dump_dir=dump_dir,
-                     latency=latency, bugs=tuple(bugs))
+                     latency=latency, bugs=tuple(bugs), shm=shm)
         return run.run(progress)
     except ray.exceptions.RayError as exc:     # an actor died where no loss is accounted: say so in one line
         raise RunnerError(f"the run failed: {_first_line(exc)}") from None

@@ -111,11 +111,12 @@ def test_a_copy_in_flight_copies_every_row_once_joined(shape):
 def test_payloads_larger_than_the_hosts_free_shared_memory_are_named():
     from cluster.dataplane import overcommitted
     gib = 1 << 30
-    descs = [{"host": "a" * 40, "bytes": 6 * gib, "shm_free": 10 * gib},
-             {"host": "b" * 40, "bytes": 6 * gib, "shm_free": 20 * gib},
-             {"host": "a" * 40, "bytes": 6 * gib, "shm_free": 9 * gib}]     # host a: 12 GiB in 9 GiB
-    (warning,) = overcommitted(descs)
-    assert warning.startswith("host aaaaaaaaaaaa: the payloads of nodes 0, 2 take 12.0 GiB, with 9.0 GiB free")
+    descs = [{"host": "a" * 40, "bytes": 6 * gib, "shm_free": 10 * gib, "path": "/mnt/huge/numaemu-r-node0"},
+             {"host": "b" * 40, "bytes": 6 * gib, "shm_free": 20 * gib, "path": "/dev/shm/numaemu-r-node1"},
+             {"host": "a" * 40, "bytes": 6 * gib, "shm_free": 9 * gib, "path": "/mnt/huge/numaemu-r-node2"}]
+    (warning,) = overcommitted(descs)       # host a: 12 GiB in 9 GiB, in the directory its files are in
+    assert warning.startswith("host aaaaaaaaaaaa: the payloads of nodes 0, 2 take 12.0 GiB, with 9.0 GiB free "
+                              "in /mnt/huge: ")
     assert overcommitted(descs[1:2]) == []
 
 

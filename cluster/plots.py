@@ -384,7 +384,7 @@ def _fmt(v: Any) -> str:
 
 
 def index_html(summary: dict, images: list[str]) -> str:
-    from .report import LATENCIES, _ops_done, node_rows, run_name
+    from .report import LATENCIES, _ops_done, node_rows, payload_dirs, run_name
 
     s = summary
     name = run_name(s)
@@ -394,6 +394,7 @@ def index_html(summary: dict, images: list[str]) -> str:
         ["backend", s.get("backend", "?")],
         ["policy", s.get("policy", "?")],
         ["payload", s.get("payload", "?")],
+        *([["payloads in", where]] if (where := payload_dirs(s)) else []),
         ["operations", ops],
         ["seed", s.get("seed", "?")],
         ["processes", s.get("processes", "?")],

@@ -110,6 +110,20 @@ def run_name(summary: dict[str, Any]) -> str:
     return with_overrides(summary.get("scenario", "?"), summary.get("overrides", [])) + bugs
 
 
+def payload_dirs(summary: dict[str, Any]) -> str:
+    """Where a Ray run's payloads lived, and whether their tmpfs gave them huge
+    pages (a migration's copy is faster with them): "" for an in-process run."""
+    seen: dict[tuple[str, str], list[str]] = {}
+    for h in summary.get("hosts", []):
+        if "dir" in h:
+            seen.setdefault((h["dir"], h["huge"]), []).append(str(h["node"]))
+    pages = {"": "not a tmpfs", "never": "tmpfs, 4 KiB pages (huge=never)"}
+    parts = [f"{d} ({pages.get(huge, f'tmpfs, huge={huge}')})" for d, huge in seen]
+    if len(parts) > 1:
+        parts = [f"node{'s' * (len(nodes) > 1)} {', '.join(nodes)} in {p}" for p, nodes in zip(parts, seen.values())]
+    return "; ".join(parts)
+
+
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"{run_name(summary)}: policy {summary['policy']}, payload {summary['payload']}, "
                   f"{_ops_done(summary)} operations, {summary['processes']} processes, "
@@ -129,6 +143,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                       f"{tlb.get('walks_refused', 0)} of them neither walked nor faulted on the node because it was busy "
                       f"in the model); {tlb['shootdowns']} TLB shootdowns, "
                       f"{tlb.get('shootdown_s', 0):.2f} s waiting for them")
+    where = payload_dirs(summary)
+    if where:
+        console.print(f"payloads: {where}", soft_wrap=True)
     via = summary.get("coordinator_calls")
     if via and via["channel"] + via["actor"]:
         console.print(f"coordinator calls: {via['channel']} over the same-host channel, "

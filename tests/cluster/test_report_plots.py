@@ -115,6 +115,7 @@ def test_index_html_shows_the_plots_and_the_numbers(report_run):
         assert f'<img src="{name}"' in page
     assert "pressure.toml" in page
     assert "<b>swapcache</b>" in page and "<b>token</b>" in page
+    assert "payloads in" not in page            # in-process: the frames are in the process's own memory
     totals = summary["totals"]
     for field in ("pgmigrate_success", "pswpout", "used", "pgfault"):
         assert f"<td>{totals[field]}</td>" in page, field
@@ -300,9 +301,12 @@ def test_index_html_says_what_cut_the_run_short_and_what_it_ran_with(tmp_path):
                "totals": {"frames": 16, "used": 5},
                "tlb": {"hits": 7, "walks": 2, "local_faults": 1, "misses": 4,
                        "hits_by_node": {"0": 5, "1": 2}, "walks_by_node": {"1": 2}, "local_faults_by_node": {"0": 1}},
-               "violations": 0, "violation_details": []}
+               "violations": 0, "violation_details": [],
+               "hosts": [{"node": 0, "host": "h", "dir": "/mnt/huge", "huge": "always"},
+                         {"node": 1, "host": "h", "dir": "/mnt/huge", "huge": "always"}]}
     page = write_report(tmp_path / "r", summary, synthetic_timeline(2, 3), {})[-1].read_text()
     assert "x.toml --set run.seconds=2 --bug r1-no-pte-recheck" in page
+    assert "<td>payloads in</td><td>/mnt/huge (tmpfs, huge=always)</td>" in page
     assert "8885 of 100000 operations" in page and "100000 operations" not in page.replace("of 100000", "")
     assert "interrupted (Ctrl-C or SIGTERM): this run is partial" in page
     assert "warning: host h: payloads larger than /dev/shm" in page

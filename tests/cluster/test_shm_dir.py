@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from cluster.cli import main
 from cluster.dataplane import SHM_DIR_ENV, attach_payload, create_payload, shm_dir, shm_huge
 from cluster.runner_ray import RayRun, RunnerError
+from cluster.report import payload_dirs, print_summary
 from cluster.scenario import load_scenario
 
 from test_ray_runtime import scenario
@@ -123,6 +125,19 @@ def test_a_run_puts_every_shared_file_in_the_directory_given(ray_session, tmp_pa
     assert summary["violations"] == 0, summary["violation_details"]
     assert [(h["node"], h["dir"], h["huge"]) for h in summary["hosts"]] == [(0, str(d), ""), (1, str(d), "")]
     assert list(d.iterdir()) == []          # every name went once mapped
+    con = Console(record=True, width=200)
+    print_summary(summary, con)
+    assert f"payloads: {d} (not a tmpfs)\n" in con.export_text()
+
+
+def test_the_summary_says_where_each_nodes_payload_was():
+    hosts = [{"node": 0, "host": "a", "dir": "/dev/shm", "huge": "never"},
+             {"node": 1, "host": "b", "dir": "/mnt/h", "huge": "always"},
+             {"node": 2, "host": "a", "dir": "/dev/shm", "huge": "never"}]
+    assert payload_dirs({"hosts": hosts[:1]}) == "/dev/shm (tmpfs, 4 KiB pages (huge=never))"
+    assert payload_dirs({"hosts": hosts}) == ("nodes 0, 2 in /dev/shm (tmpfs, 4 KiB pages (huge=never)); "
+                                              "node 1 in /mnt/h (tmpfs, huge=always)")
+    assert payload_dirs({"hosts": [{"node": 0, "host": "a"}]}) == ""      # a summary from before --shm-dir
 
 
 def test_a_run_whose_directory_is_missing_does_not_start_and_says_why(ray_session, tmp_path):

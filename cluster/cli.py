@@ -182,9 +182,10 @@ hosts_option = click.option(
 
 shm_option = click.option(
     "--shm-dir", "shm", default=None, metavar="DIR",
-    help="where the node actors' payloads and the other shared files go, on every host "
-         "[default: $NUMAEMU_SHM_DIR, else /dev/shm]: a tmpfs mounted with huge=always gives the "
-         "payloads huge pages, which /dev/shm has not, and migrations copy faster")
+    help="where the node actors' payloads and the other shared files go, the same path on every host "
+         "[default: $NUMAEMU_SHM_DIR as each host's Ray workers see it, else /dev/shm]: a tmpfs mounted "
+         "with huge=always (or huge=advise) gives the payloads huge pages, which /dev/shm has not, and "
+         "migrations copy faster")
 
 
 def _ray_opts(backend: str, address: str | None, min_hosts: int | None, shm: str | None) -> dict[str, Any]:
@@ -201,7 +202,8 @@ def _ray_opts(backend: str, address: str | None, min_hosts: int | None, shm: str
             shm_dir(shm or "")
         except ValueError as exc:
             _fail(f"{'--shm-dir' if shm else SHM_DIR_ENV}: {exc}", 2)
-    return {"address": address, "min_hosts": min_hosts or 0, "shm": shm or ""}
+    # absolute: the actors' working directories are not this one's on other hosts
+    return {"address": address, "min_hosts": min_hosts or 0, "shm": os.path.abspath(shm) if shm else ""}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -76,7 +76,7 @@ class Coordinator:
                  record: bool = False, run_id: str = "", shm: str = ""):
         """``nodes[i]``: node actor i's payload: {"host", "path", "shape", "dtype", "handle"}.
         ``record``: log every mutating call for dumps (stress mode); off, calls cost nothing extra.
-        ``run_id``: in the names of its files in /dev/shm, as in the node actors' (numaemu-<run_id>-*),
+        ``run_id``: in the names of its shared files (shm_dir), as in the node actors' (numaemu-<run_id>-*),
         so that whoever started the run can remove them all, whatever died when.
         ``shm``: the directory of those files (cluster.dataplane.shm_dir)."""
         import ray

@@ -1,12 +1,12 @@
 """The data plane: where a node's frame payload lives, and how it is reached.
 
 A node actor owns its payload array (DESIGN.md principle 3). It creates it
-as a file in /dev/shm and maps it; any process on the same host maps the
-same file, so the coordinator reads, writes and migrates those frames with
-one memcpy, like a CPU reaching another NUMA node's memory. From another
-host the array is reached through :class:`RemoteRows`: every access is one
-actor call whose payload batch travels as a Ray object (numpy arrays are
-zero-copy on the reading side).
+as a file in shared memory (shm_dir(): /dev/shm by default) and maps it; any
+process on the same host maps the same file, so the coordinator reads,
+writes and migrates those frames with one memcpy, like a CPU reaching
+another NUMA node's memory. From another host the array is reached through
+:class:`RemoteRows`: every access is one actor call whose payload batch
+travels as a Ray object (numpy arrays are zero-copy on the reading side).
 
 Both kinds look like a numpy array to the model's steps (indexing with
 arrays, slices and ``view``), so the model runs unchanged on either.
@@ -47,28 +47,53 @@ def checked_shm_dir(path: str) -> Path:
     """``path`` as a directory for shared files, or ValueError saying why not."""
     d = Path(path)
     if not d.is_dir():
-        raise ValueError(f"shared memory directory {path}: no such directory")
+        why = "not a directory" if d.exists() else "no such directory"
+        raise ValueError(f"shared memory directory {path}: {why}")
     if not os.access(d, os.W_OK | os.X_OK):
         raise ValueError(f"shared memory directory {path}: not writable")
+    if shm_fs(d)[0] == "hugetlbfs":     # files there must be whole huge pages, and are never sparse
+        raise ValueError(f"shared memory directory {path}: a hugetlbfs mount; use a tmpfs mounted with "
+                         "huge=always for huge pages")
     return d
 
 
-def shm_huge(d: Path, mounts: Path = Path("/proc/self/mounts")) -> str:
-    """The huge page setting of the tmpfs that holds ``d`` (its ``huge=``
-    mount option, "never" when it has none), or "" when it is no tmpfs."""
-    best, opts = "", ""
+MOUNTINFO = Path("/proc/self/mountinfo")
+SHMEM_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+
+
+def shm_fs(d: Path) -> tuple[str, str]:
+    """The file system that holds ``d`` and, for a tmpfs, its huge page
+    setting: the mount's ``huge=`` ("never" without one), or the system-wide
+    ``deny`` or ``force`` of shmem_enabled, which override every mount.
+    ("", "") when it cannot be told. The mount is found by device number, so
+    symlinks, bind mounts, mounts hidden by later ones and escaped names in
+    the table do not mislead it."""
     try:
-        with open(mounts) as fh:
-            table = [line.split() for line in fh]
+        dev = os.stat(d).st_dev
+        lines = MOUNTINFO.read_text().splitlines()
     except OSError:
-        return ""
-    real = os.path.realpath(d)
-    for m in table:
-        if len(m) >= 4 and (real == m[1] or real.startswith(m[1].rstrip("/") + "/")) and len(m[1]) >= len(best):
-            best, opts = m[1], (m[3] if m[2] == "tmpfs" else "")
-    if not opts:
-        return ""
-    return next((o.split("=", 1)[1] for o in opts.split(",") if o.startswith("huge=")), "never")
+        return "", ""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        ours, theirs = left.split(), right.split()
+        if not sep or len(ours) < 5 or ours[2] != want or len(theirs) < 3:
+            continue
+        fstype, opts = theirs[0], theirs[2].split(",")
+        if fstype != "tmpfs":
+            return fstype, ""
+        huge = next((o.split("=", 1)[1] for o in opts if o.startswith("huge=")), "never")
+        try:
+            system = SHMEM_ENABLED.read_text()
+        except OSError:
+            system = ""
+        return fstype, next((w for w in ("deny", "force") if f"[{w}]" in system), huge)
+    return "", ""
+
+
+def shm_huge(d: Path) -> str:
+    """The huge page setting of the tmpfs that holds ``d`` (shm_fs), or "" when it is no tmpfs."""
+    return shm_fs(d)[1]
 
 
 def payload_shape(nframes: int, page_size: int, payload: str) -> tuple[tuple[int, ...], np.dtype]:

@@ -2,10 +2,11 @@
 
 The coordinator's model keeps every node's struct page fields (Frames: numpy
 arrays, its free stack and counters included) and the vmstat counters in one
-file in /dev/shm, which the node actors on its host map. A node actor can
-then run the model's own fault steps on them (cluster/local_fault.py) while
-it holds the coordinator's steps lock exclusively: the same functions, on the
-same memory, so Principle 1 holds and nothing is copied back.
+file in shared memory (shm_dir: /dev/shm by default), which the node actors
+on its host map. A node actor can then run the model's own fault steps on
+them (cluster/local_fault.py) while it holds the coordinator's steps lock
+exclusively: the same functions, on the same memory, so Principle 1 holds
+and nothing is copied back.
 
 Layout: for each node, each field of FIELDS in turn, then the vmstat counts;
 every array 8-byte aligned. Arrays are plain ndarrays over an mmap (not

@@ -114,7 +114,7 @@ class NodeActor:
 
     def forget_path(self) -> None:
         """Once the coordinator has mapped the payload, its name can go: the
-        mappings live on, and nothing is left in /dev/shm if a process dies."""
+        mappings live on, and nothing is left in the shared directory if a process dies."""
         unlink(self.path)
 
     def close(self) -> None:

@@ -277,6 +277,7 @@ class RayRun:
         self.coord = None
         self.info: dict[str, Any] = {}
         self.dead: dict[int, str] = {}
+        self.payload_dirs: list[dict[str, str]] = []
         try:    # a start that fails (or Ctrl-C) leaves no actor and no file behind
             Node = ray.remote(NodeActor)
             self.nodes = [Node.options(num_cpus=0, max_concurrency=8, scheduling_strategy=_on(h),
@@ -677,13 +678,18 @@ class RayRun:
                 pass
             ray.kill(self.coord)
         # whatever the actors on this host left, should they have died first: every name is numaemu-<run_id>-*
+        # (where they said they put them: a host's own $NUMAEMU_SHM_DIR may not be this process's)
         from .dataplane import shm_dir, unlink
+        dirs = {Path(d["dir"]) for d in self.payload_dirs}
+        if self.info.get("steps"):
+            dirs.add(Path(self.info["steps"]).parent)
         try:
-            here = shm_dir(self.shm)
-        except ValueError:      # no such directory on this host (a driver off the cluster): nothing left here
-            return
-        for path in here.glob(f"numaemu-{self.run_id}-*"):
-            unlink(path)
+            dirs.add(shm_dir(self.shm))
+        except ValueError:      # no such directory on this host (a driver off the cluster)
+            pass
+        for d in dirs:
+            for path in d.glob(f"numaemu-{self.run_id}-*"):
+                unlink(path)
 
 
 def run_ray(scenario: Scenario, progress: ProgressFn | None = None, *, address: str | None = None,

@@ -9,13 +9,13 @@ this module adds is what only a real node actor has:
   tokens it writes: node n's start at (n + 1) << 44, unique across writers.
   The writer's record of a hit is the coordinator's to take, at the next
   flush or harvest (the node has no shadow of the model's).
-- The TLB itself lives in shared memory (``/dev/shm``), as a real TLB is
-  hardware the kernel reaches directly: a coordinator on the node's host
-  maps it (``ShmPort``) and flushes or harvests it in place, under a lock
-  both processes take (a thread lock in the node, then ``flock`` on the
-  file; the kernel drops a dead holder's), in microseconds instead of an
-  actor call. A node that holds that lock for ``ANSWER_S`` (hung) is lost
-  (``NodeGone``).
+- The TLB itself lives in shared memory (a file in shm_dir(), /dev/shm by
+  default), as a real TLB is hardware the kernel reaches directly: a
+  coordinator on the node's host maps it (``ShmPort``) and flushes or
+  harvests it in place, under a lock both processes take (a thread lock in
+  the node, then ``flock`` on the file; the kernel drops a dead holder's),
+  in microseconds instead of an actor call. A node that holds that lock for
+  ``ANSWER_S`` (hung) is lost (``NodeGone``).
 - The page tables of the processes a node runs live in the same file, the
   node's memory: the coordinator's model reads and writes them there
   (``ShmPort.adopt``), and the node walks them on a TLB miss, as an MMU

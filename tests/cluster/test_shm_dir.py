@@ -3,8 +3,10 @@ whether their tmpfs gives the payloads huge pages."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cluster.cli import main
+from cluster import dataplane
+from cluster.cli import _ray_opts, main
 from cluster.dataplane import SHM_DIR_ENV, attach_payload, create_payload, shm_dir, shm_huge
 from cluster.runner_ray import RayRun, RunnerError
 from cluster.report import payload_dirs, print_summary
@@ -38,7 +41,7 @@ def test_a_directory_that_is_missing_or_not_writable_is_refused_by_name(tmp_path
     with pytest.raises(ValueError, match=f"{tmp_path / 'nope'}: no such directory"):
         shm_dir(str(tmp_path / "nope"))
     (tmp_path / "file").write_text("")
-    with pytest.raises(ValueError, match="file: no such directory"):
+    with pytest.raises(ValueError, match="file: not a directory"):
         shm_dir(str(tmp_path / "file"))
     monkeypatch.setenv(SHM_DIR_ENV, str(tmp_path / "gone"))
     with pytest.raises(ValueError, match="gone: no such directory"):
@@ -51,25 +54,57 @@ def test_a_directory_that_is_missing_or_not_writable_is_refused_by_name(tmp_path
             shm_dir(str(ro))
 
 
-MOUNTS = """\
-tmpfs /dev/shm tmpfs rw,nosuid,nodev 0 0
-tmpfs /mnt/huge tmpfs rw,relatime,size=4194304k,huge=always 0 0
-/dev/vdb /mnt/huge/disk ext4 rw,relatime 0 0
-tmpfs /mnt/adv tmpfs rw,huge=advise 0 0
-/dev/vda / ext4 rw 0 0
-"""
+def _mountinfo(tmp_path: Path, monkeypatch, lines: list[str], shmem_enabled: str = "always within_size "
+               "advise [never] deny force") -> None:
+    """The mount table and shmem_enabled shm_fs reads, as given."""
+    (tmp_path / "mountinfo").write_text("".join(f"{line}\n" for line in lines))
+    (tmp_path / "shmem_enabled").write_text(shmem_enabled + "\n")
+    monkeypatch.setattr(dataplane, "MOUNTINFO", tmp_path / "mountinfo")
+    monkeypatch.setattr(dataplane, "SHMEM_ENABLED", tmp_path / "shmem_enabled")
 
 
-def test_the_huge_setting_is_the_innermost_mounts(tmp_path):
-    mounts = tmp_path / "mounts"
-    mounts.write_text(MOUNTS)
-    assert shm_huge(Path("/dev/shm"), mounts) == "never"          # a tmpfs without huge=
-    assert shm_huge(Path("/mnt/huge"), mounts) == "always"
-    assert shm_huge(Path("/mnt/huge/x/y"), mounts) == "always"
-    assert shm_huge(Path("/mnt/huge/disk/x"), mounts) == ""       # a disk mounted inside it
-    assert shm_huge(Path("/mnt/hugely"), mounts) == ""            # not under /mnt/huge: the root's
-    assert shm_huge(Path("/mnt/adv"), mounts) == "advise"
-    assert shm_huge(Path("/mnt/adv"), tmp_path / "none") == ""    # no mount table to read
+def _dev(d: Path) -> str:
+    st = os.stat(d)
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def test_the_mount_is_found_by_device_number_whatever_its_name(tmp_path, monkeypatch):
+    here = _dev(tmp_path)
+    other = "0:9999" if here != "0:9999" else "0:9998"
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    _mountinfo(tmp_path, monkeypatch, [
+        f"25 24 {other} / {tmp_path} rw,relatime - tmpfs tmpfs rw,size=64k,huge=never",   # hidden by the next
+        f"30 25 {here} / {tmp_path} rw,relatime - tmpfs tmpfs rw,size=64k,huge=within_size",
+        f"31 25 {other} / /mnt/a\\040b rw - tmpfs tmpfs rw,huge=always",     # an escaped name: skipped, not misread
+    ])
+    assert dataplane.shm_fs(tmp_path) == ("tmpfs", "within_size")
+    assert dataplane.shm_fs(tmp_path / "link") == ("tmpfs", "within_size")
+    assert shm_huge(tmp_path) == "within_size"
+
+
+def test_a_tmpfs_without_huge_is_never_and_a_disk_is_no_tmpfs(tmp_path, monkeypatch):
+    here = _dev(tmp_path)
+    _mountinfo(tmp_path, monkeypatch, [f"30 25 {here} / /x rw - tmpfs tmpfs rw,size=64k"])
+    assert dataplane.shm_fs(tmp_path) == ("tmpfs", "never")
+    _mountinfo(tmp_path, monkeypatch, [f"30 25 {here} / /x rw - ext4 /dev/vdb rw"])
+    assert dataplane.shm_fs(tmp_path) == ("ext4", "") and shm_huge(tmp_path) == ""
+    _mountinfo(tmp_path, monkeypatch, [])
+    assert dataplane.shm_fs(tmp_path) == ("", "")       # not in the table: unknown
+    monkeypatch.setattr(dataplane, "MOUNTINFO", tmp_path / "none")
+    assert dataplane.shm_fs(tmp_path) == ("", "")       # no table to read
+
+
+@pytest.mark.parametrize("system,seen", [("[deny]", "deny"), ("[force]", "force"), ("[advise]", "always")])
+def test_shmem_enabled_deny_and_force_override_every_mount(tmp_path, monkeypatch, system, seen):
+    _mountinfo(tmp_path, monkeypatch, [f"30 25 {_dev(tmp_path)} / /x rw - tmpfs tmpfs rw,huge=always"],
+               shmem_enabled=f"always within_size {system} never")
+    assert shm_huge(tmp_path) == seen
+
+
+def test_a_hugetlbfs_mount_is_refused_by_name(tmp_path, monkeypatch):
+    _mountinfo(tmp_path, monkeypatch, [f"30 25 {_dev(tmp_path)} / /x rw - hugetlbfs hugetlbfs rw,pagesize=2M"])
+    with pytest.raises(ValueError, match="a hugetlbfs mount; use a tmpfs mounted with huge=always"):
+        shm_dir(str(tmp_path))
 
 
 def _pmd_mapped_kib(path: Path) -> int:
@@ -123,11 +158,13 @@ def test_a_run_puts_every_shared_file_in_the_directory_given(ray_session, tmp_pa
     finally:
         r.close()
     assert summary["violations"] == 0, summary["violation_details"]
-    assert [(h["node"], h["dir"], h["huge"]) for h in summary["hosts"]] == [(0, str(d), ""), (1, str(d), "")]
+    huge = shm_huge(d)                      # "" here; "never" where /tmp is a tmpfs
+    assert [(h["node"], h["dir"], h["huge"]) for h in summary["hosts"]] == [(0, str(d), huge), (1, str(d), huge)]
     assert list(d.iterdir()) == []          # every name went once mapped
     con = Console(record=True, width=200)
     print_summary(summary, con)
-    assert f"payloads: {d} (not a tmpfs)\n" in con.export_text()
+    assert f"payloads: {payload_dirs(summary)}\n" in con.export_text()
+    assert payload_dirs(summary).startswith(f"{d} (")
 
 
 def test_the_summary_says_where_each_nodes_payload_was():
@@ -164,3 +201,27 @@ def test_the_cli_refuses_a_bad_shm_dir_before_it_starts_anything(tmp_path, comma
     assert out.exit_code == 2 and f"error: {SHM_DIR_ENV}: shared memory directory {gone}" in out.stderr
     out = _cli([command, toml, "--backend", "local", "--shm-dir", str(tmp_path)])
     assert out.exit_code == 2 and "--shm-dir needs --backend ray" in out.stderr
+
+
+def test_a_relative_shm_dir_is_made_absolute(tmp_path, monkeypatch):
+    """On a cluster each raylet has its own working directory: the path the actors get is absolute."""
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _ray_opts("ray", None, None, "rel")["shm"] == str(tmp_path / "rel")
+    assert _ray_opts("ray", None, None, None)["shm"] == ""
+
+
+def test_numaemu_shm_dir_reaches_the_actors_of_an_embedded_ray(tmp_path):
+    """The variable, set where numaemu starts its own Ray, is what the node actors and the
+    coordinator use (their workers inherit it)."""
+    d = tmp_path / "shm"
+    d.mkdir()
+    out = tmp_path / "s.json"
+    env = {**os.environ, SHM_DIR_ENV: str(d)}
+    done = subprocess.run([str(Path(sys.executable).with_name("numaemu")), "run", str(scenario(tmp_path)),
+                           "--set", "run.operations=40", "--json", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(out.read_text())
+    assert {h["dir"] for h in summary["hosts"]} == {str(d)}
+    assert list(d.iterdir()) == []

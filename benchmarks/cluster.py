@@ -2,10 +2,12 @@
 Usage: python benchmarks/cluster.py [--quick] [--shm-dir DIR]
 
 The shared files (payloads, frame tables) go where numaemu run puts them:
-``--shm-dir``, else $NUMAEMU_SHM_DIR, else /dev/shm. The first line says
-where, and whether that tmpfs gives them huge pages (/dev/shm does not by
-default; a tmpfs mounted with huge=always does, and a migration's copy is
-then about as fast as the baseline's).
+$NUMAEMU_SHM_DIR, else /dev/shm. With ``--shm-dir DIR``, the migration
+figures are measured in DIR too, in the same run, alternating with the
+default's: a tmpfs mounted with huge=always gives the payloads huge pages,
+which /dev/shm does not by default, and a migration's copy is then about as
+fast as the baseline's. The first line says where each directory is and its
+huge page setting.
 
 - cross-node migration, 2 node actors, bytes mode, 4096-page batches, as a
   ratio of a plain numpy copy of the same bytes in one process (target >=
@@ -66,8 +68,9 @@ BATCH = 4096
 PAGE = 4096
 
 
-def start(nodes: int, frames: int, swap: int, payload: str, policy: str = "migcache"):
-    """Node actors and a coordinator, as the runner places them."""
+def start(nodes: int, frames: int, swap: int, payload: str, policy: str = "migcache", shm: str = ""):
+    """Node actors and a coordinator, as the runner places them, their shared
+    files in ``shm`` (cluster.dataplane.shm_dir)."""
     import uuid
 
     import ray
@@ -77,14 +80,14 @@ def start(nodes: int, frames: int, swap: int, payload: str, policy: str = "migca
 
     run_id = uuid.uuid4().hex[:8]
     Node = ray.remote(NodeActor)
-    actors = [Node.options(num_cpus=0, max_concurrency=4).remote(i, frames, PAGE, payload, run_id)
+    actors = [Node.options(num_cpus=0, max_concurrency=4).remote(i, frames, PAGE, payload, run_id, shm)
               for i in range(nodes)]
     descs = ray.get([a.payload.remote() for a in actors])
     for d, a in zip(descs, actors):
         d["handle"] = a
     cfg = {"nodes": nodes, "frames_per_node": frames, "swap_pages": swap, "page_size": PAGE,
            "policy": policy, "payload": payload}
-    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=16).remote(cfg, descs)
+    coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=16).remote(cfg, descs, shm=shm)
     m = CoordMachine(coord)                     # waits for the coordinator to map the payloads
     ray.get([a.forget_path.remote() for a in actors])
     return actors, coord, m
@@ -122,7 +125,7 @@ class NumpyCopy:
 BACK_TO_BACK = 8
 
 
-def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
+def migration(rounds: int, streams: int, policy: str, shm: str = "") -> tuple[float, float]:
     """Sustained pages/s of move_pages of 4096-page batches between the two
     nodes, with ``streams`` callers at once (each moving its own process's
     pages back and forth, BACK_TO_BACK calls a round, then one call that
@@ -133,7 +136,7 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
     from concurrent.futures import ThreadPoolExecutor
 
     frames = BATCH * 2 * streams + 512
-    actors, coord, m = start(2, frames, BATCH * 2 * streams, "bytes", policy)
+    actors, coord, m = start(2, frames, BATCH * 2 * streams, "bytes", policy, shm)
     copy = NumpyCopy()
     try:
         work = []
@@ -166,7 +169,7 @@ def migration(rounds: int, streams: int, policy: str) -> tuple[float, float]:
     return BATCH * streams / statistics.median(mig), BATCH / statistics.median(cp)
 
 
-def in_process(rounds: int, policy: str) -> tuple[float, float, float]:
+def in_process(rounds: int, policy: str, shm: str = "") -> tuple[float, float, float]:
     """The same move_pages as migration()'s, in this process, on payloads in
     shared files as the node actors' are: the median seconds per move, and per
     move without its copy (the model's steps alone), rounds of the two
@@ -185,7 +188,7 @@ def in_process(rounds: int, policy: str) -> tuple[float, float, float]:
 
     m = ConcurrentMachine.from_config({"nodes": 2, "frames_per_node": BATCH * 2 + 512, "swap_pages": BATCH * 2,
                                        "page_size": PAGE, "policy": policy, "payload": "bytes"})
-    paths = [shm_dir() / f"numaemu-bench-{uuid.uuid4().hex}" for _ in m.k.nodes]
+    paths = [shm_dir(shm) / f"numaemu-bench-{uuid.uuid4().hex}" for _ in m.k.nodes]
     for fr, path in zip(m.k.nodes, paths):
         fr.data = create_payload(path, fr.data.shape, fr.data.dtype)
     real = cc.CopyInFlight
@@ -340,39 +343,38 @@ def main() -> None:
     ap.add_argument("--shm-dir", metavar="DIR", default="",
                     help="where the shared files go (default: $NUMAEMU_SHM_DIR, else /dev/shm)")
     args = ap.parse_args()
-    import os
-
     import ray
 
-    from cluster.dataplane import SHM_DIR_ENV, shm_dir, shm_huge
+    from cluster.dataplane import shm_dir, shm_huge
     try:
-        where = shm_dir(args.shm_dir)
+        dirs = list(dict.fromkeys([str(shm_dir()), *([str(shm_dir(args.shm_dir))] if args.shm_dir else [])]))
     except ValueError as exc:
         ap.error(str(exc))
-    os.environ[SHM_DIR_ENV] = str(where)    # before Ray starts: its workers inherit it
-    huge = shm_huge(where)
-    print(f"shared files in {where} ({f'tmpfs, huge={huge}' if huge else 'not a tmpfs'})")
+    print("shared files in " + "; ".join(f"{d} ({f'tmpfs, huge={h}' if (h := shm_huge(Path(d))) else 'not a tmpfs'})"
+                                         for d in dirs))
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     rounds = 6 if args.quick else 40
+    width = max(len(d) for d in dirs)
     print(f"cross-node migration, bytes, {BATCH}-page batches, against a numpy copy (target >= 0.50):")
-    print(f"{'policy':>10} {'callers':>8} {'pages/s':>12} {'numpy copy':>12} {'ratio':>6}")
+    print(f"{'policy':>10} {'callers':>8} {'shared files':<{width}} {'pages/s':>12} {'numpy copy':>12} {'ratio':>6}")
     one = {}
     for policy, streams in (("migentry", 1), ("migentry", 2), ("migcache", 1), ("swapcache", 1)):
-        mig, cp = migration(rounds, streams, policy)
-        print(f"{policy:>10} {streams:>8} {mig:>12,.0f} {cp:>12,.0f} {mig / cp:>6.2f}")
-        if streams == 1:
-            one[policy] = (BATCH / mig, BATCH / cp)
+        for d in dirs:      # one after the other, so that each directory's rounds see the same machine
+            mig, cp = migration(rounds, streams, policy, d)
+            print(f"{policy:>10} {streams:>8} {d:<{width}} {mig:>12,.0f} {cp:>12,.0f} {mig / cp:>6.2f}")
+            if streams == 1:
+                one[policy, d] = (BATCH / mig, BATCH / cp)
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
-          "(via actor: sustained, as above; here: the same call in this process on payloads in shared files: the model's "
-          "steps, and what the copy adds to them, running beside the steps after it; via - here: the crossing to "
-          "the coordinator actor and back, less what the next call saves by helping copy the last one's tail; "
-          "numpy copy: the baseline; shm copy: the same numpy copy between the two shared payloads):")
-    print(f"{'policy':>10} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} {'via-here':>9} {'numpy copy':>11} "
-          f"{'shm copy':>9}")
-    for policy, (via, numpy_copy) in one.items():
-        here, steps, shm = in_process(rounds, policy)
-        print(f"{policy:>10} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {(here - steps) * 1e3:>6.2f} {steps * 1e3:>6.2f} "
-              f"{(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f} {shm * 1e3:>9.2f}")
+          "(via actor: sustained, as above; here: the same call in this process on payloads in shared files: the "
+          "model's steps, and what the copy adds to them, running beside the steps after it; via - here: the "
+          "crossing to the coordinator actor and back, less what the next call saves by helping copy the last "
+          "one's tail; numpy copy: the baseline; shm copy: the same numpy copy between the two shared payloads):")
+    print(f"{'policy':>10} {'shared files':<{width}} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} "
+          f"{'via-here':>9} {'numpy copy':>11} {'shm copy':>9}")
+    for (policy, d), (via, numpy_copy) in one.items():
+        here, steps, shm = in_process(rounds, policy, d)
+        print(f"{policy:>10} {d:<{width}} {via * 1e3:>10.2f} {here * 1e3:>6.2f} {(here - steps) * 1e3:>6.2f} "
+              f"{steps * 1e3:>6.2f} {(via - here) * 1e3:>9.2f} {numpy_copy * 1e3:>11.2f} {shm * 1e3:>9.2f}")
     first, swapin = faults(4 if args.quick else 16)
     print(f"faults through the coordinator, {BATCH}-page batches: first touch {first:,.0f} pages/s, "
           f"swap-in {swapin:,.0f} pages/s (target >= 200,000)")

@@ -44,7 +44,7 @@ import errno
 import numpy as np
 
 from . import pte as P
-from .frames import PG_dirty, PG_locked, PG_lru, PG_swapcache, PG_anon
+from .frames import PG_dirty, PG_locked, PG_lru, PG_swapcache, PG_anon, span
 from .kernel import split_nodes
 from .mm import VMA
 from .page_alloc import alloc_for, policy_of
@@ -448,7 +448,12 @@ def lock_step(k, gp: np.ndarray) -> np.ndarray:
     for node, sel in split_nodes(gp):
         fr = k.nodes[node]
         pf = gp[sel] & P.PFN_MASK
-        free = (fr.flags[pf] & PG_locked) == 0
+        at = span(pf)
+        free = (fr.flags[at] & PG_locked) == 0
+        if free.all():          # the usual batch: no one else holds any
+            fr.flags[at] |= PG_locked
+            got[sel] = True
+            continue
         fr.flags[pf[free]] |= PG_locked
         got[np.arange(len(gp))[sel][free]] = True
     return got

@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from . import pte as P
-from .frames import Frames, PG_isolated, PG_lru, copy_rows
+from .frames import Frames, PG_isolated, PG_lru, copy_rows, span
 from .migcache import MigCache
 from .mm import MM, AnonVMA
 from .swap import SwapDevice
@@ -143,9 +143,10 @@ class Kernel:
         its holder's to drop: a page the isolator failed to lock is held by
         another operation (shrink_page_list's keep path)."""
         fr = self.nodes[node]
-        fr.flags[pfns] = (fr.flags[pfns] & ~PG_isolated) | PG_lru
-        fr.lru_tick[pfns] = fr.tick
-        fr.put(pfns)
+        at = span(pfns)
+        fr.flags[at] = (fr.flags[at] & ~PG_isolated) | PG_lru
+        fr.lru_tick[at] = fr.tick
+        fr.put(pfns, at)
 
 
 def keep(mask: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:

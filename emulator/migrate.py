@@ -38,7 +38,7 @@ import numpy as np
 
 from . import pte as P
 from .fault import lock_step, unlock_pages
-from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache
+from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapcache, span
 from .kernel import distinct, keep, split_nodes
 from .mm import MM, Mempolicy
 from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_planned, alloc_policy
@@ -55,18 +55,20 @@ def isolate_step(k, node: int, pfns: np.ndarray) -> np.ndarray:
     """isolate_lru_page(): off the LRU with a reference; False where the page is not
     on the LRU (already isolated by someone, or being reclaimed)."""
     fr = k.nodes[node]
-    ok = (fr.flags[pfns] & (PG_lru | PG_isolated)) == PG_lru
-    p = pfns[ok]
-    fr.flags[p] = (fr.flags[p] & ~PG_lru) | PG_isolated
-    fr.refcount[p] += 1
+    at = span(pfns)
+    ok = (fr.flags[at] & (PG_lru | PG_isolated)) == PG_lru
+    if not ok.all():
+        at = pfns[ok]
+    fr.flags[at] = (fr.flags[at] & ~PG_lru) | PG_isolated
+    fr.refcount[at] += 1
     return ok
 
 
 def freed_step(k, b: Batch) -> np.ndarray:
     """A page held only by our isolation reference was freed under us: done."""
     fr = k.nodes[b.node]
-    gone = (fr.refcount[b.pfns] == 1) & (fr.mapcount[b.pfns] == 0) & \
-        ((fr.flags[b.pfns] & PG_swapcache) == 0)
+    at = b.at
+    gone = (fr.refcount[at] == 1) & (fr.mapcount[at] == 0) & ((fr.flags[at] & PG_swapcache) == 0)
     return gone
 
 
@@ -93,7 +95,7 @@ def page_anon_vmas(k, b: Batch) -> dict:
 def alloc_step(k, node: int, n: int, cpu: int) -> np.ndarray:
     pfns = alloc_on(k, node, n, cpu)
     fr = k.nodes[node]
-    fr.flags[pfns] = PG_anon | PG_locked | PG_isolated   # the migrator's reference
+    fr.flags[span(pfns)] = PG_anon | PG_locked | PG_isolated   # the migrator's reference
     return pfns
 
 
@@ -104,8 +106,8 @@ def prepare_step(k, b: Batch):
     if policy == "migentry":
         return None, None
     fr = k.nodes[b.node]
-    priv = fr.private[b.pfns]
-    sc = ((fr.flags[b.pfns] & PG_swapcache) != 0) & (P.swp_type(priv) == P.SWP_SWAP)
+    priv = np.array(fr.private[b.at])      # kept across the cache's writes below
+    sc = ((fr.flags[b.at] & PG_swapcache) != 0) & (P.swp_type(priv) == P.SWP_SWAP)
     entries = np.where(sc, priv, 0)
     add = np.flatnonzero(~sc)
     if len(add):
@@ -117,31 +119,36 @@ def prepare_step(k, b: Batch):
 def move_mapping_step(k, b: Batch, dst: int, new: np.ndarray) -> np.ndarray:
     """migrate_folio(): freeze the refcount, move the cache slot, copy data and flags."""
     fr, nf = k.nodes[b.node], k.nodes[dst]
-    pf = b.pfns
-    cached = (fr.flags[pf] & PG_swapcache) != 0
+    pf, at = b.pfns, b.at
+    cached = (fr.flags[at] & PG_swapcache) != 0
     if "no-refcount-freeze" in k.bugs:
-        ok = fr.mapcount[pf] == 0
+        ok = fr.mapcount[at] == 0
     else:
-        ok = (fr.refcount[pf] == 1 + cached) & (fr.mapcount[pf] == 0)
+        ok = (fr.refcount[at] == 1 + cached) & (fr.mapcount[at] == 0)
     pf, npf, cached = keep(ok, pf, new, cached)
     moved_pf, moved_npf = pf, npf
-    nf.anon_vma[npf] = fr.anon_vma[pf]
-    nf.index[npf] = fr.index[pf]
-    nf.flags[npf] |= fr.flags[pf] & PG_dirty
+    if pf is not b.pfns:
+        at = span(pf)
+    nat = span(npf)
+    nf.anon_vma[nat] = fr.anon_vma[at]
+    nf.index[nat] = fr.index[at]
+    nf.flags[nat] |= fr.flags[at] & PG_dirty
     if cached.any():
-        pf, npf = keep(cached, pf, npf)
-        e = fr.private[pf]
+        if not cached.all():
+            pf, npf = keep(cached, pf, npf)
+            at, nat = span(pf), span(npf)
+        e = np.array(fr.private[at])       # kept across the write below
         ng = P.gpfn(dst, npf)
-        nf.flags[npf] |= PG_swapcache
-        nf.private[npf] = e
-        nf.refcount[npf] += 1
+        nf.flags[nat] |= PG_swapcache
+        nf.private[nat] = e
+        nf.refcount[nat] += 1
         off = P.pte_offset(e)
         sw = P.swp_type(e) == P.SWP_SWAP
         k.swap.cache_page[off[sw]] = ng[sw]
         k.migcache.page[off[~sw]] = ng[~sw]
-        fr.flags[pf] &= ~PG_swapcache
-        fr.private[pf] = 0
-        fr.refcount[pf] -= 1
+        fr.flags[at] &= ~PG_swapcache
+        fr.private[at] = 0
+        fr.refcount[at] -= 1
     k.copy_payload(fr.data, moved_pf, nf.data, moved_npf)
     return ok
 
@@ -168,11 +175,11 @@ def finish_step(k, b: Batch, entries, added, dst: int, new: np.ndarray) -> None:
     entry this migration added goes; a swap-cache page stays in the swap cache."""
     if entries is not None:
         _leave_cache(k, dst, *keep(added, new, entries))
-    k.nodes[dst].flags[new] &= ~PG_locked
+    k.nodes[dst].flags[span(new)] &= ~PG_locked
     k.putback(dst, new)
     fr = k.nodes[b.node]
-    fr.flags[b.pfns] &= ~(PG_locked | PG_isolated)
-    fr.put(b.pfns)
+    fr.flags[b.at] &= ~(PG_locked | PG_isolated)
+    fr.put(b.pfns, b.at)
 
 
 def undo_step(k, b: Batch, entries, added) -> None:
@@ -205,8 +212,9 @@ def to_swap_step(k, b: Batch) -> np.ndarray:
 
 def free_frames_step(k, node: int, pfns: np.ndarray) -> None:
     fr = k.nodes[node]
-    fr.flags[pfns] &= ~(PG_locked | PG_isolated)
-    fr.put(pfns)
+    at = span(pfns)
+    fr.flags[at] &= ~(PG_locked | PG_isolated)
+    fr.put(pfns, at)
 
 
 async def _remap(k, avs, b: Batch, entries, node: int, pfns: np.ndarray) -> None:

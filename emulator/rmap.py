@@ -32,7 +32,7 @@ from functools import cached_property
 import numpy as np
 
 from . import pte as P
-from .frames import PG_swapcache
+from .frames import PG_swapcache, span
 from .mm import VMA, AnonVMA
 from .kernel import distinct, split_nodes as _split
 from .sched import call
@@ -53,6 +53,11 @@ class Batch:
     @cached_property
     def gpfn(self) -> np.ndarray:
         return P.gpfn(self.node, self.pfns)
+
+    @cached_property
+    def at(self) -> slice | np.ndarray:
+        """pfns as a slice where they are consecutive (frames.span), to index frame tables with."""
+        return span(self.pfns)
 
     def take(self, sel) -> "Batch":
         """The pages a mask, a slice or ascending positions select."""
@@ -151,7 +156,7 @@ def unmap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray
         vma.pte[i] = e
         entry_dup(k, e)
     fr = k.nodes[b.node]
-    pf = _pick(b.pfns, s)
+    pf = b.at if s is None else span(b.pfns[s])
     fr.mapcount[pf] -= 1
     fr.refcount[pf] -= 1
 
@@ -192,6 +197,7 @@ def remap_vma(k, vma: VMA, b: Batch, pos: np.ndarray | None, entries: np.ndarray
     npf = _pick(new_pfns, _at(pos, s))
     vma.pte[i] = P.mk_present(new_node, npf, write if np.isscalar(write) else write.astype(np.int64))
     fr = k.nodes[new_node]
+    npf = span(npf)
     fr.mapcount[npf] += 1
     fr.refcount[npf] += 1
     if entries is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pte as P
-from .frames import PG_anon, PG_dirty, PG_lru, PG_swapcache
+from .frames import PG_anon, PG_dirty, PG_lru, PG_swapcache, span
 from .kernel import split_nodes
 from .page_alloc import alloc_for
 from .rmap import Batch
@@ -32,10 +32,11 @@ def add_to_swap(k, b: Batch) -> np.ndarray:
     if n:
         fr = k.nodes[b.node]
         pf = b.pfns[:n]
+        at = b.at if n == len(b) else span(pf)
         e = P.mk_swp(P.SWP_SWAP, slots)
-        fr.flags[pf] |= PG_swapcache | PG_dirty
-        fr.private[pf] = e
-        fr.refcount[pf] += 1
+        fr.flags[at] |= PG_swapcache | PG_dirty
+        fr.private[at] = e
+        fr.refcount[at] += 1
         k.swap.cache_page[slots] = P.gpfn(b.node, pf)
         out[:n] = e
     return out
@@ -47,9 +48,10 @@ def add_to_migcache(k, b: Batch) -> np.ndarray:
     k.migcache.insert(ids, b.gpfn)
     fr = k.nodes[b.node]
     e = P.mk_swp(P.SWP_MIGCACHE, ids)
-    fr.flags[b.pfns] |= PG_swapcache
-    fr.private[b.pfns] = e
-    fr.refcount[b.pfns] += 1
+    at = b.at
+    fr.flags[at] |= PG_swapcache
+    fr.private[at] = e
+    fr.refcount[at] += 1
     k.stat.add(b.node, "migcache_add", len(b))
     return e
 
@@ -59,11 +61,12 @@ def delete_from_swap_cache(k, node: int, pfns: np.ndarray) -> None:
     if not len(pfns):
         return
     fr = k.nodes[node]
-    slots = P.pte_offset(fr.private[pfns])
-    fr.flags[pfns] &= ~PG_swapcache
-    fr.private[pfns] = 0
+    at = span(pfns)
+    slots = P.pte_offset(fr.private[at])
+    fr.flags[at] &= ~PG_swapcache
+    fr.private[at] = 0
     k.swap.clear_cache(slots)
-    fr.put(pfns)
+    fr.put(pfns, at)
 
 
 def pageout(k, node: int, pfns: np.ndarray) -> None:

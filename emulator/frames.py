@@ -34,7 +34,6 @@ def flag_names(f: int) -> str:
     return "|".join(n for b, n in FLAG_NAMES.items() if f & b) or "0"
 
 
-
 def span(a: np.ndarray) -> slice | np.ndarray:
     """``a`` as a slice when it is a run of consecutive ascending indices (the
     usual batch: frames allocated together), which numpy reads and writes

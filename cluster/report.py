@@ -117,8 +117,8 @@ def payload_dirs(summary: dict[str, Any]) -> str:
     for h in summary.get("hosts", []):
         if "dir" in h:
             seen.setdefault((h["dir"], h["huge"]), []).append(str(h["node"]))
-    pages = {"": "not a tmpfs", "never": "tmpfs, 4 KiB pages (huge=never)",
-             "deny": "tmpfs, 4 KiB pages (shmem_enabled=deny)", "force": "tmpfs, huge pages (shmem_enabled=force)"}
+    pages = {"": "not a tmpfs", "never": "tmpfs, huge=never: 4 KiB pages",
+             "deny": "tmpfs, shmem_enabled=deny: 4 KiB pages", "force": "tmpfs, shmem_enabled=force: huge pages"}
     parts = [f"{d} ({pages.get(huge, f'tmpfs, huge={huge}')})" for d, huge in seen]
     if len(parts) > 1:
         parts = [f"node{'s' * (len(nodes) > 1)} {', '.join(nodes)} in {p}" for p, nodes in zip(parts, seen.values())]

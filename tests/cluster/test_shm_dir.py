@@ -171,8 +171,8 @@ def test_the_summary_says_where_each_nodes_payload_was():
     hosts = [{"node": 0, "host": "a", "dir": "/dev/shm", "huge": "never"},
              {"node": 1, "host": "b", "dir": "/mnt/h", "huge": "always"},
              {"node": 2, "host": "a", "dir": "/dev/shm", "huge": "never"}]
-    assert payload_dirs({"hosts": hosts[:1]}) == "/dev/shm (tmpfs, 4 KiB pages (huge=never))"
-    assert payload_dirs({"hosts": hosts}) == ("nodes 0, 2 in /dev/shm (tmpfs, 4 KiB pages (huge=never)); "
+    assert payload_dirs({"hosts": hosts[:1]}) == "/dev/shm (tmpfs, huge=never: 4 KiB pages)"
+    assert payload_dirs({"hosts": hosts}) == ("nodes 0, 2 in /dev/shm (tmpfs, huge=never: 4 KiB pages); "
                                               "node 1 in /mnt/h (tmpfs, huge=always)")
     assert payload_dirs({"hosts": [{"node": 0, "host": "a"}]}) == ""      # a summary from before --shm-dir
 

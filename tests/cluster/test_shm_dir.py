@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from rich.console import Console
 
 from cluster import dataplane
@@ -22,6 +21,7 @@ from cluster.runner_ray import RayRun, RunnerError
 from cluster.report import payload_dirs, print_summary
 from cluster.scenario import load_scenario
 
+from test_cli import runner
 from test_ray_runtime import scenario
 
 
@@ -184,11 +184,7 @@ def test_a_run_whose_directory_is_missing_does_not_start_and_says_why(ray_sessio
 
 
 def _cli(args: list[str], env: dict[str, str] | None = None):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, args, env=env)
+    return runner().invoke(main, args, env=env)
 
 
 @pytest.mark.parametrize("command", ["run", "compare"])

@@ -38,7 +38,6 @@ import threading
 from typing import Any
 
 from emulator import Machine
-from emulator.migrate import leaves_payloads
 from emulator.sched import Call, Deadlock
 
 from .dataplane import CopyInFlight, copy_batch
@@ -60,20 +59,17 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
     value: Any = None
     exc: BaseException | None = None
     yield_cpu = os.sched_yield if hasattr(os, "sched_yield") else (lambda: None)
-    ahead: CopyInFlight | None = None
+    ahead: CopyInFlight | None = None       # this operation's copy on the copier thread: m.flight
     try:
         while True:
             try:
                 req = throw(exc) if exc is not None else send(value)
             except StopIteration as stop:
                 if ahead is not None and m.post_copies:
-                    m.posted, ahead = ahead, None   # the caller releases the lock once it is done
+                    ahead = None        # it lands later, its caller keeping the node actors out until then
                 return stop.value, steps
             exc = None
             if req.__class__ is Call:
-                if ahead is not None and not leaves_payloads(req.fn, req.args):
-                    ahead.join()
-                    ahead = None
                 try:
                     value = req.fn(*req.args)
                 except Exception as e:  # delivered to the operation, which may undo
@@ -83,16 +79,14 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 if deferred:
                     copies = list(deferred)
                     deferred.clear()
-                    if ahead is not None:
-                        ahead.join()
-                        ahead = None
+                    m._land()           # copies land in the order they were asked for
                     if m.k.inflight <= 1 and CopyInFlight.fits(copies):
-                        ahead = CopyInFlight(copies)
+                        ahead = m.flight = CopyInFlight(copies)
                         copies = None
                 if ahead is not None:
-                    if not ahead.done():
+                    if m.flight is ahead and not ahead.done():
                         continue    # no preemption point until the copy is done
-                    ahead.join()    # done: its error, if it had one, reaches the operation's caller
+                    m._land()       # its error, if it had one, reaches the operation's caller
                     ahead = None
                 if copies:
                     m.copying += 1
@@ -111,7 +105,7 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                         cond.notify_all()
             else:
                 if ahead is not None:
-                    ahead.join()
+                    m._land()
                     ahead = None
                 while not req.pred():
                     if not cond.wait(WAIT_TIMEOUT):
@@ -120,7 +114,7 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 value = None
     finally:
         if ahead is not None:
-            ahead.join()
+            m._land()
 
 
 class ConcurrentMachine(Machine):
@@ -137,8 +131,10 @@ class ConcurrentMachine(Machine):
         self.copying = 0                     # operations whose copy is running now
         self.steps = 0                       # every operation's steps so far
         self.mine = threading.local()        # .steps: this thread's, for its caller's latency
-        self.post_copies = False             # an operation may end before its copy (see posted)
-        self.posted: CopyInFlight | None = None   # that copy: the lock is held until it is done
+        self.post_copies = False             # an operation may end before its copy (see flight)
+        self.flight: CopyInFlight | None = None   # that copy: every look at a payload waits for it
+        for fr in self.k.nodes:
+            fr.landing = self._land
 
     def _run(self, coro):
         k = self.k
@@ -151,8 +147,22 @@ class ConcurrentMachine(Machine):
         self.mine.steps = getattr(self.mine, "steps", 0) + steps
         return value
 
+    def _land(self) -> None:
+        """Frames.landing: wait for the copy in flight, helping it. A chunk
+        that failed leaves the pages it moved undefined: an error."""
+        flight = self.flight
+        if flight is not None:
+            flight.wait()
+            if self.flight is flight:
+                self.flight = None
+            if flight.error is not None:
+                raise RuntimeError(flight.failure())
+
     def _settled(self) -> None:
-        """Wait (the lock dropped) until no migration copy is in flight."""
+        """Wait until no migration copy is in flight: the one an operation
+        left behind, and (the lock dropped) those running beside other
+        operations' steps."""
+        self._land()
         while self.copying:
             if not self.cond.wait(WAIT_TIMEOUT):
                 raise Deadlock(f"a migration copy did not finish in {WAIT_TIMEOUT:.0f} s")

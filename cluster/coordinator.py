@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import threading
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -46,7 +45,7 @@ from emulator.tlb import Shootdown
 
 from . import channel, frames_shm
 from .concurrent import ConcurrentMachine
-from .dataplane import RemoteRows, attach_payload, shm_dir, unlink
+from .dataplane import CopyInFlight, RemoteRows, attach_payload, shm_dir, unlink
 from .local_fault import account
 from .tlb import RayPort, ShmPort, StepsLock, regions
 
@@ -132,10 +131,8 @@ class Coordinator:
         came through the same-host channel (cluster/channel.py), not Ray."""
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
-        posted = self.m.posted
-        if posted is not None:
-            posted.help()
         self.cond.acquire()
+        before = self.m.flight
         try:
             if self.copy_failed is not None:
                 raise RuntimeError(self.copy_failed)
@@ -169,34 +166,26 @@ class Coordinator:
             if _fill >= 0 and name == "touch":
                 pid, addr, npages = args[:3]
                 mm = self.m._mm(pid)
+                self.m._land()          # the node reads and writes what its TLB caches without us
                 out = out, self.tlb.fill(mm, self.m._range(mm, addr, npages), _fill, addr >> self.m.k.page_shift)
             return True, out, self.m.mine.steps
         finally:
             self.m.post_copies = False
-            self._release()
-
-    def _release(self) -> None:
-        """Let go of the machine lock, or, when the call's migration left its
-        copy running (POSTED), have whoever copies its last chunk let go."""
-        posted = self.m.posted
-        if posted is None:
+            flight = self.m.flight
+            if flight is not None and flight is not before:    # the call's migration left its copy running
+                self.steps.pin()
+                flight.post(lambda: self._landed(flight))
             self.cond.release()
-        else:
-            posted.post(self._release_posted)
 
-    def _release_posted(self) -> None:
-        """On the thread that copied the posted copy's last chunk. A chunk
-        that failed (a bug: the call has answered) fails every call after."""
-        posted, self.m.posted = self.m.posted, None
-        self.steps.owner = threading.get_ident()
+    def _landed(self, flight: CopyInFlight) -> None:
+        """On the thread that copied a posted copy's last chunk: the node
+        actors may come in. A chunk that failed (a bug: the call has
+        answered) fails every call after."""
         try:
-            if posted is not None and posted.error is not None:
-                self.copy_failed = ("a migration's copy failed after its call answered, the contents of the "
-                                    "pages it moved are undefined: "
-                                    + "".join(traceback.format_exception(posted.error)))
-            self.cond.notify_all()
+            if flight.error is not None:
+                self.copy_failed = flight.failure()
         finally:
-            self.cond.release()
+            self.steps.unpin()
 
     def _log(self, seq: int, caller: str, name: str, args: tuple, kw: dict, outcome: str,
              result: Any = None) -> None:
@@ -297,6 +286,8 @@ class Coordinator:
             if self.copy_failed is not None:
                 raise RuntimeError(self.copy_failed)
             self.m._settled()          # no new frame looked at before its copy lands
+            if self.copy_failed is not None:
+                raise RuntimeError(self.copy_failed)
             self.tlb.harvest(self.m.k)  # the writes made through the TLBs, into the record
             try:
                 self.m.check()

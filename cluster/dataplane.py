@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -330,19 +331,17 @@ class CopyInFlight:
                 if then is not None:
                     then()
 
-    def help(self) -> None:
-        """Copy chunks not taken yet: a caller waiting for the lock a posted
-        copy holds."""
-        self._work()
-
     def done(self) -> bool:
         return self.helper.done()
 
-    def join(self) -> None:
+    def wait(self) -> None:
+        """Until the last chunk is copied, copying chunks not taken yet."""
         self._work()
         self.helper.result()
-        if self.error is not None:
-            raise self.error
+
+    def failure(self) -> str:
+        return ("a migration's copy failed, the contents of the pages it moved are undefined: "
+                + "".join(traceback.format_exception(self.error)))
 
     def post(self, then: Callable[[], None]) -> None:
         """Run ``then`` once the last chunk is copied, on the thread that

@@ -173,7 +173,10 @@ class StepsLock:
     without waiting either: it lets go of the TLB and tries again as a walk does.
     ``drain`` runs each time a coordinator thread has taken it: the
     accounting of the local faults since (their ring is in the same file).
-    Usable as the lock of a ``threading.Condition``.
+    A migration copy that lands after its operation ended keeps the node
+    actors out until it has landed (``pin``), while the coordinator's threads
+    go on: the flock is held while a thread holds the lock or a copy is
+    pinned. Usable as the lock of a ``threading.Condition``.
     """
 
     def __init__(self, path: str):
@@ -181,6 +184,10 @@ class StepsLock:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self.lock = threading.Lock()
         self.owner: int | None = None
+        self.meta = threading.Lock()    # held, pins and flocked, which a copier thread changes too
+        self.held = False
+        self.pins = 0
+        self.flocked = False
         self.ring = FaultRing(path)
         self.drain: Callable[[np.ndarray], None] | None = None
 
@@ -188,7 +195,11 @@ class StepsLock:
         if not self.lock.acquire(blocking, timeout):
             return False
         try:
-            _flock_within(self.fd, fcntl.LOCK_EX, ANSWER_S, "a node actor held the page-walk lock")
+            with self.meta:
+                if not self.flocked:
+                    _flock_within(self.fd, fcntl.LOCK_EX, ANSWER_S, "a node actor held the page-walk lock")
+                    self.flocked = True
+                self.held = True
         except BaseException:
             self.lock.release()
             raise
@@ -203,8 +214,27 @@ class StepsLock:
 
     def release(self) -> None:
         self.owner = None
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        with self.meta:
+            self.held = False
+            self._unflock()
         self.lock.release()
+
+    def pin(self) -> None:
+        """Keep the node actors out after the lock is let go, until ``unpin``
+        (a copy still landing). Called holding the lock."""
+        with self.meta:
+            self.pins += 1
+
+    def unpin(self) -> None:
+        """From any thread (the copier's)."""
+        with self.meta:
+            self.pins -= 1
+            self._unflock()
+
+    def _unflock(self) -> None:
+        if self.flocked and not self.held and not self.pins:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.flocked = False
 
     def _is_owned(self) -> bool:
         return self.owner == threading.get_ident()

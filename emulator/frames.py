@@ -16,6 +16,8 @@ reclaim restores `high`.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 PG_locked = np.uint16(1 << 0)
@@ -50,6 +52,11 @@ def span(a: np.ndarray) -> slice | np.ndarray:
 class Frames:
     """Frame table of one node; steps on it are the node owner's steps."""
 
+    # A driver whose copies may still be running after their operation ended
+    # (cluster/concurrent.py) sets this: every look at the payload waits for
+    # them first, so that none sees a frame before its contents land.
+    landing: Callable[[], None] | None = None
+
     def __init__(self, node: int, nframes: int, page_size: int, payload: str):
         self.node = node
         self.nframes = nframes
@@ -74,6 +81,17 @@ class Frames:
         self.wmark_min = nframes // 128
         self.wmark_low = nframes // 64
         self.wmark_high = (nframes * 3) // 128
+
+    @property
+    def data(self) -> np.ndarray:
+        """The payload: a token (int64) or the bytes of each frame."""
+        if self.landing is not None:
+            self.landing()
+        return self._data
+
+    @data.setter
+    def data(self, a: np.ndarray) -> None:
+        self._data = a
 
     @property
     def nr_free(self) -> int:

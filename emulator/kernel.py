@@ -183,7 +183,7 @@ def split_nodes(gpfns: np.ndarray):
         yield n, nodes == n
 
 
-_FRAME_ARRAYS = ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick", "free_stack", "data",
+_FRAME_ARRAYS = ("refcount", "mapcount", "flags", "private", "anon_vma", "index", "lru_tick", "free_stack", "_data",
                  "counters")
 _SWAP_ARRAYS = ("swap_map", "cache_page", "free_stack", "store")
 

@@ -315,16 +315,6 @@ async def _move(k, avs, sub: Batch, entries, added, dst: int, new: np.ndarray) -
     return moved
 
 
-def leaves_payloads(fn, args: tuple) -> bool:
-    """Whether step fn(*args) reads and writes no payload: the steps after the
-    copy in a migration (the remap walk, finish_step, then unpinning the
-    anon_vmas and putting back what did not move), as 6.1's
-    remove_migration_ptes(), the unlock and the putback need no contents. A
-    driver whose copies run apart from the steps (cluster/concurrent.py) may
-    run these while the copy is still going, letting nothing else in."""
-    return fn in _PAYLOAD_FREE or (fn is walk_step and args[4] is remap_vma)
-
-
 def gave_up(k, result: np.ndarray) -> bool:
     """Did migrate_pages() return -ENOMEM? Upstream (migentry) it stops at the
     first page that gets no new page and the whole call fails; the historical
@@ -438,5 +428,3 @@ def putback_step(k, b: Batch, sel: np.ndarray) -> None:
     """putback_movable_pages(): pages still isolated go back on the LRU."""
     k.putback(b.node, b.pfns[sel])
 
-
-_PAYLOAD_FREE = frozenset({finish_step, unpin_anon_vmas, putback_step})

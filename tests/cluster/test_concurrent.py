@@ -102,8 +102,8 @@ def test_a_copy_in_flight_copies_every_row_once_joined(shape):
     want[di] = src[si]
     want_other[np.arange(64)[::-1]] = src[si[:64]]
     job = CopyInFlight(copies)
-    job.join()
-    assert job.done()
+    job.wait()
+    assert job.done() and job.error is None
     np.testing.assert_array_equal(dst, want)
     np.testing.assert_array_equal(other, want_other)
 
@@ -138,13 +138,13 @@ def test_a_copy_running_ahead_of_the_remap_lands_before_anyone_sees_the_pages(mo
         addr = m.mmap(pid, n)
         m.write(pid, addr, data)
     in_copy, go = held_copier
-    real_join = D.CopyInFlight.join
+    real_wait = D.CopyInFlight.wait
 
-    def join_once_the_copier_copies(self):     # so that the joining thread takes no chunk first
+    def wait_once_the_copier_copies(self):     # so that the waiting thread takes no chunk first
         assert in_copy.wait(30), "the copy did not run on a copier thread"
-        real_join(self)
+        real_wait(self)
 
-    monkeypatch.setattr(D.CopyInFlight, "join", join_once_the_copier_copies)
+    monkeypatch.setattr(D.CopyInFlight, "wait", wait_once_the_copier_copies)
     out: dict[str, object] = {}
 
     def migrate():

@@ -14,9 +14,9 @@ huge page setting.
   0.50), under each migration design (upstream migration entries, the
   scenarios' default, with one and two callers; the migration cache; the
   swap cache): sustained rates, every copy counted. A caller has its
-  answer before its copy's tail is done (the machine stays locked until it
-  is), so a round is 8 migrations back to back and a call that waits for
-  the last copy; each round is followed by as many numpy copies, and the
+  answer before its copy's tail is done (the contents land after it, and
+  whatever looks at them waits until they have), so a round is 8
+  migrations back to back and a read that waits for the last copy; each round is followed by as many numpy copies, and the
   medians are compared, so both see the same machine and no copy runs
   beside another. The benchmark is the coordinator's caller on its host, so its
   calls take the same-host channel (cluster/channel.py). Then where a
@@ -24,9 +24,8 @@ huge page setting.
   payloads in the same shared files (the model's steps alone, and what the copy adds to
   them: it runs beside the steps after it), and the difference, via the
   actor less here: the crossing to the coordinator and back, less what the
-  next call saves by helping copy the tail of the last one's copy, which
-  runs on after the coordinator answers (the machine locked until it is
-  done) while the answer and the next call travel; and a plain numpy copy
+  next call saves by taking its steps beside the tail of the last one's
+  copy, which runs on after the coordinator answers, and helping it; and a plain numpy copy
   between the two shared payloads, next to the baseline's (/dev/shm gives
   shared memory no huge pages by default, the baseline's anonymous memory
   has them);
@@ -120,9 +119,15 @@ class NumpyCopy:
 
 
 # migrations back to back per round: a migration's caller has its answer before the copy's tail
-# is done (the machine stays locked until it is), so the rate counts every copy only over calls
-# that follow one another, and the round ends with a call that waits for the last copy
+# is done (a look at the contents waits until they land), so the rate counts every copy only over
+# calls that follow one another, and the round ends with a read that waits for the last copy
 BACK_TO_BACK = 8
+
+
+def landed(m, work) -> None:
+    """A read of a page each caller moved: it waits for the last copy to land."""
+    for pid, addrs in work:
+        m.read_tokens(pid, int(addrs[0]), 1)
 
 
 def migration(rounds: int, streams: int, policy: str, shm: str = "") -> tuple[float, float]:
@@ -157,11 +162,11 @@ def migration(rounds: int, streams: int, policy: str, shm: str = "") -> tuple[fl
         with ThreadPoolExecutor(streams) as ex:
             # warm up: a round trip, so that the host has backed every frame the timed rounds use
             list(ex.map(lambda w: moves(w, 2), work))
-            m.vmstat(0)
+            landed(m, work)
             for r in range(rounds):
                 t0 = time.perf_counter()
                 list(ex.map(lambda w: moves(w, BACK_TO_BACK), work))
-                m.vmstat(0)         # waits for the last copy: the machine is locked until it is done
+                landed(m, work)
                 mig.append((time.perf_counter() - t0) / BACK_TO_BACK)
                 cp.append(statistics.median(copy.once() for _ in range(BACK_TO_BACK)))
     finally:
@@ -230,7 +235,8 @@ class _NoCopy:
 
     fits = staticmethod(lambda copies: True)
     done = staticmethod(lambda: True)
-    join = staticmethod(lambda: None)
+    wait = staticmethod(lambda: None)
+    error = None
 
 
 def faults(rounds: int) -> tuple[float, float]:
@@ -367,8 +373,8 @@ def main() -> None:
     print(f"where one caller's migration goes, ms per {BATCH}-page move_pages "
           "(via actor: sustained, as above; here: the same call in this process on payloads in shared files: the "
           "model's steps, and what the copy adds to them, running beside the steps after it; via - here: the "
-          "crossing to the coordinator actor and back, less what the next call saves by helping copy the last "
-          "one's tail; numpy copy: the baseline; shm copy: the same numpy copy between the two shared payloads):")
+          "crossing to the coordinator actor and back, less what the next call saves by stepping beside the last "
+          "one's copy; numpy copy: the baseline; shm copy: the same numpy copy between the two shared payloads):")
     print(f"{'policy':>10} {'shared files':<{width}} {'via actor':>10} {'here':>6} {'copy':>6} {'steps':>6} "
           f"{'via-here':>9} {'numpy copy':>11} {'shm copy':>9}")
     for (policy, d), (via, numpy_copy) in one.items():

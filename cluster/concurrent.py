@@ -17,18 +17,24 @@ Rules this driver keeps (DESIGN.md principle 1, second driver):
   both pages are locked and frozen, so other operations step meanwhile and
   the memcpy overlaps them, as folio_copy() does on another CPU
   (cluster.dataplane.copy_batch). With no other operation in flight to
-  want the other core, a large copy instead runs on a copier thread while
-  this operation takes its next steps that need no contents (the remap walk
-  and the unlock: emulator.migrate.leaves_payloads), then on both threads;
-  the lock stays held until it is done, so nothing else sees the pages
-  first (cluster.dataplane.CopyInFlight). When the operation ends before
-  that copy, and its caller asked for it (``post_copies``: the coordinator,
-  for the calls that read no payload after their operation), the copy is
-  left in ``posted`` instead of joined, and the caller lets whoever copies
-  the last chunk release the lock. Steps wait
-  on the locked pages as the kernel's do; a look at contents that does not
-  fault (read_tokens, read's look after its faults) waits until no copy is
-  in flight (``copying``), or it could see the new page before its data.
+  want the other core, a large copy instead runs on a copier thread
+  (``flight``, cluster.dataplane.CopyInFlight) while this operation takes
+  its next steps, with no preemption point until it has landed.
+- Every look at a payload (Frames.data: a copy, a fault's fill, a swap-out
+  or -in, a read) first waits for the copy in flight to land, helping it
+  (``_land``); so copies land in the order they were asked for, and no one
+  sees a frame before its contents. A step that needs no contents (the
+  remap walk, the unlock, the putback, as in 6.1) runs beside the copy.
+- When the operation ends before that copy, and its caller asked for it
+  (``post_copies``: the coordinator, for the calls that read no payload
+  after their operation), the copy is left in flight: the next operations
+  step beside it, and the first to look at a payload waits for it. The
+  caller keeps out whoever reads payloads outside the model (the
+  coordinator: the node actors, through StepsLock.pin).
+- Steps wait on the locked pages as the kernel's do; a look at contents
+  that does not fault (read_tokens, read's look after its faults) also
+  waits until no copy runs beside other operations (``copying``), or it
+  could see the new page before its data.
 - No kernel path is written here: the coroutines are the model's.
 """
 from __future__ import annotations
@@ -50,9 +56,8 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
     Returns its result and the number of steps it took. The payload copies
     its steps leave in ``m.k.deferred`` (Kernel.copy_payload) run with the
     lock dropped, counted in ``m.copying`` meanwhile; or, when no other
-    operation is in flight, on a copier thread while this one takes its next
-    steps that need no contents, the lock held until the copy is done
-    (``ahead``: no one else may see the pages before their data)."""
+    operation is in flight, on a copier thread (``m.flight``) while this one
+    takes its next steps, which wait for it only to look at a payload."""
     cond, deferred = m.cond, m.k.deferred
     steps = 0
     send, throw = coro.send, coro.throw

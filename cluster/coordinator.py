@@ -18,10 +18,13 @@ next time it takes the lock, before any step.
 
 A migration call (move_pages, migrate_pages) may answer while its last
 copy still runs on the copier thread (cluster/concurrent.py): its statuses
-are final by then, and the machine lock stays held until the copy is done,
-so no reader, here or in a node actor, sees those pages before their
-contents. The next caller helps copy while it waits for the lock. Its
-caller's latency is then the call's, without the tail of that copy.
+are final by then. Its pages' contents are not: every look at a payload
+here waits for the copy to land (Frames.data), and the node actors, which
+read payloads without us, stay out of the page tables and their local
+faults until it has (StepsLock.pin). Calls that look at no contents go on
+meanwhile: the next migration finds, locks, unmaps and allocates its pages
+beside the copy, and waits for it only to copy. The caller's latency is
+the call's, without the tail of that copy.
 
 Calls go through :meth:`call` by name. Errors the syscall surface raises
 (OSError with an errno, ValueError) come back as values, so the caller can
@@ -59,9 +62,9 @@ CALLS = frozenset({
 AS_ARRAY = {"move_pages": "move_pages_status"}
 # calls answered with a tuple, which the same-host channel (msgpack) carries as a list
 AS_TUPLE = frozenset({"get_mempolicy"})
-# calls that may answer while their migration's last copy runs (ConcurrentMachine.posted):
-# nothing after their one operation reads a payload, and the machine lock, held until the
-# copy is done, keeps every reader of those pages out until then
+# calls that may answer while their migration's last copy runs (ConcurrentMachine.flight):
+# nothing after their one operation reads a payload; every look at one here waits for the copy
+# to land, and the node actors stay out until it has
 POSTED = frozenset({"move_pages", "migrate_pages"})
 # get_mempolicy is one: MPOL_F_NODE | MPOL_F_ADDR faults the page in
 MUTATING = CALLS - {"read_tokens", "read", "vmstat", "node_info", "swap_info", "processes", "hot_pages"}
@@ -111,7 +114,7 @@ class Coordinator:
         self.calls = collections.Counter()
         self.transport = collections.Counter()   # calls by how they came: "channel" or "actor"
         self.record = record
-        self.copy_failed: str | None = None     # see _release_posted
+        self.copy_failed: str | None = None     # see _landed
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0

@@ -285,13 +285,13 @@ OVERLAP_CHUNK_BYTES = 4 << 20
 
 class CopyInFlight:
     """Migration copies between payloads mapped here, running on a copier
-    thread while the operation that asked for them takes its next steps,
-    those that need no contents (emulator.migrate.leaves_payloads). Split in
+    thread while the operation that asked for them, and those after it,
+    take steps that need no contents (cluster/concurrent.py). Split in
     chunks of 4 MiB (few, as the copier needs the GIL between two; 1 MiB
-    was slower here): whoever joins copies the chunks not taken yet beside
-    the copier, so the copy ends on both cores. A copy may also outlive its
-    operation (``post``): whoever copies its last chunk then runs what the
-    operation's caller left to do, letting go of the machine lock."""
+    was slower here): whoever waits copies the chunks not taken yet beside
+    the copier, so the copy ends on both cores. Whoever copies its last
+    chunk runs what was left for then (``post``): the coordinator lets the
+    node actors in again."""
 
     def __init__(self, copies: list[tuple]):
         self.chunks = []

@@ -42,7 +42,7 @@ from .frames import PG_anon, PG_dirty, PG_isolated, PG_locked, PG_lru, PG_swapca
 from .kernel import distinct, keep, split_nodes
 from .mm import MM, Mempolicy
 from .page_alloc import NOT_ALLOCATED, alloc_on, alloc_planned, alloc_policy
-from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma, walk_step
+from .rmap import Batch, migcache_release, remap_vma, rmap_walk, unmap_vma
 from .sched import call
 from .swap_state import add_to_migcache, add_to_swap, delete_from_swap_cache, pageout
 from .migcache_ops import migration_move_to_swap

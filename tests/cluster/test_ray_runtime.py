@@ -758,6 +758,96 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
         c.forget_paths()
 
 
+@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+def test_a_migration_of_pages_whose_copy_still_lands_copies_only_after_it(ray_session, tmp_path, held_copier,
+                                                                          policy):
+    """A caller that moves the same pages straight back while their last
+    copy lands (the copier held mid-copy): the second move_pages takes its
+    steps up to its own copy and waits there, as copies land in the order
+    they were asked for; once the first lands, the pages are back where
+    they started with every byte as written, and the oracle passes."""
+    c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
+    in_copy, go = held_copier
+    try:
+        data = np.random.default_rng(6).integers(0, 256, n * page, dtype=np.uint8).tobytes()
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, n)[1]
+        assert c.call("write", pid, addr, data)[0]
+        addrs = [addr + i * page for i in range(n)]
+        ok, status, _ = c.call("move_pages", pid, addrs, [1] * n)
+        assert ok and list(status) == [1] * n
+        assert in_copy.wait(30), "the copy did not run on a copier thread"
+        assert not c.m.flight.done()
+        first = c.m.flight
+        out: dict[str, object] = {}
+        b = threading.Thread(target=lambda: out.update(back=c.call("move_pages", pid, addrs, [0] * n)))
+        b.start()
+        b.join(2.0)
+        assert "back" not in out, "the second copy did not wait for the first to land"
+        assert c.m.flight is first
+        go.set()
+        b.join(30)
+        ok, status, _ = out["back"]
+        assert ok and list(status) == [0] * n
+        assert c.call("read", pid, addr, n * page)[1] == data
+        assert c.m.flight is None and c.check() is None
+        vm = c.call("vmstat")[1]
+        assert vm["pgmigrate_success"] == 2 * n
+    finally:
+        go.set()
+        c.forget_paths()
+
+
+@pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
+@pytest.mark.parametrize("fault", ["first touch", "write"])
+def test_faults_that_write_payloads_wait_for_the_copy_still_landing(ray_session, tmp_path, held_copier, policy,
+                                                                    fault):
+    """While a move_pages' copy lands (the copier held mid-copy), a fault
+    that writes a payload waits for it (Frames.landing): a first touch on
+    the source node, which takes the frames the migration just freed and
+    zero-fills them (else the zeroes would reach the copy's source), or a
+    write to the moved pages (else the copy would land over it). Then every
+    byte reads as written."""
+    c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
+    in_copy, go = held_copier
+    try:
+        data = np.random.default_rng(8).integers(0, 256, n * page, dtype=np.uint8).tobytes()
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, n)[1]
+        assert c.call("write", pid, addr, data)[0]
+        other = c.call("spawn", 0)[1]
+        oaddr = c.call("mmap", other, 64)[1]
+        ok, status, _ = c.call("move_pages", pid, [addr + i * page for i in range(n)], [1] * n)
+        assert ok and list(status) == [1] * n
+        assert in_copy.wait(30), "the copy did not run on a copier thread"
+        out: dict[str, object] = {}
+        target = (other, oaddr, 64) if fault == "first touch" else (pid, addr + 5 * page, 64)
+        t = threading.Thread(target=lambda: out.update(fault=c.call("touch", *target, write=True)))
+        t.start()
+        t.join(2.0)
+        assert "fault" not in out, f"a {fault} wrote a payload while a copy still ran"
+        go.set()
+        t.join(30)
+        ok, toks, _ = out["fault"]
+        assert ok
+
+        def written(base: bytes, first: int) -> bytes:     # a write stores its token in a page's first 8 bytes
+            b = bytearray(base)
+            for i, tok in enumerate(toks):
+                b[(first + i) * page:(first + i) * page + 8] = int(tok).to_bytes(8, "little", signed=True)
+            return bytes(b)
+
+        if fault == "first touch":
+            assert c.call("read", pid, addr, n * page)[1] == data
+            assert c.call("read", other, oaddr, 64 * page)[1] == written(bytes(64 * page), 0)
+        else:
+            assert c.call("read", pid, addr, n * page)[1] == written(data, 5)
+        assert c.check() is None
+    finally:
+        go.set()
+        c.forget_paths()
+
+
 def test_a_posted_copy_that_fails_lets_go_of_the_lock_and_fails_the_calls_after(ray_session, tmp_path,
                                                                                  monkeypatch):
     """A chunk of a posted copy that raises (a bug: the call has answered)

@@ -269,6 +269,23 @@ def test_no_walk_while_a_coordinator_thread_is_inside_the_model(tmp_path):
     assert r.local() is not None and r.tlbs[0].walks == 1
 
 
+def test_no_walk_while_a_copy_the_coordinator_pinned_lands(tmp_path):
+    """A copy still landing after its call keeps the node out (StepsLock.pin)
+    whether or not a coordinator thread is inside the model, and lets it in
+    once it has landed and no thread is."""
+    r = Rig(tmp_path, walks=True)
+    r.m.touch(r.pid, r.addr, r.n)
+    with r.steps:
+        r.steps.pin()
+        r.steps.pin()
+    r.steps.unpin()
+    assert r.local() is None                          # pinned: no thread inside, a copy lands
+    with r.steps:                                    # a thread comes and goes while it lands
+        r.steps.unpin()
+        assert r.local() is None                     # landed, but a thread is inside
+    assert r.local() is not None and r.tlbs[0].walks == 1
+
+
 @pytest.mark.parametrize("policy", ["migentry", "migcache", "swapcache"])
 def test_walked_entries_are_flushed_when_the_pages_move(tmp_path, policy):
     """The walk marks what it caches for the kernel: without the mark the

@@ -87,7 +87,11 @@ def start(nodes: int, frames: int, swap: int, payload: str, policy: str = "migca
     cfg = {"nodes": nodes, "frames_per_node": frames, "swap_pages": swap, "page_size": PAGE,
            "policy": policy, "payload": payload}
     coord = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=16).remote(cfg, descs, shm=shm)
-    m = CoordMachine(coord)                     # waits for the coordinator to map the payloads
+    try:
+        m = CoordMachine(coord)                 # waits for the coordinator to map the payloads
+    except BaseException:
+        ray.get([a.close.remote() for a in actors])     # their payload files go with them
+        raise
     ray.get([a.forget_path.remote() for a in actors])
     return actors, coord, m
 

@@ -115,6 +115,7 @@ class Coordinator:
         self.transport = collections.Counter()   # calls by how they came: "channel" or "actor"
         self.record = record
         self.copy_failed: str | None = None     # see _landed
+        self.answered_before_copy = 0           # migration calls that answered while their copy still ran
         self.events: collections.deque = collections.deque(maxlen=EVENT_LOG)
         self.checkpoint: dict[str, Any] | None = None   # the last state the oracle passed
         self.seq = 0
@@ -177,6 +178,7 @@ class Coordinator:
             flight = self.m.flight
             if flight is not None and flight is not before:    # the call's migration left its copy running
                 self.steps.pin()
+                self.answered_before_copy += 1
                 flight.post(lambda: self._landed(flight))
             self.cond.release()
 
@@ -278,7 +280,7 @@ class Coordinator:
                     "steps": m.steps, "tlb_shootdowns": self.tlb.flush_calls,
                     "tlb_shootdown_s": round(self.tlb.flush_s, 3),
                     "local_faults": {str(n): c for n, c in sorted(self.local_faults.items())},
-                    "transport": dict(self.transport)}
+                    "transport": dict(self.transport), "answered_before_copy": self.answered_before_copy}
 
     def check(self) -> tuple[str, str, dict] | None:
         """The whole oracle: None, or the violation (invariant, where, seen).

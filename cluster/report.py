@@ -151,6 +151,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if via and via["channel"] + via["actor"]:
         console.print(f"coordinator calls: {via['channel']} over the same-host channel, "
                       f"{via['actor']} as Ray actor calls (callers on other hosts)")
+    if summary.get("answered_before_copy"):
+        console.print(f"migrations: {summary['answered_before_copy']} answered while their copy still ran "
+                      "(its tail not in their latency; what looks at those pages waits for it)")
     if summary.get("schedule_late_ops"):
         console.print(f"schedule: events fired up to {summary['schedule_late_ops']} operations after theirs "
                       "(the drivers run on while the runner catches up: one period at most, "

@@ -487,6 +487,8 @@ class RayRun:
         # how calls reached the coordinator: the same-host channel, or Ray actor calls
         via = frozen.stats.get("transport", {})
         summary["coordinator_calls"] = {"channel": int(via.get("channel", 0)), "actor": int(via.get("actor", 0))}
+        # migration calls that answered while their copy still ran (its tail is not in their latency)
+        summary["answered_before_copy"] = int(frozen.stats.get("answered_before_copy", 0))
         if self.bugs:
             summary["bugs"] = sorted(self.bugs)
         if self.stress:

@@ -340,6 +340,63 @@ def test_stress_mode_checks_quiescent_points_and_finds_nothing_wrong(ray_session
     assert tlb["hits"] + tlb["walks"] + tlb["local_faults"] + tlb["misses"] == summary["operations_done"]
 
 
+@pytest.mark.parametrize("policy", ["migentry", "swapcache"])
+def test_stress_mode_with_migrations_whose_copies_land_after_their_call(ray_session, tmp_path, policy):
+    """migrate_pages of 1200-page processes (4.7 MiB copies, on the copier
+    thread) beside faults from two threads a process, forks and reclaim, in
+    bytes: calls answer while their copy still runs, the next ones step
+    beside it, and at every quiescent point the oracle and every page find
+    nothing wrong."""
+    path = tmp_path / "flights.toml"
+    path.write_text(textwrap.dedent(f"""
+        [machine]
+        nodes = 3
+        frames_per_node = 4096
+        swap_pages = 2048
+        policy = "{policy}"
+        payload = "bytes"
+
+        [[workload]]
+        node = 0
+        processes = 2
+        pages = 1200
+        threads = 2
+        pattern = "sequential"
+        write_ratio = 0.6
+        batch = 64
+        fork_every = 9
+
+        [[workload]]
+        node = 1
+        processes = 1
+        pages = 1200
+        pattern = "uniform"
+        batch = 32
+
+        [migration]
+        every = 6
+        mode = "migrate_pages"
+
+        [reclaim]
+        every = 40
+        pages = 128
+
+        [run]
+        operations = 400
+        seed = 3
+        """))
+    summary, _ = run(path, stress=True, check_every=80, dump_dir=str(tmp_path))
+    assert summary["violations"] == 0, summary["violation_details"]
+    assert summary["quiescent_checks"] >= 4 and summary["verified_pages"] > 0
+    assert summary["answered_before_copy"] > 0, summary["answered_before_copy"]
+    from rich.console import Console
+    from cluster.report import print_summary
+    con = Console(record=True, width=200)
+    print_summary(summary, con)
+    assert f"migrations: {summary['answered_before_copy']} answered while their copy still ran" in con.export_text()
+    assert summary["totals"]["pgmigrate_success"] > 1200
+
+
 def test_checkpoints_and_the_schedules_gate_never_wait_on_each_other(ray_session, tmp_path):
     """A migration every 3 operations, reclaim every 5 and a checkpoint every
     7: a node's drivers can stop at their checkpoint while another's wait at

@@ -157,8 +157,12 @@ def _leave_cache(k, node: int, pfns: np.ndarray, entries: np.ndarray) -> None:
     """Once the ptes no longer name the entries: the page leaves whichever cache."""
     sw = P.swp_type(entries) == P.SWP_SWAP
     fr = k.nodes[node]
-    p = pfns[sw]
-    delete_from_swap_cache(k, node, p[((fr.flags[p] & PG_swapcache) != 0) & (fr.private[p] == entries[sw])])
+    p, e = keep(sw, pfns, entries)
+    if len(p):
+        at = span(p)
+        delete_from_swap_cache(k, node, p[((fr.flags[at] & PG_swapcache) != 0) & (fr.private[at] == e)])
+    if len(p) == len(pfns):
+        return
     # the remap may have released the ids already, and another migration may
     # hold them again by now (lowest free id first): only ids still naming
     # these pages are this migration's to release

@@ -79,7 +79,7 @@ def test_a_copy_that_fails_leaves_no_reader_waiting(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", ["runs", "scattered"])
-def test_a_copy_in_flight_copies_every_row_once_joined(shape):
+def test_a_copy_in_flight_copies_every_row_once_waited_for(shape):
     """CopyInFlight splits its copies in chunks that the copier thread and the
     joining thread share: every row lands where the gather/scatter would put
     it, none elsewhere, whichever copies are in the list."""

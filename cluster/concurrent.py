@@ -71,7 +71,8 @@ def run_threaded(coro, m: "ConcurrentMachine") -> tuple[Any, int]:
                 req = throw(exc) if exc is not None else send(value)
             except StopIteration as stop:
                 if ahead is not None and m.post_copies:
-                    ahead = None        # it lands later, its caller keeping the node actors out until then
+                    # it lands later, this thread's caller keeping the node actors out until then
+                    m.mine.handed, ahead = ahead, None
                 return stop.value, steps
             exc = None
             if req.__class__ is Call:
@@ -135,7 +136,8 @@ class ConcurrentMachine(Machine):
         self.k.deferred = []                 # payload copies run outside the lock
         self.copying = 0                     # operations whose copy is running now
         self.steps = 0                       # every operation's steps so far
-        self.mine = threading.local()        # .steps: this thread's, for its caller's latency
+        self.mine = threading.local()        # .steps: this thread's, for its caller's latency;
+        # .handed: the copy its operation left in flight (post_copies), for its caller to see to
         self.post_copies = False             # an operation may end before its copy (see flight)
         self.flight: CopyInFlight | None = None   # that copy: every look at a payload waits for it
         for fr in self.k.nodes:

@@ -136,7 +136,7 @@ class Coordinator:
         if name not in CALLS:
             return False, ("ValueError", None, f"coordinator: no call named {name!r}"), 0
         self.cond.acquire()
-        before = self.m.flight
+        self.m.mine.handed = None
         try:
             if self.copy_failed is not None:
                 raise RuntimeError(self.copy_failed)
@@ -175,8 +175,10 @@ class Coordinator:
             return True, out, self.m.mine.steps
         finally:
             self.m.post_copies = False
-            flight = self.m.flight
-            if flight is not None and flight is not before:    # the call's migration left its copy running
+            # the call's own migration left its copy running (not one that another call's
+            # left while this one waited with the lock dropped: that call pins it)
+            flight, self.m.mine.handed = getattr(self.m.mine, "handed", None), None
+            if flight is not None:
                 self.steps.pin()
                 self.answered_before_copy += 1
                 flight.post(lambda: self._landed(flight))

@@ -905,6 +905,54 @@ def test_faults_that_write_payloads_wait_for_the_copy_still_landing(ray_session,
         c.forget_paths()
 
 
+def test_a_copy_is_pinned_once_by_its_own_call_not_by_one_that_waited_beside_it(ray_session, tmp_path,
+                                                                                held_copier):
+    """A read that waits with the lock dropped (for a copy running beside
+    other operations: ``copying`` stands for one here) while another call's
+    migration answers and leaves its copy landing: the read does not take
+    that copy for its own, so once it lands no pin is left and the node
+    actors' page walks get in again."""
+    import fcntl
+    import os
+
+    c, n, page = _posting_coordinator(ray_session, tmp_path, "migentry")
+    in_copy, go = held_copier
+    try:
+        pid = c.call("spawn", 0)[1]
+        addr = c.call("mmap", pid, n)[1]
+        assert c.call("touch", pid, addr, n, write=True)[0]
+        other = c.call("spawn", 0)[1]
+        oaddr = c.call("mmap", other, 4)[1]         # untouched: the read looks at no payload
+        with c.cond:
+            c.m.copying = 1
+        out: dict[str, object] = {}
+        reader = threading.Thread(target=lambda: out.update(read=c.call("read_tokens", other, oaddr, 4)))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive(), "the read did not wait for the copy running beside it"
+        ok, _, _ = c.call("move_pages", pid, [addr + i * page for i in range(n)], [1] * n)
+        assert ok and in_copy.wait(30)
+        flight = c.m.flight
+        assert flight is not None and c.steps.pins == 1
+        with c.cond:
+            c.m.copying = 0
+            c.cond.notify_all()
+        reader.join(30)
+        assert out["read"][0] and c.steps.pins == 1
+        go.set()
+        flight.wait()
+        assert c.steps.pins == 0 and c.stats()["answered_before_copy"] == 1
+        fd = os.open(c.steps.path, os.O_RDWR)
+        try:        # a node actor's page walk gets in
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
+        go.set()
+        c.forget_paths()
+
+
 def test_a_posted_copy_that_fails_lets_go_of_the_lock_and_fails_the_calls_after(ray_session, tmp_path,
                                                                                  monkeypatch):
     """A chunk of a posted copy that raises (a bug: the call has answered)

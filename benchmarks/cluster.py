@@ -16,8 +16,8 @@ huge page setting.
   swap cache): sustained rates, every copy counted. A caller has its
   answer before its copy's tail is done (the contents land after it, and
   whatever looks at them waits until they have), so a round is 8
-  migrations back to back and a read that waits for the last copy; each round is followed by as many numpy copies, and the
-  medians are compared, so both see the same machine and no copy runs
+  migrations back to back and a read that waits for the last copy; each
+  round is followed by as many numpy copies, and the medians are compared, so both see the same machine and no copy runs
   beside another. The benchmark is the coordinator's caller on its host, so its
   calls take the same-host channel (cluster/channel.py). Then where a
   one-caller migration's time goes: the same move_pages in this process on
@@ -25,8 +25,8 @@ huge page setting.
   them: it runs beside the steps after it), and the difference, via the
   actor less here: the crossing to the coordinator and back, less what the
   next call saves by taking its steps beside the tail of the last one's
-  copy, which runs on after the coordinator answers, and helping it; and a plain numpy copy
-  between the two shared payloads, next to the baseline's (/dev/shm gives
+  copy, which runs on after the coordinator answers, and helping it; and a
+  plain numpy copy between the two shared payloads, next to the baseline's (/dev/shm gives
   shared memory no huge pages by default, the baseline's anonymous memory
   has them);
 - faults resolved through the coordinator, 4096-page batches: first touch

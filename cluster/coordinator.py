@@ -177,7 +177,7 @@ class Coordinator:
             self.m.post_copies = False
             # the call's own migration left its copy running (not one that another call's
             # left while this one waited with the lock dropped: that call pins it)
-            flight, self.m.mine.handed = getattr(self.m.mine, "handed", None), None
+            flight, self.m.mine.handed = self.m.mine.handed, None
             if flight is not None:
                 self.steps.pin()
                 self.answered_before_copy += 1

@@ -760,6 +760,16 @@ def _posting_coordinator(ray_session, tmp_path, policy: str):
     return c, n, page
 
 
+def _written(c, n: int, page: int, seed: int) -> tuple[int, int, bytes]:
+    """A process on node 0 with n pages of random bytes written through c:
+    (pid, address, the bytes)."""
+    data = np.random.default_rng(seed).integers(0, 256, n * page, dtype=np.uint8).tobytes()
+    pid = c.call("spawn", 0)[1]
+    addr = c.call("mmap", pid, n)[1]
+    assert c.call("write", pid, addr, data)[0]
+    return pid, addr, data
+
+
 @pytest.mark.parametrize("policy, syscall", [("migentry", "move_pages"), ("migcache", "move_pages"),
                                              ("swapcache", "move_pages"), ("migentry", "migrate_pages")])
 def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_session, tmp_path, held_copier,
@@ -775,10 +785,7 @@ def test_a_migration_answers_while_its_copy_ends_and_the_lock_waits_for_it(ray_s
     c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
     in_copy, go = held_copier
     try:
-        data = np.random.default_rng(5).integers(0, 256, n * page, dtype=np.uint8).tobytes()
-        pid = c.call("spawn", 0)[1]
-        addr = c.call("mmap", pid, n)[1]
-        assert c.call("write", pid, addr, data)[0]
+        pid, addr, data = _written(c, n, page, seed=5)
         out: dict[str, object] = {}
         args = (pid, [addr + i * page for i in range(n)], [1] * n) if syscall == "move_pages" else (pid, [0], [1])
         a = threading.Thread(target=lambda: out.update(move=c.call(syscall, *args)))
@@ -826,10 +833,7 @@ def test_a_migration_of_pages_whose_copy_still_lands_copies_only_after_it(ray_se
     c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
     in_copy, go = held_copier
     try:
-        data = np.random.default_rng(6).integers(0, 256, n * page, dtype=np.uint8).tobytes()
-        pid = c.call("spawn", 0)[1]
-        addr = c.call("mmap", pid, n)[1]
-        assert c.call("write", pid, addr, data)[0]
+        pid, addr, data = _written(c, n, page, seed=6)
         addrs = [addr + i * page for i in range(n)]
         ok, status, _ = c.call("move_pages", pid, addrs, [1] * n)
         assert ok and list(status) == [1] * n
@@ -868,10 +872,7 @@ def test_faults_that_write_payloads_wait_for_the_copy_still_landing(ray_session,
     c, n, page = _posting_coordinator(ray_session, tmp_path, policy)
     in_copy, go = held_copier
     try:
-        data = np.random.default_rng(8).integers(0, 256, n * page, dtype=np.uint8).tobytes()
-        pid = c.call("spawn", 0)[1]
-        addr = c.call("mmap", pid, n)[1]
-        assert c.call("write", pid, addr, data)[0]
+        pid, addr, data = _written(c, n, page, seed=8)
         other = c.call("spawn", 0)[1]
         oaddr = c.call("mmap", other, 64)[1]
         ok, status, _ = c.call("move_pages", pid, [addr + i * page for i in range(n)], [1] * n)
